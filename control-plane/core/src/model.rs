@@ -1,0 +1,339 @@
+//! The domain vocabulary shared by the catalogue reader, the planner and the object state machine:
+//! object ids, zones, layers, object definitions, and the dense dependency graph ([`Dag`]) that a
+//! plan hands to the state machine.
+//!
+//! Nothing here performs I/O or reads the clock.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// A canonical object id.
+///
+/// Numeric ids are canonicalised (`"01001"`, `1001` and `1001.0` are all `"1001"`); other ids are
+/// kept as given after trimming. Build one with [`ObjectId::parse`] to get the canonical form.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ObjectId(Box<str>);
+
+/// Why a token is not an acceptable object id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    /// Empty or whitespace only.
+    #[error("empty id")]
+    Empty,
+    /// Contains a character outside `[A-Za-z0-9._:-]`.
+    #[error("id {0:?} has a character outside [A-Za-z0-9._:-]")]
+    BadCharacter(String),
+    /// Longer than [`ObjectId::MAX_LEN`].
+    #[error("id {0:?} is longer than 128 characters")]
+    TooLong(String),
+}
+
+impl ObjectId {
+    /// Longest accepted id, in bytes.
+    pub const MAX_LEN: usize = 128;
+
+    /// Canonicalises a textual id: trims it; an all-digit id loses its leading zeros (`"0"` stays).
+    pub fn parse(token: &str) -> Result<Self, IdError> {
+        let t = token.trim();
+        if t.is_empty() {
+            return Err(IdError::Empty);
+        }
+        if t.len() > Self::MAX_LEN {
+            return Err(IdError::TooLong(t.to_string()));
+        }
+        if t.bytes().all(|b| b.is_ascii_digit()) {
+            let stripped = t.trim_start_matches('0');
+            let canonical = if stripped.is_empty() { "0" } else { stripped };
+            return Ok(Self(canonical.into()));
+        }
+        if !t
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
+        {
+            return Err(IdError::BadCharacter(t.to_string()));
+        }
+        Ok(Self(t.into()))
+    }
+
+    /// The id of a non-negative integer.
+    pub fn from_u64(n: u64) -> Self {
+        Self(n.to_string().into_boxed_str())
+    }
+
+    /// The canonical text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The layer of a numeric id: its leading digit (`1001` → 1, `2_000_417` → 2), if not zero.
+    /// Non-numeric ids have no layer of their own.
+    pub fn numeric_layer(&self) -> Option<u8> {
+        let b = self.0.as_bytes();
+        if b.iter().all(u8::is_ascii_digit) && b[0] != b'0' {
+            Some(b[0] - b'0')
+        } else {
+            None
+        }
+    }
+}
+
+impl fmt::Display for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", &*self.0)
+    }
+}
+
+impl AsRef<str> for ObjectId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A worker zone: lowercase `[a-z0-9_-]`, at most 64 bytes (it becomes part of a Kafka topic name).
+///
+/// Cheap to clone: every object of a zone shares one allocation.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Zone(Arc<str>);
+
+impl Zone {
+    /// Layer 1's default zone (seed label `1-Raw`).
+    pub const RAW: &'static str = "raw";
+    /// Layer 2's default zone (seed label `2-Standardized`).
+    pub const STANDARDIZED: &'static str = "standardized";
+    /// Layer 3's default zone (seed label `3-Application`).
+    pub const APPLICATION: &'static str = "application";
+
+    /// Accepts a zone name or a seed label (`"1-Raw"` → `raw`, case-insensitive).
+    /// Returns `None` when the token is not a valid zone name.
+    pub fn parse(token: &str) -> Option<Self> {
+        let t = token.trim();
+        let lower = t.to_ascii_lowercase();
+        let name = match lower.as_str() {
+            "1-raw" => Self::RAW,
+            "2-standardized" | "2-standardised" => Self::STANDARDIZED,
+            "3-application" => Self::APPLICATION,
+            other => other,
+        };
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        {
+            return None;
+        }
+        Some(Self(name.into()))
+    }
+
+    /// The default zone of a layer (1 → raw, 2 → standardized, 3 → application).
+    pub fn default_for_layer(layer: u8) -> Option<Self> {
+        match layer {
+            1 => Some(Self(Self::RAW.into())),
+            2 => Some(Self(Self::STANDARDIZED.into())),
+            3 => Some(Self(Self::APPLICATION.into())),
+            _ => None,
+        }
+    }
+
+    /// The layer a default zone stands for (raw → 1, …); `None` for other zones.
+    pub fn default_layer(&self) -> Option<u8> {
+        match &*self.0 {
+            Self::RAW => Some(1),
+            Self::STANDARDIZED => Some(2),
+            Self::APPLICATION => Some(3),
+            _ => None,
+        }
+    }
+
+    /// The zone name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Zone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Zone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", &*self.0)
+    }
+}
+
+/// One data object of a catalogue, normalised.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObjectDef {
+    /// Canonical id.
+    pub id: ObjectId,
+    /// Human name (seed `NomObjet`); may be empty.
+    #[serde(default)]
+    pub name: String,
+    /// The zone whose agents run it: explicit, else the default of its layer.
+    pub zone: Zone,
+    /// Layer (1 = raw ingestion, 2 = standardized, 3 = application, or another configured one):
+    /// the leading digit of a numeric id, else the layer of a default zone.
+    #[serde(default)]
+    pub layer: Option<u8>,
+    /// Parent ids, canonical, de-duplicated, in first-seen order.
+    #[serde(default)]
+    pub parents: Vec<ObjectId>,
+    /// Load frequency, a cron expression (seed `Fréquence`), validated at read time.
+    #[serde(default)]
+    pub frequency: Option<String>,
+    /// Last successful load (seed `Lastrun`).
+    #[serde(default)]
+    pub last_loaded_at: Option<DateTime<Utc>>,
+    /// Disabled objects are rejected by the default preflight (seed `EtatObjet` other than `actif`).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Higher runs first among objects released together.
+    #[serde(default)]
+    pub priority: i32,
+    /// Free attributes, passed to the agent untouched.
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Dense index of an object inside one plan (`0..n`).
+pub type NodeIx = u32;
+
+/// A dependency graph over dense indices, in compressed sparse row form: for every node, its
+/// parents and its children. Built by the planner; read by the object state machine.
+///
+/// Invariant: acyclic, and `children` is exactly the transpose of `parents`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Dag {
+    parent_offsets: Vec<u32>,
+    parent_list: Vec<NodeIx>,
+    child_offsets: Vec<u32>,
+    child_list: Vec<NodeIx>,
+}
+
+impl Dag {
+    /// Builds the graph from each node's parent list. Panics if an index is out of range; the
+    /// planner only calls it with validated input.
+    pub fn from_parents(parents: &[Vec<NodeIx>]) -> Self {
+        let n = parents.len();
+        let mut parent_offsets = Vec::with_capacity(n + 1);
+        let mut parent_list = Vec::with_capacity(parents.iter().map(Vec::len).sum());
+        let mut child_count = vec![0u32; n + 1];
+        parent_offsets.push(0);
+        for ps in parents {
+            for &p in ps {
+                parent_list.push(p);
+                child_count[p as usize + 1] += 1;
+            }
+            parent_offsets.push(parent_list.len() as u32);
+        }
+        for i in 0..n {
+            child_count[i + 1] += child_count[i];
+        }
+        let child_offsets = child_count;
+        let mut fill = child_offsets.clone();
+        let mut child_list = vec![0; parent_list.len()];
+        for (c, ps) in parents.iter().enumerate() {
+            for &p in ps {
+                let slot = &mut fill[p as usize];
+                child_list[*slot as usize] = c as NodeIx;
+                *slot += 1;
+            }
+        }
+        Self {
+            parent_offsets,
+            parent_list,
+            child_offsets,
+            child_list,
+        }
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.parent_offsets.len().saturating_sub(1)
+    }
+
+    /// True when the graph has no node.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of edges.
+    pub fn edge_count(&self) -> usize {
+        self.parent_list.len()
+    }
+
+    /// The parents of `node`.
+    pub fn parents(&self, node: NodeIx) -> &[NodeIx] {
+        let i = node as usize;
+        &self.parent_list[self.parent_offsets[i] as usize..self.parent_offsets[i + 1] as usize]
+    }
+
+    /// The children of `node`.
+    pub fn children(&self, node: NodeIx) -> &[NodeIx] {
+        let i = node as usize;
+        &self.child_list[self.child_offsets[i] as usize..self.child_offsets[i + 1] as usize]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numeric_ids_lose_leading_zeros() {
+        assert_eq!(ObjectId::parse(" 01001 ").unwrap().as_str(), "1001");
+        assert_eq!(ObjectId::parse("000").unwrap().as_str(), "0");
+        assert_eq!(ObjectId::parse("orders.v2").unwrap().as_str(), "orders.v2");
+        assert_eq!(ObjectId::parse("  "), Err(IdError::Empty));
+        assert!(matches!(ObjectId::parse("a b"), Err(IdError::BadCharacter(_))));
+    }
+
+    #[test]
+    fn layer_is_the_leading_digit() {
+        assert_eq!(ObjectId::parse("1001").unwrap().numeric_layer(), Some(1));
+        assert_eq!(ObjectId::parse("2000417").unwrap().numeric_layer(), Some(2));
+        assert_eq!(ObjectId::parse("0").unwrap().numeric_layer(), None);
+        assert_eq!(ObjectId::parse("x1").unwrap().numeric_layer(), None);
+    }
+
+    #[test]
+    fn seed_zone_labels_map_to_default_zones() {
+        assert_eq!(Zone::parse("1-Raw").unwrap().as_str(), "raw");
+        assert_eq!(Zone::parse("2-Standardized").unwrap().as_str(), "standardized");
+        assert_eq!(Zone::parse("3-Application").unwrap().as_str(), "application");
+        assert_eq!(Zone::parse("EU_west-1").unwrap().as_str(), "eu_west-1");
+        assert!(Zone::parse("bad zone").is_none());
+        assert!(Zone::parse("").is_none());
+    }
+
+    #[test]
+    fn dag_children_are_the_transpose_of_parents() {
+        // 0 -> 2, 1 -> 2, 2 -> 3, 0 -> 3
+        let dag = Dag::from_parents(&[vec![], vec![], vec![0, 1], vec![2, 0]]);
+        assert_eq!(dag.len(), 4);
+        assert_eq!(dag.edge_count(), 4);
+        assert_eq!(dag.children(0), &[2, 3]);
+        assert_eq!(dag.children(1), &[2]);
+        assert_eq!(dag.children(2), &[3]);
+        assert!(dag.children(3).is_empty());
+        assert_eq!(dag.parents(3), &[2, 0]);
+    }
+}
