@@ -71,7 +71,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("plan {} — {} object(s) in {} wave(s)", &p.plan_hash[..16], p.len(), p.wave_count);
+    println!(
+        "plan {} — {} object(s) in {} wave(s)",
+        &p.plan_hash[..16],
+        p.len(),
+        p.wave_count
+    );
     for wave in 0..p.wave_count {
         let ids: Vec<String> = (0..p.len() as u32)
             .filter(|&n| p.waves[n as usize] == wave)
@@ -82,9 +87,17 @@ fn main() -> ExitCode {
             .collect();
         println!("  wave {wave}: {}", ids.join(", "));
     }
-    let zones: Vec<String> = p.zone_counts.iter().map(|(z, n)| format!("{z}={n}")).collect();
+    let zones: Vec<String> = p
+        .zone_counts
+        .iter()
+        .map(|(z, n)| format!("{z}={n}"))
+        .collect();
     println!("per zone: {}", zones.join(" "));
-    let path_ids: Vec<String> = p.critical_path_ids(objects).iter().map(ToString::to_string).collect();
+    let path_ids: Vec<String> = p
+        .critical_path_ids(objects)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     println!(
         "critical path: {} (expected {} ms)",
         path_ids.join(" -> "),
@@ -92,12 +105,19 @@ fn main() -> ExitCode {
     );
     println!("shared ancestors: {}", p.shared_ancestors);
     if !p.excluded.is_empty() {
-        let ids: Vec<&str> = p.excluded.iter().map(|&i| objects[i as usize].id.as_str()).collect();
+        let ids: Vec<&str> = p
+            .excluded
+            .iter()
+            .map(|&i| objects[i as usize].id.as_str())
+            .collect();
         println!("outside the targets' closure (not run): {}", ids.join(", "));
     }
     if !p.external_parents.is_empty() {
         let ids: Vec<&str> = p.external_parents.iter().map(ObjectId::as_str).collect();
-        println!("external parents (treated as satisfied): {}", ids.join(", "));
+        println!(
+            "external parents (treated as satisfied): {}",
+            ids.join(", ")
+        );
     }
     ExitCode::SUCCESS
 }

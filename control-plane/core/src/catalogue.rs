@@ -98,7 +98,11 @@ pub struct CatalogueError {
 impl fmt::Display for CatalogueError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         const SHOWN: usize = 20;
-        write!(f, "catalogue rejected: {} problem(s): ", self.problems.len())?;
+        write!(
+            f,
+            "catalogue rejected: {} problem(s): ",
+            self.problems.len()
+        )?;
         for (i, p) in self.problems.iter().take(SHOWN).enumerate() {
             if i > 0 {
                 f.write_str("; ")?;
@@ -154,11 +158,7 @@ fn parse_parents(
     let mut out: Vec<ObjectId> = Vec::new();
     let mut bad = Vec::new();
     collect_parents(value, numeric_only, &mut out, &mut bad);
-    if bad.is_empty() {
-        Ok(out)
-    } else {
-        Err(bad)
-    }
+    if bad.is_empty() { Ok(out) } else { Err(bad) }
 }
 
 /// A parent field as written (the shapes the seed uses).
@@ -561,14 +561,7 @@ impl Normaliser {
             Some(v) => match parse_id(v, seed) {
                 Ok(id) => Some(id),
                 Err(msg) => {
-                    self.problem(
-                        index,
-                        None,
-                        id_field,
-                        v.text(),
-                        ProblemKind::InvalidId,
-                        msg,
-                    );
+                    self.problem(index, None, id_field, v.text(), ProblemKind::InvalidId, msg);
                     None
                 }
             },

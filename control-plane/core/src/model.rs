@@ -303,7 +303,10 @@ mod tests {
         assert_eq!(ObjectId::parse("000").unwrap().as_str(), "0");
         assert_eq!(ObjectId::parse("orders.v2").unwrap().as_str(), "orders.v2");
         assert_eq!(ObjectId::parse("  "), Err(IdError::Empty));
-        assert!(matches!(ObjectId::parse("a b"), Err(IdError::BadCharacter(_))));
+        assert!(matches!(
+            ObjectId::parse("a b"),
+            Err(IdError::BadCharacter(_))
+        ));
     }
 
     #[test]
@@ -317,8 +320,14 @@ mod tests {
     #[test]
     fn seed_zone_labels_map_to_default_zones() {
         assert_eq!(Zone::parse("1-Raw").unwrap().as_str(), "raw");
-        assert_eq!(Zone::parse("2-Standardized").unwrap().as_str(), "standardized");
-        assert_eq!(Zone::parse("3-Application").unwrap().as_str(), "application");
+        assert_eq!(
+            Zone::parse("2-Standardized").unwrap().as_str(),
+            "standardized"
+        );
+        assert_eq!(
+            Zone::parse("3-Application").unwrap().as_str(),
+            "application"
+        );
         assert_eq!(Zone::parse("EU_west-1").unwrap().as_str(), "eu_west-1");
         assert!(Zone::parse("bad zone").is_none());
         assert!(Zone::parse("").is_none());

@@ -350,7 +350,12 @@ pub fn plan(objects: &[ObjectDef], request: &PlanRequest) -> Result<Plan, PlanEr
     }
     let node_parents: Vec<Vec<NodeIx>> = nodes
         .iter()
-        .map(|&i| parents[i as usize].iter().map(|&p| node_of[p as usize]).collect())
+        .map(|&i| {
+            parents[i as usize]
+                .iter()
+                .map(|&p| node_of[p as usize])
+                .collect()
+        })
         .collect();
     drop(parents);
     let dag = Dag::from_parents(&node_parents);
@@ -542,7 +547,9 @@ fn find_cycle(closure: &[u32], parents: &[Vec<u32>], local: &[u32]) -> Vec<u32> 
             indegree[k] += 1;
         }
     }
-    let mut queue: Vec<u32> = (0..m as u32).filter(|&k| indegree[k as usize] == 0).collect();
+    let mut queue: Vec<u32> = (0..m as u32)
+        .filter(|&k| indegree[k as usize] == 0)
+        .collect();
     let mut removed = vec![false; m];
     while let Some(k) = queue.pop() {
         removed[k as usize] = true;
@@ -570,10 +577,7 @@ fn find_cycle(closure: &[u32], parents: &[Vec<u32>], local: &[u32]) -> Vec<u32> 
             .expect("a node left by Kahn's algorithm keeps a remaining parent");
     }
     // walk[seen_at[at]..] follows parent links; reverse it so each is a parent of the next.
-    let mut cycle: Vec<u32> = walk[seen_at[at]..]
-        .iter()
-        .map(|&k| closure[k])
-        .collect();
+    let mut cycle: Vec<u32> = walk[seen_at[at]..].iter().map(|&k| closure[k]).collect();
     cycle.reverse();
     cycle
 }

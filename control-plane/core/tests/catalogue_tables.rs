@@ -44,7 +44,10 @@ fn seed_parent_forms_normalise() {
         ("\"2001;2002\"", &["2001", "2002"]),
         ("\" 2001 ; 2002 ,2003 \"", &["2001", "2002", "2003"]),
         ("\"2001 2002\"", &["2001", "2002"]),
-        ("[2001, \"2002\", \"2003,2004\"]", &["2001", "2002", "2003", "2004"]),
+        (
+            "[2001, \"2002\", \"2003,2004\"]",
+            &["2001", "2002", "2003", "2004"],
+        ),
         ("[]", &[]),
         ("\"2006,2001,2006,2001\"", &["2006", "2001"]),
         ("2001.0", &["2001"]),
@@ -78,7 +81,10 @@ fn seed_parent_noise_is_rejected_naming_every_token() {
             assert_eq!(p.field, "IdObjet_Parent");
         }
         for token in *tokens {
-            assert!(err.to_string().contains(token), "message names {token}: {err}");
+            assert!(
+                err.to_string().contains(token),
+                "message names {token}: {err}"
+            );
         }
     }
 }
@@ -121,17 +127,72 @@ fn ids_zones_and_layers() {
 #[test]
 fn bad_ids_zones_frequencies_and_timestamps_are_named() {
     let cases: &[(&str, ProblemKind, &str, &str)] = &[
-        (r#"[{"IdObjet": "12ab"}]"#, ProblemKind::InvalidId, "IdObjet", "12ab"),
-        (r#"[{"IdObjet": -3}]"#, ProblemKind::InvalidId, "IdObjet", "-3"),
-        (r#"[{"NomObjet": "no id"}]"#, ProblemKind::MissingId, "id", ""),
-        (r#"[{"id": "a b", "zone": "raw"}]"#, ProblemKind::InvalidId, "id", "a b"),
-        (r#"[{"IdObjet": 1001, "Zone": "Raw Zone!"}]"#, ProblemKind::InvalidZone, "Zone", "Raw Zone!"),
-        (r#"[{"IdObjet": 9001}]"#, ProblemKind::InvalidZone, "zone", ""),
-        (r#"[{"id": "x", "zone": 7}]"#, ProblemKind::InvalidZone, "zone", "7"),
-        (r#"[{"IdObjet": 1001, "Fréquence": "every hour"}]"#, ProblemKind::InvalidFrequency, "Fréquence", "every hour"),
-        (r#"[{"IdObjet": 1001, "Lastrun": "yesterday"}]"#, ProblemKind::InvalidTimestamp, "Lastrun", "yesterday"),
-        (r#"[{"id": "x", "zone": "raw", "priority": "high"}]"#, ProblemKind::InvalidValue, "priority", "high"),
-        (r#"[{"id": "x", "zone": "raw", "enabled": "maybe"}]"#, ProblemKind::InvalidValue, "enabled", "maybe"),
+        (
+            r#"[{"IdObjet": "12ab"}]"#,
+            ProblemKind::InvalidId,
+            "IdObjet",
+            "12ab",
+        ),
+        (
+            r#"[{"IdObjet": -3}]"#,
+            ProblemKind::InvalidId,
+            "IdObjet",
+            "-3",
+        ),
+        (
+            r#"[{"NomObjet": "no id"}]"#,
+            ProblemKind::MissingId,
+            "id",
+            "",
+        ),
+        (
+            r#"[{"id": "a b", "zone": "raw"}]"#,
+            ProblemKind::InvalidId,
+            "id",
+            "a b",
+        ),
+        (
+            r#"[{"IdObjet": 1001, "Zone": "Raw Zone!"}]"#,
+            ProblemKind::InvalidZone,
+            "Zone",
+            "Raw Zone!",
+        ),
+        (
+            r#"[{"IdObjet": 9001}]"#,
+            ProblemKind::InvalidZone,
+            "zone",
+            "",
+        ),
+        (
+            r#"[{"id": "x", "zone": 7}]"#,
+            ProblemKind::InvalidZone,
+            "zone",
+            "7",
+        ),
+        (
+            r#"[{"IdObjet": 1001, "Fréquence": "every hour"}]"#,
+            ProblemKind::InvalidFrequency,
+            "Fréquence",
+            "every hour",
+        ),
+        (
+            r#"[{"IdObjet": 1001, "Lastrun": "yesterday"}]"#,
+            ProblemKind::InvalidTimestamp,
+            "Lastrun",
+            "yesterday",
+        ),
+        (
+            r#"[{"id": "x", "zone": "raw", "priority": "high"}]"#,
+            ProblemKind::InvalidValue,
+            "priority",
+            "high",
+        ),
+        (
+            r#"[{"id": "x", "zone": "raw", "enabled": "maybe"}]"#,
+            ProblemKind::InvalidValue,
+            "enabled",
+            "maybe",
+        ),
     ];
     for (doc, kind, field, token) in cases {
         let err = read_catalogue(doc.as_bytes()).expect_err(doc);
@@ -158,7 +219,12 @@ fn every_problem_of_a_document_is_reported() {
         .collect();
     assert_eq!(
         got,
-        [(Some(0), "nope"), (Some(1), "bad"), (Some(2), "?"), (Some(2), "later")]
+        [
+            (Some(0), "nope"),
+            (Some(1), "bad"),
+            (Some(2), "?"),
+            (Some(2), "later")
+        ]
     );
 }
 
@@ -199,7 +265,10 @@ fn seed_extra_fields_become_attributes_and_etat_objet_maps_to_enabled() {
         r#"[{"IdObjet": 1001, "id": "3", "URL": "https:\/\/x.example\/a", "FileLimit": 200.0,
             "Scope": null, "EtatObjet": "inactif", "Criticité": "low"}]"#,
     );
-    assert_eq!(o.attributes["id"], "3", "the seed's id is a dataset id, kept as attribute");
+    assert_eq!(
+        o.attributes["id"], "3",
+        "the seed's id is a dataset id, kept as attribute"
+    );
     assert_eq!(o.attributes["URL"], "https://x.example/a");
     assert_eq!(o.attributes["FileLimit"], "200");
     assert_eq!(o.attributes["Criticité"], "low");
@@ -212,7 +281,11 @@ fn the_complete_sample_loads_and_plans() {
     let c = read_catalogue(&sample("catalogue.json")).unwrap();
     assert_eq!(c.objects.len(), 11);
     let p = plan(&c.objects, &PlanRequest::default()).unwrap();
-    assert_eq!(p.len(), 11, "the application objects need every other object");
+    assert_eq!(
+        p.len(),
+        11,
+        "the application objects need every other object"
+    );
     assert_eq!(p.wave_count, 3);
     let zones: Vec<(String, u32)> = p
         .zone_counts
@@ -237,7 +310,10 @@ fn the_complete_sample_loads_and_plans() {
 fn the_unknown_parents_sample_is_rejected_with_them_unless_external() {
     let c = read_catalogue(&sample("catalogue_unknown_parents.json")).unwrap();
     let err = plan(&c.objects, &PlanRequest::default()).unwrap_err();
-    assert_eq!(ids(&err.unknown_parents()), ["2011", "2017", "2023", "2031"]);
+    assert_eq!(
+        ids(&err.unknown_parents()),
+        ["2011", "2017", "2023", "2031"]
+    );
     assert!(matches!(&err, PlanError::Invalid { violations }
         if violations.iter().all(|v| matches!(v, Violation::UnknownParent { id, .. } if id.as_str() == "3002"))));
     let msg = err.to_string();

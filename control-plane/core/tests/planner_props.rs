@@ -15,7 +15,10 @@ fn obj(id: &str, zone: &str, parents: &[&str]) -> ObjectDef {
         id,
         name: String::new(),
         zone,
-        parents: parents.iter().map(|p| ObjectId::parse(p).unwrap()).collect(),
+        parents: parents
+            .iter()
+            .map(|p| ObjectId::parse(p).unwrap())
+            .collect(),
         frequency: None,
         last_loaded_at: None,
         enabled: true,
@@ -37,7 +40,10 @@ fn oid(s: &str) -> ObjectId {
 
 #[test]
 fn empty_batch_and_size_cap() {
-    assert_eq!(plan(&[], &PlanRequest::default()), Err(PlanError::EmptyBatch));
+    assert_eq!(
+        plan(&[], &PlanRequest::default()),
+        Err(PlanError::EmptyBatch)
+    );
     let objs = vec![obj("1001", "raw", &[]), obj("1002", "raw", &[])];
     let req = PlanRequest {
         max_objects: 1,
@@ -185,7 +191,11 @@ fn a_100_000_deep_chain_plans_without_recursion() {
     let n = 100_000;
     let objs: Vec<ObjectDef> = (0..n)
         .map(|i| {
-            let parent = if i == 0 { vec![] } else { vec![format!("n{}", i - 1)] };
+            let parent = if i == 0 {
+                vec![]
+            } else {
+                vec![format!("n{}", i - 1)]
+            };
             let parents: Vec<&str> = parent.iter().map(String::as_str).collect();
             obj(&format!("n{i}"), "raw", &parents)
         })
