@@ -1,1 +1,74 @@
-//! (in progress)
+//! # strata-proto
+//!
+//! The `strata.v1` wire contract, generated from `proto/strata/v1/*.proto`: the gRPC services
+//! `Orchestrator` (user-facing) and `AgentRegistry` (worker agents), their messages, and the
+//! protobuf payloads of the Kafka data plane (`ObjectReady`, `ObjectResult`, `DeadLetter`,
+//! `StatusChanged`). The `.proto` files are the documentation of record: every message, field,
+//! enum value, service and RPC has a doc comment there, carried into the generated rustdoc and
+//! into [`FILE_DESCRIPTOR_SET`] (for gRPC server reflection).
+//!
+//! This crate is **wire only**: generated code plus a few constants that are part of the
+//! contract. No domain logic, no validation, no proto ↔ domain conversion (that lives in one
+//! module of the crate that owns the domain types). It depends only on prost, prost-types, tonic
+//! and tonic-prost, and must never depend on the core crate, tokio runtime features, rdkafka,
+//! redis or configuration types, so that changing any of them does not recompile every client.
+//!
+//! Code generation uses protox (pure Rust) in `build.rs`; no system `protoc` is needed.
+
+/// Generated messages, enums, clients (`orchestrator_client`, `agent_registry_client`) and
+/// servers (`orchestrator_server`, `agent_registry_server`) of package `strata.v1`.
+///
+/// Every message implements `prost::Name`: `full_name()` is the Kafka `strata-type` header value
+/// and `type_url()` the `google.protobuf.Any` type URL (e.g. of a `BatchRejection` error detail).
+#[allow(missing_debug_implementations, clippy::all, clippy::pedantic)]
+pub mod v1 {
+    tonic::include_proto!("strata.v1");
+}
+
+/// The encoded `google.protobuf.FileDescriptorSet` of package `strata.v1`, with the imported
+/// well-known types (`google/protobuf/timestamp.proto`, `duration.proto`) and source info
+/// (comments). Register it with `tonic_reflection::server::Builder::
+/// register_encoded_file_descriptor_set` so that `grpcurl list` works without proto files.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/strata_v1_descriptor.bin"));
+
+/// The Kafka side of the contract (DESIGN §5): topic names, record header names and the values of
+/// the `strata-type` header.
+pub mod kafka {
+    /// Default topic prefix. Topic names are `<prefix>.<name>`, with `<name>` one of the
+    /// `*_TOPIC` values below (and `.<zone>` appended for the ready topics).
+    pub const DEFAULT_TOPIC_PREFIX: &str = "strata";
+    /// Ready topics, one per zone: `<prefix>.ready.<zone>` (e.g. `strata.ready.raw`); key =
+    /// object id; value = `ObjectReady`.
+    pub const READY_TOPIC: &str = "ready";
+    /// Results topic `<prefix>.results`; key = batch id; value = `ObjectResult`.
+    pub const RESULTS_TOPIC: &str = "results";
+    /// Dead-letter topic `<prefix>.dlq`; key = object id; value = `DeadLetter`.
+    pub const DLQ_TOPIC: &str = "dlq";
+    /// Status topic `<prefix>.status`; key = batch id; value = `StatusChanged`.
+    pub const STATUS_TOPIC: &str = "status";
+
+    /// Header naming the record value's message type (one of the `TYPE_*` values).
+    pub const HEADER_TYPE: &str = "strata-type";
+    /// W3C trace-context header.
+    pub const HEADER_TRACEPARENT: &str = "traceparent";
+    /// W3C trace-state header (only when non-empty).
+    pub const HEADER_TRACESTATE: &str = "tracestate";
+
+    /// `strata-type` of records on the ready topics.
+    pub const TYPE_OBJECT_READY: &str = "strata.v1.ObjectReady";
+    /// `strata-type` of records on the results topic.
+    pub const TYPE_OBJECT_RESULT: &str = "strata.v1.ObjectResult";
+    /// `strata-type` of records on the dead-letter topic.
+    pub const TYPE_DEAD_LETTER: &str = "strata.v1.DeadLetter";
+    /// `strata-type` of records on the status topic.
+    pub const TYPE_STATUS_CHANGED: &str = "strata.v1.StatusChanged";
+
+    /// First line of the canonical text that result signatures cover (see `ObjectResult`).
+    pub const RESULT_SIGNATURE_DOMAIN: &str = "strata.v1.result";
+}
+
+/// Default maximum size of one gRPC message, in bytes (the gRPC default, 4 MiB). Requests above
+/// the server's configured limit are `RESOURCE_EXHAUSTED`; batches beyond it are sent with
+/// `SubmitBatchStream`, each chunk below it.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
