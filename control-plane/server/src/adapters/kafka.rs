@@ -1,0 +1,1 @@
+//! Kafka data plane (in progress).

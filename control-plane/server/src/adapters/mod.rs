@@ -1,0 +1,5 @@
+//! Implementations of the [`ports`](crate::ports) traits: Kafka and Redis for real deployments,
+//! in-memory ones for dev mode and component tests.
+
+pub mod kafka;
+pub mod redis;

@@ -1,0 +1,12 @@
+//! # strata-control-plane
+//!
+//! The control plane: the `strata.v1.Orchestrator` gRPC service, the driver that owns every
+//! running batch's state machine and performs its effects, and the adapters to Kafka (data plane)
+//! and Redis (state) behind the narrow traits of [`ports`], each with an in-memory twin for dev
+//! mode and component tests.
+//!
+//! The planning and state-machine logic lives in `strata-core` (pure); this crate is I/O and
+//! wiring only.
+
+pub mod adapters;
+pub mod ports;

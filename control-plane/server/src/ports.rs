@@ -1,0 +1,266 @@
+//! The narrow I/O boundary of the control plane: the data plane (Kafka) and the state store
+//! (Redis). The driver talks only to these traits; each has a real adapter
+//! ([`crate::adapters::kafka`], [`crate::adapters::redis`]) and an in-memory one
+//! ([`crate::adapters::memory`]) for dev mode and component tests.
+//!
+//! Contract for every adapter:
+//! - a method resolves only when its effect is durable (a Ready's delivery report is in; a Redis
+//!   transaction has executed);
+//! - errors carry a retryable hint ([`PortError::retryable`]);
+//! - no method blocks an async worker thread.
+
+use std::future::Future;
+
+use serde::{Deserialize, Serialize};
+use strata_core::Zone;
+use strata_core::machine::NodeRecord;
+use strata_proto::v1::{DeadLetter, ObjectReady, ObjectResult, StatusChanged};
+use tokio::sync::mpsc;
+
+/// An I/O failure at the boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    /// The service is unreachable or timed out; the same call may succeed later.
+    #[error("{service} unavailable: {detail}")]
+    Unavailable {
+        /// `kafka` or `redis`.
+        service: &'static str,
+        /// What happened.
+        detail: String,
+    },
+    /// The service answered with an error that retrying will not fix.
+    #[error("{service} rejected the operation: {detail}")]
+    Rejected {
+        /// `kafka` or `redis`.
+        service: &'static str,
+        /// What happened.
+        detail: String,
+    },
+    /// Stored data could not be decoded.
+    #[error("corrupt {what} in {service}: {detail}")]
+    Corrupt {
+        /// `kafka` or `redis`.
+        service: &'static str,
+        /// Which record.
+        what: String,
+        /// Why.
+        detail: String,
+    },
+}
+
+impl PortError {
+    /// Whether retrying the same call may succeed.
+    pub fn retryable(&self) -> bool {
+        matches!(self, PortError::Unavailable { .. })
+    }
+}
+
+/// Result alias of this module.
+pub type PortResult<T> = Result<T, PortError>;
+
+/// Where a consumed result record sits in the results topic, so that its offset can be stored
+/// once the state change it caused is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Position {
+    /// Partition.
+    pub partition: i32,
+    /// Offset of the record.
+    pub offset: i64,
+}
+
+/// One record consumed from the results topic.
+#[derive(Debug)]
+pub struct ResultRecord {
+    /// The decoded payload, or why it could not be decoded (the record is then counted, logged
+    /// once with its position and skipped — never retried in a loop).
+    pub result: Result<ObjectResult, String>,
+    /// Where it came from.
+    pub position: Position,
+}
+
+/// The Kafka side, as the driver sees it.
+pub trait DataPlane: Send + Sync + 'static {
+    /// Creates the ready topic of every zone and the results, dead-letter and status topics if
+    /// they are missing. Idempotent.
+    fn ensure_topics(&self, zones: &[Zone]) -> impl Future<Output = PortResult<()>> + Send;
+
+    /// Produces each Ready to its zone's ready topic, keyed by object id, and resolves when every
+    /// delivery report is in (acks=all). Fails if any record was not delivered.
+    fn publish_ready(&self, ready: Vec<ObjectReady>)
+    -> impl Future<Output = PortResult<()>> + Send;
+
+    /// Produces dead letters to the dead-letter topic (keyed by object id); delivery awaited.
+    fn publish_dead_letters(
+        &self,
+        letters: Vec<DeadLetter>,
+    ) -> impl Future<Output = PortResult<()>> + Send;
+
+    /// Produces status changes to the status topic (keyed by batch id) for external consumers.
+    /// Best effort: delivery is awaited but a failure is only logged by the caller.
+    fn publish_status(
+        &self,
+        changes: Vec<StatusChanged>,
+    ) -> impl Future<Output = PortResult<()>> + Send;
+
+    /// Starts consuming the results topic; records arrive on the returned channel in partition
+    /// order. Called once.
+    fn subscribe_results(&self) -> PortResult<mpsc::Receiver<ResultRecord>>;
+
+    /// Marks every record up to and including these positions as processed (their state changes
+    /// are durable); the adapter commits them.
+    fn store_positions(&self, positions: &[Position]) -> PortResult<()>;
+}
+
+/// A batch as stored: what is needed to rebuild it after a restart (the objects are planned
+/// again, deterministically) and to answer queries about it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredBatch {
+    /// The batch id.
+    pub batch_id: String,
+    /// The submission's idempotency key.
+    pub idempotency_key: String,
+    /// Digest of the submission (objects and options): same key with another digest is a
+    /// conflict.
+    pub content_hash: String,
+    /// Milliseconds since the epoch.
+    pub created_at_ms: i64,
+    /// The submission's options, as the driver needs them to plan again.
+    pub options: serde_json::Value,
+    /// The submitted objects, JSON-encoded (`Vec<ObjectDef>`).
+    pub objects_json: Vec<u8>,
+}
+
+/// What [`StateStore::create_batch`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateOutcome {
+    /// The batch is now stored.
+    Created,
+    /// A batch with this idempotency key exists already.
+    Existing {
+        /// Its id.
+        batch_id: String,
+        /// Its content digest.
+        content_hash: String,
+    },
+}
+
+/// The mutable head of a batch: its state and counters, written with every step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchHead {
+    /// `RUNNING`, `SUCCEEDED`, `FAILED`, `CANCELLED` (as `BatchState::as_str`).
+    pub state: String,
+    /// The next dispatch epoch the machine will hand out.
+    pub next_epoch: u64,
+    /// Milliseconds since the epoch when it became terminal.
+    pub finished_at_ms: Option<i64>,
+}
+
+/// A scheduled retry: `member` is unique per (batch, node, attempt).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RetryEntry {
+    /// Batch id.
+    pub batch_id: String,
+    /// Node index in the batch's plan.
+    pub node: u32,
+    /// The attempt that failed (the retry will be `attempt + 1`).
+    pub attempt: u32,
+    /// When it is due, milliseconds since the epoch.
+    pub due_ms: i64,
+}
+
+/// Everything one driver step changes, written in one round trip (a pipelined transaction).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StepWrite {
+    /// Per batch: its new head and the records of the nodes that changed.
+    pub batches: Vec<BatchWrite>,
+    /// Retries to schedule.
+    pub schedule: Vec<RetryEntry>,
+    /// Dead letters to index (also produced to Kafka by the driver).
+    pub dead_letters: Vec<StoredDeadLetter>,
+}
+
+/// The part of a [`StepWrite`] for one batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchWrite {
+    /// Batch id.
+    pub batch_id: String,
+    /// Its head after the step.
+    pub head: BatchHead,
+    /// Changed node records.
+    pub nodes: Vec<(u32, NodeRecord)>,
+}
+
+/// A dead letter as indexed for `ListDeadLetters`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredDeadLetter {
+    /// Batch id.
+    pub batch_id: String,
+    /// Node index.
+    pub node: u32,
+    /// The `DeadLetter` message, protobuf-encoded.
+    pub payload: Vec<u8>,
+    /// When, milliseconds since the epoch.
+    pub dead_at_ms: i64,
+}
+
+/// A batch read back after a restart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestoredBatch {
+    /// Its definition.
+    pub batch: StoredBatch,
+    /// Its head.
+    pub head: BatchHead,
+    /// Every persisted node record (nodes never written are `PENDING`).
+    pub nodes: Vec<(u32, NodeRecord)>,
+}
+
+/// The Redis side, as the driver sees it.
+pub trait StateStore: Send + Sync + 'static {
+    /// Stores a new batch with its initial head and node records, unless its idempotency key is
+    /// taken (then nothing is written). Atomic.
+    fn create_batch(
+        &self,
+        batch: &StoredBatch,
+        head: &BatchHead,
+        nodes: &[(u32, NodeRecord)],
+    ) -> impl Future<Output = PortResult<CreateOutcome>> + Send;
+
+    /// Applies one step's writes atomically, in one round trip.
+    fn apply(&self, step: &StepWrite) -> impl Future<Output = PortResult<()>> + Send;
+
+    /// Every batch not yet terminal, with its node records: what a restarted control plane
+    /// resumes.
+    fn load_active(&self) -> impl Future<Output = PortResult<Vec<RestoredBatch>>> + Send;
+
+    /// Atomically removes and returns up to `limit` retries due at or before `now_ms`. Two
+    /// control planes calling this concurrently never get the same entry.
+    fn claim_due_retries(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> impl Future<Output = PortResult<Vec<RetryEntry>>> + Send;
+
+    /// Batch ids, newest first, after `cursor` (an opaque position; `None` = from the newest).
+    fn list_batches(
+        &self,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> impl Future<Output = PortResult<(Vec<String>, Option<String>)>> + Send;
+
+    /// A batch's definition and head, if it exists.
+    fn get_batch(
+        &self,
+        batch_id: &str,
+    ) -> impl Future<Output = PortResult<Option<(StoredBatch, BatchHead)>>> + Send;
+
+    /// Dead letters, newest first, optionally of one batch, after `cursor`.
+    fn list_dead_letters(
+        &self,
+        batch_id: Option<String>,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> impl Future<Output = PortResult<(Vec<StoredDeadLetter>, Option<String>)>> + Send;
+
+    /// Round-trip check for readiness.
+    fn ping(&self) -> impl Future<Output = PortResult<()>> + Send;
+}
