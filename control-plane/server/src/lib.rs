@@ -9,4 +9,7 @@
 //! wiring only.
 
 pub mod adapters;
+pub mod batch;
+pub mod convert;
+pub mod driver;
 pub mod ports;

@@ -2,4 +2,5 @@
 //! in-memory ones for dev mode and component tests.
 
 pub mod kafka;
+pub mod memory;
 pub mod redis;

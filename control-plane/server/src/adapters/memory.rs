@@ -1,0 +1,320 @@
+//! In-memory twins of the ports, for dev mode (`strata dev`) and component tests: the same
+//! semantics as Kafka and Redis (delivery awaited, atomic steps, atomic retry claims), nothing
+//! durable. Never used by the end-to-end suites, which run on the real broker and Redis.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use strata_core::Zone;
+use strata_core::machine::NodeRecord;
+use strata_proto::v1::{DeadLetter, ObjectReady, ObjectResult, StatusChanged};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::ports::{
+    BatchHead, CreateOutcome, DataPlane, PortResult, Position, RestoredBatch, ResultRecord,
+    RetryEntry, StateStore, StepWrite, StoredBatch, StoredDeadLetter,
+};
+
+/// Capacity of each in-memory topic channel.
+const TOPIC_CAPACITY: usize = 65_536;
+
+/// An in-memory data plane: Ready records fan out per zone to subscribed agents; results come
+/// back through [`MemoryDataPlane::results_sender`].
+#[derive(Debug)]
+pub struct MemoryDataPlane {
+    ready: Mutex<HashMap<Zone, broadcast::Sender<ObjectReady>>>,
+    results_tx: mpsc::Sender<ResultRecord>,
+    results_rx: Mutex<Option<mpsc::Receiver<ResultRecord>>>,
+    next_offset: AtomicI64,
+    dead_letters: Mutex<Vec<DeadLetter>>,
+    status: broadcast::Sender<StatusChanged>,
+}
+
+impl Default for MemoryDataPlane {
+    fn default() -> Self {
+        let (results_tx, results_rx) = mpsc::channel(TOPIC_CAPACITY);
+        Self {
+            ready: Mutex::new(HashMap::new()),
+            results_tx,
+            results_rx: Mutex::new(Some(results_rx)),
+            next_offset: AtomicI64::new(0),
+            dead_letters: Mutex::new(Vec::new()),
+            status: broadcast::channel(TOPIC_CAPACITY).0,
+        }
+    }
+}
+
+impl MemoryDataPlane {
+    /// A new, empty data plane.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn zone_sender(&self, zone: &Zone) -> broadcast::Sender<ObjectReady> {
+        self.ready
+            .lock()
+            .expect("ready map poisoned")
+            .entry(zone.clone())
+            .or_insert_with(|| broadcast::channel(TOPIC_CAPACITY).0)
+            .clone()
+    }
+
+    /// Receives the Ready records of a zone published from now on (what an agent consumes).
+    pub fn subscribe_ready(&self, zone: &Zone) -> broadcast::Receiver<ObjectReady> {
+        self.zone_sender(zone).subscribe()
+    }
+
+    /// Publishes a result as an agent would.
+    pub async fn send_result(&self, result: ObjectResult) {
+        self.send_raw(Ok(result)).await;
+    }
+
+    /// Publishes a result record as it would arrive, possibly undecodable.
+    pub async fn send_raw(&self, result: Result<ObjectResult, String>) {
+        let offset = self.next_offset.fetch_add(1, Ordering::Relaxed);
+        // The receiver lives as long as the driver; a closed channel means shutdown.
+        let _ = self
+            .results_tx
+            .send(ResultRecord {
+                result,
+                position: Position {
+                    partition: 0,
+                    offset,
+                },
+            })
+            .await;
+    }
+
+    /// Every dead letter produced so far.
+    pub fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.dead_letters.lock().expect("dlq poisoned").clone()
+    }
+
+    /// Receives status changes published from now on.
+    pub fn subscribe_status(&self) -> broadcast::Receiver<StatusChanged> {
+        self.status.subscribe()
+    }
+}
+
+impl DataPlane for MemoryDataPlane {
+    async fn ensure_topics(&self, zones: &[Zone]) -> PortResult<()> {
+        for z in zones {
+            self.zone_sender(z);
+        }
+        Ok(())
+    }
+
+    async fn publish_ready(&self, ready: Vec<ObjectReady>) -> PortResult<()> {
+        for r in ready {
+            let zone = Zone::parse(&r.zone).unwrap_or_else(|| {
+                Zone::default_for_layer(1).expect("layer 1 has a default zone")
+            });
+            // No subscriber yet is like a topic nobody consumes: the record is dropped.
+            let _ = self.zone_sender(&zone).send(r);
+        }
+        Ok(())
+    }
+
+    async fn publish_dead_letters(&self, letters: Vec<DeadLetter>) -> PortResult<()> {
+        self.dead_letters
+            .lock()
+            .expect("dlq poisoned")
+            .extend(letters);
+        Ok(())
+    }
+
+    async fn publish_status(&self, changes: Vec<StatusChanged>) -> PortResult<()> {
+        for c in changes {
+            let _ = self.status.send(c);
+        }
+        Ok(())
+    }
+
+    fn subscribe_results(&self) -> PortResult<mpsc::Receiver<ResultRecord>> {
+        self.results_rx
+            .lock()
+            .expect("results poisoned")
+            .take()
+            .ok_or_else(|| crate::ports::PortError::Rejected {
+                service: "memory",
+                detail: "results already subscribed".into(),
+            })
+    }
+
+    fn store_positions(&self, _positions: &[Position]) -> PortResult<()> {
+        Ok(())
+    }
+}
+
+/// An in-memory state store with the same atomicity as the Redis one.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<StoreInner>,
+}
+
+#[derive(Debug, Default)]
+struct StoreInner {
+    batches: HashMap<String, (StoredBatch, BatchHead, BTreeMap<u32, NodeRecord>)>,
+    idempotency: HashMap<String, String>,
+    /// (created_at_ms, batch_id)
+    order: BTreeSet<(i64, String)>,
+    /// (due_ms, batch_id, node, attempt)
+    retries: BTreeSet<(i64, String, u32, u32)>,
+    /// (dead_at_ms, batch_id, node) → letter
+    dead: BTreeMap<(i64, String, u32), StoredDeadLetter>,
+}
+
+impl MemoryStore {
+    /// A new, empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, StoreInner> {
+        self.inner.lock().expect("memory store poisoned")
+    }
+}
+
+fn is_terminal(head: &BatchHead) -> bool {
+    head.state != "RUNNING"
+}
+
+impl StateStore for MemoryStore {
+    async fn create_batch(
+        &self,
+        batch: &StoredBatch,
+        head: &BatchHead,
+        nodes: &[(u32, NodeRecord)],
+    ) -> PortResult<CreateOutcome> {
+        let mut s = self.lock();
+        if let Some(id) = s.idempotency.get(&batch.idempotency_key) {
+            let hash = s.batches[id].0.content_hash.clone();
+            return Ok(CreateOutcome::Existing {
+                batch_id: id.clone(),
+                content_hash: hash,
+            });
+        }
+        s.idempotency
+            .insert(batch.idempotency_key.clone(), batch.batch_id.clone());
+        s.order
+            .insert((batch.created_at_ms, batch.batch_id.clone()));
+        s.batches.insert(
+            batch.batch_id.clone(),
+            (
+                batch.clone(),
+                head.clone(),
+                nodes.iter().cloned().collect(),
+            ),
+        );
+        Ok(CreateOutcome::Created)
+    }
+
+    async fn apply(&self, step: &StepWrite) -> PortResult<()> {
+        let mut s = self.lock();
+        for w in &step.batches {
+            if let Some((_, head, nodes)) = s.batches.get_mut(&w.batch_id) {
+                *head = w.head.clone();
+                for (n, r) in &w.nodes {
+                    nodes.insert(*n, r.clone());
+                }
+            }
+        }
+        for r in &step.schedule {
+            s.retries
+                .insert((r.due_ms, r.batch_id.clone(), r.node, r.attempt));
+        }
+        for d in &step.dead_letters {
+            s.dead
+                .insert((d.dead_at_ms, d.batch_id.clone(), d.node), d.clone());
+        }
+        Ok(())
+    }
+
+    async fn load_active(&self) -> PortResult<Vec<RestoredBatch>> {
+        let s = self.lock();
+        Ok(s.batches
+            .values()
+            .filter(|(_, head, _)| !is_terminal(head))
+            .map(|(b, head, nodes)| RestoredBatch {
+                batch: b.clone(),
+                head: head.clone(),
+                nodes: nodes.iter().map(|(n, r)| (*n, r.clone())).collect(),
+            })
+            .collect())
+    }
+
+    async fn claim_due_retries(&self, now_ms: i64, limit: usize) -> PortResult<Vec<RetryEntry>> {
+        let mut s = self.lock();
+        let due: Vec<_> = s
+            .retries
+            .iter()
+            .take_while(|(due, ..)| *due <= now_ms)
+            .take(limit)
+            .cloned()
+            .collect();
+        for d in &due {
+            s.retries.remove(d);
+        }
+        Ok(due
+            .into_iter()
+            .map(|(due_ms, batch_id, node, attempt)| RetryEntry {
+                batch_id,
+                node,
+                attempt,
+                due_ms,
+            })
+            .collect())
+    }
+
+    async fn list_batches(
+        &self,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> PortResult<(Vec<String>, Option<String>)> {
+        let s = self.lock();
+        let skip: usize = cursor.and_then(|c| c.parse().ok()).unwrap_or(0);
+        let ids: Vec<String> = s
+            .order
+            .iter()
+            .rev()
+            .skip(skip)
+            .take(limit)
+            .map(|(_, id)| id.clone())
+            .collect();
+        let next = (skip + ids.len() < s.order.len()).then(|| (skip + ids.len()).to_string());
+        Ok((ids, next))
+    }
+
+    async fn get_batch(&self, batch_id: &str) -> PortResult<Option<(StoredBatch, BatchHead)>> {
+        Ok(self
+            .lock()
+            .batches
+            .get(batch_id)
+            .map(|(b, h, _)| (b.clone(), h.clone())))
+    }
+
+    async fn list_dead_letters(
+        &self,
+        batch_id: Option<String>,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> PortResult<(Vec<StoredDeadLetter>, Option<String>)> {
+        let s = self.lock();
+        let skip: usize = cursor.and_then(|c| c.parse().ok()).unwrap_or(0);
+        let matching: Vec<&StoredDeadLetter> = s
+            .dead
+            .values()
+            .rev()
+            .filter(|d| batch_id.as_ref().is_none_or(|b| &d.batch_id == b))
+            .collect();
+        let page: Vec<StoredDeadLetter> =
+            matching.iter().skip(skip).take(limit).map(|d| (*d).clone()).collect();
+        let next = (skip + page.len() < matching.len()).then(|| (skip + page.len()).to_string());
+        Ok((page, next))
+    }
+
+    async fn ping(&self) -> PortResult<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,965 @@
+//! The driver: the one owner of every running batch's state machine.
+//!
+//! It receives commands (submit, cancel, retry-now, replay, reads) from the gRPC service through a
+//! cheap-clone [`Handle`], results from the data plane, and due retries from the store; feeds them
+//! to the pure [`BatchMachine`]s; and performs the effects in a fixed order per step:
+//!
+//! 1. persist every changed node record, batch head, scheduled retry and dead letter in **one**
+//!    store round trip;
+//! 2. publish the Ready records (delivery awaited) — those that cannot be delivered are kept and
+//!    re-published, topics re-created, until they are;
+//! 3. produce dead letters and status changes;
+//! 4. store the consumed results' offsets (the state change they caused is durable now);
+//! 5. tell watchers.
+//!
+//! Results are drained in groups, so one store round trip covers many of them. A restarted driver
+//! reloads every active batch from the store, plans it again (planning is deterministic), restores
+//! its machine and redoes what [`BatchMachine::resume`] says.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chrono::{DateTime, Utc};
+use rustc_hash::FxHashMap;
+use strata_core::machine::{
+    BatchMachine, BatchState, Effect, Event, IgnoreReason, InitialDisposition, NodeRecord,
+    NodeState, Outcome,
+};
+use strata_core::model::NodeIx;
+use strata_core::planner::Plan;
+use strata_core::{ObjectDef, ObjectId, Zone};
+use strata_proto::v1::{self as pb, object_result};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::batch::{BatchOptions, PreparedBatch, prepare};
+use crate::convert;
+use crate::ports::{
+    BatchHead, BatchWrite, CreateOutcome, DataPlane, PortError, Position, RetryEntry,
+    StateStore, StepWrite, StoredBatch, StoredDeadLetter,
+};
+
+/// How many results one step takes at most.
+const MAX_RESULTS_PER_STEP: usize = 4096;
+/// Capacity of a batch's watch channel; a watcher that falls further behind gets a resync.
+const WATCH_CAPACITY: usize = 4096;
+
+/// Settings of the driver.
+#[derive(Debug, Clone)]
+pub struct DriverSettings {
+    /// Largest accepted batch.
+    pub max_objects: usize,
+    /// Expected per-zone durations for the critical path, in ms.
+    pub zone_durations_ms: BTreeMap<Zone, u64>,
+    /// Zones whose topics exist from the start.
+    pub zones: Vec<Zone>,
+    /// Execution timeout put on each Ready.
+    pub execution_timeout: Duration,
+    /// How often due retries are claimed and undelivered Ready records re-published.
+    pub tick: Duration,
+}
+
+impl Default for DriverSettings {
+    fn default() -> Self {
+        Self {
+            max_objects: strata_core::planner::DEFAULT_MAX_OBJECTS,
+            zone_durations_ms: BTreeMap::new(),
+            zones: vec![
+                Zone::parse(Zone::RAW).expect("valid"),
+                Zone::parse(Zone::STANDARDIZED).expect("valid"),
+                Zone::parse(Zone::APPLICATION).expect("valid"),
+            ],
+            execution_timeout: Duration::from_secs(3600),
+            tick: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Why a command failed; mapped to a gRPC status in one place (`crate::error`).
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// No such batch.
+    #[error("batch {0} not found")]
+    BatchNotFound(String),
+    /// No such object in the batch.
+    #[error("object {object} is not in batch {batch}")]
+    ObjectNotFound {
+        /// Batch id.
+        batch: String,
+        /// Object id.
+        object: String,
+    },
+    /// The idempotency key was used for another submission.
+    #[error("idempotency key {key:?} was already used for batch {batch_id} with different content")]
+    IdempotencyConflict {
+        /// The key.
+        key: String,
+        /// The batch it names.
+        batch_id: String,
+    },
+    /// The command does not apply in the current state.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Storage failed.
+    #[error(transparent)]
+    Port(#[from] PortError),
+    /// The driver has stopped.
+    #[error("the control plane is shutting down")]
+    ShuttingDown,
+}
+
+/// A change a watcher sees.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WatchEvent {
+    /// One object changed state.
+    Object {
+        /// Node.
+        node: NodeIx,
+        /// Previous state.
+        from: NodeState,
+        /// New state.
+        to: NodeState,
+        /// Attempt.
+        attempt: u32,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The batch changed state.
+    Batch {
+        /// Previous state.
+        from: BatchState,
+        /// New state.
+        to: BatchState,
+        /// When.
+        at: DateTime<Utc>,
+    },
+}
+
+/// One recorded transition of an object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransitionRecord {
+    /// Previous state.
+    pub from: NodeState,
+    /// New state.
+    pub to: NodeState,
+    /// Attempt.
+    pub attempt: u32,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// A running (or recently finished) batch, owned by the driver.
+#[derive(Debug)]
+pub struct BatchRuntime {
+    /// Batch id.
+    pub batch_id: String,
+    /// Idempotency key.
+    pub idempotency_key: String,
+    /// Content digest.
+    pub content_hash: String,
+    /// Options.
+    pub options: BatchOptions,
+    /// Submitted objects.
+    pub objects: Vec<ObjectDef>,
+    /// The plan.
+    pub plan: Plan,
+    /// Execution state.
+    pub machine: BatchMachine,
+    /// Node of each planned object id.
+    pub node_of: FxHashMap<ObjectId, NodeIx>,
+    /// Initial dispositions (fresh, preflight) as planned.
+    pub dispositions: Vec<InitialDisposition>,
+    /// Per-node transitions seen by this process.
+    pub history: FxHashMap<NodeIx, Vec<TransitionRecord>>,
+    /// The agent that reported on each node last.
+    pub last_agent: FxHashMap<NodeIx, String>,
+    /// Watchers.
+    pub watch: broadcast::Sender<WatchEvent>,
+    /// Submission time.
+    pub created_at: DateTime<Utc>,
+    /// When it became terminal.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl BatchRuntime {
+    /// The object of a node.
+    pub fn object(&self, node: NodeIx) -> &ObjectDef {
+        self.plan.object(&self.objects, node)
+    }
+}
+
+/// Counters of what the driver ignored or could not decode (for metrics and tests).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DriverCounters {
+    /// Results ignored by the machine, by reason.
+    pub ignored: BTreeMap<&'static str, u64>,
+    /// Records that could not be decoded.
+    pub undecodable: u64,
+    /// Results naming a batch this control plane does not know.
+    pub unknown_batch: u64,
+    /// Results applied.
+    pub applied: u64,
+    /// Ready records published.
+    pub ready_published: u64,
+}
+
+/// Everything the driver owns; read through [`Handle::read`].
+#[derive(Debug, Default)]
+pub struct DriverState {
+    /// Batches by id.
+    pub batches: HashMap<String, BatchRuntime>,
+    /// Counters.
+    pub counters: DriverCounters,
+}
+
+type ReadFn = Box<dyn FnOnce(&DriverState) + Send>;
+
+enum Command {
+    Submit(Box<PreparedBatch>, oneshot::Sender<Result<SubmitOutcome, DriverError>>),
+    Event {
+        batch_id: String,
+        event: Event,
+        reply: oneshot::Sender<Result<Outcome, DriverError>>,
+    },
+    Read(ReadFn),
+}
+
+/// What a submission became.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubmitOutcome {
+    /// Batch id.
+    pub batch_id: String,
+    /// False when an identical earlier submission was found.
+    pub created: bool,
+}
+
+/// A cheap-clone handle to the driver.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl Handle {
+    /// Submits a prepared batch; resolves once it is durable and its first objects released.
+    pub async fn submit(&self, prepared: PreparedBatch) -> Result<SubmitOutcome, DriverError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Submit(Box::new(prepared), reply)).await?;
+        rx.await.map_err(|_| DriverError::ShuttingDown)?
+    }
+
+    /// Feeds a user event (cancel, retry-now, replay) to a batch's machine; resolves once its
+    /// effects are durable.
+    pub async fn event(&self, batch_id: &str, event: Event) -> Result<Outcome, DriverError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Event {
+            batch_id: batch_id.to_owned(),
+            event,
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| DriverError::ShuttingDown)?
+    }
+
+    /// Runs `f` on the driver's state, between two steps, and returns its result.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&DriverState) -> T + Send + 'static,
+    ) -> Result<T, DriverError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Read(Box::new(move |s| {
+            let _ = reply.send(f(s));
+        })))
+        .await?;
+        rx.await.map_err(|_| DriverError::ShuttingDown)
+    }
+
+    async fn send(&self, cmd: Command) -> Result<(), DriverError> {
+        self.tx
+            .send(cmd)
+            .await
+            .map_err(|_| DriverError::ShuttingDown)
+    }
+}
+
+/// The driver task. Build with [`Driver::new`], run with [`Driver::run`].
+#[derive(Debug)]
+pub struct Driver<D, S> {
+    data: Arc<D>,
+    store: Arc<S>,
+    settings: DriverSettings,
+    state: DriverState,
+    commands: mpsc::Receiver<Command>,
+    /// Ready records not yet delivered (the broker was down or a topic was missing).
+    undelivered: Vec<pb::ObjectReady>,
+    rng: u64,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Command::Submit(..) => "Submit",
+            Command::Event { .. } => "Event",
+            Command::Read(_) => "Read",
+        })
+    }
+}
+
+/// Per-step accumulation of effects.
+#[derive(Default)]
+struct Step {
+    write: StepWrite,
+    ready: Vec<pb::ObjectReady>,
+    dead: Vec<pb::DeadLetter>,
+    status: Vec<pb::StatusChanged>,
+    watch: Vec<(String, WatchEvent)>,
+    /// Changed nodes per batch (deduplicated at flush).
+    changed: BTreeMap<String, Vec<NodeIx>>,
+    heads: BTreeMap<String, ()>,
+    positions: Vec<Position>,
+}
+
+impl<D: DataPlane, S: StateStore> Driver<D, S> {
+    /// A driver and the handle to reach it.
+    pub fn new(data: Arc<D>, store: Arc<S>, settings: DriverSettings) -> (Self, Handle) {
+        let (tx, commands) = mpsc::channel(1024);
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0x9e37_79b9, |d| d.as_nanos() as u64);
+        (
+            Self {
+                data,
+                store,
+                settings,
+                state: DriverState::default(),
+                commands,
+                undelivered: Vec::new(),
+                rng: seed | 1,
+            },
+            Handle { tx },
+        )
+    }
+
+    /// Restores the active batches, then serves until `shutdown` resolves.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), DriverError> {
+        retry_port("ensure topics", || self.data.ensure_topics(&self.settings.zones)).await?;
+        let mut results = self.data.subscribe_results()?;
+        self.restore().await?;
+        let mut tick = tokio::time::interval(self.settings.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                cmd = self.commands.recv() => match cmd {
+                    Some(cmd) => self.command(cmd).await,
+                    None => break,
+                },
+                first = results.recv() => {
+                    let Some(first) = first else { break };
+                    let mut records = vec![first];
+                    while records.len() < MAX_RESULTS_PER_STEP {
+                        match results.try_recv() {
+                            Ok(r) => records.push(r),
+                            Err(_) => break,
+                        }
+                    }
+                    self.results(records).await;
+                }
+                _ = tick.tick() => self.tick().await,
+            }
+        }
+        info!("driver stopped");
+        Ok(())
+    }
+
+    fn jitter(&mut self) -> f64 {
+        // splitmix64: jitter needs no cryptographic quality.
+        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    async fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Read(f) => f(&self.state),
+            Command::Submit(prepared, reply) => {
+                let r = self.submit(*prepared).await;
+                let _ = reply.send(r);
+            }
+            Command::Event {
+                batch_id,
+                event,
+                reply,
+            } => {
+                if !self.state.batches.contains_key(&batch_id) {
+                    let _ = reply.send(Err(DriverError::BatchNotFound(batch_id)));
+                    return;
+                }
+                let mut step = Step::default();
+                let outcome = self.handle(&mut step, &batch_id, event);
+                let r = self.flush(step).await.map(|()| outcome);
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    async fn submit(&mut self, p: PreparedBatch) -> Result<SubmitOutcome, DriverError> {
+        if let Some(existing) = self.state.batches.get(&p.batch_id) {
+            return if existing.content_hash == p.content_hash {
+                Ok(SubmitOutcome {
+                    batch_id: p.batch_id,
+                    created: false,
+                })
+            } else {
+                Err(DriverError::IdempotencyConflict {
+                    key: p.idempotency_key,
+                    batch_id: p.batch_id,
+                })
+            };
+        }
+        let mut effects = Vec::new();
+        let machine = BatchMachine::start(
+            p.plan.dag.clone(),
+            p.dispositions.clone(),
+            p.options.retry,
+            &mut effects,
+        )
+        .map_err(|e| DriverError::FailedPrecondition(e.to_string()))?;
+        let stored = StoredBatch {
+            batch_id: p.batch_id.clone(),
+            idempotency_key: p.idempotency_key.clone(),
+            content_hash: p.content_hash.clone(),
+            created_at_ms: p.created_at.timestamp_millis(),
+            options: serde_json::to_value(&p.options).unwrap_or_default(),
+            objects_json: serde_json::to_vec(&p.objects).unwrap_or_default(),
+        };
+        let head = head_of(&machine, None);
+        let initial: Vec<(u32, NodeRecord)> = machine
+            .records()
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.state != NodeState::Pending)
+            .map(|(i, r)| (i as u32, r.clone()))
+            .collect();
+        match retry_port("create batch", || self.store.create_batch(&stored, &head, &initial))
+            .await?
+        {
+            CreateOutcome::Created => {}
+            CreateOutcome::Existing {
+                batch_id,
+                content_hash,
+            } => {
+                return if content_hash == p.content_hash {
+                    Ok(SubmitOutcome {
+                        batch_id,
+                        created: false,
+                    })
+                } else {
+                    Err(DriverError::IdempotencyConflict {
+                        key: p.idempotency_key,
+                        batch_id,
+                    })
+                };
+            }
+        }
+        info!(batch_id = %p.batch_id, objects = p.plan.len(), "batch submitted");
+        let batch_id = p.batch_id.clone();
+        self.install(p, machine);
+        // The initial records are durable; perform the rest of start's effects.
+        let mut step = Step::default();
+        self.absorb(&mut step, &batch_id, effects, false);
+        self.flush(step).await?;
+        Ok(SubmitOutcome {
+            batch_id,
+            created: true,
+        })
+    }
+
+    fn install(&mut self, p: PreparedBatch, machine: BatchMachine) {
+        let node_of = (0..p.plan.len() as u32)
+            .map(|n| (p.plan.object(&p.objects, n).id.clone(), n))
+            .collect();
+        let finished_at = machine.is_terminal().then(Utc::now);
+        self.state.batches.insert(
+            p.batch_id.clone(),
+            BatchRuntime {
+                batch_id: p.batch_id,
+                idempotency_key: p.idempotency_key,
+                content_hash: p.content_hash,
+                options: p.options,
+                objects: p.objects,
+                plan: p.plan,
+                machine,
+                node_of,
+                dispositions: p.dispositions,
+                history: FxHashMap::default(),
+                last_agent: FxHashMap::default(),
+                watch: broadcast::channel(WATCH_CAPACITY).0,
+                created_at: p.created_at,
+                finished_at,
+            },
+        );
+    }
+
+    async fn restore(&mut self) -> Result<(), DriverError> {
+        let active = retry_port("load active batches", || self.store.load_active()).await?;
+        for restored in active {
+            let b = restored.batch;
+            let objects: Vec<ObjectDef> = match serde_json::from_slice(&b.objects_json) {
+                Ok(o) => o,
+                Err(e) => {
+                    warn!(batch_id = %b.batch_id, error = %e, "stored batch unreadable; skipped");
+                    continue;
+                }
+            };
+            let options: BatchOptions = serde_json::from_value(b.options.clone()).unwrap_or_default();
+            let created_at = DateTime::from_timestamp_millis(b.created_at_ms).unwrap_or_else(Utc::now);
+            let prepared = match prepare(
+                &b.idempotency_key,
+                objects,
+                options,
+                usize::MAX,
+                &self.settings.zone_durations_ms,
+                created_at,
+            ) {
+                Ok(p) => p,
+                Err(e) => {
+                    warn!(batch_id = %b.batch_id, error = %e, "stored batch no longer plans; skipped");
+                    continue;
+                }
+            };
+            let n = prepared.plan.len();
+            let mut records: Vec<NodeRecord> = (0..n).map(|_| pending_record()).collect();
+            for (node, r) in restored.nodes {
+                if let Some(slot) = records.get_mut(node as usize) {
+                    *slot = r;
+                }
+            }
+            let mut machine = match BatchMachine::restore(
+                prepared.plan.dag.clone(),
+                records,
+                prepared.options.retry,
+            ) {
+                Ok(m) => m,
+                Err(e) => {
+                    warn!(batch_id = %b.batch_id, error = %e, "stored batch inconsistent; skipped");
+                    continue;
+                }
+            };
+            machine.raise_epoch_floor(restored.head.next_epoch);
+            let mut effects = Vec::new();
+            machine.resume(Utc::now(), &mut effects);
+            let batch_id = b.batch_id.clone();
+            let mut prepared = prepared;
+            prepared.batch_id = b.batch_id;
+            prepared.content_hash = b.content_hash;
+            info!(batch_id = %batch_id, objects = n, "batch restored");
+            self.install(prepared, machine);
+            let mut step = Step::default();
+            self.absorb(&mut step, &batch_id, effects, true);
+            self.flush(step).await?;
+        }
+        Ok(())
+    }
+
+    async fn results(&mut self, records: Vec<crate::ports::ResultRecord>) {
+        let mut step = Step::default();
+        for rec in records {
+            step.positions.push(rec.position);
+            let result = match rec.result {
+                Ok(r) => r,
+                Err(reason) => {
+                    self.state.counters.undecodable += 1;
+                    warn!(partition = rec.position.partition, offset = rec.position.offset, %reason, "undecodable result record skipped");
+                    continue;
+                }
+            };
+            let Some((batch_id, object_id, agent, event)) = to_event(result) else {
+                self.state.counters.undecodable += 1;
+                warn!(partition = rec.position.partition, offset = rec.position.offset, "result record without an outcome skipped");
+                continue;
+            };
+            let Some(rt) = self.state.batches.get(&batch_id) else {
+                self.state.counters.unknown_batch += 1;
+                debug!(%batch_id, "result for an unknown batch ignored");
+                continue;
+            };
+            let Some(node) = ObjectId::parse(&object_id)
+                .ok()
+                .and_then(|id| rt.node_of.get(&id).copied())
+            else {
+                *self.state.counters.ignored.entry(IgnoreReason::UnknownNode.as_str()).or_default() += 1;
+                continue;
+            };
+            let event = event(node);
+            let outcome = self.handle(&mut step, &batch_id, event);
+            if outcome.is_applied()
+                && !agent.is_empty()
+                && let Some(rt) = self.state.batches.get_mut(&batch_id)
+            {
+                rt.last_agent.insert(node, agent);
+            }
+        }
+        if let Err(e) = self.flush(step).await {
+            warn!(error = %e, "step not persisted");
+        }
+    }
+
+    async fn tick(&mut self) {
+        if !self.undelivered.is_empty() {
+            let ready = std::mem::take(&mut self.undelivered);
+            self.publish_ready(ready).await;
+        }
+        let now = Utc::now();
+        let due = match self.store.claim_due_retries(now.timestamp_millis(), 1024).await {
+            Ok(d) => d,
+            Err(e) => {
+                warn!(error = %e, "claiming due retries failed");
+                return;
+            }
+        };
+        if due.is_empty() {
+            return;
+        }
+        let mut step = Step::default();
+        for RetryEntry {
+            batch_id,
+            node,
+            attempt,
+            ..
+        } in due
+        {
+            if self.state.batches.contains_key(&batch_id) {
+                self.handle(&mut step, &batch_id, Event::RetryDue { node, attempt });
+            }
+        }
+        if let Err(e) = self.flush(step).await {
+            warn!(error = %e, "retry step not persisted");
+        }
+    }
+
+    /// Feeds one event to a batch's machine and absorbs its effects into the step.
+    fn handle(&mut self, step: &mut Step, batch_id: &str, event: Event) -> Outcome {
+        let jitter = self.jitter();
+        let Some(rt) = self.state.batches.get_mut(batch_id) else {
+            return Outcome::Ignored(IgnoreReason::UnknownNode);
+        };
+        let mut effects = Vec::new();
+        let outcome = rt.machine.handle(event, Utc::now(), jitter, &mut effects);
+        match outcome {
+            Outcome::Applied => self.state.counters.applied += 1,
+            Outcome::Ignored(reason) => {
+                *self.state.counters.ignored.entry(reason.as_str()).or_default() += 1;
+            }
+        }
+        self.absorb(step, batch_id, effects, false);
+        outcome
+    }
+
+    /// Turns machine effects into writes, records and notifications.
+    fn absorb(&mut self, step: &mut Step, batch_id: &str, effects: Vec<Effect>, resumed: bool) {
+        let Some(rt) = self.state.batches.get_mut(batch_id) else {
+            return;
+        };
+        let now = Utc::now();
+        step.heads.insert(batch_id.to_owned(), ());
+        for effect in effects {
+            match effect {
+                Effect::Transition {
+                    node,
+                    from,
+                    to,
+                    attempt,
+                } => {
+                    step.changed.entry(batch_id.to_owned()).or_default().push(node);
+                    rt.history.entry(node).or_default().push(TransitionRecord {
+                        from,
+                        to,
+                        attempt,
+                        at: now,
+                    });
+                    let o = rt.plan.object(&rt.objects, node);
+                    step.status.push(pb::StatusChanged {
+                        batch_id: batch_id.to_owned(),
+                        object_id: o.id.to_string(),
+                        zone: o.zone.to_string(),
+                        from_state: convert::object_state(from) as i32,
+                        to_state: convert::object_state(to) as i32,
+                        batch_state: convert::batch_state(rt.machine.batch_state()) as i32,
+                        previous_batch_state: 0,
+                        attempt,
+                        at: Some(convert::timestamp(now)),
+                        reason: String::new(),
+                    });
+                    step.watch.push((
+                        batch_id.to_owned(),
+                        WatchEvent::Object {
+                            node,
+                            from,
+                            to,
+                            attempt,
+                            at: now,
+                        },
+                    ));
+                }
+                Effect::PublishReady {
+                    node,
+                    attempt,
+                    dispatch_epoch,
+                } => {
+                    let o = rt.plan.object(&rt.objects, node);
+                    step.ready.push(pb::ObjectReady {
+                        batch_id: batch_id.to_owned(),
+                        object_id: o.id.to_string(),
+                        zone: o.zone.to_string(),
+                        attempt,
+                        max_attempts: rt.machine.policy().max_attempts,
+                        dispatch_epoch,
+                        object: Some(convert::object_definition(o)),
+                        released_at: Some(convert::timestamp(now)),
+                        execution_timeout: Some(convert::duration(self.settings.execution_timeout)),
+                        trace: None,
+                    });
+                }
+                Effect::ScheduleRetry {
+                    node,
+                    attempt,
+                    due_at,
+                } => step.write.schedule.push(RetryEntry {
+                    batch_id: batch_id.to_owned(),
+                    node,
+                    attempt,
+                    due_ms: due_at.timestamp_millis(),
+                }),
+                Effect::DeadLetter {
+                    node,
+                    attempt: _,
+                    attempts,
+                    last_error,
+                    reason,
+                } => {
+                    let o = rt.plan.object(&rt.objects, node);
+                    let error = last_error.unwrap_or_default();
+                    let letter = pb::DeadLetter {
+                        batch_id: batch_id.to_owned(),
+                        object_id: o.id.to_string(),
+                        zone: o.zone.to_string(),
+                        attempts,
+                        error_fingerprint: convert::fingerprint(&error),
+                        last_error: error,
+                        reason: convert::failure_reason(reason) as i32,
+                        dead_at: Some(convert::timestamp(now)),
+                        object: Some(convert::object_definition(o)),
+                        last_agent_id: rt.last_agent.get(&node).cloned().unwrap_or_default(),
+                        blocked_descendant_count: 0,
+                    };
+                    step.write.dead_letters.push(StoredDeadLetter {
+                        batch_id: batch_id.to_owned(),
+                        node,
+                        payload: prost::Message::encode_to_vec(&letter),
+                        dead_at_ms: now.timestamp_millis(),
+                    });
+                    // A resumed batch already produced its dead letters before the restart.
+                    if !resumed {
+                        step.dead.push(letter);
+                    }
+                }
+                Effect::BatchFinished { state } => {
+                    rt.finished_at = Some(now);
+                    info!(%batch_id, state = %state, "batch finished");
+                    step.watch.push((
+                        batch_id.to_owned(),
+                        WatchEvent::Batch {
+                            from: BatchState::Running,
+                            to: state,
+                            at: now,
+                        },
+                    ));
+                }
+                Effect::BatchReopened => {
+                    rt.finished_at = None;
+                    step.watch.push((
+                        batch_id.to_owned(),
+                        WatchEvent::Batch {
+                            from: BatchState::Failed,
+                            to: BatchState::Running,
+                            at: now,
+                        },
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Performs a step: persist, publish, commit, notify.
+    async fn flush(&mut self, mut step: Step) -> Result<(), DriverError> {
+        for (batch_id, ()) in std::mem::take(&mut step.heads) {
+            let Some(rt) = self.state.batches.get(&batch_id) else {
+                continue;
+            };
+            let mut nodes = step.changed.remove(&batch_id).unwrap_or_default();
+            nodes.sort_unstable();
+            nodes.dedup();
+            step.write.batches.push(BatchWrite {
+                head: head_of(&rt.machine, rt.finished_at),
+                nodes: nodes
+                    .into_iter()
+                    .filter_map(|n| rt.machine.record(n).map(|r| (n, r.clone())))
+                    .collect(),
+                batch_id,
+            });
+        }
+        let write = std::mem::take(&mut step.write);
+        if !write.batches.is_empty() || !write.schedule.is_empty() || !write.dead_letters.is_empty()
+        {
+            retry_port("persist step", || self.store.apply(&write)).await?;
+        }
+        if !step.ready.is_empty() {
+            let mut ready = std::mem::take(&mut step.ready);
+            // Higher priority first among the objects released together.
+            ready.sort_by_key(|r| std::cmp::Reverse(r.object.as_ref().map_or(0, |o| o.priority)));
+            self.publish_ready(ready).await;
+        }
+        if !step.dead.is_empty()
+            && let Err(e) = self.data.publish_dead_letters(std::mem::take(&mut step.dead)).await
+        {
+            warn!(error = %e, "dead letters not produced to the dead-letter topic");
+        }
+        if !step.status.is_empty()
+            && let Err(e) = self.data.publish_status(std::mem::take(&mut step.status)).await
+        {
+            debug!(error = %e, "status changes not produced");
+        }
+        if !step.positions.is_empty()
+            && let Err(e) = self.data.store_positions(&step.positions)
+        {
+            warn!(error = %e, "result offsets not stored");
+        }
+        for (batch_id, ev) in step.watch {
+            if let Some(rt) = self.state.batches.get(&batch_id) {
+                let _ = rt.watch.send(ev);
+            }
+        }
+        Ok(())
+    }
+
+    async fn publish_ready(&mut self, ready: Vec<pb::ObjectReady>) {
+        let n = ready.len() as u64;
+        match self.data.publish_ready(ready.clone()).await {
+            Ok(()) => self.state.counters.ready_published += n,
+            Err(e) => {
+                warn!(error = %e, records = n, "ready records not delivered; re-creating topics and retrying");
+                if let Err(e) = self.data.ensure_topics(&self.settings.zones).await {
+                    warn!(error = %e, "topics not ensured");
+                }
+                let mut zones: Vec<Zone> =
+                    ready.iter().filter_map(|r| Zone::parse(&r.zone)).collect();
+                zones.sort();
+                zones.dedup();
+                if let Err(e) = self.data.ensure_topics(&zones).await {
+                    warn!(error = %e, "zone topics not ensured");
+                }
+                self.undelivered.extend(ready);
+            }
+        }
+    }
+}
+
+fn pending_record() -> NodeRecord {
+    NodeRecord {
+        state: NodeState::Pending,
+        attempt: 0,
+        run_start: 0,
+        dispatch_epoch: 0,
+        last_error: None,
+        dead_reason: None,
+        retry_due: None,
+    }
+}
+
+fn head_of(machine: &BatchMachine, finished_at: Option<DateTime<Utc>>) -> BatchHead {
+    BatchHead {
+        state: machine.batch_state().as_str().to_owned(),
+        next_epoch: machine.next_epoch(),
+        finished_at_ms: finished_at.map(|t| t.timestamp_millis()),
+    }
+}
+
+type EventFor = Box<dyn FnOnce(NodeIx) -> Event>;
+
+/// Splits a result into (batch, object, agent, event-for-node).
+fn to_event(result: pb::ObjectResult) -> Option<(String, String, String, EventFor)> {
+    Some(match result.result? {
+        object_result::Result::Started(s) => {
+            let (attempt, dispatch_epoch) = (s.attempt, s.dispatch_epoch);
+            (
+                s.batch_id,
+                s.object_id,
+                s.agent_id,
+                Box::new(move |node| Event::Started {
+                    node,
+                    attempt,
+                    dispatch_epoch,
+                }),
+            )
+        }
+        object_result::Result::Loaded(l) => {
+            let (attempt, dispatch_epoch) = (l.attempt, l.dispatch_epoch);
+            (
+                l.batch_id,
+                l.object_id,
+                l.agent_id,
+                Box::new(move |node| Event::Loaded {
+                    node,
+                    attempt,
+                    dispatch_epoch,
+                }),
+            )
+        }
+        object_result::Result::Failed(f) => {
+            let (attempt, dispatch_epoch, retryable, error) =
+                (f.attempt, f.dispatch_epoch, f.retryable, f.error);
+            (
+                f.batch_id,
+                f.object_id,
+                f.agent_id,
+                Box::new(move |node| Event::Failed {
+                    node,
+                    attempt,
+                    dispatch_epoch,
+                    retryable,
+                    error,
+                }),
+            )
+        }
+    })
+}
+
+/// Retries a store or broker call while it fails with a retryable error (bounded backoff, about
+/// a minute in all); a non-retryable error is returned at once.
+async fn retry_port<T, F, Fut>(what: &str, mut call: F) -> Result<T, PortError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, PortError>>,
+{
+    let mut delay = Duration::from_millis(50);
+    let mut tries = 0;
+    loop {
+        match call().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.retryable() && tries < 20 => {
+                tries += 1;
+                warn!(error = %e, tries, "{what} failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
