@@ -10,6 +10,7 @@
 
 pub mod adapters;
 pub mod batch;
+pub mod config;
 pub mod convert;
 pub mod driver;
 pub mod ports;

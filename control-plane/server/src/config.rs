@@ -1,0 +1,473 @@
+//! Configuration: clap flags, each with a `STRATA_*` environment variable, over an optional TOML
+//! file, over defaults that work locally. [`Config::validate`] checks the result; `--print-config`
+//! shows the effective configuration (secrets masked).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+use strata_core::Zone;
+use strata_core::retry::RetryPolicy;
+
+/// Command-line flags and environment variables of `strata-control-plane`.
+#[derive(Debug, Clone, Default, Parser, Serialize, Deserialize)]
+#[command(
+    name = "strata-control-plane",
+    version,
+    about = "Strata control plane: plans batches of data objects and drives them to loaded through worker agents over Kafka, with state in Redis.",
+    long_about = None
+)]
+#[serde(default, deny_unknown_fields)]
+pub struct Flags {
+    /// TOML file with any of these settings (flags and environment variables win over it).
+    #[arg(long, env = "STRATA_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    #[serde(skip)]
+    pub print_config: bool,
+
+    /// gRPC listen address.
+    #[arg(long, env = "STRATA_GRPC_ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
+
+    /// Kafka bootstrap servers (comma-separated host:port).
+    #[arg(long, env = "STRATA_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+
+    /// Extra Kafka client properties, `key=value`, repeatable (e.g. SASL/SSL settings).
+    #[arg(long = "kafka-property", env = "STRATA_KAFKA_PROPERTIES", value_delimiter = ',')]
+    pub kafka_properties: Option<Vec<String>>,
+
+    /// Prefix of every topic name (`<prefix>.ready.<zone>`, `<prefix>.results`, …).
+    #[arg(long, env = "STRATA_TOPIC_PREFIX")]
+    pub topic_prefix: Option<String>,
+
+    /// Partitions of topics the control plane creates.
+    #[arg(long, env = "STRATA_TOPIC_PARTITIONS")]
+    pub topic_partitions: Option<i32>,
+
+    /// Consumer group of the control plane on the results topic.
+    #[arg(long, env = "STRATA_CONSUMER_GROUP")]
+    pub consumer_group: Option<String>,
+
+    /// Redis URL (`redis://[:password@]host:port/db`; `rediss://` for TLS).
+    #[arg(long, env = "STRATA_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key.
+    #[arg(long, env = "STRATA_KEY_PREFIX")]
+    pub key_prefix: Option<String>,
+
+    /// How long a finished batch stays queryable in Redis, in seconds.
+    #[arg(long, env = "STRATA_FINISHED_TTL_SECS")]
+    pub finished_ttl_secs: Option<u64>,
+
+    /// Zones whose topics are created at start-up (comma-separated).
+    #[arg(long, env = "STRATA_ZONES", value_delimiter = ',')]
+    pub zones: Option<Vec<String>>,
+
+    /// Largest accepted batch, in objects.
+    #[arg(long, env = "STRATA_MAX_OBJECTS")]
+    pub max_objects: Option<usize>,
+
+    /// Largest accepted gRPC message, in bytes (larger batches use SubmitBatchStream).
+    #[arg(long, env = "STRATA_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
+
+    /// Default attempts per object.
+    #[arg(long, env = "STRATA_MAX_ATTEMPTS")]
+    pub max_attempts: Option<u32>,
+
+    /// Default first retry delay ceiling, in milliseconds.
+    #[arg(long, env = "STRATA_INITIAL_BACKOFF_MS")]
+    pub initial_backoff_ms: Option<u64>,
+
+    /// Default backoff multiplier.
+    #[arg(long, env = "STRATA_BACKOFF_MULTIPLIER")]
+    pub backoff_multiplier: Option<f64>,
+
+    /// Default retry delay cap, in milliseconds.
+    #[arg(long, env = "STRATA_MAX_BACKOFF_MS")]
+    pub max_backoff_ms: Option<u64>,
+
+    /// Default execution timeout of one attempt, in seconds.
+    #[arg(long, env = "STRATA_EXECUTION_TIMEOUT_SECS")]
+    pub execution_timeout_secs: Option<u64>,
+
+    /// Per-zone settings (TOML only): `[zones_config.raw] expected_duration_ms = 2000`.
+    #[arg(skip)]
+    pub zones_config: Option<BTreeMap<String, ZoneSettings>>,
+}
+
+/// Settings of one zone.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ZoneSettings {
+    /// Expected duration of one object, for the critical path, in ms.
+    pub expected_duration_ms: Option<u64>,
+}
+
+/// The effective, validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// gRPC listen address.
+    pub grpc_addr: SocketAddr,
+    /// Kafka bootstrap servers.
+    pub kafka_brokers: String,
+    /// Extra Kafka client properties.
+    pub kafka_properties: Vec<(String, String)>,
+    /// Topic prefix.
+    pub topic_prefix: String,
+    /// Partitions of created topics.
+    pub topic_partitions: i32,
+    /// Consumer group on the results topic.
+    pub consumer_group: String,
+    /// Redis URL.
+    pub redis_url: String,
+    /// Redis key prefix.
+    pub key_prefix: String,
+    /// TTL of finished batches.
+    pub finished_ttl: Duration,
+    /// Zones created at start-up.
+    pub zones: Vec<Zone>,
+    /// Largest batch.
+    pub max_objects: usize,
+    /// Largest gRPC message.
+    pub max_message_bytes: usize,
+    /// Default retry policy.
+    pub retry: RetryPolicy,
+    /// Default execution timeout.
+    pub execution_timeout: Duration,
+    /// Expected per-zone durations, in ms.
+    pub zone_durations_ms: BTreeMap<Zone, u64>,
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The TOML file could not be read or parsed.
+    #[error("config file {path}: {detail}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        detail: String,
+    },
+    /// A setting is invalid.
+    #[error("invalid setting {name}: {detail}")]
+    Invalid {
+        /// The setting.
+        name: &'static str,
+        /// Why.
+        detail: String,
+    },
+}
+
+/// Default gRPC message limit: 16 MiB (about 60,000 objects in one unary SubmitBatch).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+impl Flags {
+    /// Merges the flags over the TOML file (if any) over the defaults, and validates.
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let file = match &self.config {
+            None => Flags::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                    path: path.clone(),
+                    detail: e.to_string(),
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::File {
+                    path: path.clone(),
+                    detail: e.to_string(),
+                })?
+            }
+        };
+        let f = self;
+        let defaults = RetryPolicy::default();
+        let zones: Vec<String> = f.zones.or(file.zones).unwrap_or_else(|| {
+            [Zone::RAW, Zone::STANDARDIZED, Zone::APPLICATION]
+                .map(String::from)
+                .to_vec()
+        });
+        let zones = zones
+            .iter()
+            .map(|z| {
+                Zone::parse(z).ok_or_else(|| ConfigError::Invalid {
+                    name: "zones",
+                    detail: format!("{z:?} is not a zone name ([a-z0-9_-])"),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut zone_durations_ms = BTreeMap::new();
+        for (name, s) in f.zones_config.or(file.zones_config).unwrap_or_default() {
+            let zone = Zone::parse(&name).ok_or_else(|| ConfigError::Invalid {
+                name: "zones_config",
+                detail: format!("{name:?} is not a zone name"),
+            })?;
+            if let Some(ms) = s.expected_duration_ms {
+                zone_durations_ms.insert(zone, ms);
+            }
+        }
+        let kafka_properties = f
+            .kafka_properties
+            .or(file.kafka_properties)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|kv| match kv.split_once('=') {
+                Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+                _ => Err(ConfigError::Invalid {
+                    name: "kafka-property",
+                    detail: format!("{kv:?} is not key=value"),
+                }),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let config = Config {
+            grpc_addr: f
+                .grpc_addr
+                .or(file.grpc_addr)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 50051))),
+            kafka_brokers: f
+                .kafka_brokers
+                .or(file.kafka_brokers)
+                .unwrap_or_else(|| "127.0.0.1:9092".into()),
+            kafka_properties,
+            topic_prefix: f
+                .topic_prefix
+                .or(file.topic_prefix)
+                .unwrap_or_else(|| strata_proto::kafka::DEFAULT_TOPIC_PREFIX.into()),
+            topic_partitions: f.topic_partitions.or(file.topic_partitions).unwrap_or(3),
+            consumer_group: f
+                .consumer_group
+                .or(file.consumer_group)
+                .unwrap_or_else(|| "strata-control-plane".into()),
+            redis_url: f
+                .redis_url
+                .or(file.redis_url)
+                .unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
+            key_prefix: f
+                .key_prefix
+                .or(file.key_prefix)
+                .unwrap_or_else(|| "strata:".into()),
+            finished_ttl: Duration::from_secs(
+                f.finished_ttl_secs
+                    .or(file.finished_ttl_secs)
+                    .unwrap_or(7 * 24 * 3600),
+            ),
+            zones,
+            max_objects: f
+                .max_objects
+                .or(file.max_objects)
+                .unwrap_or(strata_core::planner::DEFAULT_MAX_OBJECTS),
+            max_message_bytes: f
+                .max_message_bytes
+                .or(file.max_message_bytes)
+                .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
+            retry: RetryPolicy {
+                max_attempts: f
+                    .max_attempts
+                    .or(file.max_attempts)
+                    .unwrap_or(defaults.max_attempts),
+                initial_backoff: f
+                    .initial_backoff_ms
+                    .or(file.initial_backoff_ms)
+                    .map_or(defaults.initial_backoff, Duration::from_millis),
+                multiplier: f
+                    .backoff_multiplier
+                    .or(file.backoff_multiplier)
+                    .unwrap_or(defaults.multiplier),
+                max_backoff: f
+                    .max_backoff_ms
+                    .or(file.max_backoff_ms)
+                    .map_or(defaults.max_backoff, Duration::from_millis),
+            },
+            execution_timeout: Duration::from_secs(
+                f.execution_timeout_secs
+                    .or(file.execution_timeout_secs)
+                    .unwrap_or(3600),
+            ),
+            zone_durations_ms,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl Config {
+    /// Checks the settings against each other.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |name, detail: &str| {
+            Err(ConfigError::Invalid {
+                name,
+                detail: detail.to_owned(),
+            })
+        };
+        if let Err(e) = self.retry.validate() {
+            return invalid("retry policy", &e.to_string());
+        }
+        if self.zones.is_empty() {
+            return invalid("zones", "at least one zone is needed");
+        }
+        if self.topic_partitions < 1 {
+            return invalid("topic-partitions", "must be at least 1");
+        }
+        if self.max_objects == 0 {
+            return invalid("max-objects", "must be at least 1");
+        }
+        if self.max_message_bytes < 64 * 1024 {
+            return invalid("max-message-bytes", "must be at least 65536");
+        }
+        if self.kafka_brokers.trim().is_empty() {
+            return invalid("kafka-brokers", "must not be empty");
+        }
+        if !(self.redis_url.starts_with("redis://") || self.redis_url.starts_with("rediss://")) {
+            return invalid("redis-url", "must start with redis:// or rediss://");
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, with secrets masked (Redis password, Kafka
+    /// properties whose name mentions a password, secret or key).
+    pub fn to_display_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.redis_url = mask_url_password(&shown.redis_url);
+        for (k, v) in &mut shown.kafka_properties {
+            let k = k.to_ascii_lowercase();
+            if k.contains("password") || k.contains("secret") || k.contains("key") {
+                *v = "***".into();
+            }
+        }
+        toml::to_string(&DisplayConfig::from(&shown)).unwrap_or_default()
+    }
+}
+
+#[derive(Serialize)]
+struct DisplayConfig {
+    grpc_addr: String,
+    kafka_brokers: String,
+    kafka_properties: Vec<String>,
+    topic_prefix: String,
+    topic_partitions: i32,
+    consumer_group: String,
+    redis_url: String,
+    key_prefix: String,
+    finished_ttl_secs: u64,
+    zones: Vec<String>,
+    max_objects: usize,
+    max_message_bytes: usize,
+    max_attempts: u32,
+    initial_backoff_ms: u64,
+    backoff_multiplier: f64,
+    max_backoff_ms: u64,
+    execution_timeout_secs: u64,
+}
+
+impl From<&Config> for DisplayConfig {
+    fn from(c: &Config) -> Self {
+        Self {
+            grpc_addr: c.grpc_addr.to_string(),
+            kafka_brokers: c.kafka_brokers.clone(),
+            kafka_properties: c
+                .kafka_properties
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect(),
+            topic_prefix: c.topic_prefix.clone(),
+            topic_partitions: c.topic_partitions,
+            consumer_group: c.consumer_group.clone(),
+            redis_url: c.redis_url.clone(),
+            key_prefix: c.key_prefix.clone(),
+            finished_ttl_secs: c.finished_ttl.as_secs(),
+            zones: c.zones.iter().map(ToString::to_string).collect(),
+            max_objects: c.max_objects,
+            max_message_bytes: c.max_message_bytes,
+            max_attempts: c.retry.max_attempts,
+            initial_backoff_ms: c.retry.initial_backoff.as_millis() as u64,
+            backoff_multiplier: c.retry.multiplier,
+            max_backoff_ms: c.retry.max_backoff.as_millis() as u64,
+            execution_timeout_secs: c.execution_timeout.as_secs(),
+        }
+    }
+}
+
+fn mask_url_password(url: &str) -> String {
+    // redis://user:password@host → redis://user:***@host
+    if let Some((scheme, rest)) = url.split_once("://")
+        && let Some((auth, host)) = rest.split_once('@')
+    {
+        let user = auth.split_once(':').map_or(auth, |(u, _)| u);
+        return format!("{scheme}://{user}:***@{host}");
+    }
+    url.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_work_locally() {
+        let c = Flags::default().resolve().unwrap();
+        assert_eq!(c.grpc_addr.to_string(), "127.0.0.1:50051");
+        assert_eq!(c.zones.len(), 3);
+        assert_eq!(c.retry, RetryPolicy::default());
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_bad_values_are_named() {
+        let dir = std::env::temp_dir().join(format!("strata-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("cp.toml");
+        std::fs::write(
+            &path,
+            "topic_prefix = \"file\"\nmax_attempts = 7\n[zones_config.raw]\nexpected_duration_ms = 250\n",
+        )
+        .unwrap();
+        let c = Flags {
+            config: Some(path.clone()),
+            topic_prefix: Some("flag".into()),
+            ..Flags::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(c.topic_prefix, "flag");
+        assert_eq!(c.retry.max_attempts, 7);
+        assert_eq!(c.zone_durations_ms.values().copied().collect::<Vec<_>>(), [250]);
+
+        std::fs::write(&path, "no_such_setting = 1\n").unwrap();
+        let err = Flags {
+            config: Some(path),
+            ..Flags::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("no_such_setting"), "{err}");
+
+        let err = Flags {
+            zones: Some(vec!["Bad Zone".into()]),
+            ..Flags::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("Bad Zone"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_masked_when_printed() {
+        let c = Flags {
+            redis_url: Some("redis://app:hunter2@redis:6379/0".into()),
+            kafka_properties: Some(vec!["sasl.password=hunter2".into()]),
+            ..Flags::default()
+        }
+        .resolve()
+        .unwrap();
+        let shown = c.to_display_toml();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("redis://app:***@redis:6379/0"), "{shown}");
+    }
+}
