@@ -16,4 +16,4 @@ pub mod planner;
 pub mod retry;
 pub mod synth;
 
-pub use model::{Dag, NodeIx, ObjectDef, ObjectId, Zone};
+pub use model::{Attributes, Dag, NodeIx, ObjectDef, ObjectId, Zone};

@@ -10,14 +10,17 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use smol_str::SmolStr;
 
 /// A canonical object id.
 ///
 /// Numeric ids are canonicalised (`"01001"`, `1001` and `1001.0` are all `"1001"`); other ids are
 /// kept as given after trimming. Build one with [`ObjectId::parse`] to get the canonical form.
+/// Ids of up to 23 bytes are stored inline (no heap allocation), so a catalogue of a million
+/// objects and their parent lists stays compact.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct ObjectId(Box<str>);
+pub struct ObjectId(SmolStr);
 
 /// Why a token is not an acceptable object id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,7 +52,7 @@ impl ObjectId {
         if t.bytes().all(|b| b.is_ascii_digit()) {
             let stripped = t.trim_start_matches('0');
             let canonical = if stripped.is_empty() { "0" } else { stripped };
-            return Ok(Self(canonical.into()));
+            return Ok(Self(SmolStr::new(canonical)));
         }
         if !t
             .bytes()
@@ -57,12 +60,25 @@ impl ObjectId {
         {
             return Err(IdError::BadCharacter(t.to_string()));
         }
-        Ok(Self(t.into()))
+        Ok(Self(SmolStr::new(t)))
     }
 
     /// The id of a non-negative integer.
     pub fn from_u64(n: u64) -> Self {
-        Self(n.to_string().into_boxed_str())
+        let mut buf = [0u8; 20];
+        let mut i = buf.len();
+        let mut n = n;
+        loop {
+            i -= 1;
+            buf[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        Self(SmolStr::new(
+            std::str::from_utf8(&buf[i..]).expect("ascii digits"),
+        ))
     }
 
     /// The canonical text.
@@ -182,7 +198,7 @@ pub struct ObjectDef {
     pub id: ObjectId,
     /// Human name (seed `NomObjet`); may be empty.
     #[serde(default)]
-    pub name: String,
+    pub name: SmolStr,
     /// The zone whose agents run it: explicit, else the default of its layer.
     pub zone: Zone,
     /// Layer (1 = raw ingestion, 2 = standardized, 3 = application, or another configured one):
@@ -194,7 +210,7 @@ pub struct ObjectDef {
     pub parents: Vec<ObjectId>,
     /// Load frequency, a cron expression (seed `Fréquence`), validated at read time.
     #[serde(default)]
-    pub frequency: Option<String>,
+    pub frequency: Option<SmolStr>,
     /// Last successful load (seed `Lastrun`).
     #[serde(default)]
     pub last_loaded_at: Option<DateTime<Utc>>,
@@ -206,7 +222,99 @@ pub struct ObjectDef {
     pub priority: i32,
     /// Free attributes, passed to the agent untouched.
     #[serde(default)]
-    pub attributes: BTreeMap<String, String>,
+    pub attributes: Attributes,
+}
+
+/// An object's free attributes: a small map kept as a vector sorted by key (a `BTreeMap` node
+/// costs about 540 bytes even for one entry; a million objects each with one attribute would
+/// spend half a gigabyte on them).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(
+    from = "BTreeMap<SmolStr, SmolStr>",
+    into = "BTreeMap<SmolStr, SmolStr>"
+)]
+pub struct Attributes(Vec<(SmolStr, SmolStr)>);
+
+impl Attributes {
+    /// No attribute.
+    pub fn new() -> Self {
+        Self(Vec::new())
+    }
+
+    /// No attribute, with room for `n`.
+    pub fn with_capacity(n: usize) -> Self {
+        Self(Vec::with_capacity(n))
+    }
+
+    /// Sets `key` to `value`, replacing an earlier value.
+    pub fn insert(&mut self, key: impl Into<SmolStr>, value: impl Into<SmolStr>) {
+        let key = key.into();
+        match self
+            .0
+            .binary_search_by(|(k, _)| k.as_str().cmp(key.as_str()))
+        {
+            Ok(i) => self.0[i].1 = value.into(),
+            Err(i) => self.0.insert(i, (key, value.into())),
+        }
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .binary_search_by(|(k, _)| k.as_str().cmp(key))
+            .ok()
+            .map(|i| self.0[i].1.as_str())
+    }
+
+    /// Whether `key` is set.
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Entries in key order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &str)> + '_ {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True without entries.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::ops::Index<&str> for Attributes {
+    type Output = str;
+    fn index(&self, key: &str) -> &str {
+        self.get(key)
+            .unwrap_or_else(|| panic!("no attribute {key:?}"))
+    }
+}
+
+impl<K: Into<SmolStr>, V: Into<SmolStr>> FromIterator<(K, V)> for Attributes {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        let mut a = Self::new();
+        for (k, v) in iter {
+            a.insert(k, v);
+        }
+        a
+    }
+}
+
+impl From<BTreeMap<SmolStr, SmolStr>> for Attributes {
+    fn from(m: BTreeMap<SmolStr, SmolStr>) -> Self {
+        Self(m.into_iter().collect())
+    }
+}
+
+impl From<Attributes> for BTreeMap<SmolStr, SmolStr> {
+    fn from(a: Attributes) -> Self {
+        a.0.into_iter().collect()
+    }
 }
 
 fn default_true() -> bool {
@@ -232,26 +340,31 @@ impl Dag {
     /// Builds the graph from each node's parent list. Panics if an index is out of range; the
     /// planner only calls it with validated input.
     pub fn from_parents(parents: &[Vec<NodeIx>]) -> Self {
-        let n = parents.len();
-        let mut parent_offsets = Vec::with_capacity(n + 1);
-        let mut parent_list = Vec::with_capacity(parents.iter().map(Vec::len).sum());
-        let mut child_count = vec![0u32; n + 1];
-        parent_offsets.push(0);
+        let mut offsets = Vec::with_capacity(parents.len() + 1);
+        let mut list = Vec::with_capacity(parents.iter().map(Vec::len).sum());
+        offsets.push(0);
         for ps in parents {
-            for &p in ps {
-                parent_list.push(p);
-                child_count[p as usize + 1] += 1;
-            }
-            parent_offsets.push(parent_list.len() as u32);
+            list.extend_from_slice(ps);
+            offsets.push(list.len() as u32);
+        }
+        Self::from_csr(offsets, list)
+    }
+
+    /// Builds the graph from parent lists in compressed sparse row form: node `i`'s parents are
+    /// `parent_list[parent_offsets[i]..parent_offsets[i + 1]]`. Panics on out-of-range indices.
+    pub fn from_csr(parent_offsets: Vec<u32>, parent_list: Vec<NodeIx>) -> Self {
+        let n = parent_offsets.len().saturating_sub(1);
+        let mut child_offsets = vec![0u32; n + 1];
+        for &p in &parent_list {
+            child_offsets[p as usize + 1] += 1;
         }
         for i in 0..n {
-            child_count[i + 1] += child_count[i];
+            child_offsets[i + 1] += child_offsets[i];
         }
-        let child_offsets = child_count;
         let mut fill = child_offsets.clone();
         let mut child_list = vec![0; parent_list.len()];
-        for (c, ps) in parents.iter().enumerate() {
-            for &p in ps {
+        for c in 0..n {
+            for &p in &parent_list[parent_offsets[c] as usize..parent_offsets[c + 1] as usize] {
                 let slot = &mut fill[p as usize];
                 child_list[*slot as usize] = c as NodeIx;
                 *slot += 1;

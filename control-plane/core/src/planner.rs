@@ -2,19 +2,20 @@
 //! per-zone counts, critical path, shared-ancestor count and a `plan_hash` that ignores input
 //! order.
 //!
-//! Pure and linear: every pass is iterative over dense indices, so a 100,000-deep chain plans
-//! without recursion and 1,000,000 objects plan in well under a second (see
-//! `docs/benchmarks.md`). The topological order comes from petgraph; everything after it walks
-//! that order once.
+//! Pure and linear: ids are resolved once into dense positions (a flat table for compact numeric
+//! ids), the graph is kept in flat compressed-sparse-row arrays, and every pass — closure,
+//! Kahn's topological sort, renumbering, waves and critical path — is one iterative walk. A
+//! 100,000-deep chain plans without recursion, and 1,000,000 objects with ~2 parents each plan
+//! in about half a second on two cores (`docs/benchmarks.md`). petgraph was the first
+//! implementation of the order; on that benchmark its graph copy and DFS alone took longer than
+//! the whole budget, so the planner sorts its own flat arrays (see docs/ARCHITECTURE.md).
 //!
 //! A rejected batch returns every violation found ([`PlanError`]), each naming the ids involved,
 //! so the API can answer `INVALID_ARGUMENT` with a precise, machine-readable detail.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::fmt;
 
-use petgraph::algo::toposort;
-use petgraph::graph::{DiGraph, NodeIndex};
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -267,16 +268,11 @@ pub fn plan(objects: &[ObjectDef], request: &PlanRequest) -> Result<Plan, PlanEr
     if objects.is_empty() {
         return Err(PlanError::EmptyBatch);
     }
-    if objects.len() > request.max_objects {
+    let cap = request.max_objects.min(u32::MAX as usize - 1);
+    if objects.len() > cap {
         return Err(PlanError::TooLarge {
             count: objects.len(),
-            max: request.max_objects,
-        });
-    }
-    if objects.len() > u32::MAX as usize - 1 {
-        return Err(PlanError::TooLarge {
-            count: objects.len(),
-            max: u32::MAX as usize - 1,
+            max: cap,
         });
     }
 
@@ -284,82 +280,89 @@ pub fn plan(objects: &[ObjectDef], request: &PlanRequest) -> Result<Plan, PlanEr
     let index = index_ids(objects, &mut violations);
     let (parents, external) = resolve_parents(objects, &index, request, &mut violations);
     let targets = resolve_targets(objects, &index, &request.targets, &mut violations);
+    drop(index);
     if !violations.is_empty() {
         return Err(PlanError::Invalid { violations });
     }
+    let n = objects.len();
 
     // Ancestor closure of the targets, breadth first over parent edges.
-    let n = objects.len();
     let mut in_plan = vec![false; n];
-    let mut queue: VecDeque<u32> = VecDeque::with_capacity(targets.len());
+    let mut queue: Vec<u32> = Vec::with_capacity(targets.len());
     for &t in &targets {
         if !in_plan[t as usize] {
             in_plan[t as usize] = true;
-            queue.push_back(t);
+            queue.push(t);
         }
     }
-    while let Some(i) = queue.pop_front() {
-        for &p in &parents[i as usize] {
+    let mut head = 0;
+    while head < queue.len() {
+        let i = queue[head];
+        head += 1;
+        for &p in parents.of(i) {
             if !in_plan[p as usize] {
                 in_plan[p as usize] = true;
-                queue.push_back(p);
+                queue.push(p);
             }
         }
     }
-    let closure: Vec<u32> = (0..n as u32).filter(|&i| in_plan[i as usize]).collect();
+    drop(queue);
     let excluded: Vec<u32> = (0..n as u32).filter(|&i| !in_plan[i as usize]).collect();
 
-    // Topological order of the closure with petgraph (iterative DFS).
-    let mut local = vec![u32::MAX; n];
-    for (k, &i) in closure.iter().enumerate() {
-        local[i as usize] = k as u32;
-    }
-    let edge_count: usize = closure.iter().map(|&i| parents[i as usize].len()).sum();
-    let mut graph: DiGraph<(), (), u32> = DiGraph::with_capacity(closure.len(), edge_count);
-    for _ in &closure {
-        graph.add_node(());
-    }
-    for (k, &i) in closure.iter().enumerate() {
-        for &p in &parents[i as usize] {
-            graph.add_edge(
-                NodeIndex::new(local[p as usize] as usize),
-                NodeIndex::new(k),
-                (),
-            );
+    // Topological order of the closure: Kahn's algorithm over the flat graph, first in first
+    // out, so the order also runs wave by wave.
+    let children = parents.transpose(n);
+    let mut indegree = vec![0u32; n];
+    for i in 0..n as u32 {
+        if in_plan[i as usize] {
+            indegree[i as usize] = parents.of(i).len() as u32;
         }
     }
-    let order = match toposort(&graph, None) {
-        Ok(order) => order,
-        Err(_) => {
-            let path = find_cycle(&closure, &parents, &local)
-                .into_iter()
-                .map(|i| objects[i as usize].id.clone())
-                .collect();
-            return Err(PlanError::Invalid {
-                violations: vec![Violation::Cycle { path }],
-            });
+    let planned = n - excluded.len();
+    let mut order: Vec<u32> = Vec::with_capacity(planned);
+    order.extend((0..n as u32).filter(|&i| in_plan[i as usize] && indegree[i as usize] == 0));
+    let mut head = 0;
+    while head < order.len() {
+        let i = order[head];
+        head += 1;
+        for &c in children.of(i) {
+            if in_plan[c as usize] {
+                let d = &mut indegree[c as usize];
+                *d -= 1;
+                if *d == 0 {
+                    order.push(c);
+                }
+            }
         }
-    };
-    drop(graph);
+    }
+    if order.len() < planned {
+        // Every node left with a positive in-degree is on a cycle or below one.
+        let path = find_cycle(&parents, &in_plan, &indegree)
+            .into_iter()
+            .map(|i| objects[i as usize].id.clone())
+            .collect();
+        return Err(PlanError::Invalid {
+            violations: vec![Violation::Cycle { path }],
+        });
+    }
+    drop(indegree);
+    drop(children);
 
     // Renumber: node = position in topological order.
-    let nodes: Vec<u32> = order.iter().map(|ix| closure[ix.index()]).collect();
+    let nodes = order;
     let mut node_of = vec![u32::MAX; n];
     for (node, &i) in nodes.iter().enumerate() {
         node_of[i as usize] = node as u32;
     }
-    let node_parents: Vec<Vec<NodeIx>> = nodes
-        .iter()
-        .map(|&i| {
-            parents[i as usize]
-                .iter()
-                .map(|&p| node_of[p as usize])
-                .collect()
-        })
-        .collect();
+    let mut offsets = Vec::with_capacity(nodes.len() + 1);
+    let mut list = Vec::with_capacity(parents.list.len());
+    offsets.push(0u32);
+    for &i in &nodes {
+        list.extend(parents.of(i).iter().map(|&p| node_of[p as usize]));
+        offsets.push(list.len() as u32);
+    }
     drop(parents);
-    let dag = Dag::from_parents(&node_parents);
-    drop(node_parents);
+    let dag = Dag::from_csr(offsets, list);
 
     // Waves, critical path, zone counts: one pass in topological order.
     let m = nodes.len();
@@ -367,7 +370,8 @@ pub fn plan(objects: &[ObjectDef], request: &PlanRequest) -> Result<Plan, PlanEr
     let mut cost = vec![0u64; m];
     let mut best_parent = vec![u32::MAX; m];
     let mut zone_counts: BTreeMap<Zone, u32> = BTreeMap::new();
-    let mut zone_cost: FxHashMap<&Zone, u64> = FxHashMap::default();
+    // Few zones: a short list beats hashing the zone name once per node.
+    let mut zone_cost: Vec<(&Zone, u64, u32)> = Vec::new();
     for node in 0..m as u32 {
         let obj = &objects[nodes[node as usize] as usize];
         let mut wave = 0;
@@ -380,15 +384,23 @@ pub fn plan(objects: &[ObjectDef], request: &PlanRequest) -> Result<Plan, PlanEr
             }
         }
         waves[node as usize] = wave;
-        let own = *zone_cost.entry(&obj.zone).or_insert_with(|| {
-            request
-                .zone_durations_ms
-                .get(&obj.zone)
-                .copied()
-                .unwrap_or(DEFAULT_ZONE_DURATION_MS)
-        });
-        cost[node as usize] = heaviest.saturating_add(own);
-        *zone_counts.entry(obj.zone.clone()).or_default() += 1;
+        let k = match zone_cost.iter().position(|(z, ..)| *z == &obj.zone) {
+            Some(k) => k,
+            None => {
+                let ms = request
+                    .zone_durations_ms
+                    .get(&obj.zone)
+                    .copied()
+                    .unwrap_or(DEFAULT_ZONE_DURATION_MS);
+                zone_cost.push((&obj.zone, ms, 0));
+                zone_cost.len() - 1
+            }
+        };
+        zone_cost[k].2 += 1;
+        cost[node as usize] = heaviest.saturating_add(zone_cost[k].1);
+    }
+    for (zone, _, count) in zone_cost {
+        zone_counts.insert(zone.clone(), count);
     }
     let wave_count = waves.iter().max().map_or(0, |w| w + 1);
     let end = (0..m)
@@ -402,13 +414,15 @@ pub fn plan(objects: &[ObjectDef], request: &PlanRequest) -> Result<Plan, PlanEr
         critical_path.push(at as NodeIx);
     }
     critical_path.reverse();
+    drop(cost);
+    drop(best_parent);
 
     let mut target_nodes: Vec<NodeIx> = targets.iter().map(|&t| node_of[t as usize]).collect();
     target_nodes.sort_unstable();
     target_nodes.dedup();
     let shared_ancestors = count_shared_ancestors(&dag, &target_nodes);
 
-    let plan_hash = plan_hash(objects, &nodes, &external, request);
+    let plan_hash = plan_hash(objects, &in_plan, &external, request);
 
     Ok(Plan {
         nodes,
@@ -426,29 +440,137 @@ pub fn plan(objects: &[ObjectDef], request: &PlanRequest) -> Result<Plan, PlanEr
     })
 }
 
+/// Parent lists of the submitted objects, by position, in one flat array.
+struct Parents {
+    offsets: Vec<u32>,
+    list: Vec<u32>,
+}
+
+impl Parents {
+    fn of(&self, i: u32) -> &[u32] {
+        &self.list[self.offsets[i as usize] as usize..self.offsets[i as usize + 1] as usize]
+    }
+
+    /// Children lists, in the same flat form.
+    fn transpose(&self, n: usize) -> Parents {
+        let mut offsets = vec![0u32; n + 1];
+        for &p in &self.list {
+            offsets[p as usize + 1] += 1;
+        }
+        for i in 0..n {
+            offsets[i + 1] += offsets[i];
+        }
+        let mut fill = offsets.clone();
+        let mut list = vec![0u32; self.list.len()];
+        for c in 0..n as u32 {
+            for &p in self.of(c) {
+                let slot = &mut fill[p as usize];
+                list[*slot as usize] = c;
+                *slot += 1;
+            }
+        }
+        Parents { offsets, list }
+    }
+}
+
+/// Positions of ids. Numeric ids (the common case) are keyed by their value, so a lookup never
+/// touches the objects themselves: through a flat table when the values are compact (the seed's
+/// layered ids are), else a hash of one integer; other ids by their text.
+#[derive(Default)]
+struct IdIndex<'a> {
+    /// `(lowest value, position + 1 per value, 0 = absent)`.
+    dense: Option<(u64, Vec<u32>)>,
+    numeric: FxHashMap<u64, u32>,
+    text: FxHashMap<&'a str, u32>,
+}
+
+/// The value of a canonical numeric id (no leading zeros, fits in a u64).
+fn numeric_key(id: &str) -> Option<u64> {
+    let b = id.as_bytes();
+    if b.is_empty() || b.len() > 19 || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(
+        b.iter()
+            .fold(0u64, |acc, &d| acc * 10 + u64::from(d - b'0')),
+    )
+}
+
+impl<'a> IdIndex<'a> {
+    fn get(&self, id: &str) -> Option<u32> {
+        match numeric_key(id) {
+            Some(k) => match &self.dense {
+                Some((low, table)) => k
+                    .checked_sub(*low)
+                    .and_then(|off| table.get(off as usize))
+                    .and_then(|&slot| slot.checked_sub(1)),
+                None => self.numeric.get(&k).copied(),
+            },
+            None => self.text.get(id).copied(),
+        }
+    }
+
+    /// Inserts unless present; returns the earlier position if there was one.
+    fn insert(&mut self, id: &'a str, i: u32) -> Option<u32> {
+        match numeric_key(id) {
+            Some(k) if self.dense.is_some() => {
+                let (low, table) = self.dense.as_mut()?;
+                let slot = &mut table[(k - *low) as usize];
+                if *slot == 0 {
+                    *slot = i + 1;
+                    None
+                } else {
+                    Some(*slot - 1)
+                }
+            }
+            Some(k) => match self.numeric.entry(k) {
+                std::collections::hash_map::Entry::Occupied(e) => Some(*e.get()),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(i);
+                    None
+                }
+            },
+            None => match self.text.entry(id) {
+                std::collections::hash_map::Entry::Occupied(e) => Some(*e.get()),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(i);
+                    None
+                }
+            },
+        }
+    }
+}
+
 /// Maps ids to positions; records duplicates.
-fn index_ids<'a>(
-    objects: &'a [ObjectDef],
-    violations: &mut Vec<Violation>,
-) -> FxHashMap<&'a str, u32> {
-    let mut index: FxHashMap<&str, u32> = FxHashMap::default();
-    index.reserve(objects.len());
+fn index_ids<'a>(objects: &'a [ObjectDef], violations: &mut Vec<Violation>) -> IdIndex<'a> {
+    let mut index = IdIndex::default();
+    let (mut low, mut high, mut numeric) = (u64::MAX, 0u64, 0usize);
+    for o in objects {
+        if let Some(k) = numeric_key(o.id.as_str()) {
+            low = low.min(k);
+            high = high.max(k);
+            numeric += 1;
+        }
+    }
+    // A flat table when it costs at most 8 slots per numeric id.
+    if numeric > 0 && high - low < (numeric as u64).saturating_mul(8).max(1024) {
+        index.dense = Some((low, vec![0; (high - low + 1) as usize]));
+    } else {
+        index.numeric.reserve(numeric);
+    }
     let mut dups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, o) in objects.iter().enumerate() {
-        if let Some(&first) = index.get(o.id.as_str()) {
+        if let Some(first) = index.insert(o.id.as_str(), i as u32) {
             dups.entry(o.id.as_str())
                 .or_insert_with(|| vec![first as usize])
                 .push(i);
-        } else {
-            index.insert(o.id.as_str(), i as u32);
         }
     }
-    for (id, positions) in dups {
+    for positions in dups.into_values() {
         violations.push(Violation::DuplicateId {
             id: objects[positions[0]].id.clone(),
             positions,
         });
-        let _ = id;
     }
     index
 }
@@ -456,23 +578,25 @@ fn index_ids<'a>(
 /// Each object's parents as positions; external parents collected separately.
 fn resolve_parents(
     objects: &[ObjectDef],
-    index: &FxHashMap<&str, u32>,
+    index: &IdIndex<'_>,
     request: &PlanRequest,
     violations: &mut Vec<Violation>,
-) -> (Vec<Vec<u32>>, Vec<ObjectId>) {
+) -> (Parents, Vec<ObjectId>) {
+    let layers: Vec<Option<u8>> = objects.iter().map(|o| o.layer).collect();
     let mut external: FxHashSet<&ObjectId> = FxHashSet::default();
-    let mut parents = Vec::with_capacity(objects.len());
+    let mut offsets = Vec::with_capacity(objects.len() + 1);
+    let mut list: Vec<u32> = Vec::with_capacity(objects.len() * 3);
+    offsets.push(0u32);
     for o in objects {
-        let mut ps = Vec::with_capacity(o.parents.len());
+        let start = list.len();
         for p in &o.parents {
             if *p == o.id {
                 violations.push(Violation::SelfParent { id: o.id.clone() });
                 continue;
             }
             match index.get(p.as_str()) {
-                Some(&pi) => {
-                    let parent = &objects[pi as usize];
-                    if let (Some(layer), Some(parent_layer)) = (o.layer, parent.layer)
+                Some(pi) => {
+                    if let (Some(layer), Some(parent_layer)) = (o.layer, layers[pi as usize])
                         && parent_layer > layer
                     {
                         violations.push(Violation::LayerInversion {
@@ -482,8 +606,8 @@ fn resolve_parents(
                             parent_layer,
                         });
                     }
-                    if !ps.contains(&pi) {
-                        ps.push(pi);
+                    if !list[start..].contains(&pi) {
+                        list.push(pi);
                     }
                 }
                 None if request.allow_external_parents => {
@@ -495,16 +619,16 @@ fn resolve_parents(
                 }),
             }
         }
-        parents.push(ps);
+        offsets.push(list.len() as u32);
     }
     let mut external: Vec<ObjectId> = external.into_iter().cloned().collect();
     external.sort();
-    (parents, external)
+    (Parents { offsets, list }, external)
 }
 
 fn resolve_targets(
     objects: &[ObjectDef],
-    index: &FxHashMap<&str, u32>,
+    index: &IdIndex<'_>,
     targets: &Targets,
     violations: &mut Vec<Violation>,
 ) -> Vec<u32> {
@@ -524,7 +648,7 @@ fn resolve_targets(
             let mut out = Vec::with_capacity(ids.len());
             for id in ids {
                 match index.get(id.as_str()) {
-                    Some(&i) => out.push(i),
+                    Some(i) => out.push(i),
                     None => violations.push(Violation::UnknownTarget { id: id.clone() }),
                 }
             }
@@ -533,51 +657,29 @@ fn resolve_targets(
     }
 }
 
-/// One concrete cycle among `closure` (positions), found without recursion: Kahn's algorithm
-/// peels every node not on or below a cycle; every remaining node keeps a remaining parent, so
-/// walking remaining parents from any remaining node must revisit a node, and the walk between
-/// the two visits is a cycle.
-fn find_cycle(closure: &[u32], parents: &[Vec<u32>], local: &[u32]) -> Vec<u32> {
-    let m = closure.len();
-    let mut children: Vec<Vec<u32>> = vec![Vec::new(); m];
-    let mut indegree = vec![0u32; m];
-    for (k, &i) in closure.iter().enumerate() {
-        for &p in &parents[i as usize] {
-            children[local[p as usize] as usize].push(k as u32);
-            indegree[k] += 1;
-        }
-    }
-    let mut queue: Vec<u32> = (0..m as u32)
-        .filter(|&k| indegree[k as usize] == 0)
-        .collect();
-    let mut removed = vec![false; m];
-    while let Some(k) = queue.pop() {
-        removed[k as usize] = true;
-        for &c in &children[k as usize] {
-            indegree[c as usize] -= 1;
-            if indegree[c as usize] == 0 {
-                queue.push(c);
-            }
-        }
-    }
-    let Some(start) = (0..m).find(|&k| !removed[k]) else {
+/// One concrete cycle, found without recursion: after Kahn's algorithm, every planned node left
+/// with a positive in-degree keeps a parent that was not removed either, so walking such parents
+/// from any of them must revisit a node, and the walk between the two visits is a cycle.
+fn find_cycle(parents: &Parents, in_plan: &[bool], indegree: &[u32]) -> Vec<u32> {
+    let remaining = |i: u32| in_plan[i as usize] && indegree[i as usize] > 0;
+    let Some(start) = (0..in_plan.len() as u32).find(|&i| remaining(i)) else {
         return Vec::new();
     };
-    // Walk remaining parents until a node repeats.
-    let mut seen_at = vec![usize::MAX; m];
+    let mut seen_at: FxHashMap<u32, usize> = FxHashMap::default();
     let mut walk = Vec::new();
     let mut at = start;
-    while seen_at[at] == usize::MAX {
-        seen_at[at] = walk.len();
+    while !seen_at.contains_key(&at) {
+        seen_at.insert(at, walk.len());
         walk.push(at);
-        at = parents[closure[at] as usize]
+        at = parents
+            .of(at)
             .iter()
-            .map(|&p| local[p as usize] as usize)
-            .find(|&p| !removed[p])
+            .copied()
+            .find(|&p| remaining(p))
             .expect("a node left by Kahn's algorithm keeps a remaining parent");
     }
-    // walk[seen_at[at]..] follows parent links; reverse it so each is a parent of the next.
-    let mut cycle: Vec<u32> = walk[seen_at[at]..].iter().map(|&k| closure[k]).collect();
+    // The walk follows parent links; reversed, each node is a parent of the next.
+    let mut cycle = walk[seen_at[&at]..].to_vec();
     cycle.reverse();
     cycle
 }
@@ -633,15 +735,51 @@ fn merge(first: &mut u32, shared: &mut bool, other_first: u32, other_shared: boo
 /// seals the sum with the request's parameters.
 fn plan_hash(
     objects: &[ObjectDef],
-    nodes: &[u32],
+    in_plan: &[bool],
     external: &[ObjectId],
     request: &PlanRequest,
 ) -> String {
+    // The sum does not depend on the order: large batches are hashed in parts, in parallel.
+    let parts = if objects.len() >= 100_000 {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+    } else {
+        1
+    };
+    let step = objects.len().div_ceil(parts);
+    let (sum, count) = std::thread::scope(|scope| {
+        let handles: Vec<_> = objects
+            .chunks(step)
+            .zip(in_plan.chunks(step))
+            .map(|(objs, planned)| scope.spawn(move || hash_objects(objs, planned)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("hashing does not panic"))
+            .fold((0u128, 0u64), |(s, c), (s2, c2)| {
+                (s.wrapping_add(s2), c + c2)
+            })
+    });
+    let mut h = Sha256::new();
+    h.update(b"strata.plan.v1");
+    h.update(sum.to_le_bytes());
+    h.update(count.to_le_bytes());
+    for e in external {
+        h.update(e.as_str().as_bytes());
+        h.update([0]);
+    }
+    h.update([u8::from(request.allow_external_parents)]);
+    let digest = h.finalize();
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The sum of the per-object hashes of the planned objects among `objects`, and their count.
+fn hash_objects(objects: &[ObjectDef], in_plan: &[bool]) -> (u128, u64) {
     let mut sum: u128 = 0;
+    let mut count: u64 = 0;
     let mut buf: Vec<u8> = Vec::with_capacity(256);
     let mut sorted: Vec<&str> = Vec::new();
-    for &i in nodes {
-        let o = &objects[i as usize];
+    for (o, _) in objects.iter().zip(in_plan).filter(|(_, planned)| **planned) {
+        count += 1;
         buf.clear();
         field(&mut buf, o.id.as_str());
         field(&mut buf, &o.name);
@@ -662,23 +800,13 @@ fn plan_hash(
         buf.push(u8::from(o.enabled));
         buf.extend_from_slice(&o.priority.to_le_bytes());
         buf.extend_from_slice(&(o.attributes.len() as u32).to_le_bytes());
-        for (k, v) in &o.attributes {
+        for (k, v) in o.attributes.iter() {
             field(&mut buf, k);
             field(&mut buf, v);
         }
         sum = sum.wrapping_add(xxhash_rust::xxh3::xxh3_128(&buf));
     }
-    let mut h = Sha256::new();
-    h.update(b"strata.plan.v1");
-    h.update(sum.to_le_bytes());
-    h.update((nodes.len() as u64).to_le_bytes());
-    for e in external {
-        h.update(e.as_str().as_bytes());
-        h.update([0]);
-    }
-    h.update([u8::from(request.allow_external_parents)]);
-    let digest = h.finalize();
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    (sum, count)
 }
 
 fn field(buf: &mut Vec<u8>, s: &str) {

@@ -104,8 +104,8 @@ fn native_records_accept_textual_ids() {
     assert_eq!(ids(&o[1].parents), ["orders.raw"]);
     assert_eq!(o[1].priority, 5);
     assert!(!o[1].enabled);
-    assert_eq!(o[1].attributes["owner"], "sales");
-    assert_eq!(o[1].attributes["rows"], "10");
+    assert_eq!(o[1].attributes.get("owner"), Some("sales"));
+    assert_eq!(o[1].attributes.get("rows"), Some("10"));
     assert_eq!(o[2].id.as_str(), "3001");
     assert_eq!(o[2].layer, Some(3));
 }
@@ -266,12 +266,13 @@ fn seed_extra_fields_become_attributes_and_etat_objet_maps_to_enabled() {
             "Scope": null, "EtatObjet": "inactif", "Criticité": "low"}]"#,
     );
     assert_eq!(
-        o.attributes["id"], "3",
+        o.attributes.get("id"),
+        Some("3"),
         "the seed's id is a dataset id, kept as attribute"
     );
-    assert_eq!(o.attributes["URL"], "https://x.example/a");
-    assert_eq!(o.attributes["FileLimit"], "200");
-    assert_eq!(o.attributes["Criticité"], "low");
+    assert_eq!(o.attributes.get("URL"), Some("https://x.example/a"));
+    assert_eq!(o.attributes.get("FileLimit"), Some("200"));
+    assert_eq!(o.attributes.get("Criticité"), Some("low"));
     assert!(!o.attributes.contains_key("Scope"), "nulls are dropped");
     assert!(!o.enabled);
 }

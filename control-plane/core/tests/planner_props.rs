@@ -13,7 +13,7 @@ fn obj(id: &str, zone: &str, parents: &[&str]) -> ObjectDef {
     ObjectDef {
         layer: id.numeric_layer().or_else(|| zone.default_layer()),
         id,
-        name: String::new(),
+        name: Default::default(),
         zone,
         parents: parents
             .iter()
@@ -23,7 +23,7 @@ fn obj(id: &str, zone: &str, parents: &[&str]) -> ObjectDef {
         last_loaded_at: None,
         enabled: true,
         priority: 0,
-        attributes: BTreeMap::new(),
+        attributes: Default::default(),
     }
 }
 
@@ -367,7 +367,7 @@ proptest! {
         prop_assert_eq!(a.plan_hash.len(), 64);
 
         // …but not content: one changed attribute changes it.
-        shuffled[0].attributes.insert("owner".into(), "someone".into());
+        shuffled[0].attributes.insert("owner", "someone");
         let c = plan(&shuffled, &req).unwrap();
         prop_assert_ne!(&a.plan_hash, &c.plan_hash);
     }

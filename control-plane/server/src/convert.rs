@@ -90,14 +90,18 @@ pub fn fingerprint(error: &str) -> String {
 pub fn object_definition(o: &ObjectDef) -> pb::ObjectDefinition {
     pb::ObjectDefinition {
         id: o.id.to_string(),
-        name: o.name.clone(),
+        name: o.name.to_string(),
         zone: o.zone.to_string(),
         parents: o.parents.iter().map(ToString::to_string).collect(),
-        frequency: o.frequency.clone().unwrap_or_default(),
+        frequency: o.frequency.as_deref().unwrap_or_default().to_owned(),
         last_loaded_at: o.last_loaded_at.map(timestamp),
         enabled: Some(o.enabled),
         priority: o.priority,
-        attributes: o.attributes.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        attributes: o
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
     }
 }
 
@@ -160,7 +164,7 @@ pub fn object_defs(defs: Vec<pb::ObjectDefinition>) -> Result<Vec<ObjectDef>, Ve
             None
         } else {
             match strata_core::freshness::Frequency::parse(&d.frequency) {
-                Ok(_) => Some(d.frequency.trim().to_owned()),
+                Ok(_) => Some(d.frequency.trim().into()),
                 Err(e) => {
                     problem(
                         "frequency",
@@ -181,7 +185,7 @@ pub fn object_defs(defs: Vec<pb::ObjectDefinition>) -> Result<Vec<ObjectDef>, Ve
         out.push(ObjectDef {
             layer: layer.or_else(|| zone.default_layer()),
             id,
-            name: d.name,
+            name: d.name.into(),
             zone,
             parents,
             frequency,
