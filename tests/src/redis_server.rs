@@ -1,0 +1,158 @@
+//! A private `redis-server` per test: loopback only, no persistence, free port, own temp dir.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use tempfile::TempDir;
+
+use crate::process::ServerProcess;
+use crate::{free_port, on_path, resolve_binary, temp_dir};
+
+/// Env var naming the `redis-server` binary (`./tests/run.sh` exports it).
+pub const REDIS_SERVER_BIN_ENV: &str = "STRATA_REDIS_SERVER_BIN";
+
+/// How long a start may take before it is an error (measured: ~10 ms).
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// Fresh ports tried when the first one was taken between [`free_port`] and the bind.
+const PORT_ATTEMPTS: usize = 3;
+
+/// A running (or deliberately stopped) `redis-server` on `127.0.0.1:port()`.
+///
+/// Started with `--save "" --appendonly no`: nothing survives [`RedisServer::stop`]. The process
+/// is killed when this drops.
+#[derive(Debug)]
+pub struct RedisServer {
+    bin: PathBuf,
+    port: u16,
+    process: Option<ServerProcess>,
+    // Declared last: dropped after the process is dead.
+    dir: TempDir,
+}
+
+impl RedisServer {
+    /// Starts a server on a free port and waits (bounded) until it answers `PING`.
+    pub async fn start() -> anyhow::Result<Self> {
+        let bin = resolve_binary(
+            REDIS_SERVER_BIN_ENV,
+            on_path("redis-server")
+                .into_iter()
+                .chain([PathBuf::from("/usr/bin/redis-server")]),
+            "redis-server",
+        )?;
+        let dir = temp_dir("redis")?;
+        let mut last_error = None;
+        for _ in 0..PORT_ATTEMPTS {
+            let port = free_port()?;
+            match spawn_ready(&bin, port, dir.path()).await {
+                Ok(process) => {
+                    return Ok(Self {
+                        bin,
+                        port,
+                        process: Some(process),
+                        dir,
+                    });
+                }
+                Err(e) if format!("{e:#}").contains("Address already in use") => {
+                    last_error = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("redis-server did not start")))
+    }
+
+    /// The port it listens on (stable across [`RedisServer::stop`] / [`RedisServer::start_again`]).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:PORT/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// The server's temp dir (holds `redis.log`).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Whether the server process is up (started and not stopped).
+    pub fn is_running(&mut self) -> bool {
+        match self.process.as_mut() {
+            Some(p) => matches!(p.exit_status(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// A new multiplexed connection (bounded connect).
+    pub async fn connection(&self) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+        connect(&self.url(), Duration::from_secs(5)).await
+    }
+
+    /// Kills the server (`SIGKILL`); the port refuses connections until [`Self::start_again`].
+    /// All data is lost.
+    pub fn stop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.kill();
+        }
+    }
+
+    /// Starts a new server on the same port after [`Self::stop`] and waits until it answers.
+    pub async fn start_again(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        self.process = Some(spawn_ready(&self.bin, self.port, self.dir.path()).await?);
+        Ok(())
+    }
+}
+
+/// Spawns `redis-server` on `port` in `dir` and waits (bounded) until it answers `PING`.
+async fn spawn_ready(bin: &Path, port: u16, dir: &Path) -> anyhow::Result<ServerProcess> {
+    let port_arg = port.to_string();
+    let mut command = Command::new(bin);
+    command
+        .args(["--port", &port_arg, "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .args(["--daemonize", "no", "--logfile", ""])
+        .arg("--dir")
+        .arg(dir)
+        .current_dir(dir);
+    let mut process = ServerProcess::spawn("redis-server", command, &dir.join("redis.log"))?;
+    let url = format!("redis://127.0.0.1:{port}/");
+    let started = Instant::now();
+    loop {
+        if let Some(status) = process.exit_status()? {
+            bail!(
+                "redis-server on port {port} exited during start ({status}); log tail:\n{}",
+                process.log_tail()
+            );
+        }
+        if let Ok(mut con) = connect(&url, Duration::from_millis(500)).await {
+            let pong = tokio::time::timeout(
+                Duration::from_millis(500),
+                redis::cmd("PING").query_async::<String>(&mut con),
+            )
+            .await;
+            if matches!(pong, Ok(Ok(ref p)) if p == "PONG") {
+                return Ok(process);
+            }
+        }
+        if started.elapsed() > START_TIMEOUT {
+            bail!(
+                "redis-server on port {port} did not answer PING within {START_TIMEOUT:?}; \
+                 log tail:\n{}",
+                process.log_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn connect(url: &str, limit: Duration) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    let client = redis::Client::open(url).with_context(|| format!("redis url {url}"))?;
+    tokio::time::timeout(limit, client.get_multiplexed_async_connection())
+        .await
+        .with_context(|| format!("connect to {url}: timed out after {limit:?}"))?
+        .with_context(|| format!("connect to {url}"))
+}
