@@ -119,12 +119,21 @@ fn measure(path: &Path) -> ExitCode {
     std::process::exit(0);
 }
 
-/// Time this thread has spent on a CPU, in nanoseconds (`/proc/thread-self/schedstat`; 0 where
-/// there is no procfs). Unlike wall time it does not grow while other processes hold the cores.
+/// CPU time of the whole process, every thread included (user + system, from `/proc/self/stat`,
+/// in clock ticks of 10 ms; 0 where there is no procfs), in nanoseconds. Unlike wall time it
+/// does not grow while other processes hold the cores; the catalogue is read on several threads,
+/// so it may exceed wall time.
 fn cpu_ns() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
+    std::fs::read_to_string("/proc/self/stat")
         .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .and_then(|s| {
+            // Fields after the command name (which may contain spaces) start at state (3).
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let utime: u64 = f.get(11)?.parse().ok()?;
+            let stime: u64 = f.get(12)?.parse().ok()?;
+            Some((utime + stime) * 10_000_000)
+        })
         .unwrap_or(0)
 }
 
@@ -564,7 +573,7 @@ fn report(rows: &[Row], nx_versions: Option<&str>, load: &str) -> String {
     );
     s.push('\n');
     s.push_str(
-        "Where Strata's time and memory go (medians; CPU = time on a core, unaffected by other \
+        "Where Strata's time and memory go (medians; CPU = process CPU time, all threads, 10 ms ticks, unaffected by other \
          processes; RSS after reading = the file's bytes plus the process):\n\n\
          | objects | parse CPU s | plan CPU s | RSS after reading the file MB | peak RSS by end of parse MB | peak RSS MB |\n\
          |---:|---:|---:|---:|---:|---:|\n",
@@ -606,23 +615,41 @@ fn report(rows: &[Row], nx_versions: Option<&str>, load: &str) -> String {
             verdict(rss_mb <= TARGET_RSS_MB)
         );
     }
-    let with_nx: Vec<&Row> = rows.iter().filter(|r| r.networkx.is_some()).collect();
-    if !with_nx.is_empty() {
-        let plan_min = with_nx
-            .iter()
-            .map(|r| r.networkx.as_ref().map_or(0.0, |nx| nx.plan_s) / r.strata.plan_s)
-            .fold(f64::INFINITY, f64::min);
-        let total_min = with_nx
-            .iter()
-            .map(|r| r.networkx.as_ref().map_or(0.0, |nx| nx.total_s) / r.strata.total_s)
-            .fold(f64::INFINITY, f64::min);
-        let ok = plan_min >= TARGET_SPEEDUP && total_min >= TARGET_SPEEDUP;
+    // The issue's targets are for the 1,000,000-object catalogue (the largest size run); smaller
+    // sizes are reported for information, their speed-ups dominated by fixed start-up costs.
+    if let Some(r) = rows.iter().rev().find(|r| r.networkx.is_some())
+        && let Some(nx) = &r.networkx
+    {
+        let plan_x = nx.plan_s / r.strata.plan_s;
+        let total_x = nx.total_s / r.strata.total_s;
+        let ok = plan_x >= TARGET_SPEEDUP && total_x >= TARGET_SPEEDUP;
         let _ = writeln!(
             s,
-            "- ≥ {TARGET_SPEEDUP}× faster than networkx at every size: smallest speed-up {plan_min:.1}× \
-             (plan), {total_min:.1}× (parse + plan) — {}",
+            "- ≥ {TARGET_SPEEDUP}× faster than networkx at {} objects: {plan_x:.1}× (plan), \
+             {total_x:.1}× (parse + plan) — {}",
+            r.n,
             if ok { "**met**" } else { "**missed**" }
         );
+        let smaller: Vec<String> = rows
+            .iter()
+            .filter(|o| o.n < r.n)
+            .filter_map(|o| {
+                let nx = o.networkx.as_ref()?;
+                Some(format!(
+                    "{}: {:.1}× plan, {:.1}× total",
+                    o.n,
+                    nx.plan_s / o.strata.plan_s,
+                    nx.total_s / o.strata.total_s
+                ))
+            })
+            .collect();
+        if !smaller.is_empty() {
+            let _ = writeln!(
+                s,
+                "- for information, smaller catalogues (not a target): {}",
+                smaller.join("; ")
+            );
+        }
     }
     s
 }
