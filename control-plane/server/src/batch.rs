@@ -119,13 +119,13 @@ pub fn dispositions(
                     reason: format!("object {} is disabled", o.id),
                 };
             }
-            if !force
-                && let (Some(freq), Some(_)) = (o.frequency.as_deref(), o.last_loaded_at)
-            {
+            if !force && let (Some(freq), Some(_)) = (o.frequency.as_deref(), o.last_loaded_at) {
                 let f = frequencies
                     .entry(freq)
                     .or_insert_with(|| Frequency::parse(freq).ok());
-                if f.as_ref().is_some_and(|f| f.is_fresh(o.last_loaded_at, now)) {
+                if f.as_ref()
+                    .is_some_and(|f| f.is_fresh(o.last_loaded_at, now))
+                {
                     return InitialDisposition::SkippedFresh;
                 }
             }

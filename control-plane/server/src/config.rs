@@ -41,7 +41,11 @@ pub struct Flags {
     pub kafka_brokers: Option<String>,
 
     /// Extra Kafka client properties, `key=value`, repeatable (e.g. SASL/SSL settings).
-    #[arg(long = "kafka-property", env = "STRATA_KAFKA_PROPERTIES", value_delimiter = ',')]
+    #[arg(
+        long = "kafka-property",
+        env = "STRATA_KAFKA_PROPERTIES",
+        value_delimiter = ','
+    )]
     pub kafka_properties: Option<Vec<String>>,
 
     /// Prefix of every topic name (`<prefix>.ready.<zone>`, `<prefix>.results`, …).
@@ -437,7 +441,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.topic_prefix, "flag");
         assert_eq!(c.retry.max_attempts, 7);
-        assert_eq!(c.zone_durations_ms.values().copied().collect::<Vec<_>>(), [250]);
+        assert_eq!(
+            c.zone_durations_ms.values().copied().collect::<Vec<_>>(),
+            [250]
+        );
 
         std::fs::write(&path, "no_such_setting = 1\n").unwrap();
         let err = Flags {

@@ -37,8 +37,8 @@ use tracing::{debug, info, warn};
 use crate::batch::{BatchOptions, PreparedBatch, prepare};
 use crate::convert;
 use crate::ports::{
-    BatchHead, BatchWrite, CreateOutcome, DataPlane, PortError, Position, RetryEntry,
-    StateStore, StepWrite, StoredBatch, StoredDeadLetter,
+    BatchHead, BatchWrite, CreateOutcome, DataPlane, PortError, Position, RetryEntry, StateStore,
+    StepWrite, StoredBatch, StoredDeadLetter,
 };
 
 /// How many results one step takes at most.
@@ -217,7 +217,10 @@ pub struct DriverState {
 type ReadFn = Box<dyn FnOnce(&DriverState) + Send>;
 
 enum Command {
-    Submit(Box<PreparedBatch>, oneshot::Sender<Result<SubmitOutcome, DriverError>>),
+    Submit(
+        Box<PreparedBatch>,
+        oneshot::Sender<Result<SubmitOutcome, DriverError>>,
+    ),
     Event {
         batch_id: String,
         event: Event,
@@ -245,7 +248,8 @@ impl Handle {
     /// Submits a prepared batch; resolves once it is durable and its first objects released.
     pub async fn submit(&self, prepared: PreparedBatch) -> Result<SubmitOutcome, DriverError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Submit(Box::new(prepared), reply)).await?;
+        self.send(Command::Submit(Box::new(prepared), reply))
+            .await?;
         rx.await.map_err(|_| DriverError::ShuttingDown)?
     }
 
@@ -343,7 +347,10 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
 
     /// Restores the active batches, then serves until `shutdown` resolves.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), DriverError> {
-        retry_port("ensure topics", || self.data.ensure_topics(&self.settings.zones)).await?;
+        retry_port("ensure topics", || {
+            self.data.ensure_topics(&self.settings.zones)
+        })
+        .await?;
         let mut results = self.data.subscribe_results()?;
         self.restore().await?;
         let mut tick = tokio::time::interval(self.settings.tick);
@@ -447,8 +454,10 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
             .filter(|(_, r)| r.state != NodeState::Pending)
             .map(|(i, r)| (i as u32, r.clone()))
             .collect();
-        match retry_port("create batch", || self.store.create_batch(&stored, &head, &initial))
-            .await?
+        match retry_port("create batch", || {
+            self.store.create_batch(&stored, &head, &initial)
+        })
+        .await?
         {
             CreateOutcome::Created => {}
             CreateOutcome::Existing {
@@ -518,8 +527,10 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                     continue;
                 }
             };
-            let options: BatchOptions = serde_json::from_value(b.options.clone()).unwrap_or_default();
-            let created_at = DateTime::from_timestamp_millis(b.created_at_ms).unwrap_or_else(Utc::now);
+            let options: BatchOptions =
+                serde_json::from_value(b.options.clone()).unwrap_or_default();
+            let created_at =
+                DateTime::from_timestamp_millis(b.created_at_ms).unwrap_or_else(Utc::now);
             let prepared = match prepare(
                 &b.idempotency_key,
                 objects,
@@ -582,7 +593,11 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
             };
             let Some((batch_id, object_id, agent, event)) = to_event(result) else {
                 self.state.counters.undecodable += 1;
-                warn!(partition = rec.position.partition, offset = rec.position.offset, "result record without an outcome skipped");
+                warn!(
+                    partition = rec.position.partition,
+                    offset = rec.position.offset,
+                    "result record without an outcome skipped"
+                );
                 continue;
             };
             let Some(rt) = self.state.batches.get(&batch_id) else {
@@ -594,7 +609,12 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                 .ok()
                 .and_then(|id| rt.node_of.get(&id).copied())
             else {
-                *self.state.counters.ignored.entry(IgnoreReason::UnknownNode.as_str()).or_default() += 1;
+                *self
+                    .state
+                    .counters
+                    .ignored
+                    .entry(IgnoreReason::UnknownNode.as_str())
+                    .or_default() += 1;
                 continue;
             };
             let event = event(node);
@@ -617,7 +637,11 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
             self.publish_ready(ready).await;
         }
         let now = Utc::now();
-        let due = match self.store.claim_due_retries(now.timestamp_millis(), 1024).await {
+        let due = match self
+            .store
+            .claim_due_retries(now.timestamp_millis(), 1024)
+            .await
+        {
             Ok(d) => d,
             Err(e) => {
                 warn!(error = %e, "claiming due retries failed");
@@ -655,7 +679,12 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
         match outcome {
             Outcome::Applied => self.state.counters.applied += 1,
             Outcome::Ignored(reason) => {
-                *self.state.counters.ignored.entry(reason.as_str()).or_default() += 1;
+                *self
+                    .state
+                    .counters
+                    .ignored
+                    .entry(reason.as_str())
+                    .or_default() += 1;
             }
         }
         self.absorb(step, batch_id, effects, false);
@@ -677,7 +706,10 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                     to,
                     attempt,
                 } => {
-                    step.changed.entry(batch_id.to_owned()).or_default().push(node);
+                    step.changed
+                        .entry(batch_id.to_owned())
+                        .or_default()
+                        .push(node);
                     rt.history.entry(node).or_default().push(TransitionRecord {
                         from,
                         to,
@@ -827,12 +859,18 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
             self.publish_ready(ready).await;
         }
         if !step.dead.is_empty()
-            && let Err(e) = self.data.publish_dead_letters(std::mem::take(&mut step.dead)).await
+            && let Err(e) = self
+                .data
+                .publish_dead_letters(std::mem::take(&mut step.dead))
+                .await
         {
             warn!(error = %e, "dead letters not produced to the dead-letter topic");
         }
         if !step.status.is_empty()
-            && let Err(e) = self.data.publish_status(std::mem::take(&mut step.status)).await
+            && let Err(e) = self
+                .data
+                .publish_status(std::mem::take(&mut step.status))
+                .await
         {
             debug!(error = %e, "status changes not produced");
         }

@@ -13,4 +13,7 @@ pub mod batch;
 pub mod config;
 pub mod convert;
 pub mod driver;
+pub mod error;
 pub mod ports;
+pub mod run;
+pub mod service;

@@ -107,9 +107,8 @@ impl DataPlane for MemoryDataPlane {
 
     async fn publish_ready(&self, ready: Vec<ObjectReady>) -> PortResult<()> {
         for r in ready {
-            let zone = Zone::parse(&r.zone).unwrap_or_else(|| {
-                Zone::default_for_layer(1).expect("layer 1 has a default zone")
-            });
+            let zone = Zone::parse(&r.zone)
+                .unwrap_or_else(|| Zone::default_for_layer(1).expect("layer 1 has a default zone"));
             // No subscriber yet is like a topic nobody consumes: the record is dropped.
             let _ = self.zone_sender(&zone).send(r);
         }
@@ -201,11 +200,7 @@ impl StateStore for MemoryStore {
             .insert((batch.created_at_ms, batch.batch_id.clone()));
         s.batches.insert(
             batch.batch_id.clone(),
-            (
-                batch.clone(),
-                head.clone(),
-                nodes.iter().cloned().collect(),
-            ),
+            (batch.clone(), head.clone(), nodes.iter().cloned().collect()),
         );
         Ok(CreateOutcome::Created)
     }
@@ -308,8 +303,12 @@ impl StateStore for MemoryStore {
             .rev()
             .filter(|d| batch_id.as_ref().is_none_or(|b| &d.batch_id == b))
             .collect();
-        let page: Vec<StoredDeadLetter> =
-            matching.iter().skip(skip).take(limit).map(|d| (*d).clone()).collect();
+        let page: Vec<StoredDeadLetter> = matching
+            .iter()
+            .skip(skip)
+            .take(limit)
+            .map(|d| (*d).clone())
+            .collect();
         let next = (skip + page.len() < matching.len()).then(|| (skip + page.len()).to_string());
         Ok((page, next))
     }

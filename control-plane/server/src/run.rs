@@ -1,0 +1,72 @@
+//! Entry points: `run_with(config, data plane, store, listener, shutdown)` wires the driver and
+//! the gRPC services over any adapters (the binary passes Kafka and Redis, dev mode and tests the
+//! in-memory ones) and serves until `shutdown` resolves, like mini-redis's `server::run`.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::driver::{Driver, DriverError, DriverSettings};
+use crate::error::ServiceError;
+use crate::ports::{DataPlane, StateStore};
+use crate::service::{ServiceSettings, grpc_services};
+
+/// Why the control plane stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The driver failed (its store or broker refused it for good).
+    #[error("driver: {0}")]
+    Driver(#[from] DriverError),
+    /// The gRPC server failed.
+    #[error("grpc: {0}")]
+    Service(#[from] ServiceError),
+}
+
+/// The driver settings of a configuration.
+pub fn driver_settings(config: &Config) -> DriverSettings {
+    DriverSettings {
+        max_objects: config.max_objects,
+        zone_durations_ms: config.zone_durations_ms.clone(),
+        zones: config.zones.clone(),
+        execution_timeout: config.execution_timeout,
+        ..DriverSettings::default()
+    }
+}
+
+/// Serves the control plane over the given adapters on `listener` until `shutdown` resolves:
+/// the gRPC server stops taking calls (watch streams end), then the driver stops between two
+/// steps. Everything acknowledged before is durable in the store.
+pub async fn run_with<D: DataPlane, S: StateStore>(
+    config: &Config,
+    data: Arc<D>,
+    store: Arc<S>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
+    let (driver, handle) = Driver::new(data, store.clone(), driver_settings(config));
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let driver_task = tokio::spawn(async move {
+        driver
+            .run(async move {
+                let _ = stop_rx.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
+    let services = grpc_services(handle, store, ServiceSettings::from_config(config)).await?;
+    info!(addr = ?listener.local_addr().ok(), "control plane serving gRPC");
+    let served = services.serve(listener, shutdown).await;
+    stop_tx.send_replace(true);
+    let driven = match driver_task.await {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(error = %e, "driver task ended abnormally");
+            Ok(())
+        }
+    };
+    served?;
+    driven?;
+    Ok(())
+}

@@ -1,0 +1,1787 @@
+//! Component tests of the `strata.v1.Orchestrator` service: a real tonic server on a 127.0.0.1
+//! port-0 listener (with health and reflection), a real generated client, the real driver over the
+//! in-memory data plane and store, and agents simulated on the in-memory ready topics.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prost::Message;
+use strata_control_plane::adapters::memory::{MemoryDataPlane, MemoryStore};
+use strata_control_plane::driver::{Driver, DriverCounters, DriverSettings, Handle};
+use strata_control_plane::service::{ServiceSettings, grpc_services};
+use strata_core::Zone;
+use strata_proto::v1::orchestrator_client::OrchestratorClient;
+use strata_proto::v1::{self as pb, object_result, watch_batch_response};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+const SAMPLE: &str = include_str!("../../../clients/samples/catalogue.json");
+const SAMPLE_UNKNOWN_PARENTS: &str =
+    include_str!("../../../clients/samples/catalogue_unknown_parents.json");
+const ZONES: [&str; 3] = ["raw", "standardized", "application"];
+/// The batch-size cap of the test server.
+const MAX_OBJECTS: usize = 1000;
+
+/// Every await of these tests is bounded.
+async fn t<F: Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(20), f)
+        .await
+        .expect("timed out")
+}
+
+/// A control plane on a free port, with its driver.
+struct Plane {
+    client: OrchestratorClient<Channel>,
+    channel: Channel,
+    data: Arc<MemoryDataPlane>,
+    handle: Handle,
+    stop: Option<(oneshot::Sender<()>, oneshot::Sender<()>)>,
+}
+
+impl Drop for Plane {
+    fn drop(&mut self) {
+        if let Some((server, driver)) = self.stop.take() {
+            let _ = server.send(());
+            let _ = driver.send(());
+        }
+    }
+}
+
+async fn start() -> Plane {
+    start_with(ServiceSettings {
+        max_objects: MAX_OBJECTS,
+        ..ServiceSettings::default()
+    })
+    .await
+}
+
+async fn start_with(settings: ServiceSettings) -> Plane {
+    start_on(Arc::new(MemoryStore::new()), settings).await
+}
+
+/// A control plane over `store` (a new data plane): a restarted control plane when the store
+/// was used before.
+async fn start_on(store: Arc<MemoryStore>, settings: ServiceSettings) -> Plane {
+    let data = Arc::new(MemoryDataPlane::new());
+    let (driver, handle) = Driver::new(
+        data.clone(),
+        store.clone(),
+        DriverSettings {
+            tick: Duration::from_millis(5),
+            ..DriverSettings::default()
+        },
+    );
+    let (stop_driver, driver_stopped) = oneshot::channel::<()>();
+    tokio::spawn(driver.run(async {
+        let _ = driver_stopped.await;
+    }));
+    let services = t(grpc_services(handle.clone(), store, settings))
+        .await
+        .expect("services");
+    let listener = t(TcpListener::bind("127.0.0.1:0")).await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop_server, server_stopped) = oneshot::channel::<()>();
+    tokio::spawn(services.serve(listener, async {
+        let _ = server_stopped.await;
+    }));
+    let channel = t(Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect())
+    .await
+    .expect("connect");
+    Plane {
+        client: OrchestratorClient::new(channel.clone()),
+        channel,
+        data,
+        handle,
+        stop: Some((stop_server, stop_driver)),
+    }
+}
+
+/// What a simulated agent answers for (object id, attempt).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Load,
+    Fail { retryable: bool },
+}
+
+/// Agents of every zone. They take Ready records from now on, and answer only while the gate is
+/// open.
+struct Agents {
+    gate: watch::Sender<bool>,
+}
+
+impl Agents {
+    fn open(&self) {
+        self.gate.send_replace(true);
+    }
+}
+
+fn agents(
+    data: &Arc<MemoryDataPlane>,
+    open: bool,
+    decide: impl Fn(&str, u32) -> Answer + Send + Sync + 'static,
+) -> Agents {
+    let decide = Arc::new(decide);
+    let (gate, _) = watch::channel(open);
+    for zone in ZONES {
+        let mut ready = data.subscribe_ready(&Zone::parse(zone).expect("zone"));
+        let mut gate = gate.subscribe();
+        let data = data.clone();
+        let decide = decide.clone();
+        tokio::spawn(async move {
+            while let Ok(r) = ready.recv().await {
+                if gate.wait_for(|g| *g).await.is_err() {
+                    return;
+                }
+                let agent_id = format!("agent-{}", r.zone);
+                data.send_result(pb::ObjectResult {
+                    result: Some(object_result::Result::Started(pb::ObjectStarted {
+                        batch_id: r.batch_id.clone(),
+                        object_id: r.object_id.clone(),
+                        zone: r.zone.clone(),
+                        attempt: r.attempt,
+                        dispatch_epoch: r.dispatch_epoch,
+                        agent_id: agent_id.clone(),
+                        ..Default::default()
+                    })),
+                })
+                .await;
+                let result = match decide(&r.object_id, r.attempt) {
+                    Answer::Load => object_result::Result::Loaded(loaded(&r, &agent_id)),
+                    Answer::Fail { retryable } => object_result::Result::Failed(pb::ObjectFailed {
+                        batch_id: r.batch_id.clone(),
+                        object_id: r.object_id.clone(),
+                        zone: r.zone.clone(),
+                        attempt: r.attempt,
+                        dispatch_epoch: r.dispatch_epoch,
+                        agent_id,
+                        retryable,
+                        error: format!("simulated failure of attempt {}", r.attempt),
+                        ..Default::default()
+                    }),
+                };
+                data.send_result(pb::ObjectResult {
+                    result: Some(result),
+                })
+                .await;
+            }
+        });
+    }
+    Agents { gate }
+}
+
+fn loaded(r: &pb::ObjectReady, agent_id: &str) -> pb::ObjectLoaded {
+    pb::ObjectLoaded {
+        batch_id: r.batch_id.clone(),
+        object_id: r.object_id.clone(),
+        zone: r.zone.clone(),
+        attempt: r.attempt,
+        dispatch_epoch: r.dispatch_epoch,
+        agent_id: agent_id.to_owned(),
+        ..Default::default()
+    }
+}
+
+fn catalogue(doc: &str) -> Option<pb::BatchInput> {
+    Some(pb::BatchInput {
+        source: Some(pb::batch_input::Source::Catalogue(pb::CatalogueDocument {
+            format: pb::CatalogueFormat::SeedJson as i32,
+            content: doc.as_bytes().to_vec(),
+        })),
+    })
+}
+
+fn object(id: &str, parents: &[&str]) -> pb::ObjectDefinition {
+    pb::ObjectDefinition {
+        id: id.into(),
+        parents: parents.iter().map(|p| (*p).to_owned()).collect(),
+        ..Default::default()
+    }
+}
+
+fn objects(list: Vec<pb::ObjectDefinition>) -> Option<pb::BatchInput> {
+    Some(pb::BatchInput {
+        source: Some(pb::batch_input::Source::Objects(pb::ObjectList {
+            objects: list,
+        })),
+    })
+}
+
+/// A retry policy fast enough for tests.
+fn fast_retries(max_attempts: u32) -> Option<pb::SubmitOptions> {
+    Some(pb::SubmitOptions {
+        max_attempts,
+        retry_policy: Some(pb::RetryPolicy {
+            initial_backoff: Some(prost_types::Duration {
+                seconds: 0,
+                nanos: 10_000_000,
+            }),
+            max_backoff: Some(prost_types::Duration {
+                seconds: 0,
+                nanos: 20_000_000,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+async fn submit(
+    client: &mut OrchestratorClient<Channel>,
+    key: &str,
+    input: Option<pb::BatchInput>,
+    options: Option<pb::SubmitOptions>,
+) -> Result<pb::SubmitBatchResponse, Status> {
+    t(client.submit_batch(pb::SubmitBatchRequest {
+        idempotency_key: key.into(),
+        input,
+        options,
+    }))
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+/// The parents of every object of a catalogue document, canonical.
+fn parents_of(doc: &str) -> HashMap<String, Vec<String>> {
+    strata_core::catalogue::read_catalogue(doc.as_bytes())
+        .expect("sample reads")
+        .objects
+        .into_iter()
+        .map(|o| {
+            (
+                o.id.to_string(),
+                o.parents.iter().map(ToString::to_string).collect(),
+            )
+        })
+        .collect()
+}
+
+/// A watch stream, read message by message.
+struct Watch {
+    stream: tonic::Streaming<pb::WatchBatchResponse>,
+    messages: Vec<pb::WatchBatchResponse>,
+}
+
+impl Watch {
+    async fn open(client: &mut OrchestratorClient<Channel>, batch_id: &str) -> Watch {
+        let stream = t(client.watch_batch(pb::WatchBatchRequest {
+            batch_id: batch_id.into(),
+        }))
+        .await
+        .expect("watch")
+        .into_inner();
+        Watch {
+            stream,
+            messages: Vec::new(),
+        }
+    }
+
+    /// The next message; `None` at the end of the stream.
+    async fn next(&mut self) -> Option<pb::WatchBatchResponse> {
+        let m = t(self.stream.message()).await.expect("watch stream")?;
+        assert_eq!(
+            m.sequence,
+            self.messages.len() as u64 + 1,
+            "sequence numbers count up from 1"
+        );
+        self.messages.push(m.clone());
+        Some(m)
+    }
+
+    /// Reads until the first snapshot is complete.
+    async fn snapshot(&mut self) {
+        loop {
+            match self.next().await.expect("a snapshot").event {
+                Some(watch_batch_response::Event::Snapshot(s)) if s.last_part => return,
+                Some(watch_batch_response::Event::Snapshot(_)) => {}
+                other => panic!("expected a snapshot, got {other:?}"),
+            }
+        }
+    }
+
+    /// Reads to the end of the stream; returns the final batch state (that of the snapshot if
+    /// the batch was terminal when the watch began).
+    async fn until_end(&mut self) -> pb::BatchState {
+        while self.next().await.is_some() {}
+        let mut last = pb::BatchState::Unspecified;
+        for m in &self.messages {
+            match &m.event {
+                Some(watch_batch_response::Event::BatchChanged(c)) => last = c.to_state(),
+                Some(watch_batch_response::Event::Snapshot(s)) => {
+                    if let Some(b) = &s.batch {
+                        last = b.state();
+                    }
+                }
+                _ => {}
+            }
+        }
+        last
+    }
+
+    /// The state of every object after everything read so far.
+    fn states(&self) -> BTreeMap<String, pb::ObjectState> {
+        let mut states = BTreeMap::new();
+        for m in &self.messages {
+            match &m.event {
+                Some(watch_batch_response::Event::Snapshot(s)) => {
+                    for o in &s.objects {
+                        states.insert(o.object_id.clone(), o.state());
+                    }
+                }
+                Some(watch_batch_response::Event::ObjectChanged(c)) => {
+                    states.insert(c.object_id.clone(), c.to_state());
+                }
+                _ => {}
+            }
+        }
+        states
+    }
+
+    /// The object changes read so far, in order.
+    fn changes(&self) -> Vec<pb::ObjectStateChanged> {
+        self.messages
+            .iter()
+            .filter_map(|m| match &m.event {
+                Some(watch_batch_response::Event::ObjectChanged(c)) => Some(c.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// `google.rpc.Status`, decoded independently of the server's definition.
+#[derive(Clone, PartialEq, Message)]
+struct GoogleRpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+    #[prost(message, repeated, tag = "3")]
+    details: Vec<prost_types::Any>,
+}
+
+fn rejection(status: &Status) -> pb::BatchRejection {
+    let rpc = GoogleRpcStatus::decode(status.details()).expect("details are a google.rpc.Status");
+    assert_eq!(rpc.code, status.code() as i32);
+    assert_eq!(rpc.details.len(), 1);
+    assert_eq!(
+        rpc.details[0].type_url,
+        "type.googleapis.com/strata.v1.BatchRejection"
+    );
+    pb::BatchRejection::decode(rpc.details[0].value.as_slice()).expect("a BatchRejection")
+}
+
+/// A bad submission: name, input, options, what the message must name.
+type Case = (
+    &'static str,
+    Option<pb::BatchInput>,
+    Option<pb::SubmitOptions>,
+    &'static [&'static str],
+);
+
+async fn list_batches(client: &mut OrchestratorClient<Channel>) -> Vec<pb::Batch> {
+    t(client.list_batches(pb::ListBatchesRequest::default()))
+        .await
+        .expect("list batches")
+        .into_inner()
+        .batches
+}
+
+async fn counters(handle: &Handle) -> DriverCounters {
+    t(handle.read(|s| s.counters.clone())).await.expect("read")
+}
+
+async fn get_object(
+    client: &mut OrchestratorClient<Channel>,
+    batch_id: &str,
+    object_id: &str,
+) -> Result<pb::ObjectStatus, Status> {
+    t(client.get_object(pb::GetObjectRequest {
+        batch_id: batch_id.into(),
+        object_id: object_id.into(),
+    }))
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sample_catalogue_runs_to_succeeded_in_dependency_order() {
+    let mut plane = start().await;
+    let agents = agents(&plane.data, false, |_, _| Answer::Load);
+    let r = submit(&mut plane.client, "sample-1", catalogue(SAMPLE), None)
+        .await
+        .expect("submitted");
+    assert!(r.created);
+    let summary = r.summary.expect("summary");
+    assert_eq!(summary.object_count, 11);
+    assert_eq!(summary.wave_count, 3);
+    assert_eq!(summary.target_count, 3);
+
+    // Watch before any agent answers, so every change is seen in order.
+    let mut watch = Watch::open(&mut plane.client, &r.batch_id).await;
+    watch.snapshot().await;
+    let first = watch.states();
+    assert_eq!(first.len(), 11);
+    for root in ["1001", "1002", "1003", "1004"] {
+        assert_eq!(
+            first[root],
+            pb::ObjectState::Ready,
+            "{root} is released at once"
+        );
+    }
+    assert_eq!(first["3001"], pb::ObjectState::Pending);
+    agents.open();
+    assert_eq!(watch.until_end().await, pb::BatchState::Succeeded);
+
+    let states = watch.states();
+    assert!(
+        states.values().all(|s| *s == pb::ObjectState::Loaded),
+        "every object loaded: {states:?}"
+    );
+    // No child is released (let alone loaded) before all its parents are loaded.
+    let changes = watch.changes();
+    let position = |id: &str, to: pb::ObjectState| {
+        changes
+            .iter()
+            .position(|c| c.object_id == id && c.to_state() == to)
+    };
+    for (child, parents) in parents_of(SAMPLE) {
+        for parent in parents {
+            let parent_loaded = position(&parent, pb::ObjectState::Loaded).expect("parent loaded");
+            let child_loaded = position(&child, pb::ObjectState::Loaded).expect("child loaded");
+            let child_released = position(&child, pb::ObjectState::Ready).expect("child released");
+            assert!(
+                parent_loaded < child_released && child_released < child_loaded,
+                "{child} released at {child_released} / loaded at {child_loaded}, its parent {parent} loaded at {parent_loaded}"
+            );
+        }
+    }
+    let loaded = changes
+        .iter()
+        .find(|c| c.object_id == "2004" && c.to_state() == pb::ObjectState::Loaded)
+        .expect("2004 loaded");
+    assert_eq!(loaded.agent_id, "agent-standardized");
+    assert_eq!(loaded.zone, "standardized");
+
+    // The last message is the terminal batch change, with the final counters.
+    let Some(watch_batch_response::Event::BatchChanged(last)) =
+        watch.messages.last().and_then(|m| m.event.clone())
+    else {
+        panic!("the stream ends with the batch change");
+    };
+    let batch = last.batch.expect("batch");
+    let loaded: u32 = batch
+        .counts
+        .iter()
+        .filter(|c| c.state() == pb::ObjectState::Loaded)
+        .map(|c| c.count)
+        .sum();
+    assert_eq!(loaded, 11);
+
+    let got = t(plane.client.get_batch(pb::GetBatchRequest {
+        batch_id: r.batch_id.clone(),
+    }))
+    .await
+    .expect("get batch")
+    .into_inner();
+    assert_eq!(got.state(), pb::BatchState::Succeeded);
+    assert!(got.finished_at.is_some());
+    assert_eq!(got.idempotency_key, "sample-1");
+    let raw = got
+        .counts
+        .iter()
+        .find(|c| c.zone == "raw" && c.state() == pb::ObjectState::Loaded)
+        .expect("raw counts");
+    assert_eq!(raw.count, 4);
+
+    // Watching a finished batch yields its snapshot and ends.
+    let mut again = Watch::open(&mut plane.client, &r.batch_id).await;
+    again.snapshot().await;
+    assert!(again.next().await.is_none());
+
+    // The plan, page by page, in topological order.
+    let mut listed = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = t(plane.client.get_plan(pb::GetPlanRequest {
+            batch_id: r.batch_id.clone(),
+            page_size: 4,
+            page_token: token.clone(),
+            include_excluded: false,
+        }))
+        .await
+        .expect("plan page")
+        .into_inner();
+        assert!(page.objects.len() <= 4);
+        listed.extend(page.objects.into_iter().map(|o| o.object_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(listed.len(), 11);
+    for (child, parents) in parents_of(SAMPLE) {
+        let at = |id: &str| listed.iter().position(|x| x == id).expect("listed");
+        for p in parents {
+            assert!(at(&p) < at(&child), "{p} listed before {child}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resubmission_is_idempotent_and_a_reused_key_conflicts() {
+    let mut plane = start().await;
+    let first = submit(&mut plane.client, "key-a", catalogue(SAMPLE), None)
+        .await
+        .expect("first");
+    assert!(first.created);
+    let again = submit(&mut plane.client, "key-a", catalogue(SAMPLE), None)
+        .await
+        .expect("again");
+    assert_eq!(again.batch_id, first.batch_id);
+    assert!(!again.created);
+
+    let other = submit(
+        &mut plane.client,
+        "key-a",
+        catalogue(SAMPLE),
+        Some(pb::SubmitOptions {
+            force: true,
+            ..Default::default()
+        }),
+    )
+    .await
+    .expect_err("conflict");
+    assert_eq!(other.code(), Code::AlreadyExists);
+    assert!(other.message().contains("key-a") && other.message().contains(&first.batch_id));
+
+    // A second batch, then the list, newest first and filtered by state.
+    let second = submit(&mut plane.client, "key-b", catalogue(SAMPLE), None)
+        .await
+        .expect("second");
+    let all = list_batches(&mut plane.client).await;
+    let ids: Vec<&str> = all.iter().map(|b| b.batch_id.as_str()).collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids.contains(&first.batch_id.as_str()) && ids.contains(&second.batch_id.as_str()));
+    let page = t(plane.client.list_batches(pb::ListBatchesRequest {
+        page_size: 1,
+        ..Default::default()
+    }))
+    .await
+    .expect("page")
+    .into_inner();
+    assert_eq!(page.batches.len(), 1);
+    assert!(!page.next_page_token.is_empty());
+    let changed_filters = t(plane.client.list_batches(pb::ListBatchesRequest {
+        page_size: 1,
+        page_token: page.next_page_token.clone(),
+        states: vec![pb::BatchState::Failed as i32],
+    }))
+    .await
+    .expect_err("token bound to its filters");
+    assert_eq!(changed_filters.code(), Code::InvalidArgument);
+    let succeeded = t(plane.client.list_batches(pb::ListBatchesRequest {
+        states: vec![pb::BatchState::Succeeded as i32],
+        ..Default::default()
+    }))
+    .await
+    .expect("filtered")
+    .into_inner();
+    assert!(
+        succeeded.batches.is_empty(),
+        "no agent ran: nothing succeeded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_are_rejected_with_a_detail_and_nothing_is_persisted() {
+    use pb::plan_violation::Kind;
+    let mut plane = start().await;
+
+    // Unknown parents (the sample): every missing parent named.
+    let e = submit(
+        &mut plane.client,
+        "k1",
+        catalogue(SAMPLE_UNKNOWN_PARENTS),
+        None,
+    )
+    .await
+    .expect_err("unknown parents");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let r = rejection(&e);
+    let mut missing: Vec<&str> = r
+        .violations
+        .iter()
+        .filter(|v| v.kind() == Kind::UnknownParent)
+        .map(|v| v.parent_id.as_str())
+        .collect();
+    missing.sort_unstable();
+    assert_eq!(missing, ["2011", "2017", "2023", "2031"]);
+    assert!(r.violations.iter().all(|v| v.object_id == "3002"));
+    for id in ["3002", "2011", "2017", "2023", "2031"] {
+        assert!(e.message().contains(id), "{id} named in {:?}", e.message());
+    }
+
+    let cases: Vec<Case> = vec![
+        (
+            "cycle",
+            objects(vec![object("1001", &["1002"]), object("1002", &["1001"])]),
+            None,
+            &["1001", "1002"],
+        ),
+        (
+            "self-parent",
+            objects(vec![object("1001", &["1001"])]),
+            None,
+            &["1001"],
+        ),
+        (
+            "duplicate",
+            objects(vec![object("1001", &[]), object("1001", &[])]),
+            None,
+            &["1001"],
+        ),
+        (
+            "inversion",
+            objects(vec![object("1001", &["2001"]), object("2001", &[])]),
+            None,
+            &["1001", "2001"],
+        ),
+        (
+            "unknown target",
+            objects(vec![object("1001", &[])]),
+            Some(pb::SubmitOptions {
+                targets: vec!["1009".into()],
+                ..Default::default()
+            }),
+            &["1009"],
+        ),
+        ("empty", objects(Vec::new()), None, &["empty"]),
+        (
+            "over the cap",
+            objects(
+                (0..=MAX_OBJECTS)
+                    .map(|i| object(&(1_000_000 + i).to_string(), &[]))
+                    .collect(),
+            ),
+            None,
+            &["1001", "1000"],
+        ),
+        (
+            "bad parent token in a catalogue",
+            catalogue(
+                r#"[{"IdObjet": 2001, "IdObjet_Parent": "1001, garbage2003x"}, {"IdObjet": 1001}]"#,
+            ),
+            None,
+            &["2001", "garbage2003x"],
+        ),
+        (
+            "bad parent token in objects",
+            objects(vec![object("2001", &["a b"])]),
+            None,
+            &["2001", "a b"],
+        ),
+    ];
+    for (name, input, options, named) in cases {
+        let e = submit(&mut plane.client, name, input, options)
+            .await
+            .expect_err(name);
+        assert_eq!(e.code(), Code::InvalidArgument, "{name}: {e:?}");
+        for id in named {
+            assert!(
+                e.message().contains(id),
+                "{name}: {id} named in {:?}",
+                e.message()
+            );
+        }
+        let r = rejection(&e);
+        match name {
+            "cycle" => {
+                assert_eq!(r.violations[0].kind(), Kind::Cycle);
+                let mut cycle = r.violations[0].cycle.clone();
+                cycle.sort();
+                assert_eq!(cycle, ["1001", "1002"]);
+            }
+            "self-parent" => assert_eq!(r.violations[0].kind(), Kind::SelfParent),
+            "duplicate" => {
+                assert_eq!(r.violations[0].kind(), Kind::DuplicateId);
+                assert_eq!(r.violations[0].positions, [0, 1]);
+            }
+            "inversion" => {
+                let v = &r.violations[0];
+                assert_eq!(v.kind(), Kind::LayerInversion);
+                assert_eq!((v.layer, v.parent_layer), (1, 2));
+                assert_eq!(
+                    (v.object_id.as_str(), v.parent_id.as_str()),
+                    ("1001", "2001")
+                );
+            }
+            "unknown target" => assert_eq!(r.violations[0].kind(), Kind::UnknownTarget),
+            "empty" => assert!(r.empty_batch),
+            "over the cap" => {
+                assert_eq!(r.object_count, MAX_OBJECTS as u64 + 1);
+                assert_eq!(r.max_objects, MAX_OBJECTS as u64);
+            }
+            _ => {
+                let p = &r.problems[0];
+                assert_eq!(p.kind(), pb::catalogue_problem::Kind::InvalidParent);
+                assert_eq!(p.object_id, "2001");
+                assert!(
+                    p.token.contains("garbage2003x") || p.token == "a b",
+                    "{p:?}"
+                );
+            }
+        }
+    }
+
+    // Requests that are malformed before planning: no detail, still INVALID_ARGUMENT.
+    let no_key = submit(&mut plane.client, "", catalogue(SAMPLE), None)
+        .await
+        .expect_err("no key");
+    assert_eq!(no_key.code(), Code::InvalidArgument);
+    assert!(no_key.message().contains("idempotency_key"));
+    let no_input = submit(&mut plane.client, "k", None, None)
+        .await
+        .expect_err("no input");
+    assert_eq!(no_input.code(), Code::InvalidArgument);
+    let bad_policy = submit(
+        &mut plane.client,
+        "k",
+        catalogue(SAMPLE),
+        Some(pb::SubmitOptions {
+            retry_policy: Some(pb::RetryPolicy {
+                multiplier: 0.5,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    )
+    .await
+    .expect_err("bad policy");
+    assert_eq!(bad_policy.code(), Code::InvalidArgument);
+    assert!(bad_policy.message().contains("multiplier"));
+
+    assert!(
+        list_batches(&mut plane.client).await.is_empty(),
+        "nothing persisted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_attempt_is_retried_and_succeeds() {
+    let mut plane = start().await;
+    let _agents = agents(&plane.data, true, |id, attempt| {
+        if id == "2001" && attempt == 1 {
+            Answer::Fail { retryable: true }
+        } else {
+            Answer::Load
+        }
+    });
+    let input = objects(vec![
+        object("1001", &[]),
+        object("2001", &["1001"]),
+        object("3001", &["2001"]),
+    ]);
+    let r = submit(&mut plane.client, "retry", input, fast_retries(3))
+        .await
+        .expect("submitted");
+    let mut watch = Watch::open(&mut plane.client, &r.batch_id).await;
+    assert_eq!(watch.until_end().await, pb::BatchState::Succeeded);
+
+    let retry = t(plane.client.get_retry(pb::GetRetryRequest {
+        batch_id: r.batch_id.clone(),
+        object_id: "2001".into(),
+    }))
+    .await
+    .expect("get retry")
+    .into_inner();
+    let info = retry.retry.expect("retry info");
+    assert_eq!(info.state(), pb::ObjectState::Loaded);
+    assert_eq!(info.attempt, 2);
+    assert_eq!(info.max_attempts, 3);
+    assert!(info.last_error.contains("attempt 1"));
+    assert!(!info.error_fingerprint.is_empty());
+    let outcomes: Vec<(u32, pb::AttemptOutcome)> = retry
+        .attempts
+        .iter()
+        .map(|a| (a.attempt, a.outcome()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            (1, pb::AttemptOutcome::Failed),
+            (2, pb::AttemptOutcome::Loaded)
+        ]
+    );
+    assert!(retry.attempts[0].retryable);
+    assert_eq!(retry.attempts[1].agent_id, "agent-standardized");
+
+    let status = get_object(&mut plane.client, &r.batch_id, "2001")
+        .await
+        .expect("object");
+    let path: Vec<pb::ObjectState> = status.history.iter().map(|h| h.to_state()).collect();
+    use pb::ObjectState as S;
+    assert_eq!(
+        path,
+        [
+            S::Pending,
+            S::Ready,
+            S::Running,
+            S::RetryWait,
+            S::Ready,
+            S::Running,
+            S::Loaded
+        ]
+    );
+    assert!(status.blocked.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_retry_is_listed_and_can_be_released_now() {
+    let mut plane = start().await;
+    let _agents = agents(&plane.data, true, |_, attempt| {
+        if attempt == 1 {
+            Answer::Fail { retryable: true }
+        } else {
+            Answer::Load
+        }
+    });
+    // An hour of backoff: only RetryNow can release it in time.
+    let options = Some(pb::SubmitOptions {
+        retry_policy: Some(pb::RetryPolicy {
+            initial_backoff: Some(prost_types::Duration {
+                seconds: 3600,
+                nanos: 0,
+            }),
+            multiplier: 1.0,
+            max_backoff: Some(prost_types::Duration {
+                seconds: 3600,
+                nanos: 0,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let r = submit(
+        &mut plane.client,
+        "wait",
+        objects(vec![object("1001", &[])]),
+        options,
+    )
+    .await
+    .expect("submitted");
+    let waiting = t(async {
+        loop {
+            let page = plane
+                .client
+                .list_retries(pb::ListRetriesRequest {
+                    batch_id: r.batch_id.clone(),
+                    ..Default::default()
+                })
+                .await
+                .expect("list retries")
+                .into_inner();
+            if let Some(info) = page.retries.into_iter().next() {
+                return info;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert_eq!(waiting.object_id, "1001");
+    assert_eq!(waiting.state(), pb::ObjectState::RetryWait);
+    assert!(waiting.next_attempt_at.is_some());
+    let by_zone = t(plane.client.list_retries(pb::ListRetriesRequest {
+        zone: "application".into(),
+        ..Default::default()
+    }))
+    .await
+    .expect("by zone")
+    .into_inner();
+    assert!(by_zone.retries.is_empty());
+
+    let blocked = get_object(&mut plane.client, &r.batch_id, "1001")
+        .await
+        .expect("object")
+        .blocked
+        .expect("blocked");
+    let Some(pb::blocked_reason::Reason::Backoff(b)) = blocked.reason else {
+        panic!("blocked by backoff: {blocked:?}");
+    };
+    assert_eq!(b.next_attempt, 2);
+
+    let mut watch = Watch::open(&mut plane.client, &r.batch_id).await;
+    let released = t(plane.client.retry_now(pb::RetryNowRequest {
+        batch_id: r.batch_id.clone(),
+        object_id: "1001".into(),
+    }))
+    .await
+    .expect("retry now")
+    .into_inner();
+    assert_eq!(released.attempt, 2);
+    assert_eq!(watch.until_end().await, pb::BatchState::Succeeded);
+
+    let again = t(plane.client.retry_now(pb::RetryNowRequest {
+        batch_id: r.batch_id.clone(),
+        object_id: "1001".into(),
+    }))
+    .await
+    .expect_err("not waiting");
+    assert_eq!(again.code(), Code::FailedPrecondition);
+    assert!(again.message().contains("1001") && again.message().contains("LOADED"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_retries_dead_letter_and_replay_re_arms_the_descendants() {
+    let mut plane = start().await;
+    let healthy = Arc::new(AtomicBool::new(false));
+    let h = healthy.clone();
+    let _agents = agents(&plane.data, true, move |id, _| {
+        if id == "1001" && !h.load(Ordering::SeqCst) {
+            Answer::Fail { retryable: true }
+        } else {
+            Answer::Load
+        }
+    });
+    let input = objects(vec![
+        object("1001", &[]),
+        object("1002", &[]),
+        object("2001", &["1001", "1002"]),
+        object("3001", &["2001"]),
+    ]);
+    let r = submit(&mut plane.client, "dead", input, fast_retries(2))
+        .await
+        .expect("submitted");
+    let mut watch = Watch::open(&mut plane.client, &r.batch_id).await;
+    assert_eq!(watch.until_end().await, pb::BatchState::Failed);
+    let states = watch.states();
+    assert_eq!(states["1001"], pb::ObjectState::Dead);
+    assert_eq!(states["1002"], pb::ObjectState::Loaded);
+    assert_eq!(states["2001"], pb::ObjectState::UpstreamFailed);
+    assert_eq!(states["3001"], pb::ObjectState::UpstreamFailed);
+
+    let letters = t(plane
+        .client
+        .list_dead_letters(pb::ListDeadLettersRequest::default()))
+    .await
+    .expect("dead letters")
+    .into_inner()
+    .dead_letters;
+    assert_eq!(letters.len(), 1);
+    let letter = &letters[0];
+    assert_eq!(
+        (letter.batch_id.as_str(), letter.object_id.as_str()),
+        (r.batch_id.as_str(), "1001")
+    );
+    assert_eq!(letter.attempts, 2);
+    assert_eq!(letter.blocked_descendant_count, 2);
+    assert!(letter.last_error.contains("attempt 2"));
+
+    let batch = t(plane.client.get_batch(pb::GetBatchRequest {
+        batch_id: r.batch_id.clone(),
+    }))
+    .await
+    .expect("batch")
+    .into_inner();
+    assert!(
+        batch.state_reason.contains("1001"),
+        "{}",
+        batch.state_reason
+    );
+
+    let blocked = get_object(&mut plane.client, &r.batch_id, "3001")
+        .await
+        .expect("object")
+        .blocked
+        .expect("blocked");
+    let Some(pb::blocked_reason::Reason::UpstreamFailed(u)) = &blocked.reason else {
+        panic!("upstream failed: {blocked:?}");
+    };
+    assert_eq!(u.dead_ancestors, ["1001"]);
+    assert!(blocked.summary.contains("1001"));
+
+    // Replaying a live object is refused, naming it.
+    let refused = t(plane
+        .client
+        .replay_dead_letters(pb::ReplayDeadLettersRequest {
+            batch_id: r.batch_id.clone(),
+            object_ids: vec!["1002".into()],
+            max_attempts: 0,
+        }))
+    .await
+    .expect_err("1002 is not dead");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(refused.message().contains("1002"));
+
+    healthy.store(true, Ordering::SeqCst);
+    let replay = t(plane
+        .client
+        .replay_dead_letters(pb::ReplayDeadLettersRequest {
+            batch_id: r.batch_id.clone(),
+            object_ids: Vec::new(),
+            max_attempts: 0,
+        }))
+    .await
+    .expect("replay")
+    .into_inner();
+    assert_eq!(replay.replayed_object_ids, ["1001"]);
+    assert_eq!(replay.rearmed_descendant_count, 2);
+
+    let mut watch = Watch::open(&mut plane.client, &r.batch_id).await;
+    assert_eq!(watch.until_end().await, pb::BatchState::Succeeded);
+    assert!(
+        watch
+            .states()
+            .values()
+            .all(|s| *s == pb::ObjectState::Loaded)
+    );
+    let letters = t(plane.client.list_dead_letters(pb::ListDeadLettersRequest {
+        batch_id: r.batch_id.clone(),
+        ..Default::default()
+    }))
+    .await
+    .expect("dead letters")
+    .into_inner()
+    .dead_letters;
+    assert!(letters.is_empty(), "a replayed object is no longer listed");
+    let attempts = t(plane.client.get_retry(pb::GetRetryRequest {
+        batch_id: r.batch_id.clone(),
+        object_id: "1001".into(),
+    }))
+    .await
+    .expect("retry")
+    .into_inner()
+    .retry
+    .expect("info");
+    assert_eq!(attempts.attempt, 3, "attempt numbers go on across a replay");
+    assert_eq!(
+        attempts.max_attempts, 4,
+        "a fresh budget of 2 after attempt 2"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_object_says_why_an_object_is_blocked() {
+    let mut plane = start().await;
+    let _agents = agents(&plane.data, false, |_, _| Answer::Load);
+    let r = submit(&mut plane.client, "blocked", catalogue(SAMPLE), None)
+        .await
+        .expect("submitted");
+    let s = get_object(&mut plane.client, &r.batch_id, "3001")
+        .await
+        .expect("3001");
+    assert_eq!(s.state(), pb::ObjectState::Pending);
+    assert_eq!(s.zone, "application");
+    assert_eq!(s.wave, 2);
+    let blocked = s.blocked.expect("blocked");
+    let Some(pb::blocked_reason::Reason::WaitingOnParents(w)) = &blocked.reason else {
+        panic!("waiting on parents: {blocked:?}");
+    };
+    let parents: Vec<(&str, pb::ObjectState)> = w
+        .parents
+        .iter()
+        .map(|p| (p.object_id.as_str(), p.state()))
+        .collect();
+    assert_eq!(
+        parents,
+        [
+            ("2001", pb::ObjectState::Pending),
+            ("2002", pb::ObjectState::Pending),
+            ("2003", pb::ObjectState::Pending)
+        ]
+    );
+    assert!(
+        blocked.summary.contains("waiting on 3 parents"),
+        "{}",
+        blocked.summary
+    );
+    assert!(
+        blocked.summary.contains("2001 (PENDING)"),
+        "{}",
+        blocked.summary
+    );
+
+    // A released root waits for an agent of its zone.
+    let root = get_object(&mut plane.client, &r.batch_id, "01001")
+        .await
+        .expect("ids are canonicalised");
+    assert_eq!(root.state(), pb::ObjectState::Ready);
+    assert_eq!(root.attempt, 1);
+    assert!(root.dispatch_epoch > 0);
+    let Some(pb::blocked_reason::Reason::Queued(q)) =
+        root.blocked.as_ref().and_then(|b| b.reason.clone())
+    else {
+        panic!("queued: {:?}", root.blocked);
+    };
+    assert_eq!(q.zone, "raw");
+    assert!(q.released_at.is_some());
+
+    let missing = get_object(&mut plane.client, &r.batch_id, "9999")
+        .await
+        .expect_err("not planned");
+    assert_eq!(missing.code(), Code::NotFound);
+    assert!(missing.message().contains("9999") && missing.message().contains(&r.batch_id));
+    let unknown = get_object(&mut plane.client, "b-nope", "1001")
+        .await
+        .expect_err("unknown batch");
+    assert_eq!(unknown.code(), Code::NotFound);
+    assert!(unknown.message().contains("b-nope"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_and_stale_results_change_nothing_and_are_counted() {
+    let mut plane = start().await;
+    let mut ready = plane
+        .data
+        .subscribe_ready(&Zone::parse("raw").expect("zone"));
+    let r = submit(
+        &mut plane.client,
+        "dup",
+        objects(vec![object("1001", &[]), object("1002", &[])]),
+        None,
+    )
+    .await
+    .expect("submitted");
+    let first = t(ready.recv()).await.expect("ready");
+    let loaded_once = pb::ObjectResult {
+        result: Some(object_result::Result::Loaded(loaded(&first, "agent-x"))),
+    };
+    let before = counters(&plane.handle).await;
+    plane.data.send_result(loaded_once.clone()).await;
+    t(async {
+        while counters(&plane.handle).await.applied == before.applied {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    let status = get_object(&mut plane.client, &r.batch_id, &first.object_id)
+        .await
+        .expect("object");
+    assert_eq!(status.state(), pb::ObjectState::Loaded);
+    let applied = counters(&plane.handle).await;
+
+    // The same result again, and one with a wrong dispatch epoch.
+    plane.data.send_result(loaded_once).await;
+    let mut stale = loaded(&first, "agent-x");
+    stale.dispatch_epoch += 100;
+    plane
+        .data
+        .send_result(pb::ObjectResult {
+            result: Some(object_result::Result::Loaded(stale)),
+        })
+        .await;
+    let after = t(async {
+        loop {
+            let c = counters(&plane.handle).await;
+            if c.ignored.get("duplicate").copied().unwrap_or(0) >= 1
+                && c.ignored.get("stale").copied().unwrap_or(0) >= 1
+            {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    assert_eq!(after.applied, applied.applied, "nothing more applied");
+    assert_eq!(after.ignored.get("duplicate"), Some(&1));
+    assert_eq!(after.ignored.get("stale"), Some(&1));
+    let again = get_object(&mut plane.client, &r.batch_id, &first.object_id)
+        .await
+        .expect("object");
+    assert_eq!(again.state(), pb::ObjectState::Loaded);
+    assert_eq!(again.attempt, 1);
+    assert_eq!(
+        again.history.len(),
+        status.history.len(),
+        "no new transition"
+    );
+    let batch = t(plane.client.get_batch(pb::GetBatchRequest {
+        batch_id: r.batch_id.clone(),
+    }))
+    .await
+    .expect("batch")
+    .into_inner();
+    assert_eq!(
+        batch.state(),
+        pb::BatchState::Running,
+        "the other object is still out"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_batch_cancels_what_is_left_and_only_running_batches() {
+    let mut plane = start().await;
+    let agents = agents(&plane.data, false, |_, _| Answer::Load);
+    let r = submit(&mut plane.client, "cancel", catalogue(SAMPLE), None)
+        .await
+        .expect("submitted");
+    let mut watch = Watch::open(&mut plane.client, &r.batch_id).await;
+    watch.snapshot().await;
+    let cancelled = t(plane.client.cancel_batch(pb::CancelBatchRequest {
+        batch_id: r.batch_id.clone(),
+        reason: "wrong catalogue".into(),
+    }))
+    .await
+    .expect("cancel")
+    .into_inner();
+    assert_eq!(cancelled.state(), pb::BatchState::Cancelled);
+    assert!(cancelled.state_reason.contains("wrong catalogue"));
+    let counts: u32 = cancelled
+        .counts
+        .iter()
+        .filter(|c| c.state() == pb::ObjectState::Cancelled)
+        .map(|c| c.count)
+        .sum();
+    assert_eq!(counts, 11);
+    assert_eq!(watch.until_end().await, pb::BatchState::Cancelled);
+
+    // Results of attempts in flight are ignored; the batch stays cancelled.
+    agents.open();
+    let again = t(plane.client.cancel_batch(pb::CancelBatchRequest {
+        batch_id: r.batch_id.clone(),
+        reason: String::new(),
+    }))
+    .await
+    .expect("idempotent")
+    .into_inner();
+    assert_eq!(again.state(), pb::BatchState::Cancelled);
+
+    let done = submit(
+        &mut plane.client,
+        "done",
+        objects(vec![object("1001", &[])]),
+        None,
+    )
+    .await
+    .expect("submitted");
+    let mut watch = Watch::open(&mut plane.client, &done.batch_id).await;
+    assert_eq!(watch.until_end().await, pb::BatchState::Succeeded);
+    let refused = t(plane.client.cancel_batch(pb::CancelBatchRequest {
+        batch_id: done.batch_id.clone(),
+        reason: String::new(),
+    }))
+    .await
+    .expect_err("finished");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(refused.message().contains(&done.batch_id) && refused.message().contains("SUCCEEDED"));
+    let unknown = t(plane.client.cancel_batch(pb::CancelBatchRequest {
+        batch_id: "b-unknown".into(),
+        reason: String::new(),
+    }))
+    .await
+    .expect_err("unknown");
+    assert_eq!(unknown.code(), Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_batch_shows_the_plan_and_persists_nothing() {
+    let mut plane = start().await;
+    let plan = t(plane.client.plan_batch(pb::PlanBatchRequest {
+        input: catalogue(SAMPLE),
+        ..Default::default()
+    }))
+    .await
+    .expect("plan")
+    .into_inner();
+    let summary = plan.summary.expect("summary");
+    assert_eq!(summary.object_count, 11);
+    assert_eq!(summary.wave_count, 3);
+    assert_eq!(summary.excluded_count, 0);
+    let zones: BTreeMap<String, u32> = summary.objects_per_zone.into_iter().collect();
+    assert_eq!(
+        zones,
+        BTreeMap::from([
+            ("application".into(), 3),
+            ("raw".into(), 4),
+            ("standardized".into(), 4)
+        ])
+    );
+    assert_eq!(summary.critical_path.len(), 3);
+    assert_eq!(summary.plan_hash.len(), 64);
+    assert_eq!(plan.objects.len(), 11);
+    assert_eq!(plan.omitted_count, 0);
+    let waves: Vec<u32> = plan.objects.iter().map(|o| o.wave).collect();
+    assert!(
+        waves.windows(2).all(|w| w[0] <= w[1]),
+        "wave by wave: {waves:?}"
+    );
+    assert!(
+        plan.objects
+            .iter()
+            .all(|o| o.disposition() == pb::Disposition::Run)
+    );
+    let targets: Vec<&str> = plan
+        .objects
+        .iter()
+        .filter(|o| o.target)
+        .map(|o| o.object_id.as_str())
+        .collect();
+    assert_eq!(targets.len(), 3);
+
+    // Explicit targets, excluded objects listed, and a cap on the listing.
+    let narrow = t(plane.client.plan_batch(pb::PlanBatchRequest {
+        input: catalogue(SAMPLE),
+        options: Some(pb::SubmitOptions {
+            targets: vec!["2001".into()],
+            ..Default::default()
+        }),
+        max_objects: 5,
+        include_excluded: true,
+    }))
+    .await
+    .expect("plan")
+    .into_inner();
+    let s = narrow.summary.expect("summary");
+    assert_eq!((s.object_count, s.excluded_count, s.wave_count), (2, 9, 2));
+    assert_eq!(narrow.objects.len(), 5);
+    assert_eq!(narrow.objects[0].object_id, "1001");
+    assert_eq!(narrow.objects[1].object_id, "2001");
+    assert!(
+        narrow.objects[2..]
+            .iter()
+            .all(|o| o.disposition() == pb::Disposition::Excluded)
+    );
+
+    // Preflight: a disabled object is rejected, its descendants with it.
+    let disabled = t(plane.client.plan_batch(pb::PlanBatchRequest {
+        input: objects(vec![
+            pb::ObjectDefinition {
+                enabled: Some(false),
+                ..object("1001", &[])
+            },
+            object("2001", &["1001"]),
+        ]),
+        ..Default::default()
+    }))
+    .await
+    .expect("plan")
+    .into_inner();
+    assert_eq!(
+        disabled.summary.expect("summary").preflight_rejected_count,
+        1
+    );
+    assert_eq!(
+        disabled.objects[0].disposition(),
+        pb::Disposition::PreflightRejected
+    );
+    assert!(disabled.objects[0].reason.contains("1001"));
+    assert_eq!(
+        disabled.objects[1].disposition(),
+        pb::Disposition::UpstreamRejected
+    );
+    assert!(disabled.objects[1].reason.contains("1001"));
+
+    // A plan error is the same as on submit.
+    let e = t(plane.client.plan_batch(pb::PlanBatchRequest {
+        input: catalogue(SAMPLE_UNKNOWN_PARENTS),
+        ..Default::default()
+    }))
+    .await
+    .expect_err("unknown parents");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(!rejection(&e).violations.is_empty());
+
+    assert!(
+        list_batches(&mut plane.client).await.is_empty(),
+        "nothing persisted"
+    );
+
+    // Objects in flight in a running batch would coalesce.
+    let _idle = agents(&plane.data, false, |_, _| Answer::Load);
+    let running = submit(&mut plane.client, "running", catalogue(SAMPLE), None)
+        .await
+        .expect("submitted");
+    let plan = t(plane.client.plan_batch(pb::PlanBatchRequest {
+        input: catalogue(SAMPLE),
+        ..Default::default()
+    }))
+    .await
+    .expect("plan")
+    .into_inner();
+    assert_eq!(plan.summary.expect("summary").coalesced_count, 4);
+    let coalesced: Vec<&pb::PlannedObject> = plan
+        .objects
+        .iter()
+        .filter(|o| o.disposition() == pb::Disposition::Coalesced)
+        .collect();
+    assert_eq!(coalesced.len(), 4);
+    assert!(
+        coalesced
+            .iter()
+            .all(|o| o.coalesced_onto_batch_id == running.batch_id && o.object_id.starts_with('1'))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_batches_use_the_stream_and_oversize_unary_is_resource_exhausted() {
+    let mut plane = start_with(ServiceSettings {
+        max_objects: 5000,
+        max_message_bytes: 64 * 1024,
+        ..ServiceSettings::default()
+    })
+    .await;
+    let many: Vec<pb::ObjectDefinition> = (0..3000u32)
+        .map(|i| pb::ObjectDefinition {
+            name: format!("object number {i} with a longish name"),
+            ..object(&(1_000_000 + i).to_string(), &[])
+        })
+        .collect();
+    let e = submit(&mut plane.client, "big", objects(many.clone()), None)
+        .await
+        .expect_err("over the message limit");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("SubmitBatchStream"), "{}", e.message());
+
+    let header = |dry_run: bool, expected: u64| pb::SubmitBatchStreamRequest {
+        chunk: Some(pb::submit_batch_stream_request::Chunk::Header(
+            pb::SubmitBatchHeader {
+                idempotency_key: "big".into(),
+                expected_object_count: expected,
+                dry_run,
+                ..Default::default()
+            },
+        )),
+    };
+    let chunks = |list: &[pb::ObjectDefinition]| -> Vec<pb::SubmitBatchStreamRequest> {
+        list.chunks(500)
+            .map(|c| pb::SubmitBatchStreamRequest {
+                chunk: Some(pb::submit_batch_stream_request::Chunk::Objects(
+                    pb::ObjectList {
+                        objects: c.to_vec(),
+                    },
+                )),
+            })
+            .collect()
+    };
+    let mut messages = vec![header(false, 3000)];
+    messages.extend(chunks(&many));
+    let r = t(plane
+        .client
+        .submit_batch_stream(tokio_stream::iter(messages)))
+    .await
+    .expect("streamed")
+    .into_inner();
+    assert!(r.created);
+    assert_eq!(r.summary.expect("summary").object_count, 3000);
+
+    // A dry run plans without persisting.
+    let mut messages = vec![header(true, 0)];
+    messages.extend(chunks(&many[..10]));
+    let dry = t(plane
+        .client
+        .submit_batch_stream(tokio_stream::iter(messages)))
+    .await
+    .expect("dry run")
+    .into_inner();
+    assert!(dry.batch_id.is_empty() && !dry.created);
+    assert_eq!(dry.summary.expect("summary").object_count, 10);
+    assert_eq!(list_batches(&mut plane.client).await.len(), 1);
+
+    // Stream rules: header first, a truthful count, no mixing.
+    let no_header = t(plane
+        .client
+        .submit_batch_stream(tokio_stream::iter(chunks(&many[..10]))))
+    .await
+    .expect_err("no header");
+    assert_eq!(no_header.code(), Code::InvalidArgument);
+    let mut truncated = vec![header(false, 3000)];
+    truncated.extend(chunks(&many[..1000]));
+    let truncated = t(plane
+        .client
+        .submit_batch_stream(tokio_stream::iter(truncated)))
+    .await
+    .expect_err("truncated");
+    assert_eq!(truncated.code(), Code::InvalidArgument);
+    assert!(truncated.message().contains("3000") && truncated.message().contains("1000"));
+    let mut mixed = vec![header(false, 0)];
+    mixed.push(pb::SubmitBatchStreamRequest {
+        chunk: Some(pb::submit_batch_stream_request::Chunk::Catalogue(
+            pb::CatalogueChunk {
+                content: b"[]".to_vec(),
+            },
+        )),
+    });
+    let mixed = t(plane.client.submit_batch_stream(tokio_stream::iter(mixed)))
+        .await
+        .expect_err("mixed");
+    assert_eq!(mixed.code(), Code::InvalidArgument);
+
+    // A catalogue in chunks.
+    let doc = SAMPLE.as_bytes();
+    let mut messages = vec![pb::SubmitBatchStreamRequest {
+        chunk: Some(pb::submit_batch_stream_request::Chunk::Header(
+            pb::SubmitBatchHeader {
+                idempotency_key: "doc".into(),
+                catalogue_format: pb::CatalogueFormat::SeedJson as i32,
+                ..Default::default()
+            },
+        )),
+    }];
+    messages.extend(doc.chunks(1000).map(|c| pb::SubmitBatchStreamRequest {
+        chunk: Some(pb::submit_batch_stream_request::Chunk::Catalogue(
+            pb::CatalogueChunk {
+                content: c.to_vec(),
+            },
+        )),
+    }));
+    let r = t(plane
+        .client
+        .submit_batch_stream(tokio_stream::iter(messages)))
+    .await
+    .expect("catalogue streamed")
+    .into_inner();
+    assert_eq!(r.summary.expect("summary").object_count, 11);
+
+    // Over the object cap in the stream: the same rejection as SubmitBatch.
+    let over: Vec<pb::ObjectDefinition> = (0..5001u32)
+        .map(|i| object(&(1_000_000 + i).to_string(), &[]))
+        .collect();
+    let mut messages = vec![header(false, 0)];
+    messages.extend(chunks(&over));
+    let e = t(plane
+        .client
+        .submit_batch_stream(tokio_stream::iter(messages)))
+    .await
+    .expect_err("over the cap");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(rejection(&e).max_objects, 5000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_serving_and_reflection_lists_the_orchestrator() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let plane = start().await;
+    let mut health = HealthClient::new(plane.channel.clone());
+    let status = t(health.check(tonic_health::pb::HealthCheckRequest {
+        service: "strata.v1.Orchestrator".into(),
+    }))
+    .await
+    .expect("health")
+    .into_inner();
+    assert_eq!(status.status(), ServingStatus::Serving);
+
+    let mut reflection = ServerReflectionClient::new(plane.channel.clone());
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = t(reflection.server_reflection_info(tokio_stream::iter(vec![request])))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let response = t(responses.message())
+        .await
+        .expect("reflection answer")
+        .expect("one answer");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("a service list: {response:?}");
+    };
+    let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"strata.v1.Orchestrator"), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_watchers_see_the_same_changes() {
+    let mut plane = start().await;
+    let agents = agents(&plane.data, false, |_, _| Answer::Load);
+    let r = submit(&mut plane.client, "many", catalogue(SAMPLE), None)
+        .await
+        .expect("submitted");
+    let mut watches = Vec::new();
+    for _ in 0..5 {
+        let mut w = Watch::open(&mut plane.client, &r.batch_id).await;
+        w.snapshot().await;
+        watches.push(w);
+    }
+    // One watcher that never reads must not hold anything up.
+    let _idle = Watch::open(&mut plane.client, &r.batch_id).await;
+    agents.open();
+    let finished = Arc::new(AtomicU32::new(0));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for mut w in watches {
+        let finished = finished.clone();
+        let seen = seen.clone();
+        tasks.push(tokio::spawn(async move {
+            assert_eq!(w.until_end().await, pb::BatchState::Succeeded);
+            finished.fetch_add(1, Ordering::SeqCst);
+            let changes: Vec<(String, i32)> = w
+                .changes()
+                .into_iter()
+                .map(|c| (c.object_id, c.to_state))
+                .collect();
+            seen.lock().expect("lock").push(changes);
+        }));
+    }
+    for task in tasks {
+        t(task).await.expect("watcher");
+    }
+    assert_eq!(finished.load(Ordering::SeqCst), 5);
+    let seen = seen.lock().expect("lock");
+    assert!(
+        seen.windows(2).all(|w| w[0] == w[1]),
+        "same changes in the same order"
+    );
+    assert_eq!(
+        seen[0].len(),
+        11 * 3 - 4,
+        "READY (7), RUNNING (11), LOADED (11)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_finished_before_a_restart_is_answered_from_the_store() {
+    let store = Arc::new(MemoryStore::new());
+    let settings = ServiceSettings {
+        max_objects: MAX_OBJECTS,
+        ..ServiceSettings::default()
+    };
+    let mut first = start_on(store.clone(), settings.clone()).await;
+    let _agents = agents(&first.data, true, |_, _| Answer::Load);
+    let r = submit(&mut first.client, "before", catalogue(SAMPLE), None)
+        .await
+        .expect("submitted");
+    let mut watch = Watch::open(&mut first.client, &r.batch_id).await;
+    assert_eq!(watch.until_end().await, pb::BatchState::Succeeded);
+    drop(first);
+
+    // A new control plane over the same store: the finished batch is not restored.
+    let mut plane = start_on(store, settings).await;
+    let batch = t(plane.client.get_batch(pb::GetBatchRequest {
+        batch_id: r.batch_id.clone(),
+    }))
+    .await
+    .expect("from the store")
+    .into_inner();
+    assert_eq!(batch.state(), pb::BatchState::Succeeded);
+    assert_eq!(batch.idempotency_key, "before");
+    assert!(batch.finished_at.is_some());
+    assert_eq!(batch.summary.expect("re-planned summary").object_count, 11);
+    let loaded: u32 = batch
+        .counts
+        .iter()
+        .filter(|c| c.state() == pb::ObjectState::Loaded)
+        .map(|c| c.count)
+        .sum();
+    assert_eq!(loaded, 11, "a succeeded batch loaded every planned object");
+
+    let listed = list_batches(&mut plane.client).await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].state(), pb::BatchState::Succeeded);
+
+    let page = t(plane.client.get_plan(pb::GetPlanRequest {
+        batch_id: r.batch_id.clone(),
+        ..Default::default()
+    }))
+    .await
+    .expect("plan from the store")
+    .into_inner();
+    assert_eq!(page.objects.len(), 11);
+
+    let mut watch = Watch::open(&mut plane.client, &r.batch_id).await;
+    watch.snapshot().await;
+    assert!(
+        watch.next().await.is_none(),
+        "a finished batch: snapshot, then the end"
+    );
+    assert_eq!(watch.until_end().await, pb::BatchState::Succeeded);
+
+    let object = get_object(&mut plane.client, &r.batch_id, "1001")
+        .await
+        .expect_err("object states are not kept");
+    assert_eq!(object.code(), Code::FailedPrecondition);
+    assert!(object.message().contains(&r.batch_id));
+    let cancel = t(plane.client.cancel_batch(pb::CancelBatchRequest {
+        batch_id: r.batch_id.clone(),
+        reason: String::new(),
+    }))
+    .await
+    .expect_err("finished");
+    assert_eq!(cancel.code(), Code::FailedPrecondition);
+
+    let again = submit(&mut plane.client, "before", catalogue(SAMPLE), None)
+        .await
+        .expect("idempotent across restarts");
+    assert_eq!(again.batch_id, r.batch_id);
+    assert!(!again.created);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_that_falls_behind_gets_a_resync_and_a_fresh_snapshot() {
+    let mut plane = start_with(ServiceSettings {
+        max_objects: 10_000,
+        snapshot_part_objects: 1000,
+        ..ServiceSettings::default()
+    })
+    .await;
+    let _agents = agents(&plane.data, false, |_, _| Answer::Load);
+    let n = 8000u32;
+    let input = objects(
+        (0..n)
+            .map(|i| object(&(1_000_000 + i).to_string(), &[]))
+            .collect(),
+    );
+    let r = submit(&mut plane.client, "slow", input, None)
+        .await
+        .expect("submitted");
+    let mut watch = Watch::open(&mut plane.client, &r.batch_id).await;
+    watch.snapshot().await;
+    let parts = watch
+        .messages
+        .iter()
+        .filter(|m| matches!(m.event, Some(watch_batch_response::Event::Snapshot(_))))
+        .count();
+    assert_eq!(parts, 8, "8000 objects in parts of 1000");
+    _agents.open();
+    // The watcher reads nothing while the batch runs: the driver is not held up.
+    t(async {
+        loop {
+            let b = plane
+                .client
+                .get_batch(pb::GetBatchRequest {
+                    batch_id: r.batch_id.clone(),
+                })
+                .await
+                .expect("batch")
+                .into_inner();
+            if b.state() == pb::BatchState::Succeeded {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(watch.until_end().await, pb::BatchState::Succeeded);
+    let resync = watch
+        .messages
+        .iter()
+        .position(|m| matches!(m.event, Some(watch_batch_response::Event::Resync(_))))
+        .expect("a resync");
+    let Some(watch_batch_response::Event::Resync(dropped)) = &watch.messages[resync].event else {
+        unreachable!()
+    };
+    assert!(dropped.dropped_events > 0);
+    assert!(
+        matches!(
+            &watch.messages[resync + 1].event,
+            Some(watch_batch_response::Event::Snapshot(s)) if s.batch.is_some()
+        ),
+        "a fresh snapshot follows the resync"
+    );
+    let states = watch.states();
+    assert_eq!(states.len(), n as usize);
+    assert!(states.values().all(|s| *s == pb::ObjectState::Loaded));
+}
