@@ -1,1 +1,0 @@
-//! Redis state store (in progress).

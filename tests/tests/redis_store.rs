@@ -1,0 +1,821 @@
+//! The Redis `StateStore` against a real `redis-server`: what a restarted control plane reads
+//! back, idempotent submission, atomic steps in one round trip, finished-batch expiry, atomic
+//! retry claims under contention, dead-letter paging, a 100,000-node batch, and recovery after
+//! Redis restarts.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, ensure};
+use chrono::{TimeZone as _, Utc};
+use redis::aio::MultiplexedConnection;
+use strata_control_plane::adapters::redis::RedisStore;
+use strata_control_plane::batch::batch_id_for;
+use strata_control_plane::ports::{
+    BatchHead, BatchWrite, CreateOutcome, PortError, RetryEntry, StateStore, StepWrite,
+    StoredBatch, StoredDeadLetter,
+};
+use strata_core::machine::{DeadReason, NodeRecord, NodeState};
+use strata_tests::{RedisServer, within};
+
+const STEP: Duration = Duration::from_secs(30);
+const PREFIX: &str = "strata-test:";
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+async fn start(ttl: Duration) -> anyhow::Result<(RedisServer, RedisStore, MultiplexedConnection)> {
+    let redis = within(STEP, "start redis", RedisServer::start()).await??;
+    let store = within(
+        STEP,
+        "connect store",
+        RedisStore::connect(&redis.url(), PREFIX, ttl),
+    )
+    .await??;
+    let con = within(STEP, "raw connection", redis.connection()).await??;
+    Ok((redis, store, con))
+}
+
+fn record(state: NodeState, attempt: u32, epoch: u64) -> NodeRecord {
+    NodeRecord {
+        state,
+        attempt,
+        run_start: 0,
+        dispatch_epoch: epoch,
+        last_error: None,
+        dead_reason: None,
+        retry_due: None,
+    }
+}
+
+fn dead(attempt: u32, error: &str) -> NodeRecord {
+    NodeRecord {
+        last_error: Some(error.into()),
+        dead_reason: Some(DeadReason::RetriesExhausted),
+        ..record(NodeState::Dead, attempt, u64::from(attempt))
+    }
+}
+
+fn stored(key: &str, created_at_ms: i64, objects: &str) -> StoredBatch {
+    StoredBatch {
+        batch_id: batch_id_for(key),
+        idempotency_key: key.into(),
+        content_hash: format!("hash-of-{objects}"),
+        created_at_ms,
+        options: serde_json::json!({"force": false, "labels": {"team": "ops"}}),
+        objects_json: objects.as_bytes().to_vec(),
+    }
+}
+
+fn running(next_epoch: u64) -> BatchHead {
+    BatchHead {
+        state: "RUNNING".into(),
+        next_epoch,
+        finished_at_ms: None,
+    }
+}
+
+fn finished(state: &str, next_epoch: u64) -> BatchHead {
+    BatchHead {
+        state: state.into(),
+        next_epoch,
+        finished_at_ms: Some(1_700_000_999_000),
+    }
+}
+
+async fn create(
+    store: &RedisStore,
+    batch: &StoredBatch,
+    head: &BatchHead,
+    nodes: &[(u32, NodeRecord)],
+) -> anyhow::Result<CreateOutcome> {
+    Ok(within(STEP, "create batch", store.create_batch(batch, head, nodes)).await??)
+}
+
+async fn apply(store: &RedisStore, step: &StepWrite) -> anyhow::Result<()> {
+    Ok(within(STEP, "apply step", store.apply(step)).await??)
+}
+
+async fn pttl(con: &mut MultiplexedConnection, key: &str) -> anyhow::Result<i64> {
+    Ok(within(
+        STEP,
+        "PTTL",
+        redis::cmd("PTTL").arg(key).query_async::<i64>(con),
+    )
+    .await??)
+}
+
+/// The keys of a batch that expire when it finishes.
+fn batch_keys(batch: &StoredBatch) -> Vec<String> {
+    let b = format!("{PREFIX}batch:{}", batch.batch_id);
+    vec![
+        b.clone(),
+        format!("{b}:objects"),
+        format!("{b}:nodes"),
+        format!("{PREFIX}idem:{}", batch.idempotency_key),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn created_batch_is_restored_with_its_records() -> anyhow::Result<()> {
+    let (_redis, store, mut con) = start(DAY).await?;
+    let batch = stored("submit-1", 1_700_000_000_000, r#"[{"id":"a"},{"id":"b"}]"#);
+    let nodes = vec![
+        (0, record(NodeState::Ready, 1, 1)),
+        (
+            2,
+            NodeRecord {
+                retry_due: Some(Utc.timestamp_opt(1_700_000_123, 456_789_123).unwrap()),
+                last_error: Some("connection reset: upstream said \"no\"".into()),
+                run_start: 3,
+                ..record(NodeState::RetryWait, 5, 9)
+            },
+        ),
+        (7, record(NodeState::SkippedFresh, 0, 0)),
+        (
+            9,
+            NodeRecord {
+                dead_reason: Some(DeadReason::Preflight),
+                last_error: Some("object x is disabled".into()),
+                ..record(NodeState::Dead, 0, 0)
+            },
+        ),
+    ];
+    assert_eq!(
+        create(&store, &batch, &running(10), &nodes).await?,
+        CreateOutcome::Created
+    );
+
+    let active = within(STEP, "load active", store.load_active()).await??;
+    assert_eq!(active.len(), 1);
+    assert_eq!(active[0].batch, batch);
+    assert_eq!(active[0].head, running(10));
+    assert_eq!(active[0].nodes, nodes);
+
+    let got = within(STEP, "get batch", store.get_batch(&batch.batch_id)).await??;
+    assert_eq!(got, Some((batch.clone(), running(10))));
+    assert_eq!(
+        within(STEP, "get unknown batch", store.get_batch("b-nope")).await??,
+        None
+    );
+    let (ids, next) = within(STEP, "list batches", store.list_batches(None, 10)).await??;
+    assert_eq!((ids, next), (vec![batch.batch_id.clone()], None));
+
+    // Every key is under the prefix, and a running batch does not expire.
+    let keys: Vec<String> = within(
+        STEP,
+        "KEYS",
+        redis::cmd("KEYS").arg("*").query_async(&mut con),
+    )
+    .await??;
+    assert!(
+        keys.iter().all(|k| k.starts_with(PREFIX)),
+        "keys outside the prefix: {keys:?}"
+    );
+    for key in batch_keys(&batch) {
+        assert_eq!(pttl(&mut con, &key).await?, -1, "{key} must not expire");
+    }
+    within(STEP, "ping", store.ping()).await??;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn same_idempotency_key_returns_the_original_and_overwrites_nothing() -> anyhow::Result<()> {
+    let (_redis, store, _con) = start(DAY).await?;
+    let original = stored("submit-dup", 1_700_000_000_000, r#"[{"id":"first"}]"#);
+    let nodes = vec![(0, record(NodeState::Ready, 1, 1))];
+    assert_eq!(
+        create(&store, &original, &running(2), &nodes).await?,
+        CreateOutcome::Created
+    );
+
+    // A later submission with the same key but other content.
+    let other = StoredBatch {
+        content_hash: "another-hash".into(),
+        created_at_ms: original.created_at_ms + 5_000,
+        objects_json: br#"[{"id":"second"}]"#.to_vec(),
+        ..original.clone()
+    };
+    let other_nodes = vec![
+        (0, record(NodeState::Loaded, 1, 1)),
+        (1, record(NodeState::Ready, 1, 2)),
+    ];
+    let before = store.round_trips();
+    assert_eq!(
+        create(&store, &other, &finished("SUCCEEDED", 3), &other_nodes).await?,
+        CreateOutcome::Existing {
+            batch_id: original.batch_id.clone(),
+            content_hash: original.content_hash.clone(),
+        }
+    );
+    assert_eq!(store.round_trips() - before, 1, "create is one round trip");
+
+    let active = within(STEP, "load active", store.load_active()).await??;
+    assert_eq!(active.len(), 1);
+    assert_eq!(active[0].batch, original, "definition overwritten");
+    assert_eq!(active[0].head, running(2), "head overwritten");
+    assert_eq!(active[0].nodes, nodes, "records overwritten");
+
+    // Replaying the very same create (a retry after a lost reply) confirms it.
+    assert_eq!(
+        create(&store, &original, &running(2), &nodes).await?,
+        CreateOutcome::Created
+    );
+    let (ids, _) = within(STEP, "list batches", store.list_batches(None, 10)).await??;
+    assert_eq!(ids, vec![original.batch_id.clone()]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn apply_updates_heads_and_records_and_a_finished_batch_expires() -> anyhow::Result<()> {
+    let (_redis, store, mut con) = start(DAY).await?;
+    let a = stored("batch-a", 1_700_000_000_000, "[a]");
+    let b = stored("batch-b", 1_700_000_001_000, "[b]");
+    create(
+        &store,
+        &a,
+        &running(2),
+        &[(0, record(NodeState::Ready, 1, 1))],
+    )
+    .await?;
+    create(
+        &store,
+        &b,
+        &running(2),
+        &[(0, record(NodeState::Ready, 1, 1))],
+    )
+    .await?;
+
+    // One step touching both batches, a retry and a dead letter: one round trip.
+    let step = StepWrite {
+        batches: vec![
+            BatchWrite {
+                batch_id: a.batch_id.clone(),
+                head: running(4),
+                nodes: vec![
+                    (0, record(NodeState::Loaded, 1, 1)),
+                    (1, record(NodeState::Ready, 1, 2)),
+                    (2, record(NodeState::Ready, 1, 3)),
+                ],
+            },
+            BatchWrite {
+                batch_id: b.batch_id.clone(),
+                head: finished("FAILED", 2),
+                nodes: vec![(0, dead(1, "permanent: bad input"))],
+            },
+        ],
+        schedule: vec![RetryEntry {
+            batch_id: a.batch_id.clone(),
+            node: 5,
+            attempt: 1,
+            due_ms: 1_000,
+        }],
+        dead_letters: vec![StoredDeadLetter {
+            batch_id: b.batch_id.clone(),
+            node: 0,
+            payload: b"\x0a\x07batch-b\xff".to_vec(),
+            dead_at_ms: 1_700_000_002_000,
+        }],
+    };
+    let before = store.round_trips();
+    apply(&store, &step).await?;
+    assert_eq!(
+        store.round_trips() - before,
+        1,
+        "apply must be one round trip"
+    );
+
+    let active = within(STEP, "load active", store.load_active()).await??;
+    assert_eq!(active.len(), 1, "the FAILED batch left the active set");
+    assert_eq!(active[0].batch.batch_id, a.batch_id);
+    assert_eq!(active[0].head, running(4));
+    assert_eq!(active[0].nodes, step.batches[0].nodes);
+
+    // The finished batch stays queryable until its TTL, then goes; so do its dead letters.
+    let got = within(STEP, "get finished batch", store.get_batch(&b.batch_id)).await??;
+    assert_eq!(got.map(|(_, h)| h), Some(finished("FAILED", 2)));
+    let dlq = [
+        format!("{PREFIX}batch:{}:dlq", b.batch_id),
+        format!("{PREFIX}batch:{}:dlqidx", b.batch_id),
+    ];
+    for key in batch_keys(&b).iter().chain(&dlq) {
+        let t = pttl(&mut con, key).await?;
+        ensure!(t > 0, "{key} of a finished batch has no TTL ({t})");
+        ensure!(
+            t <= DAY.as_millis() as i64 * 2,
+            "{key} expires too late ({t} ms)"
+        );
+    }
+    for key in batch_keys(&a) {
+        assert_eq!(
+            pttl(&mut con, &key).await?,
+            -1,
+            "{key} of a running batch expires"
+        );
+    }
+    let claimed = within(STEP, "claim", store.claim_due_retries(2_000, 10)).await??;
+    assert_eq!(claimed, step.schedule);
+
+    // A replay reopens the FAILED batch: active again, and it no longer expires.
+    apply(
+        &store,
+        &StepWrite {
+            batches: vec![BatchWrite {
+                batch_id: b.batch_id.clone(),
+                head: running(3),
+                nodes: vec![(0, record(NodeState::Ready, 2, 2))],
+            }],
+            ..StepWrite::default()
+        },
+    )
+    .await?;
+    let active = within(STEP, "load active", store.load_active()).await??;
+    let ids: Vec<_> = active.iter().map(|r| r.batch.batch_id.clone()).collect();
+    assert_eq!(ids, vec![a.batch_id.clone(), b.batch_id.clone()]);
+    assert_eq!(active[1].head, running(3), "finished_at cleared on reopen");
+    for key in batch_keys(&b).iter().chain(&dlq) {
+        assert_eq!(
+            pttl(&mut con, key).await?,
+            -1,
+            "{key} still expires after reopen"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_batch_disappears_from_listings_and_its_key_is_free_again() -> anyhow::Result<()> {
+    let ttl = Duration::from_millis(300);
+    let (_redis, store, mut con) = start(ttl).await?;
+    let done = stored("short-lived", 1_700_000_000_000, "[x]");
+    let kept = stored("kept", 1_700_000_000_500, "[y]");
+    create(&store, &done, &running(1), &[]).await?;
+    create(&store, &kept, &running(1), &[]).await?;
+    apply(
+        &store,
+        &StepWrite {
+            batches: vec![BatchWrite {
+                batch_id: done.batch_id.clone(),
+                head: finished("FAILED", 2),
+                nodes: vec![(0, dead(1, "boom"))],
+            }],
+            dead_letters: vec![StoredDeadLetter {
+                batch_id: done.batch_id.clone(),
+                node: 0,
+                payload: b"letter".to_vec(),
+                dead_at_ms: 1_700_000_001_000,
+            }],
+            ..StepWrite::default()
+        },
+    )
+    .await?;
+    tokio::time::sleep(ttl + Duration::from_millis(200)).await;
+
+    assert_eq!(
+        within(STEP, "get expired", store.get_batch(&done.batch_id)).await??,
+        None
+    );
+    // A claim prunes the expired batch's index entries, even if nobody lists.
+    within(STEP, "claim", store.claim_due_retries(0, 1)).await??;
+    let left: Vec<String> = within(
+        STEP,
+        "KEYS",
+        redis::cmd("KEYS").arg("*").query_async(&mut con),
+    )
+    .await??;
+    let left: BTreeSet<String> = left.into_iter().collect();
+    let expected: BTreeSet<String> = [
+        format!("{PREFIX}active"),
+        format!("{PREFIX}batches"),
+        format!("{PREFIX}idem:{}", kept.idempotency_key),
+        format!("{PREFIX}batch:{}", kept.batch_id),
+        format!("{PREFIX}batch:{}:objects", kept.batch_id),
+    ]
+    .into();
+    assert_eq!(left, expected, "leftovers of the expired batch");
+    let (ids, next) = within(STEP, "list batches", store.list_batches(None, 10)).await??;
+    assert_eq!((ids, next), (vec![kept.batch_id.clone()], None));
+    let (letters, _) = within(
+        STEP,
+        "list dead letters",
+        store.list_dead_letters(None, None, 10),
+    )
+    .await??;
+    assert!(letters.is_empty(), "expired letters listed: {letters:?}");
+
+    // The idempotency key expired with it: the same submission creates the batch again.
+    assert_eq!(
+        create(&store, &done, &running(1), &[]).await?,
+        CreateOutcome::Created
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_for_a_batch_that_is_not_stored_are_skipped() -> anyhow::Result<()> {
+    let (_redis, store, mut con) = start(DAY).await?;
+    apply(
+        &store,
+        &StepWrite {
+            batches: vec![BatchWrite {
+                batch_id: "b-unknown".into(),
+                head: running(5),
+                nodes: vec![(0, record(NodeState::Ready, 1, 1))],
+            }],
+            dead_letters: vec![StoredDeadLetter {
+                batch_id: "b-unknown".into(),
+                node: 0,
+                payload: b"x".to_vec(),
+                dead_at_ms: 1,
+            }],
+            ..StepWrite::default()
+        },
+    )
+    .await?;
+    let keys: Vec<String> = within(
+        STEP,
+        "KEYS",
+        redis::cmd("KEYS").arg("*").query_async(&mut con),
+    )
+    .await??;
+    assert!(keys.is_empty(), "a partial batch was written: {keys:?}");
+    assert!(
+        within(STEP, "load active", store.load_active())
+            .await??
+            .is_empty()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn claim_returns_only_due_entries_once_and_in_due_order() -> anyhow::Result<()> {
+    let (_redis, store, _con) = start(DAY).await?;
+    let entry = |node: u32, due_ms: i64| RetryEntry {
+        batch_id: "b-with:colon".into(),
+        node,
+        attempt: 2,
+        due_ms,
+    };
+    let schedule = vec![
+        entry(1, 5_000),
+        entry(2, 1_000),
+        entry(3, 9_000),
+        entry(4, 3_000),
+        entry(5, 5_000),
+    ];
+    apply(
+        &store,
+        &StepWrite {
+            schedule: schedule.clone(),
+            ..StepWrite::default()
+        },
+    )
+    .await?;
+
+    let early = within(STEP, "claim early", store.claim_due_retries(999, 10)).await??;
+    assert!(early.is_empty(), "claimed before due: {early:?}");
+    let first = within(STEP, "claim 2", store.claim_due_retries(5_000, 2)).await??;
+    assert_eq!(first, vec![entry(2, 1_000), entry(4, 3_000)]);
+    let second = within(STEP, "claim rest", store.claim_due_retries(5_000, 10)).await??;
+    assert_eq!(second, vec![entry(1, 5_000), entry(5, 5_000)]);
+    let again = within(STEP, "claim again", store.claim_due_retries(5_000, 10)).await??;
+    assert!(again.is_empty(), "claimed twice: {again:?}");
+    let last = within(STEP, "claim last", store.claim_due_retries(i64::MAX, 10)).await??;
+    assert_eq!(last, vec![entry(3, 9_000)]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_claimers_never_get_the_same_entry() -> anyhow::Result<()> {
+    let (redis, store, _con) = start(DAY).await?;
+    const ENTRIES: u32 = 5_000;
+    let schedule: Vec<RetryEntry> = (0..ENTRIES)
+        .map(|i| RetryEntry {
+            batch_id: format!("b-{}", i % 7),
+            node: i,
+            attempt: 1 + i % 3,
+            due_ms: i64::from(i % 100),
+        })
+        .collect();
+    apply(
+        &store,
+        &StepWrite {
+            schedule: schedule.clone(),
+            ..StepWrite::default()
+        },
+    )
+    .await?;
+
+    // Two control planes: separate connections.
+    let mut claimers = Vec::new();
+    for _ in 0..2 {
+        let store = within(
+            STEP,
+            "connect claimer",
+            RedisStore::connect(&redis.url(), PREFIX, DAY),
+        )
+        .await??;
+        claimers.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let batch = store.claim_due_retries(1_000, 13).await?;
+                if batch.is_empty() {
+                    return Ok::<_, PortError>(got);
+                }
+                got.extend(batch);
+            }
+        }));
+    }
+    let mut claimed = Vec::new();
+    for c in claimers {
+        claimed.push(within(STEP, "claimer", c).await???);
+    }
+    let (x, y) = (&claimed[0], &claimed[1]);
+    eprintln!("claimer shares: {} / {}", x.len(), y.len());
+    let xs: HashSet<_> = x.iter().cloned().collect();
+    let ys: HashSet<_> = y.iter().cloned().collect();
+    assert_eq!(xs.len(), x.len(), "a claimer got an entry twice");
+    assert_eq!(ys.len(), y.len(), "a claimer got an entry twice");
+    assert!(xs.is_disjoint(&ys), "both claimers got an entry");
+    let all: HashSet<_> = schedule.into_iter().collect();
+    assert_eq!(&xs | &ys, all, "entries lost");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_letters_are_listed_newest_first_with_cursor_paging() -> anyhow::Result<()> {
+    let (_redis, store, _con) = start(DAY).await?;
+    let a = stored("dlq-a", 1, "[a]");
+    let b = stored("dlq-b", 2, "[b]");
+    create(&store, &a, &running(1), &[]).await?;
+    create(&store, &b, &running(1), &[]).await?;
+    // 25 letters, some sharing a time, binary payloads.
+    let letters: Vec<StoredDeadLetter> = (0..25u32)
+        .map(|i| StoredDeadLetter {
+            batch_id: (if i % 3 == 0 { &b } else { &a }).batch_id.clone(),
+            node: i,
+            payload: vec![0xff, 0x00, i as u8],
+            dead_at_ms: 1_700_000_000_000 + i64::from(i / 2) * 1_000,
+        })
+        .collect();
+    apply(
+        &store,
+        &StepWrite {
+            dead_letters: letters.clone(),
+            ..StepWrite::default()
+        },
+    )
+    .await?;
+
+    for filter in [None, Some(a.batch_id.clone()), Some(b.batch_id.clone())] {
+        let mut listed = Vec::new();
+        let mut cursor = None;
+        let mut pages = 0;
+        loop {
+            let (page, next) = within(
+                STEP,
+                "list dead letters",
+                store.list_dead_letters(filter.clone(), cursor, 4),
+            )
+            .await??;
+            pages += 1;
+            assert!(page.len() <= 4);
+            listed.extend(page);
+            match next {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+            ensure!(pages < 100, "paging does not end");
+        }
+        let mut expected: Vec<_> = letters
+            .iter()
+            .filter(|d| filter.as_ref().is_none_or(|f| &d.batch_id == f))
+            .cloned()
+            .collect();
+        assert!(
+            listed
+                .windows(2)
+                .all(|w| w[0].dead_at_ms >= w[1].dead_at_ms),
+            "not newest first"
+        );
+        assert_eq!(pages, expected.len().div_ceil(4), "filter {filter:?}");
+        let key = |d: &StoredDeadLetter| (d.batch_id.clone(), d.node);
+        listed.sort_by_key(key);
+        expected.sort_by_key(key);
+        assert_eq!(listed, expected, "filter {filter:?}");
+    }
+    let bad = within(
+        STEP,
+        "foreign cursor",
+        store.list_dead_letters(None, Some("12".into()), 4),
+    )
+    .await?;
+    assert!(
+        matches!(bad, Err(PortError::Rejected { .. })),
+        "foreign cursor: {bad:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn batches_are_listed_newest_first_with_cursor_paging() -> anyhow::Result<()> {
+    let (_redis, store, _con) = start(DAY).await?;
+    let mut created = Vec::new();
+    for i in 0..11i64 {
+        // Two batches per millisecond: ties are paged exactly too.
+        let b = stored(&format!("list-{i}"), 1_700_000_000_000 + i / 2, "[]");
+        create(&store, &b, &running(1), &[]).await?;
+        created.push(b);
+    }
+    let mut listed = Vec::new();
+    let mut cursor = None;
+    loop {
+        let (ids, next) = within(STEP, "list", store.list_batches(cursor, 3)).await??;
+        listed.extend(ids);
+        match next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+        ensure!(listed.len() <= created.len(), "paging repeats entries");
+    }
+    let created_at: BTreeMap<_, _> = created
+        .iter()
+        .map(|b| (b.batch_id.clone(), b.created_at_ms))
+        .collect();
+    assert_eq!(listed.len(), created.len());
+    assert_eq!(
+        listed.iter().collect::<BTreeSet<_>>(),
+        created_at.keys().collect::<BTreeSet<_>>()
+    );
+    assert!(
+        listed
+            .windows(2)
+            .all(|w| created_at[&w[0]] >= created_at[&w[1]]),
+        "not newest first: {listed:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hundred_thousand_node_batch_round_trips() -> anyhow::Result<()> {
+    let (_redis, store, mut con) = start(DAY).await?;
+    const N: u32 = 100_000;
+    // ~15 MB of objects JSON, like a real 100k-object submission.
+    let objects: Vec<serde_json::Value> = (0..N)
+        .map(|i| {
+            serde_json::json!({
+                "id": format!("warehouse.sales.object_{i:06}"),
+                "layer": 1 + i % 4,
+                "parents": [format!("warehouse.sales.object_{:06}", i / 2)],
+                "frequency": "0 3 * * *",
+                "enabled": true,
+            })
+        })
+        .collect();
+    let mut batch = stored("big", 1_700_000_000_000, "");
+    batch.objects_json = serde_json::to_vec(&objects)?;
+    let nodes: Vec<(u32, NodeRecord)> = (0..N)
+        .map(|i| {
+            let r = match i % 5 {
+                0 => record(NodeState::Ready, 1, u64::from(i) + 1),
+                1 => record(NodeState::SkippedFresh, 0, 0),
+                2 => record(NodeState::Running, 2, u64::from(i) + 1),
+                3 => dead(3, "retries exhausted: timeout talking to the warehouse"),
+                _ => record(NodeState::Loaded, 1, u64::from(i) + 1),
+            };
+            (i, r)
+        })
+        .collect();
+    let started = Instant::now();
+    assert_eq!(
+        create(&store, &batch, &running(u64::from(N) + 1), &nodes).await?,
+        CreateOutcome::Created
+    );
+    let created = started.elapsed();
+
+    let started = Instant::now();
+    let before = store.round_trips();
+    let active = within(STEP, "load active", store.load_active()).await??;
+    let loaded = started.elapsed();
+    let load_trips = store.round_trips() - before;
+    assert_eq!(active.len(), 1);
+    assert_eq!(active[0].batch, batch);
+    assert_eq!(active[0].nodes, nodes);
+
+    // A step that rewrites every node (a cancel) is still one round trip.
+    let cancelled: Vec<(u32, NodeRecord)> = (0..N)
+        .map(|i| (i, record(NodeState::Cancelled, 1, u64::from(i))))
+        .collect();
+    let before = store.round_trips();
+    apply(
+        &store,
+        &StepWrite {
+            batches: vec![BatchWrite {
+                batch_id: batch.batch_id.clone(),
+                head: finished("CANCELLED", u64::from(N) + 1),
+                nodes: cancelled,
+            }],
+            ..StepWrite::default()
+        },
+    )
+    .await?;
+    assert_eq!(store.round_trips() - before, 1);
+    assert!(
+        within(STEP, "load active", store.load_active())
+            .await??
+            .is_empty()
+    );
+
+    let nodes_key = format!("{PREFIX}batch:{}:nodes", batch.batch_id);
+    let memory: i64 = within(
+        STEP,
+        "MEMORY USAGE",
+        redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(&nodes_key)
+            .arg("SAMPLES")
+            .arg(0)
+            .query_async(&mut con),
+    )
+    .await??;
+    eprintln!(
+        "{N} nodes: create {created:?}, load_active {loaded:?} in {load_trips} round trips, \
+         node records {:.1} MB in redis ({} B/node), objects {:.1} MB",
+        memory as f64 / 1e6,
+        memory / i64::from(N),
+        batch.objects_json.len() as f64 / 1e6,
+    );
+    ensure!(
+        memory < 100 * i64::from(N),
+        "node records take {memory} bytes in redis"
+    );
+    ensure!(pttl(&mut con, &nodes_key).await? > 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_down_is_retryable_and_the_store_recovers_after_a_restart() -> anyhow::Result<()> {
+    let (mut redis, store, _con) = start(DAY).await?;
+    let store = store.with_timeout(Duration::from_secs(2));
+    within(STEP, "ping", store.ping()).await??;
+
+    redis.stop();
+    let down = within(STEP, "ping while down", store.ping()).await?;
+    match &down {
+        Err(e @ PortError::Unavailable { .. }) => assert!(e.retryable()),
+        other => anyhow::bail!("expected unavailable, got {other:?}"),
+    }
+    let batch = stored("after-restart", 1, "[]");
+    let write = within(
+        STEP,
+        "create while down",
+        store.create_batch(&batch, &running(1), &[]),
+    )
+    .await?;
+    assert!(
+        write.as_ref().is_err_and(PortError::retryable),
+        "create while down: {write:?}"
+    );
+
+    within(STEP, "start redis again", redis.start_again()).await??;
+    let deadline = Instant::now() + STEP;
+    while let Err(e) = store.ping().await {
+        ensure!(Instant::now() < deadline, "no reconnect: {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The new server has no scripts: the first call loads them again (2 more round trips).
+    let before = store.round_trips();
+    assert_eq!(
+        create(&store, &batch, &running(1), &[]).await?,
+        CreateOutcome::Created
+    );
+    assert_eq!(store.round_trips() - before, 3);
+    let active = within(STEP, "load active", store.load_active())
+        .await??
+        .into_iter()
+        .map(|r| r.batch)
+        .collect::<Vec<_>>();
+    assert_eq!(active, vec![batch]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_fails_fast_and_retryably_when_redis_is_absent() -> anyhow::Result<()> {
+    let port = strata_tests::free_port()?;
+    let started = Instant::now();
+    let result = within(
+        STEP,
+        "connect to nothing",
+        RedisStore::connect(&format!("redis://127.0.0.1:{port}/"), PREFIX, DAY),
+    )
+    .await?;
+    let e = result.err().context("connected to a closed port")?;
+    assert!(e.retryable(), "{e}");
+    eprintln!("gave up after {:?}: {e}", started.elapsed());
+    let bad = within(
+        STEP,
+        "bad ttl",
+        RedisStore::connect("redis://x/", PREFIX, Duration::ZERO),
+    )
+    .await?;
+    assert!(matches!(bad, Err(PortError::Rejected { .. })));
+    Ok(())
+}
