@@ -21,6 +21,7 @@
 //!
 //! This crate depends on nothing of Strata's own yet; later suites add the crates they drive.
 
+pub mod agent;
 pub mod kafka;
 pub mod process;
 pub mod redis_server;
