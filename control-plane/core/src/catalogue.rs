@@ -121,16 +121,6 @@ impl fmt::Display for CatalogueError {
 /// Records are normalised as they are parsed (one pass, no intermediate list of raw records),
 /// borrowing strings from the input where the JSON has no escapes.
 pub fn read_catalogue(bytes: &[u8]) -> Result<Catalogue, CatalogueError> {
-    let malformed = |token: String, message: String| CatalogueError {
-        problems: vec![Problem {
-            index: None,
-            object_id: None,
-            field: "document".into(),
-            token,
-            kind: ProblemKind::Malformed,
-            message,
-        }],
-    };
     let text = std::str::from_utf8(bytes)
         .map_err(|e| malformed(format!("byte {}", e.valid_up_to()), "not UTF-8 text".into()))?;
     if let Some(parallel) = read_in_parts(text) {
@@ -141,16 +131,6 @@ pub fn read_catalogue(bytes: &[u8]) -> Result<Catalogue, CatalogueError> {
 
 /// Reads the whole document in one pass on the calling thread.
 fn read_sequential(text: &str) -> Result<Catalogue, CatalogueError> {
-    let malformed = |token: String, message: String| CatalogueError {
-        problems: vec![Problem {
-            index: None,
-            object_id: None,
-            field: "document".into(),
-            token,
-            kind: ProblemKind::Malformed,
-            message,
-        }],
-    };
     let mut sink = Sink {
         norm: Normaliser::default(),
         objects: Vec::with_capacity(capacity_for(text.len())),
@@ -174,6 +154,20 @@ fn read_sequential(text: &str) -> Result<Catalogue, CatalogueError> {
         Err(CatalogueError {
             problems: sink.norm.problems,
         })
+    }
+}
+
+/// A document-level problem: the bytes are not a catalogue at all.
+fn malformed(token: String, message: String) -> CatalogueError {
+    CatalogueError {
+        problems: vec![Problem {
+            index: None,
+            object_id: None,
+            field: "document".into(),
+            token,
+            kind: ProblemKind::Malformed,
+            message,
+        }],
     }
 }
 
