@@ -173,8 +173,9 @@ pub enum ConfigError {
     },
 }
 
-/// Default gRPC message limit: 16 MiB (about 60,000 objects in one unary SubmitBatch).
-pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Default gRPC message limit (the contract's: 16 MiB, about 60,000 objects in one unary
+/// SubmitBatch).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = strata_proto::DEFAULT_MAX_MESSAGE_BYTES;
 
 impl Flags {
     /// Merges the flags over the TOML file (if any) over the defaults, and validates.

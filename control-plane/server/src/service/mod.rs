@@ -44,11 +44,9 @@ use crate::driver::{BatchRuntime, Handle, WatchEvent};
 use crate::error::{OversizeAsResourceExhausted, ServiceError};
 use crate::ports::StateStore;
 
-/// Default largest gRPC message, both ways: 16 MiB, about 60,000 objects in one unary
-/// `SubmitBatch` (same default as `config::DEFAULT_MAX_MESSAGE_BYTES`; the proto's comment states
-/// the gRPC default of 4 MiB, which a deployment can restore with `STRATA_MAX_MESSAGE_BYTES`).
-/// Larger batches use `SubmitBatchStream`.
-pub const DEFAULT_MAX_MESSAGE_BYTES: usize = crate::config::DEFAULT_MAX_MESSAGE_BYTES;
+/// Default largest gRPC message, both ways (the contract's default, see
+/// `strata_proto::DEFAULT_MAX_MESSAGE_BYTES`). Larger batches use `SubmitBatchStream`.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = strata_proto::DEFAULT_MAX_MESSAGE_BYTES;
 
 /// Default largest catalogue document accepted by `SubmitBatchStream` (2 GiB: a 1,000,000-object
 /// seed catalogue is about 1 GiB).
