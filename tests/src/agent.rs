@@ -13,7 +13,9 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use strata_proto::kafka as topics;
-use strata_proto::v1::{ObjectFailed, ObjectLoaded, ObjectReady, ObjectResult, ObjectStarted, object_result};
+use strata_proto::v1::{
+    ObjectFailed, ObjectLoaded, ObjectReady, ObjectResult, ObjectStarted, object_result,
+};
 use tokio::task::JoinHandle;
 
 use crate::kafka::{consumer_config, producer_config};
@@ -75,11 +77,9 @@ impl TestAgent {
         agent_id: &str,
         behaviour: Behaviour,
     ) -> anyhow::Result<Self> {
-        let consumer: StreamConsumer = consumer_config(
-            bootstrap_servers,
-            &format!("{topic_prefix}.agents.{zone}"),
-        )
-        .create()?;
+        let consumer: StreamConsumer =
+            consumer_config(bootstrap_servers, &format!("{topic_prefix}.agents.{zone}"))
+                .create()?;
         let ready_topic = format!("{topic_prefix}.{}.{zone}", topics::READY_TOPIC);
         consumer.subscribe(&[&ready_topic])?;
         let producer: FutureProducer = producer_config(bootstrap_servers).create()?;
