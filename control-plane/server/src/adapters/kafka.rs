@@ -1,1 +1,1342 @@
-//! Kafka data plane (in progress).
+//! The Kafka [`DataPlane`]: Ready records out to `<prefix>.ready.<zone>`, results in from
+//! `<prefix>.results`, dead letters and status changes out to `<prefix>.dlq` / `<prefix>.status`
+//! (DESIGN §5). Works with any Kafka-protocol broker; nothing here relies on the test broker's
+//! quirks (see `shared/notes/kafka-broker.md`).
+//!
+//! What it guarantees:
+//! - **Produce = delivered.** One idempotent producer (`acks=all`); every publish awaits each
+//!   record's delivery report, bounded by `message.timeout.ms` ([`DELIVERY_TIMEOUT`]). Producing
+//!   to a missing topic "succeeds" locally and fails only in the report: such a failure is
+//!   [`PortError::Unavailable`] naming the topic, so the driver can `ensure_topics` and retry
+//!   (which also refreshes the producer's metadata). A producer that hit a fatal error (e.g. an
+//!   out-of-order sequence after the broker lost its producer state) or whose deliveries timed
+//!   out (it may be looping on an unknown producer id) is replaced by a fresh one at once.
+//! - **Offsets only after durability.** The results consumer runs with
+//!   `enable.auto.offset.store=false`; [`DataPlane::store_positions`] stores `offset + 1` of the
+//!   highest position per partition and auto-commit (every second, and on close or revocation)
+//!   writes them. Delivery is at least once.
+//! - **No poison-pill loops.** A record that cannot be decoded (wrong or missing `strata-type`
+//!   header, bad protobuf, empty `result` oneof) is handed to the driver as `Err(reason)` with its
+//!   position, like any other record, so it is counted, logged and its offset stored.
+//! - **Nothing blocks an async worker.** Producing, consuming and admin calls are asynchronous in
+//!   librdkafka; the blocking parts (destroying a client, closing the consumer, which leaves the
+//!   group and commits) run on threads of their own ([`KafkaDataPlane::close`] awaits them).
+//!   librdkafka's callbacks only log (routed to `tracing`, rate-limited).
+//!
+//! Owns the rdkafka client configuration of the control plane; the helpers
+//! ([`ready_topic`], [`producer_config`], [`results_consumer_config`], …) are public so that the
+//! test harness and tools build the same names and settings. Depends on nothing but the port
+//! types and the wire crate.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::ops::Deref;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prost::Message as _;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message as _, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaErrorCode;
+use strata_core::Zone;
+use strata_proto::kafka as wire;
+use strata_proto::v1::{DeadLetter, ObjectReady, ObjectResult, StatusChanged};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{debug, error, info, trace, warn};
+
+use crate::ports::{DataPlane, PortError, PortResult, Position, ResultRecord};
+
+const SERVICE: &str = "kafka";
+
+/// Default consumer group of the control plane on the results topic.
+pub const DEFAULT_CONSUMER_GROUP: &str = "strata-control-plane";
+/// Bound on one record's delivery (`message.timeout.ms`): a publish resolves, delivered or
+/// failed, within about this long (plus [`DELIVERY_MARGIN`] as a backstop).
+pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Extra wait for a delivery report past [`DELIVERY_TIMEOUT`] before a publish gives up on it.
+pub const DELIVERY_MARGIN: Duration = Duration::from_secs(5);
+/// Bound on one admin request (topic creation).
+pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Capacity of the results channel: the consumer task waits (and stops fetching) when the
+/// driver is this many records behind. Equal to the driver's records per step.
+pub const RESULTS_CHANNEL_CAPACITY: usize = 4096;
+/// Bound on [`KafkaDataPlane::close`] (leaving the group, committing stored offsets).
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Minimum interval between two log lines about the same recurring client error.
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// Pause after a consumer error before polling again.
+const CONSUMER_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// Client properties the adapter sets itself and that [`KafkaSettings::extra`] may not change:
+/// the delivery and offset guarantees depend on them.
+pub const PROTECTED_PROPERTIES: &[&str] = &[
+    "bootstrap.servers",
+    "group.id",
+    "enable.idempotence",
+    "acks",
+    "request.required.acks",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "allow.auto.create.topics",
+];
+
+/// `<prefix>.ready.<zone>`: where Ready records of `zone` go (key = object id).
+pub fn ready_topic(prefix: &str, zone: &str) -> String {
+    format!("{prefix}.{}.{zone}", wire::READY_TOPIC)
+}
+
+/// `<prefix>.results`: where agents publish `ObjectResult` records (key = batch id).
+pub fn results_topic(prefix: &str) -> String {
+    format!("{prefix}.{}", wire::RESULTS_TOPIC)
+}
+
+/// `<prefix>.dlq`: dead letters (key = object id).
+pub fn dlq_topic(prefix: &str) -> String {
+    format!("{prefix}.{}", wire::DLQ_TOPIC)
+}
+
+/// `<prefix>.status`: status changes for external consumers (key = batch id).
+pub fn status_topic(prefix: &str) -> String {
+    format!("{prefix}.{}", wire::STATUS_TOPIC)
+}
+
+/// Every topic the control plane needs for `zones`: one ready topic per zone, then results,
+/// dead letters and status. Sorted by zone, without duplicates.
+pub fn all_topics(prefix: &str, zones: &[Zone]) -> Vec<String> {
+    let mut zones: Vec<&str> = zones.iter().map(Zone::as_str).collect();
+    zones.sort_unstable();
+    zones.dedup();
+    let mut topics: Vec<String> = zones.iter().map(|z| ready_topic(prefix, z)).collect();
+    topics.extend([
+        results_topic(prefix),
+        dlq_topic(prefix),
+        status_topic(prefix),
+    ]);
+    topics
+}
+
+/// How to reach the broker and what to create there.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KafkaSettings {
+    /// `bootstrap.servers`: comma-separated `host:port`.
+    pub bootstrap_servers: String,
+    /// Prefix of every topic name (default `strata`).
+    pub topic_prefix: String,
+    /// Partitions of topics created by [`DataPlane::ensure_topics`].
+    pub partitions: i32,
+    /// Replication factor of created topics; `-1` = the broker's `default.replication.factor`
+    /// (Kafka 2.4+).
+    pub replication_factor: i32,
+    /// Consumer group on the results topic (default [`DEFAULT_CONSUMER_GROUP`]).
+    pub consumer_group: String,
+    /// Client properties passed to every client (producer, consumer, admin), e.g.
+    /// `security.protocol`, `sasl.*`, `ssl.*`, or tuning such as `message.timeout.ms`. Applied
+    /// after the adapter's own settings; [`PROTECTED_PROPERTIES`] are refused.
+    pub extra: Vec<(String, String)>,
+}
+
+impl KafkaSettings {
+    /// Settings for `bootstrap_servers` with the defaults: prefix `strata`, 3 partitions,
+    /// replication factor 1, group [`DEFAULT_CONSUMER_GROUP`], no extra properties.
+    pub fn new(bootstrap_servers: impl Into<String>) -> Self {
+        Self {
+            bootstrap_servers: bootstrap_servers.into(),
+            topic_prefix: wire::DEFAULT_TOPIC_PREFIX.to_owned(),
+            partitions: 3,
+            replication_factor: 1,
+            consumer_group: DEFAULT_CONSUMER_GROUP.to_owned(),
+            extra: Vec::new(),
+        }
+    }
+
+    /// Checks what librdkafka would not: non-empty names, sensible counts, no protected
+    /// property in `extra`.
+    pub fn validate(&self) -> PortResult<()> {
+        let reject = |detail: String| {
+            Err(PortError::Rejected {
+                service: SERVICE,
+                detail,
+            })
+        };
+        if self.bootstrap_servers.trim().is_empty() {
+            return reject("bootstrap servers must not be empty".into());
+        }
+        if self.topic_prefix.is_empty()
+            || !self
+                .topic_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            return reject(format!(
+                "topic prefix {:?} must be non-empty [A-Za-z0-9._-]",
+                self.topic_prefix
+            ));
+        }
+        if self.consumer_group.trim().is_empty() {
+            return reject("consumer group must not be empty".into());
+        }
+        if self.partitions < 1 {
+            return reject(format!(
+                "partitions must be at least 1, not {}",
+                self.partitions
+            ));
+        }
+        if self.replication_factor < 1 && self.replication_factor != -1 {
+            return reject(format!(
+                "replication factor must be at least 1 (or -1 for the broker default), not {}",
+                self.replication_factor
+            ));
+        }
+        if let Some((key, _)) = self
+            .extra
+            .iter()
+            .find(|(k, _)| PROTECTED_PROPERTIES.contains(&k.trim()))
+        {
+            return reject(format!(
+                "kafka property {key} is set by the control plane and may not be overridden"
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let extra: Vec<(&str, &str)> = self
+            .extra
+            .iter()
+            .map(|(k, v)| (k.as_str(), if is_secret(k) { "***" } else { v.as_str() }))
+            .collect();
+        f.debug_struct("KafkaSettings")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("topic_prefix", &self.topic_prefix)
+            .field("partitions", &self.partitions)
+            .field("replication_factor", &self.replication_factor)
+            .field("consumer_group", &self.consumer_group)
+            .field("extra", &extra)
+            .finish()
+    }
+}
+
+fn is_secret(key: &str) -> bool {
+    ["password", "secret", "key", "token", "jaas"]
+        .iter()
+        .any(|s| key.contains(s))
+}
+
+/// Settings every client of the control plane shares: bootstrap servers, a client id, no topic
+/// auto-creation (topics come from [`DataPlane::ensure_topics`] only, as on a broker with
+/// auto-creation off), reconnects within 2 s of a broker coming back. Without `extra`: the role
+/// builders below add it last.
+pub fn base_config(settings: &KafkaSettings, role: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.bootstrap_servers)
+        .set("client.id", format!("strata-control-plane-{role}"))
+        .set("allow.auto.create.topics", "false")
+        .set("reconnect.backoff.ms", "100")
+        .set("reconnect.backoff.max.ms", "2000")
+        .set("socket.connection.setup.timeout.ms", "10000")
+        .set_log_level(librdkafka_log_level());
+    config
+}
+
+/// librdkafka's own log threshold, from what the `tracing` subscriber wants of target
+/// `librdkafka` (its lines are logged there): warnings and errors by default, `Info` lines at
+/// `debug`, `Debug` lines (with a `debug` property in `extra`) at `trace`.
+fn librdkafka_log_level() -> RDKafkaLogLevel {
+    if tracing::enabled!(target: "librdkafka", tracing::Level::TRACE) {
+        RDKafkaLogLevel::Debug
+    } else if tracing::enabled!(target: "librdkafka", tracing::Level::DEBUG) {
+        RDKafkaLogLevel::Info
+    } else {
+        RDKafkaLogLevel::Warning
+    }
+}
+
+/// The producer's configuration: idempotent (no duplicates or reordering from internal
+/// retries), `acks=all`, 5 ms linger (batches a step's records), and every record's fate known
+/// within [`DELIVERY_TIMEOUT`]. A topic unknown to the broker fails its records after at most
+/// 5 s (`topic.metadata.propagation.max.ms`, default 30 s, longer than the delivery timeout,
+/// which would report a missing topic as a bare timeout).
+pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
+    let mut config = base_config(settings, "producer");
+    config
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set(
+            "message.timeout.ms",
+            DELIVERY_TIMEOUT.as_millis().to_string(),
+        )
+        .set("topic.metadata.propagation.max.ms", "5000");
+    apply_extra(&mut config, settings);
+    config
+}
+
+/// The results consumer's configuration: the group (joins in ~3 s with a 6 s session and 500 ms
+/// heartbeats; the librdkafka default of 45 s takes ~23 s), low-latency fetches (10 ms), reading
+/// from the earliest record when the group has no offset, offsets stored by the application only
+/// (`enable.auto.offset.store=false`) and committed by auto-commit every second,
+/// cooperative-sticky assignment (a joining replica does not stop the others).
+pub fn results_consumer_config(settings: &KafkaSettings) -> ClientConfig {
+    let mut config = base_config(settings, "results");
+    config
+        .set("group.id", &settings.consumer_group)
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "500")
+        .set("fetch.wait.max.ms", "10")
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky");
+    apply_extra(&mut config, settings);
+    config
+}
+
+/// The admin client's configuration (topic creation).
+pub fn admin_config(settings: &KafkaSettings) -> ClientConfig {
+    let mut config = base_config(settings, "admin");
+    apply_extra(&mut config, settings);
+    config
+}
+
+/// `extra` wins over the adapter's defaults (e.g. a longer `message.timeout.ms`); protected keys
+/// are refused by [`KafkaSettings::validate`] before any client is built.
+fn apply_extra(config: &mut ClientConfig, settings: &KafkaSettings) {
+    for (key, value) in &settings.extra {
+        config.set(key.trim(), value);
+    }
+}
+
+/// Decodes one results record: the `strata-type` header must be `strata.v1.ObjectResult`, the
+/// value a protobuf `ObjectResult` with its `result` set. The error says why not.
+pub fn decode_result(
+    type_header: Option<&[u8]>,
+    payload: Option<&[u8]>,
+) -> Result<ObjectResult, String> {
+    match type_header {
+        None => return Err(format!("no {} header", wire::HEADER_TYPE)),
+        Some(t) if t != wire::TYPE_OBJECT_RESULT.as_bytes() => {
+            return Err(format!(
+                "{} header is {:?}, not {}",
+                wire::HEADER_TYPE,
+                String::from_utf8_lossy(t),
+                wire::TYPE_OBJECT_RESULT
+            ));
+        }
+        Some(_) => {}
+    }
+    let payload = payload.unwrap_or_default();
+    if payload.is_empty() {
+        return Err("empty value".into());
+    }
+    let result =
+        ObjectResult::decode(payload).map_err(|e| format!("value is not an ObjectResult: {e}"))?;
+    if result.result.is_none() {
+        return Err("ObjectResult with no outcome set".into());
+    }
+    Ok(result)
+}
+
+/// The value of the first header named `name`, if any.
+fn header<'a>(message: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> {
+    let headers = message.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == name)
+        .map(|h| h.value.unwrap_or_default())
+}
+
+// ------------------------------------------------------------------------------------------------
+// librdkafka callbacks: logging only, rate-limited.
+
+/// Logs a recurring condition at most once per [`LOG_INTERVAL`] per key, with the number of
+/// suppressed repeats.
+#[derive(Debug, Default)]
+struct LogLimiter {
+    seen: Mutex<HashMap<String, (Instant, u64)>>,
+}
+
+impl LogLimiter {
+    /// `Some(suppressed since the last line)` when a line for `key` should be logged now.
+    fn admit(&self, key: &str) -> Option<u64> {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if seen.len() > 256 {
+            seen.retain(|_, (at, _)| now.duration_since(*at) < LOG_INTERVAL);
+        }
+        match seen.get_mut(key) {
+            Some((at, suppressed)) if now.duration_since(*at) < LOG_INTERVAL => {
+                *suppressed += 1;
+                None
+            }
+            Some((at, suppressed)) => {
+                let n = std::mem::take(suppressed);
+                *at = now;
+                Some(n)
+            }
+            None => {
+                seen.insert(key.to_owned(), (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+/// The context of every client: routes librdkafka's logs and errors to `tracing`.
+#[derive(Debug)]
+struct Ctx {
+    role: &'static str,
+    limiter: LogLimiter,
+}
+
+impl Ctx {
+    fn new(role: &'static str) -> Self {
+        Self {
+            role,
+            limiter: LogLimiter::default(),
+        }
+    }
+}
+
+impl ClientContext for Ctx {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error
+            | RDKafkaLogLevel::Warning => {
+                if let Some(suppressed) = self.limiter.admit(fac) {
+                    warn!(target: "librdkafka", client = self.role, facility = fac, suppressed, "{log_message}");
+                }
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                debug!(target: "librdkafka", client = self.role, facility = fac, "{log_message}");
+            }
+            RDKafkaLogLevel::Debug => {
+                trace!(target: "librdkafka", client = self.role, facility = fac, "{log_message}");
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        let code = error.rdkafka_error_code();
+        if code == Some(RDKafkaErrorCode::Fatal) {
+            error!(client = self.role, %error, reason, "kafka client hit a fatal error");
+            return;
+        }
+        let key = format!("error:{code:?}");
+        if let Some(suppressed) = self.limiter.admit(&key) {
+            warn!(client = self.role, %error, reason, suppressed, "kafka client error");
+        }
+    }
+}
+
+impl ConsumerContext for Ctx {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                info!(client = self.role, partitions = ?partitions_of(tpl), "results partitions assigned");
+            }
+            Rebalance::Revoke(tpl) => {
+                info!(client = self.role, partitions = ?partitions_of(tpl), "results partitions revoked");
+            }
+            Rebalance::Error(e) => {
+                warn!(client = self.role, error = %e, "results consumer rebalance failed");
+            }
+        }
+    }
+
+    fn commit_callback(&self, result: Result<(), KafkaError>, _offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => {}
+            // An auto-commit with nothing new stored.
+            Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::NoOffset) => {}
+            Err(e) => {
+                if let Some(suppressed) = self.limiter.admit("commit") {
+                    warn!(client = self.role, error = %e, suppressed, "offset commit failed");
+                }
+            }
+        }
+    }
+}
+
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<i32> {
+    tpl.elements().iter().map(|e| e.partition()).collect()
+}
+
+/// Owns a librdkafka handle whose destruction blocks (flush, leave group, thread joins) and
+/// destroys it on a thread of its own, whoever drops the last reference, so no async worker
+/// ever waits for it.
+struct Detached<T: Send + 'static>(Option<T>);
+
+impl<T: Send + 'static> Detached<T> {
+    fn new(inner: T) -> Self {
+        Self(Some(inner))
+    }
+
+    /// Takes the handle out, for a caller that destroys it itself (and waits for that).
+    fn into_inner(mut self) -> Option<T> {
+        self.0.take()
+    }
+}
+
+impl<T: Send + 'static> Deref for Detached<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl<T: Send + 'static> Drop for Detached<T> {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.take() {
+            let spawned = std::thread::Builder::new()
+                .name("strata-kafka-drop".into())
+                .spawn(move || drop(inner));
+            if let Err(e) = spawned {
+                warn!(error = %e, "no thread to destroy a kafka client on; destroying it inline");
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// The adapter.
+
+type Producer = FutureProducer<Ctx>;
+type ResultsConsumer = StreamConsumer<Ctx>;
+
+/// The running results consumer.
+struct Subscription {
+    consumer: Arc<Detached<ResultsConsumer>>,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+/// The Kafka data plane. Cheap to share behind an `Arc`; every method takes `&self`.
+pub struct KafkaDataPlane {
+    settings: KafkaSettings,
+    results_topic: String,
+    dlq_topic: String,
+    status_topic: String,
+    producer: Mutex<Arc<Detached<Producer>>>,
+    admin: Detached<AdminClient<Ctx>>,
+    subscription: Mutex<Option<Subscription>>,
+}
+
+impl fmt::Debug for KafkaDataPlane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaDataPlane")
+            .field("settings", &self.settings)
+            .field("subscribed", &self.lock_subscription().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One record to produce.
+struct Outgoing {
+    topic: String,
+    key: String,
+    value: Vec<u8>,
+    kind: &'static str,
+    traceparent: String,
+    tracestate: String,
+}
+
+impl Outgoing {
+    fn headers(&self) -> OwnedHeaders {
+        let mut headers = OwnedHeaders::new_with_capacity(3).insert(Header {
+            key: wire::HEADER_TYPE,
+            value: Some(self.kind),
+        });
+        if !self.traceparent.is_empty() {
+            headers = headers.insert(Header {
+                key: wire::HEADER_TRACEPARENT,
+                value: Some(&self.traceparent),
+            });
+        }
+        if !self.tracestate.is_empty() {
+            headers = headers.insert(Header {
+                key: wire::HEADER_TRACESTATE,
+                value: Some(&self.tracestate),
+            });
+        }
+        headers
+    }
+}
+
+/// Why records were not delivered, per topic.
+#[derive(Default)]
+struct Failures {
+    /// topic → (records failed, first error, any permanent error)
+    by_topic: BTreeMap<String, (usize, String, bool)>,
+    /// Some record's delivery timed out: the producer may be wedged (see [`KafkaDataPlane::produce`]).
+    timed_out: bool,
+}
+
+impl Failures {
+    fn add(&mut self, topic: &str, error: &KafkaError) {
+        let code = error.rdkafka_error_code();
+        self.timed_out |= code == Some(RDKafkaErrorCode::MessageTimedOut);
+        self.add_text(
+            topic,
+            error.to_string(),
+            code.is_some_and(is_permanent_produce_error),
+        );
+    }
+
+    fn add_text(&mut self, topic: &str, error: String, permanent: bool) {
+        let entry = self
+            .by_topic
+            .entry(topic.to_owned())
+            .or_insert_with(|| (0, error, false));
+        entry.0 += 1;
+        entry.2 |= permanent;
+    }
+
+    fn into_error(self, total: usize) -> Option<PortError> {
+        if self.by_topic.is_empty() {
+            return None;
+        }
+        let permanent = self.by_topic.values().any(|(_, _, p)| *p);
+        let failed: usize = self.by_topic.values().map(|(n, _, _)| n).sum();
+        let parts: Vec<String> = self
+            .by_topic
+            .iter()
+            .map(|(topic, (n, first, _))| format!("{n} to {topic} ({first})"))
+            .collect();
+        let detail = format!(
+            "{failed} of {total} records not delivered: {}",
+            parts.join("; ")
+        );
+        Some(if permanent {
+            PortError::Rejected {
+                service: SERVICE,
+                detail,
+            }
+        } else {
+            PortError::Unavailable {
+                service: SERVICE,
+                detail,
+            }
+        })
+    }
+}
+
+/// Delivery errors that retrying the same record cannot fix. Everything else (timeouts, unknown
+/// topic or partition, broker down, fenced or fatal producer, …) is retryable.
+fn is_permanent_produce_error(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        code,
+        C::MessageSizeTooLarge
+            | C::InvalidMessageSize
+            | C::InvalidMessage
+            | C::InvalidRecord
+            | C::InvalidTopic
+            | C::TopicAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::InvalidRequiredAcks
+            | C::InvalidArgument
+            | C::Authentication
+            | C::UnsupportedSASLMechanism
+            | C::SaslAuthenticationFailed
+    )
+}
+
+/// Topic-creation errors that retrying cannot fix.
+fn is_permanent_admin_error(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        code,
+        C::InvalidTopic
+            | C::InvalidPartitions
+            | C::InvalidReplicationFactor
+            | C::InvalidReplicaAssignment
+            | C::InvalidConfig
+            | C::PolicyViolation
+            | C::TopicAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::InvalidRequest
+            | C::Authentication
+            | C::SaslAuthenticationFailed
+    )
+}
+
+fn unavailable(detail: String) -> PortError {
+    PortError::Unavailable {
+        service: SERVICE,
+        detail,
+    }
+}
+
+fn rejected(detail: String) -> PortError {
+    PortError::Rejected {
+        service: SERVICE,
+        detail,
+    }
+}
+
+fn create_producer(settings: &KafkaSettings) -> PortResult<Producer> {
+    producer_config(settings)
+        .create_with_context(Ctx::new("producer"))
+        .map_err(|e| {
+            rejected(format!(
+                "create producer for {}: {e}",
+                settings.bootstrap_servers
+            ))
+        })
+}
+
+impl KafkaDataPlane {
+    /// Validates `settings` and creates the producer and admin clients. No network round trip
+    /// happens here (librdkafka connects in the background): an unreachable broker shows in the
+    /// first [`DataPlane::ensure_topics`] as [`PortError::Unavailable`]. A configuration
+    /// librdkafka refuses (unknown property, SASL/SSL not compiled in) is
+    /// [`PortError::Rejected`].
+    pub fn connect(settings: KafkaSettings) -> PortResult<Self> {
+        settings.validate()?;
+        let producer = create_producer(&settings)?;
+        let admin: AdminClient<Ctx> = admin_config(&settings)
+            .create_with_context(Ctx::new("admin"))
+            .map_err(|e| {
+                rejected(format!(
+                    "create admin client for {}: {e}",
+                    settings.bootstrap_servers
+                ))
+            })?;
+        let prefix = &settings.topic_prefix;
+        Ok(Self {
+            results_topic: results_topic(prefix),
+            dlq_topic: dlq_topic(prefix),
+            status_topic: status_topic(prefix),
+            producer: Mutex::new(Arc::new(Detached::new(producer))),
+            admin: Detached::new(admin),
+            subscription: Mutex::new(None),
+            settings,
+        })
+    }
+
+    /// The settings it was created with.
+    pub fn settings(&self) -> &KafkaSettings {
+        &self.settings
+    }
+
+    /// Stops the results consumer, waits (at most [`CLOSE_TIMEOUT`]) until it has committed its
+    /// stored offsets and left the group, so that another member takes its partitions at once
+    /// and resumes after the last stored offset. Idempotent; the data plane can still produce
+    /// afterwards. Call it at shutdown, after the driver stopped; merely dropping the data plane
+    /// does the same in the background, unawaited.
+    pub async fn close(&self) {
+        let Some(sub) = self.lock_subscription().take() else {
+            return;
+        };
+        let _ = sub.stop.send(());
+        if tokio::time::timeout(CLOSE_TIMEOUT, sub.task).await.is_err() {
+            warn!("results consumer task did not stop within {CLOSE_TIMEOUT:?}");
+        }
+        let consumer = match Arc::try_unwrap(sub.consumer) {
+            Ok(detached) => detached.into_inner(),
+            // Someone is storing positions right now: their drop closes it in the background.
+            Err(_) => None,
+        };
+        let Some(consumer) = consumer else { return };
+        let started = Instant::now();
+        let (done_tx, done_rx) = oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("strata-kafka-close".into())
+            .spawn(move || {
+                drop(consumer);
+                let _ = done_tx.send(());
+            });
+        if let Err(e) = spawned {
+            warn!(error = %e, "no thread to close the results consumer on");
+            return;
+        }
+        match tokio::time::timeout(CLOSE_TIMEOUT, done_rx).await {
+            Ok(_) => debug!(elapsed = ?started.elapsed(), "results consumer closed"),
+            Err(_) => warn!("results consumer did not close within {CLOSE_TIMEOUT:?}"),
+        }
+    }
+
+    fn lock_subscription(&self) -> std::sync::MutexGuard<'_, Option<Subscription>> {
+        self.subscription.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The current producer; one that hit a fatal error is replaced by a new one first.
+    fn producer(&self) -> PortResult<Arc<Detached<Producer>>> {
+        let mut current = self.producer.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((code, reason)) = current.client().fatal_error() {
+            warn!(
+                ?code,
+                reason, "kafka producer hit a fatal error; replacing it"
+            );
+            // The old one is destroyed on its own thread once its last user lets go.
+            *current = Arc::new(Detached::new(create_producer(&self.settings)?));
+        }
+        Ok(Arc::clone(&current))
+    }
+
+    /// Replaces `old` with a new producer, unless another call did already.
+    fn replace_producer(&self, old: &Arc<Detached<Producer>>, why: &str) {
+        let mut current = self.producer.lock().unwrap_or_else(|e| e.into_inner());
+        if !Arc::ptr_eq(&current, old) {
+            return;
+        }
+        match create_producer(&self.settings) {
+            Ok(fresh) => {
+                warn!(reason = why, "replacing the kafka producer");
+                *current = Arc::new(Detached::new(fresh));
+            }
+            Err(e) => warn!(error = %e, "kafka producer not replaced"),
+        }
+    }
+
+    /// Produces `records`, then awaits every delivery report (bounded); fails naming each
+    /// topic with undelivered records.
+    async fn produce(&self, records: Vec<Outgoing>) -> PortResult<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let producer = self.producer()?;
+        let deadline = tokio::time::Instant::now() + DELIVERY_TIMEOUT + DELIVERY_MARGIN;
+        let mut pending: std::collections::VecDeque<(usize, DeliveryFuture)> =
+            std::collections::VecDeque::with_capacity(records.len());
+        let mut failures = Failures::default();
+        for (i, record) in records.iter().enumerate() {
+            loop {
+                let future_record = FutureRecord::to(&record.topic)
+                    .key(&record.key)
+                    .payload(&record.value)
+                    .headers(record.headers());
+                match producer.send_result(future_record) {
+                    Ok(delivery) => {
+                        pending.push_back((i, delivery));
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
+                        if tokio::time::Instant::now() < deadline =>
+                    {
+                        // The local queue is full: wait for the oldest report to make room.
+                        if let Some((j, delivery)) = pending.pop_front() {
+                            await_delivery(&records[j], delivery, deadline, &mut failures).await;
+                        } else {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    }
+                    Err((e, _)) => {
+                        failures.add(&record.topic, &e);
+                        break;
+                    }
+                }
+            }
+        }
+        for (j, delivery) in pending {
+            await_delivery(&records[j], delivery, deadline, &mut failures).await;
+        }
+        let total = records.len();
+        let timed_out = failures.timed_out;
+        match failures.into_error(total) {
+            None => {
+                trace!(records = total, elapsed = ?started.elapsed(), "records delivered");
+                Ok(())
+            }
+            Some(e) => {
+                // Replaced now rather than on the next call, so that the successor is already
+                // connecting while the caller backs off: a producer with a fatal error (e.g.
+                // fenced after the broker lost its producer state), and one whose records timed
+                // out. An idempotent producer can also loop on UNKNOWN_PRODUCER_ID without ever
+                // failing fatally (a broker that lost its producer state and refuses the bumped
+                // epoch), reporting only timeouts; a fresh producer id ends that. The cost of a
+                // needless replacement is a reconnect.
+                if producer.client().fatal_error().is_some() {
+                    self.replace_producer(&producer, "fatal error");
+                } else if timed_out {
+                    self.replace_producer(&producer, "deliveries timed out");
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+impl KafkaDataPlane {
+    /// Waits (at most [`ADMIN_TIMEOUT`]) until the producer's own metadata lists every topic of
+    /// `names`. This refreshes what the producer believes: once it saw a topic missing it fails
+    /// records for it at once (`Local: Unknown topic`) until its next periodic refresh, minutes
+    /// later; and on a cluster, a new topic takes a moment to reach every broker.
+    async fn await_producer_metadata(&self, names: Vec<String>) -> PortResult<()> {
+        let producer = self.producer()?;
+        let waited = tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + ADMIN_TIMEOUT;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let missing: Vec<String> = match producer
+                    .client()
+                    .fetch_metadata(None, left.min(Duration::from_secs(5)))
+                {
+                    Ok(metadata) => names
+                        .iter()
+                        .filter(|name| {
+                            !metadata.topics().iter().any(|t| {
+                                t.name() == name.as_str()
+                                    && t.error().is_none()
+                                    && !t.partitions().is_empty()
+                            })
+                        })
+                        .cloned()
+                        .collect(),
+                    Err(e) => vec![format!("(metadata request failed: {e})")],
+                };
+                if missing.is_empty() {
+                    return Ok(());
+                }
+                if Instant::now() >= deadline {
+                    return Err(missing);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+        .await
+        .map_err(|e| unavailable(format!("metadata wait failed: {e}")))?;
+        waited.map_err(|missing| {
+            unavailable(format!(
+                "topics created but not listed in metadata within {ADMIN_TIMEOUT:?}: {}",
+                missing.join(", ")
+            ))
+        })
+    }
+}
+
+async fn await_delivery(
+    record: &Outgoing,
+    delivery: DeliveryFuture,
+    deadline: tokio::time::Instant,
+    failures: &mut Failures,
+) {
+    match tokio::time::timeout_at(deadline, delivery).await {
+        Ok(Ok(Ok(_))) => {}
+        Ok(Ok(Err((e, _message)))) => failures.add(&record.topic, &e),
+        Ok(Err(_canceled)) => {
+            failures.add_text(
+                &record.topic,
+                "producer closed before delivery".into(),
+                false,
+            );
+        }
+        Err(_elapsed) => {
+            failures.timed_out = true;
+            failures.add_text(
+                &record.topic,
+                format!(
+                    "no delivery report within {:?}",
+                    DELIVERY_TIMEOUT + DELIVERY_MARGIN
+                ),
+                false,
+            );
+        }
+    }
+}
+
+impl DataPlane for KafkaDataPlane {
+    async fn ensure_topics(&self, zones: &[Zone]) -> PortResult<()> {
+        let names = all_topics(&self.settings.topic_prefix, zones);
+        let new_topics: Vec<NewTopic<'_>> = names
+            .iter()
+            .map(|name| {
+                NewTopic::new(
+                    name,
+                    self.settings.partitions,
+                    TopicReplication::Fixed(self.settings.replication_factor),
+                )
+            })
+            .collect();
+        let options = AdminOptions::new()
+            .request_timeout(Some(ADMIN_TIMEOUT))
+            .operation_timeout(Some(ADMIN_TIMEOUT));
+        let results = tokio::time::timeout(
+            ADMIN_TIMEOUT + DELIVERY_MARGIN,
+            self.admin.create_topics(&new_topics, &options),
+        )
+        .await
+        .map_err(|_| {
+            unavailable(format!(
+                "create topics {names:?}: no answer within {:?}",
+                ADMIN_TIMEOUT + DELIVERY_MARGIN
+            ))
+        })?
+        .map_err(|e| unavailable(format!("create topics {names:?}: {e}")))?;
+        let mut created = Vec::new();
+        let mut errors = Vec::new();
+        let mut permanent = false;
+        for result in results {
+            match result {
+                Ok(name) => created.push(name),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => {
+                    permanent |= is_permanent_admin_error(code);
+                    errors.push(format!("{name}: {code}"));
+                }
+            }
+        }
+        if !created.is_empty() {
+            info!(topics = ?created, partitions = self.settings.partitions, "kafka topics created");
+        }
+        if !errors.is_empty() {
+            let detail = format!("create topics: {}", errors.join("; "));
+            return Err(if permanent {
+                rejected(detail)
+            } else {
+                unavailable(detail)
+            });
+        }
+        self.await_producer_metadata(names).await
+    }
+
+    async fn publish_ready(&self, ready: Vec<ObjectReady>) -> PortResult<()> {
+        let prefix = &self.settings.topic_prefix;
+        let records = ready
+            .into_iter()
+            .map(|r| {
+                let (traceparent, tracestate) = r
+                    .trace
+                    .as_ref()
+                    .map(|t| (t.traceparent.clone(), t.tracestate.clone()))
+                    .unwrap_or_default();
+                Outgoing {
+                    topic: ready_topic(prefix, &r.zone),
+                    key: r.object_id.clone(),
+                    value: r.encode_to_vec(),
+                    kind: wire::TYPE_OBJECT_READY,
+                    traceparent,
+                    tracestate,
+                }
+            })
+            .collect();
+        self.produce(records).await
+    }
+
+    async fn publish_dead_letters(&self, letters: Vec<DeadLetter>) -> PortResult<()> {
+        let records = letters
+            .into_iter()
+            .map(|l| Outgoing {
+                topic: self.dlq_topic.clone(),
+                key: l.object_id.clone(),
+                value: l.encode_to_vec(),
+                kind: wire::TYPE_DEAD_LETTER,
+                traceparent: String::new(),
+                tracestate: String::new(),
+            })
+            .collect();
+        self.produce(records).await
+    }
+
+    async fn publish_status(&self, changes: Vec<StatusChanged>) -> PortResult<()> {
+        let records = changes
+            .into_iter()
+            .map(|c| Outgoing {
+                topic: self.status_topic.clone(),
+                key: c.batch_id.clone(),
+                value: c.encode_to_vec(),
+                kind: wire::TYPE_STATUS_CHANGED,
+                traceparent: String::new(),
+                tracestate: String::new(),
+            })
+            .collect();
+        self.produce(records).await
+    }
+
+    fn subscribe_results(&self) -> PortResult<mpsc::Receiver<ResultRecord>> {
+        let mut slot = self.lock_subscription();
+        if slot.is_some() {
+            return Err(rejected("results topic already subscribed".into()));
+        }
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| rejected("subscribe_results needs a tokio runtime".into()))?;
+        // The stream consumer spawns its wake-up task on the current runtime.
+        let _entered = runtime.enter();
+        let consumer: ResultsConsumer = results_consumer_config(&self.settings)
+            .create_with_context(Ctx::new("results"))
+            .map_err(|e| {
+                rejected(format!(
+                    "create results consumer in group {}: {e}",
+                    self.settings.consumer_group
+                ))
+            })?;
+        consumer
+            .subscribe(&[&self.results_topic])
+            .map_err(|e| rejected(format!("subscribe to {}: {e}", self.results_topic)))?;
+        let consumer = Arc::new(Detached::new(consumer));
+        let (tx, rx) = mpsc::channel(RESULTS_CHANNEL_CAPACITY);
+        let (stop, stopped) = oneshot::channel();
+        let task = runtime.spawn(consume_results(
+            Arc::clone(&consumer),
+            self.results_topic.clone(),
+            tx,
+            stopped,
+        ));
+        info!(
+            topic = %self.results_topic,
+            group = %self.settings.consumer_group,
+            "consuming results"
+        );
+        *slot = Some(Subscription {
+            consumer,
+            stop,
+            task,
+        });
+        Ok(rx)
+    }
+
+    fn store_positions(&self, positions: &[Position]) -> PortResult<()> {
+        let mut highest: BTreeMap<i32, i64> = BTreeMap::new();
+        for p in positions {
+            let offset = highest.entry(p.partition).or_insert(p.offset);
+            *offset = (*offset).max(p.offset);
+        }
+        if highest.is_empty() {
+            return Ok(());
+        }
+        let consumer = self
+            .lock_subscription()
+            .as_ref()
+            .map(|s| Arc::clone(&s.consumer))
+            .ok_or_else(|| rejected("store positions: results topic not subscribed".into()))?;
+        let topic = &self.results_topic;
+        let mut tpl = TopicPartitionList::with_capacity(highest.len());
+        for (&partition, &offset) in &highest {
+            // Kafka's committed offset is the next record to read.
+            tpl.add_partition_offset(topic, partition, Offset::Offset(offset + 1))
+                .map_err(|e| rejected(format!("store {topic}[{partition}]@{offset}: {e}")))?;
+        }
+        let stored = consumer.store_offsets(&tpl);
+        let not_stored: Vec<String> = tpl
+            .elements()
+            .iter()
+            .filter_map(|e| {
+                e.error()
+                    .err()
+                    .map(|err| format!("{topic}[{}]: {err}", e.partition()))
+            })
+            .collect();
+        drop(tpl);
+        drop(consumer);
+        match stored {
+            Ok(()) if not_stored.is_empty() => Ok(()),
+            Ok(()) => Err(rejected(format!(
+                "offsets not stored (partition no longer assigned? its records will be \
+                 delivered again): {}",
+                not_stored.join("; ")
+            ))),
+            Err(e) => Err(rejected(format!(
+                "store offsets {highest:?} on {topic} (partitions no longer assigned? their \
+                 records will be delivered again): {e}"
+            ))),
+        }
+    }
+}
+
+/// Reads the results topic until told to stop or the driver drops its receiver: each record is
+/// decoded (or its decoding error kept) and sent on with its position, waiting while the channel
+/// is full. Consumer errors are logged, rate-limited, and reading goes on.
+async fn consume_results(
+    consumer: Arc<Detached<ResultsConsumer>>,
+    topic: String,
+    tx: mpsc::Sender<ResultRecord>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let limiter = LogLimiter::default();
+    loop {
+        let received = tokio::select! {
+            biased;
+            _ = &mut stop => break,
+            received = consumer.recv() => received,
+        };
+        let record = match received {
+            Ok(message) => {
+                let position = Position {
+                    partition: message.partition(),
+                    offset: message.offset(),
+                };
+                let result = decode_result(header(&message, wire::HEADER_TYPE), message.payload())
+                    .map_err(|reason| {
+                        format!(
+                            "{topic}[{}]@{}: {reason}",
+                            position.partition, position.offset
+                        )
+                    });
+                // Never hold a message while waiting: the consumer cannot close while one lives.
+                drop(message);
+                ResultRecord { result, position }
+            }
+            Err(e) => {
+                let key = format!("{:?}", e.rdkafka_error_code());
+                if let Some(suppressed) = limiter.admit(&key) {
+                    warn!(%topic, error = %e, suppressed, "results consumer error; still consuming");
+                }
+                tokio::select! {
+                    biased;
+                    _ = &mut stop => break,
+                    () = tokio::time::sleep(CONSUMER_ERROR_PAUSE) => continue,
+                }
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = &mut stop => break,
+            sent = tx.send(record) => if sent.is_err() {
+                debug!(%topic, "results receiver dropped; consumer stops");
+                break;
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use strata_proto::v1::{ObjectLoaded, object_result};
+
+    use super::*;
+
+    fn loaded() -> ObjectResult {
+        ObjectResult {
+            result: Some(object_result::Result::Loaded(ObjectLoaded {
+                batch_id: "b1".into(),
+                object_id: "42".into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn topic_names_follow_the_contract() {
+        assert_eq!(ready_topic("strata", "raw"), "strata.ready.raw");
+        assert_eq!(results_topic("strata"), "strata.results");
+        assert_eq!(dlq_topic("strata"), "strata.dlq");
+        assert_eq!(status_topic("x"), "x.status");
+        let zones = [
+            Zone::parse("raw").unwrap(),
+            Zone::parse("application").unwrap(),
+            Zone::parse("1-Raw").unwrap(),
+        ];
+        assert_eq!(
+            all_topics("strata", &zones),
+            [
+                "strata.ready.application",
+                "strata.ready.raw",
+                "strata.results",
+                "strata.dlq",
+                "strata.status"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_valid_result_decodes() {
+        let bytes = loaded().encode_to_vec();
+        let decoded = decode_result(Some(wire::TYPE_OBJECT_RESULT.as_bytes()), Some(&bytes));
+        assert_eq!(decoded, Ok(loaded()));
+    }
+
+    #[test]
+    fn undecodable_records_say_why() {
+        let ok_type = Some(wire::TYPE_OBJECT_RESULT.as_bytes());
+        let bytes = loaded().encode_to_vec();
+        type Case<'a> = (Option<&'a [u8]>, Option<&'a [u8]>, &'a str);
+        let cases: [Case<'_>; 5] = [
+            (None, Some(&bytes), "no strata-type header"),
+            (
+                Some(b"strata.v1.ObjectReady"),
+                Some(&bytes),
+                "not strata.v1.ObjectResult",
+            ),
+            (ok_type, None, "empty value"),
+            (ok_type, Some(b"\xff\xff\xff"), "not an ObjectResult"),
+            (
+                ok_type,
+                Some(&ObjectResult { result: None }.encode_to_vec()[..]),
+                "empty value",
+            ),
+        ];
+        for (header, payload, want) in cases {
+            let err = decode_result(header, payload).unwrap_err();
+            assert!(err.contains(want), "{err:?} should contain {want:?}");
+        }
+        // A non-empty value whose oneof is unset (an unknown field only).
+        let unknown_field = [0x78, 0x01]; // field 15, varint 1
+        let err = decode_result(ok_type, Some(&unknown_field)).unwrap_err();
+        assert!(err.contains("no outcome"), "{err}");
+    }
+
+    #[test]
+    fn protected_properties_are_refused_and_secrets_masked() {
+        let mut settings = KafkaSettings::new("127.0.0.1:9092");
+        assert!(settings.validate().is_ok());
+        settings.extra = vec![("enable.auto.offset.store".into(), "true".into())];
+        let err = settings.validate().unwrap_err();
+        assert!(!err.retryable());
+        assert!(
+            err.to_string().contains("enable.auto.offset.store"),
+            "{err}"
+        );
+        settings.extra = vec![("sasl.password".into(), "hunter2".into())];
+        assert!(settings.validate().is_ok());
+        assert!(!format!("{settings:?}").contains("hunter2"));
+        settings.partitions = 0;
+        assert!(settings.validate().is_err());
+    }
+
+    #[test]
+    fn extra_properties_win_over_role_defaults() {
+        let mut settings = KafkaSettings::new("127.0.0.1:9092");
+        settings.extra = vec![("message.timeout.ms".into(), "30000".into())];
+        let config = producer_config(&settings);
+        assert_eq!(config.get("message.timeout.ms"), Some("30000"));
+        assert_eq!(config.get("enable.idempotence"), Some("true"));
+        let consumer = results_consumer_config(&settings);
+        assert_eq!(consumer.get("enable.auto.offset.store"), Some("false"));
+        assert_eq!(consumer.get("group.id"), Some(DEFAULT_CONSUMER_GROUP));
+    }
+
+    #[test]
+    fn permanent_delivery_errors_are_rejections() {
+        let mut failures = Failures::default();
+        failures.add(
+            "strata.ready.raw",
+            &KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopicOrPartition),
+        );
+        let err = failures.into_error(2).unwrap();
+        assert!(err.retryable());
+        assert!(err.to_string().contains("1 of 2 records"), "{err}");
+        assert!(err.to_string().contains("strata.ready.raw"), "{err}");
+        let mut failures = Failures::default();
+        failures.add(
+            "strata.dlq",
+            &KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
+        );
+        assert!(!failures.into_error(1).unwrap().retryable());
+    }
+
+    #[test]
+    fn the_limiter_suppresses_repeats() {
+        let limiter = LogLimiter::default();
+        assert_eq!(limiter.admit("a"), Some(0));
+        assert_eq!(limiter.admit("a"), None);
+        assert_eq!(limiter.admit("a"), None);
+        assert_eq!(limiter.admit("b"), Some(0));
+    }
+}
