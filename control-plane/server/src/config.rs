@@ -336,6 +336,11 @@ impl Config {
         Ok(())
     }
 
+    /// The Redis URL with its password masked, for messages and logs.
+    pub fn redis_url_masked(&self) -> String {
+        mask_url_password(&self.redis_url)
+    }
+
     /// The effective configuration as TOML, with secrets masked (Redis password, Kafka
     /// properties whose name mentions a password, secret or key).
     pub fn to_display_toml(&self) -> String {

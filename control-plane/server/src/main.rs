@@ -1,0 +1,76 @@
+//! `strata-control-plane`: the thin binary. Reads the configuration (flags, `STRATA_*`
+//! environment, optional TOML file), connects Kafka and Redis, and serves until SIGINT/SIGTERM.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use strata_control_plane::adapters::kafka::{KafkaDataPlane, KafkaSettings};
+use strata_control_plane::adapters::redis::RedisStore;
+use strata_control_plane::config::Flags;
+use strata_control_plane::run::run_with;
+use tokio::signal::unix::{SignalKind, signal};
+
+fn main() -> ExitCode {
+    let flags = Flags::parse();
+    let print = flags.print_config;
+    let config = match flags.resolve() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("strata-control-plane: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if print {
+        print!("{}", config.to_display_toml());
+        return ExitCode::SUCCESS;
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("strata-control-plane: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: anyhow::Result<()> = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.grpc_addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.grpc_addr))?;
+        let store = RedisStore::connect(&config.redis_url, &config.key_prefix, config.finished_ttl)
+            .await
+            .map_err(|e| anyhow::anyhow!("redis at {}: {e}", config.redis_url_masked()))?;
+        let data = KafkaDataPlane::connect(KafkaSettings {
+            topic_prefix: config.topic_prefix.clone(),
+            partitions: config.topic_partitions,
+            consumer_group: config.consumer_group.clone(),
+            extra: config.kafka_properties.clone(),
+            ..KafkaSettings::new(config.kafka_brokers.clone())
+        })
+        .map_err(|e| anyhow::anyhow!("kafka at {}: {e}", config.kafka_brokers))?;
+        let mut term = signal(SignalKind::terminate())?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        run_with(&config, Arc::new(data), Arc::new(store), listener, shutdown).await?;
+        Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("strata-control-plane: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
