@@ -63,7 +63,11 @@ fn main() -> ExitCode {
                 _ = term.recv() => {}
             }
         };
-        run_with(&config, Arc::new(data), Arc::new(store), listener, shutdown).await?;
+        let data = Arc::new(data);
+        let served = run_with(&config, data.clone(), Arc::new(store), listener, shutdown).await;
+        // Commit the stored result offsets and leave the consumer group before exiting.
+        data.close().await;
+        served?;
         Ok(())
     });
     match result {
