@@ -489,7 +489,8 @@ pub struct NodeRecord {
 }
 
 impl NodeRecord {
-    fn pending() -> Self {
+    /// A never-released node: what a store returns for a node it has no record of.
+    pub fn pending() -> Self {
         Self {
             state: NodeState::Pending,
             attempt: 0,

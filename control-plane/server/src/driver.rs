@@ -546,7 +546,7 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                 }
             };
             let n = prepared.plan.len();
-            let mut records: Vec<NodeRecord> = (0..n).map(|_| pending_record()).collect();
+            let mut records: Vec<NodeRecord> = (0..n).map(|_| NodeRecord::pending()).collect();
             for (node, r) in restored.nodes {
                 if let Some(slot) = records.get_mut(node as usize) {
                     *slot = r;
@@ -906,18 +906,6 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                 self.undelivered.extend(ready);
             }
         }
-    }
-}
-
-fn pending_record() -> NodeRecord {
-    NodeRecord {
-        state: NodeState::Pending,
-        attempt: 0,
-        run_start: 0,
-        dispatch_epoch: 0,
-        last_error: None,
-        dead_reason: None,
-        retry_due: None,
     }
 }
 

@@ -499,7 +499,11 @@ pub(crate) fn detailed_reason(from: NodeState, to: NodeState, rec: Option<&NodeR
 /// The retry state of one node.
 pub(crate) fn retry_info(rt: &BatchRuntime, node: NodeIx) -> pb::RetryInfo {
     let o = rt.object(node);
-    let rec = rt.machine.record(node).cloned().unwrap_or_else(pending);
+    let rec = rt
+        .machine
+        .record(node)
+        .cloned()
+        .unwrap_or_else(NodeRecord::pending);
     let last_error = rec.last_error.clone().unwrap_or_default();
     pb::RetryInfo {
         batch_id: rt.batch_id.clone(),
@@ -521,23 +525,15 @@ pub(crate) fn retry_info(rt: &BatchRuntime, node: NodeIx) -> pb::RetryInfo {
     }
 }
 
-fn pending() -> NodeRecord {
-    NodeRecord {
-        state: NodeState::Pending,
-        attempt: 0,
-        run_start: 0,
-        dispatch_epoch: 0,
-        last_error: None,
-        dead_reason: None,
-        retry_due: None,
-    }
-}
-
 /// Every attempt of a node, rebuilt from the transitions this process saw. Only the latest
 /// attempt knows its agent, error and dispatch epoch (the machine keeps the current ones only).
 pub(crate) fn attempt_records(rt: &BatchRuntime, node: NodeIx) -> Vec<pb::AttemptRecord> {
     use NodeState as S;
-    let rec = rt.machine.record(node).cloned().unwrap_or_else(pending);
+    let rec = rt
+        .machine
+        .record(node)
+        .cloned()
+        .unwrap_or_else(NodeRecord::pending);
     let empty = Vec::new();
     let history: &Vec<TransitionRecord> = rt.history.get(&node).unwrap_or(&empty);
     let mut out: Vec<pb::AttemptRecord> = Vec::new();
@@ -625,7 +621,10 @@ pub(crate) fn object_status(rt: &BatchRuntime, node: NodeIx) -> pb::ObjectStatus
     use NodeState as S;
     let o = rt.object(node);
     let machine = &rt.machine;
-    let rec = machine.record(node).cloned().unwrap_or_else(pending);
+    let rec = machine
+        .record(node)
+        .cloned()
+        .unwrap_or_else(NodeRecord::pending);
     let mut history = vec![pb::StateTransition {
         from_state: pb::ObjectState::Unspecified as i32,
         to_state: pb::ObjectState::Pending as i32,
