@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, Utc};
 use rustc_hash::FxHashMap;
@@ -36,6 +36,7 @@ use tracing::{debug, info, warn};
 
 use crate::batch::{BatchOptions, PreparedBatch, prepare};
 use crate::convert;
+use crate::latency::LatencyHistogram;
 use crate::ports::{
     BatchHead, BatchWrite, CreateOutcome, DataPlane, PortError, Position, RetryEntry, StateStore,
     StepWrite, StoredBatch, StoredDeadLetter,
@@ -203,6 +204,9 @@ pub struct DriverCounters {
     pub applied: u64,
     /// Ready records published.
     pub ready_published: u64,
+    /// Release latency: a result consumed → its children's Ready handed to the producer (one
+    /// sample per released Ready; the store write that makes the step durable is inside it).
+    pub release_latency: LatencyHistogram,
 }
 
 /// Everything the driver owns; read through [`Handle::read`].
@@ -322,6 +326,8 @@ struct Step {
     changed: BTreeMap<String, Vec<NodeIx>>,
     heads: BTreeMap<String, ()>,
     positions: Vec<Position>,
+    /// When the results that drove this step were consumed (release latency).
+    consumed_at: Option<Instant>,
 }
 
 impl<D: DataPlane, S: StateStore> Driver<D, S> {
@@ -580,7 +586,10 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
     }
 
     async fn results(&mut self, records: Vec<crate::ports::ResultRecord>) {
-        let mut step = Step::default();
+        let mut step = Step {
+            consumed_at: Some(Instant::now()),
+            ..Step::default()
+        };
         for rec in records {
             step.positions.push(rec.position);
             let result = match rec.result {
@@ -856,6 +865,12 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
             let mut ready = std::mem::take(&mut step.ready);
             // Higher priority first among the objects released together.
             ready.sort_by_key(|r| std::cmp::Reverse(r.object.as_ref().map_or(0, |o| o.priority)));
+            if let Some(consumed) = step.consumed_at {
+                self.state
+                    .counters
+                    .release_latency
+                    .record_n(consumed.elapsed(), ready.len() as u64);
+            }
             self.publish_ready(ready).await;
         }
         if !step.dead.is_empty()

@@ -14,6 +14,7 @@ pub mod config;
 pub mod convert;
 pub mod driver;
 pub mod error;
+pub mod latency;
 pub mod ports;
 pub mod run;
 pub mod service;
