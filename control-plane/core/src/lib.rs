@@ -9,6 +9,7 @@
 //! agent own the I/O.
 
 pub mod catalogue;
+pub mod coalesce;
 pub mod freshness;
 pub mod machine;
 pub mod model;

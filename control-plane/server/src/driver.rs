@@ -23,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, Utc};
 use rustc_hash::FxHashMap;
+use strata_core::coalesce::{Claim, Coalescer, Delivery, Settlement, Ticket};
 use strata_core::machine::{
     BatchMachine, BatchState, Effect, Event, IgnoreReason, InitialDisposition, NodeRecord,
     NodeState, Outcome,
@@ -176,6 +177,9 @@ pub struct BatchRuntime {
     pub history: FxHashMap<NodeIx, Vec<TransitionRecord>>,
     /// The agent that reported on each node last.
     pub last_agent: FxHashMap<NodeIx, String>,
+    /// Nodes whose latest release coalesced onto another batch's attempt, with that batch
+    /// (kept after the outcome arrives; dropped when the node is released to run itself).
+    pub coalesced_onto: FxHashMap<NodeIx, String>,
     /// Watchers.
     pub watch: broadcast::Sender<WatchEvent>,
     /// Submission time.
@@ -216,6 +220,8 @@ pub struct DriverState {
     pub batches: HashMap<String, BatchRuntime>,
     /// Counters.
     pub counters: DriverCounters,
+    /// Objects in flight across batches, and the releases waiting on them (DESIGN §4, dedup).
+    pub coalescer: Coalescer<String>,
 }
 
 type ReadFn = Box<dyn FnOnce(&DriverState) + Send>;
@@ -328,6 +334,8 @@ struct Step {
     positions: Vec<Position>,
     /// When the results that drove this step were consumed (release latency).
     consumed_at: Option<Instant>,
+    /// Settled in-flight objects' waiters, still to be told.
+    deliveries: Vec<Delivery<String>>,
 }
 
 impl<D: DataPlane, S: StateStore> Driver<D, S> {
@@ -515,6 +523,7 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                 dispositions: p.dispositions,
                 history: FxHashMap::default(),
                 last_agent: FxHashMap::default(),
+                coalesced_onto: FxHashMap::default(),
                 watch: broadcast::channel(WATCH_CAPACITY).0,
                 created_at: p.created_at,
                 finished_at,
@@ -523,7 +532,11 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
     }
 
     async fn restore(&mut self) -> Result<(), DriverError> {
-        let active = retry_port("load active batches", || self.store.load_active()).await?;
+        let mut active = retry_port("load active batches", || self.store.load_active()).await?;
+        // Oldest first: where two batches hold the same object in flight, the older one's
+        // release is the one that ran, and the newer one coalesces onto it again.
+        active.sort_by_key(|r| r.batch.created_at_ms);
+        let mut resumed = Vec::with_capacity(active.len());
         for restored in active {
             let b = restored.batch;
             let objects: Vec<ObjectDef> = match serde_json::from_slice(&b.objects_json) {
@@ -570,16 +583,34 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                 }
             };
             machine.raise_epoch_floor(restored.head.next_epoch);
-            let mut effects = Vec::new();
-            machine.resume(Utc::now(), &mut effects);
-            let batch_id = b.batch_id.clone();
             let mut prepared = prepared;
-            prepared.batch_id = b.batch_id;
+            prepared.batch_id = b.batch_id.clone();
             prepared.content_hash = b.content_hash;
-            info!(batch_id = %batch_id, objects = n, "batch restored");
+            info!(batch_id = %b.batch_id, objects = n, "batch restored");
             self.install(prepared, machine);
+            resumed.push(b.batch_id);
+        }
+        // Attempts running or waiting for their retry own their objects again, before any
+        // READY release is re-issued.
+        for batch_id in &resumed {
+            let rt = &self.state.batches[batch_id];
+            for (node, rec) in rt.machine.records().iter().enumerate() {
+                if matches!(rec.state, NodeState::Running | NodeState::RetryWait) {
+                    let node = node as NodeIx;
+                    self.state
+                        .coalescer
+                        .adopt(&rt.object(node).id, batch_id.clone(), node);
+                }
+            }
+        }
+        for batch_id in resumed {
+            let mut effects = Vec::new();
+            if let Some(rt) = self.state.batches.get_mut(&batch_id) {
+                rt.machine.resume(Utc::now(), &mut effects);
+            }
             let mut step = Step::default();
             self.absorb(&mut step, &batch_id, effects, true);
+            self.deliver(&mut step);
             self.flush(step).await?;
         }
         Ok(())
@@ -677,8 +708,54 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
         }
     }
 
-    /// Feeds one event to a batch's machine and absorbs its effects into the step.
+    /// Feeds one event to a batch's machine and absorbs its effects into the step, then tells
+    /// the batches whose releases waited on what this event settled.
     fn handle(&mut self, step: &mut Step, batch_id: &str, event: Event) -> Outcome {
+        let outcome = self.handle_one(step, batch_id, event);
+        self.deliver(step);
+        outcome
+    }
+
+    /// Performs the step's pending deliveries (and those they cause) to waiting batches.
+    fn deliver(&mut self, step: &mut Step) {
+        while let Some(delivery) = step.deliveries.pop() {
+            match delivery {
+                Delivery::Outcome {
+                    waiter,
+                    loaded,
+                    error,
+                } => {
+                    let event = Event::CoalescedOutcome {
+                        node: waiter.node,
+                        attempt: waiter.attempt,
+                        dispatch_epoch: waiter.dispatch_epoch,
+                        loaded,
+                        error,
+                    };
+                    self.handle_one(step, &waiter.batch, event);
+                }
+                Delivery::Rerelease(waiter) => {
+                    let still_waiting = self.state.batches.get(&waiter.batch).is_some_and(|rt| {
+                        rt.machine.record(waiter.node).is_some_and(|r| {
+                            r.state == NodeState::Ready
+                                && r.attempt == waiter.attempt
+                                && r.dispatch_epoch == waiter.dispatch_epoch
+                        })
+                    });
+                    if still_waiting {
+                        let effect = Effect::PublishReady {
+                            node: waiter.node,
+                            attempt: waiter.attempt,
+                            dispatch_epoch: waiter.dispatch_epoch,
+                        };
+                        self.absorb(step, &waiter.batch, vec![effect], false);
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle_one(&mut self, step: &mut Step, batch_id: &str, event: Event) -> Outcome {
         let jitter = self.jitter();
         let Some(rt) = self.state.batches.get_mut(batch_id) else {
             return Outcome::Ignored(IgnoreReason::UnknownNode);
@@ -719,6 +796,22 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                         .entry(batch_id.to_owned())
                         .or_default()
                         .push(node);
+                    if in_flight(from) && !in_flight(to) {
+                        let settlement = match to {
+                            NodeState::Loaded => Settlement::Loaded,
+                            NodeState::Dead => Settlement::Failed {
+                                error: rt.machine.last_error(node).map(str::to_owned),
+                            },
+                            _ => Settlement::Abandoned,
+                        };
+                        let id = &rt.plan.object(&rt.objects, node).id;
+                        step.deliveries.extend(self.state.coalescer.settle(
+                            id,
+                            &rt.batch_id,
+                            node,
+                            settlement,
+                        ));
+                    }
                     rt.history.entry(node).or_default().push(TransitionRecord {
                         from,
                         to,
@@ -755,6 +848,22 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                     dispatch_epoch,
                 } => {
                     let o = rt.plan.object(&rt.objects, node);
+                    let ticket = Ticket {
+                        batch: rt.batch_id.clone(),
+                        node,
+                        attempt,
+                        dispatch_epoch,
+                    };
+                    match self.state.coalescer.claim(&o.id, ticket) {
+                        Claim::Run => {
+                            rt.coalesced_onto.remove(&node);
+                        }
+                        Claim::Wait { onto } => {
+                            debug!(%batch_id, object = %o.id, %onto, "coalesced onto another batch's attempt");
+                            rt.coalesced_onto.insert(node, onto);
+                            continue;
+                        }
+                    }
                     step.ready.push(pb::ObjectReady {
                         batch_id: batch_id.to_owned(),
                         object_id: o.id.to_string(),
@@ -922,6 +1031,14 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
             }
         }
     }
+}
+
+/// READY, RUNNING and RETRY_WAIT: the object's run is in progress (others may coalesce onto it).
+fn in_flight(state: NodeState) -> bool {
+    matches!(
+        state,
+        NodeState::Ready | NodeState::Running | NodeState::RetryWait
+    )
 }
 
 fn head_of(machine: &BatchMachine, finished_at: Option<DateTime<Utc>>) -> BatchHead {

@@ -67,7 +67,16 @@ async fn start_with(settings: ServiceSettings) -> Plane {
 /// A control plane over `store` (a new data plane): a restarted control plane when the store
 /// was used before.
 async fn start_on(store: Arc<MemoryStore>, settings: ServiceSettings) -> Plane {
-    let data = Arc::new(MemoryDataPlane::new());
+    start_over(store, Arc::new(MemoryDataPlane::new()), settings).await
+}
+
+/// A control plane over `store` and `data`, whose topics tests may subscribe to before the
+/// driver restores and re-publishes anything.
+async fn start_over(
+    store: Arc<MemoryStore>,
+    data: Arc<MemoryDataPlane>,
+    settings: ServiceSettings,
+) -> Plane {
     let (driver, handle) = Driver::new(
         data.clone(),
         store.clone(),
@@ -1784,4 +1793,249 @@ async fn a_watcher_that_falls_behind_gets_a_resync_and_a_fresh_snapshot() {
     let states = watch.states();
     assert_eq!(states.len(), n as usize);
     assert!(states.values().all(|s| *s == pb::ObjectState::Loaded));
+}
+
+/// Counts the Ready records produced per object id, on every zone's topic.
+fn ready_log(data: &Arc<MemoryDataPlane>) -> Arc<Mutex<Vec<pb::ObjectReady>>> {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    for zone in ZONES {
+        let mut ready = data.subscribe_ready(&Zone::parse(zone).expect("zone"));
+        let log = log.clone();
+        tokio::spawn(async move {
+            while let Ok(r) = ready.recv().await {
+                log.lock().expect("log").push(r);
+            }
+        });
+    }
+    log
+}
+
+fn produced(log: &Arc<Mutex<Vec<pb::ObjectReady>>>, object_id: &str) -> Vec<String> {
+    log.lock()
+        .expect("log")
+        .iter()
+        .filter(|r| r.object_id == object_id)
+        .map(|r| r.batch_id.clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_batches_run_a_shared_object_once_and_share_its_outcome() {
+    let mut plane = start().await;
+    let log = ready_log(&plane.data);
+    let agents = agents(&plane.data, false, |id, _| {
+        if id == "1007" {
+            Answer::Fail { retryable: false }
+        } else {
+            Answer::Load
+        }
+    });
+    let a = submit(
+        &mut plane.client,
+        "first",
+        objects(vec![
+            object("1001", &[]),
+            object("1007", &[]),
+            object("2001", &["1001"]),
+            object("2007", &["1007"]),
+        ]),
+        None,
+    )
+    .await
+    .expect("first batch");
+    let b = submit(
+        &mut plane.client,
+        "second",
+        objects(vec![
+            object("1001", &[]),
+            object("1007", &[]),
+            object("2002", &["1001"]),
+            object("2008", &["1007"]),
+        ]),
+        None,
+    )
+    .await
+    .expect("second batch");
+
+    // The second batch's 1001 waits on the first's attempt, and says so.
+    let waiting = get_object(&mut plane.client, &b.batch_id, "1001")
+        .await
+        .expect("object");
+    assert_eq!(waiting.state(), pb::ObjectState::Ready);
+    assert_eq!(waiting.coalesced_onto_batch_id, a.batch_id);
+    let Some(pb::blocked_reason::Reason::Coalesced(c)) =
+        waiting.blocked.as_ref().and_then(|b| b.reason.clone())
+    else {
+        panic!("blocked reason {:?}", waiting.blocked);
+    };
+    assert_eq!(c.batch_id, a.batch_id);
+    assert!(
+        waiting
+            .blocked
+            .expect("blocked")
+            .summary
+            .contains(&a.batch_id),
+        "the summary names the batch"
+    );
+    // A third submission's plan sees both objects in flight.
+    let plan = t(plane.client.plan_batch(pb::PlanBatchRequest {
+        input: objects(vec![object("1001", &[]), object("1007", &[])]),
+        ..Default::default()
+    }))
+    .await
+    .expect("plan")
+    .into_inner();
+    assert_eq!(plan.summary.expect("summary").coalesced_count, 2);
+
+    let mut watch_a = Watch::open(&mut plane.client, &a.batch_id).await;
+    let mut watch_b = Watch::open(&mut plane.client, &b.batch_id).await;
+    agents.open();
+    assert_eq!(watch_a.until_end().await, pb::BatchState::Failed);
+    assert_eq!(watch_b.until_end().await, pb::BatchState::Failed);
+
+    // One Ready each for the shared objects, from the first batch; the rest once per batch.
+    assert_eq!(produced(&log, "1001"), vec![a.batch_id.clone()]);
+    assert_eq!(produced(&log, "1007"), vec![a.batch_id.clone()]);
+    assert_eq!(produced(&log, "2001"), vec![a.batch_id.clone()]);
+    assert_eq!(produced(&log, "2002"), vec![b.batch_id.clone()]);
+    assert!(produced(&log, "2007").is_empty() && produced(&log, "2008").is_empty());
+
+    // The second batch took the first's outcomes.
+    let shared = get_object(&mut plane.client, &b.batch_id, "1001")
+        .await
+        .expect("object");
+    assert_eq!(shared.state(), pb::ObjectState::Loaded);
+    assert_eq!(shared.coalesced_onto_batch_id, a.batch_id);
+    assert_eq!(
+        get_object(&mut plane.client, &b.batch_id, "2002")
+            .await
+            .expect("object")
+            .state(),
+        pb::ObjectState::Loaded
+    );
+    let dead = get_object(&mut plane.client, &b.batch_id, "1007")
+        .await
+        .expect("object");
+    assert_eq!(dead.state(), pb::ObjectState::Dead);
+    assert!(
+        dead.last_error.contains("simulated failure"),
+        "{}",
+        dead.last_error
+    );
+    assert_eq!(
+        get_object(&mut plane.client, &b.batch_id, "2008")
+            .await
+            .expect("object")
+            .state(),
+        pb::ObjectState::UpstreamFailed
+    );
+    let letters: Vec<pb::DeadLetter> = plane
+        .data
+        .dead_letters()
+        .into_iter()
+        .filter(|l| l.object_id == "1007")
+        .collect();
+    assert_eq!(letters.len(), 2, "each batch dead-letters its own object");
+    let theirs = letters
+        .iter()
+        .find(|l| l.batch_id == b.batch_id)
+        .expect("second batch's letter");
+    assert!(theirs.last_error.contains("simulated failure"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_the_batch_that_runs_a_shared_object_releases_the_waiting_one() {
+    let mut plane = start().await;
+    let log = ready_log(&plane.data);
+    let agents = agents(&plane.data, false, |_, _| Answer::Load);
+    let owner = submit(
+        &mut plane.client,
+        "owner",
+        objects(vec![object("1005", &[])]),
+        None,
+    )
+    .await
+    .expect("owner");
+    let waiter = submit(
+        &mut plane.client,
+        "waiter",
+        objects(vec![object("1005", &[]), object("2005", &["1005"])]),
+        None,
+    )
+    .await
+    .expect("waiter");
+    assert_eq!(
+        get_object(&mut plane.client, &waiter.batch_id, "1005")
+            .await
+            .expect("object")
+            .coalesced_onto_batch_id,
+        owner.batch_id
+    );
+    t(plane.client.cancel_batch(pb::CancelBatchRequest {
+        batch_id: owner.batch_id.clone(),
+        reason: "not needed".into(),
+    }))
+    .await
+    .expect("cancel");
+    let mut watch = Watch::open(&mut plane.client, &waiter.batch_id).await;
+    agents.open();
+    assert_eq!(watch.until_end().await, pb::BatchState::Succeeded);
+    // Released by the owner, then — once the owner was cancelled — by the waiter itself.
+    assert_eq!(
+        produced(&log, "1005"),
+        [owner.batch_id.clone(), waiter.batch_id.clone()]
+    );
+    let status = get_object(&mut plane.client, &waiter.batch_id, "1005")
+        .await
+        .expect("object");
+    assert_eq!(status.state(), pb::ObjectState::Loaded);
+    assert!(status.coalesced_onto_batch_id.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_the_waiting_batch_coalesces_onto_the_same_attempt_again() {
+    let store = Arc::new(MemoryStore::new());
+    let settings = ServiceSettings {
+        max_objects: MAX_OBJECTS,
+        ..ServiceSettings::default()
+    };
+    let mut first = start_on(store.clone(), settings.clone()).await;
+    let _idle = agents(&first.data, false, |_, _| Answer::Load);
+    // The newer batch is submitted first in key order but later in time: creation order decides.
+    let older = submit(
+        &mut first.client,
+        "z-older",
+        objects(vec![object("1001", &[]), object("2001", &["1001"])]),
+        None,
+    )
+    .await
+    .expect("older");
+    // Creation times are milliseconds: keep the two apart.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let newer = submit(
+        &mut first.client,
+        "a-newer",
+        objects(vec![object("1001", &[]), object("2002", &["1001"])]),
+        None,
+    )
+    .await
+    .expect("newer");
+    drop(first);
+
+    let data = Arc::new(MemoryDataPlane::new());
+    let log = ready_log(&data);
+    let _agents = agents(&data, true, |_, _| Answer::Load);
+    let mut plane = start_over(store, data, settings).await;
+    let mut watch_older = Watch::open(&mut plane.client, &older.batch_id).await;
+    let mut watch_newer = Watch::open(&mut plane.client, &newer.batch_id).await;
+    assert_eq!(watch_older.until_end().await, pb::BatchState::Succeeded);
+    assert_eq!(watch_newer.until_end().await, pb::BatchState::Succeeded);
+    assert_eq!(produced(&log, "1001"), vec![older.batch_id.clone()]);
+    assert_eq!(
+        get_object(&mut plane.client, &newer.batch_id, "1001")
+            .await
+            .expect("object")
+            .coalesced_onto_batch_id,
+        older.batch_id
+    );
 }

@@ -458,32 +458,16 @@ impl<S: StateStore> OrchestratorService<S> {
         self.submit_input(key, input, options).await
     }
 
-    /// Objects in flight (READY, RUNNING, RETRY_WAIT) in running batches, with their batch: what
-    /// a new batch would coalesce onto.
+    /// Objects in flight (READY, RUNNING, RETRY_WAIT) in running batches, with the batch whose
+    /// attempt runs them: what a new batch would coalesce onto.
     async fn in_flight(&self) -> Result<FxHashMap<ObjectId, String>, ServiceError> {
         let map = self
             .handle
             .read(|s| {
-                let mut out = FxHashMap::default();
-                for rt in s.batches.values() {
-                    let counts = rt.machine.counts();
-                    let flying = counts.get(NodeState::Ready)
-                        + counts.get(NodeState::Running)
-                        + counts.get(NodeState::RetryWait);
-                    if rt.machine.batch_state() != BatchState::Running || flying == 0 {
-                        continue;
-                    }
-                    for (node, rec) in rt.machine.records().iter().enumerate() {
-                        if matches!(
-                            rec.state,
-                            NodeState::Ready | NodeState::Running | NodeState::RetryWait
-                        ) {
-                            out.entry(rt.object(node as NodeIx).id.clone())
-                                .or_insert_with(|| rt.batch_id.clone());
-                        }
-                    }
-                }
-                out
+                s.coalescer
+                    .owners()
+                    .map(|(id, batch)| (id.clone(), batch.clone()))
+                    .collect()
             })
             .await?;
         Ok(map)

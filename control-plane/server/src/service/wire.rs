@@ -689,6 +689,19 @@ pub(crate) fn object_status(rt: &BatchRuntime, node: NodeIx) -> pb::ObjectStatus
                 ),
             })
         }
+        S::Ready if rt.coalesced_onto.contains_key(&node) => {
+            let onto = &rt.coalesced_onto[&node];
+            Some(pb::BlockedReason {
+                reason: Some(pb::blocked_reason::Reason::Coalesced(pb::Coalesced {
+                    batch_id: onto.clone(),
+                })),
+                summary: format!(
+                    "object {} is already in flight for batch {onto}; this batch takes the \
+                     outcome of that attempt",
+                    o.id
+                ),
+            })
+        }
         S::Ready => Some(pb::BlockedReason {
             reason: Some(pb::blocked_reason::Reason::Queued(pb::Queued {
                 zone: o.zone.to_string(),
@@ -734,7 +747,7 @@ pub(crate) fn object_status(rt: &BatchRuntime, node: NodeIx) -> pb::ObjectStatus
             .map(convert::timestamp),
         agent_id: rt.last_agent.get(&node).cloned().unwrap_or_default(),
         history,
-        coalesced_onto_batch_id: String::new(),
+        coalesced_onto_batch_id: rt.coalesced_onto.get(&node).cloned().unwrap_or_default(),
         blocked,
         wave: rt
             .plan
