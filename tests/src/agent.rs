@@ -16,6 +16,7 @@ use strata_proto::kafka as topics;
 use strata_proto::v1::{
     ObjectFailed, ObjectLoaded, ObjectReady, ObjectResult, ObjectStarted, object_result,
 };
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::kafka::{consumer_config, producer_config};
@@ -77,6 +78,26 @@ impl TestAgent {
         agent_id: &str,
         behaviour: Behaviour,
     ) -> anyhow::Result<Self> {
+        Self::spawn_gated(
+            bootstrap_servers,
+            topic_prefix,
+            zone,
+            agent_id,
+            behaviour,
+            watch::channel(true).1,
+        )
+    }
+
+    /// Like [`TestAgent::spawn`], but each Ready it receives waits until `gate` is (or becomes)
+    /// true before it is handled (and logged): the test decides when work may proceed.
+    pub fn spawn_gated(
+        bootstrap_servers: &str,
+        topic_prefix: &str,
+        zone: &str,
+        agent_id: &str,
+        behaviour: Behaviour,
+        mut gate: watch::Receiver<bool>,
+    ) -> anyhow::Result<Self> {
         let consumer: StreamConsumer =
             consumer_config(bootstrap_servers, &format!("{topic_prefix}.agents.{zone}"))
                 .create()?;
@@ -100,6 +121,9 @@ impl TestAgent {
                     let _ = consumer.store_offset_from_message(&msg);
                     continue;
                 };
+                if gate.wait_for(|open| *open).await.is_err() {
+                    return;
+                }
                 let answer = behaviour(&ready);
                 task_log.lock().expect("log").push(Handled {
                     at: Instant::now(),

@@ -10,16 +10,18 @@ use std::time::Duration;
 use prost::Message as _;
 use rdkafka::Message as _;
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use strata_control_plane::adapters::kafka::{KafkaDataPlane, KafkaSettings};
 use strata_control_plane::adapters::redis::RedisStore;
 use strata_control_plane::config::{Config, Flags};
 use strata_control_plane::run::run_with;
 use strata_proto::v1::orchestrator_client::OrchestratorClient;
-use strata_proto::v1::{self as pb, watch_batch_response};
+use strata_proto::v1::{self as pb, object_result, watch_batch_response};
 use strata_tests::agent::{Answer, Behaviour, TestAgent};
 use strata_tests::{KafkaBroker, RedisServer, within};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tonic::transport::Channel;
 
 const SAMPLE: &str = include_str!("../../clients/samples/catalogue.json");
@@ -58,6 +60,11 @@ impl Drop for Stack {
 }
 
 async fn start(behaviour: Behaviour) -> anyhow::Result<Stack> {
+    start_gated(behaviour, watch::channel(true).1).await
+}
+
+/// The stack with agents that handle each Ready only once `gate` is open.
+async fn start_gated(behaviour: Behaviour, gate: watch::Receiver<bool>) -> anyhow::Result<Stack> {
     let redis = within(LONG, "start redis", RedisServer::start()).await??;
     let broker = within(LONG, "start broker", KafkaBroker::start()).await??;
     let config = Flags {
@@ -102,12 +109,13 @@ async fn start(behaviour: Behaviour) -> anyhow::Result<Stack> {
     });
     let mut agents = Vec::new();
     for zone in ZONES {
-        agents.push(TestAgent::spawn(
+        agents.push(TestAgent::spawn_gated(
             &config.kafka_brokers,
             &config.topic_prefix,
             zone,
             &format!("test-agent-{zone}"),
             behaviour.clone(),
+            gate.clone(),
         )?);
     }
     let client = within(LONG, "connect client", async {
@@ -130,6 +138,11 @@ async fn start(behaviour: Behaviour) -> anyhow::Result<Stack> {
 }
 
 async fn submit(stack: &mut Stack, key: &str) -> anyhow::Result<String> {
+    submit_targets(stack, key, &[]).await
+}
+
+/// Submits the sample catalogue with these targets (empty: the default targets).
+async fn submit_targets(stack: &mut Stack, key: &str, targets: &[&str]) -> anyhow::Result<String> {
     let reply = within(
         LONG,
         "submit",
@@ -141,7 +154,10 @@ async fn submit(stack: &mut Stack, key: &str) -> anyhow::Result<String> {
                     content: SAMPLE.as_bytes().to_vec(),
                 })),
             }),
-            options: Some(pb::SubmitOptions::default()),
+            options: Some(pb::SubmitOptions {
+                targets: targets.iter().map(|t| (*t).to_owned()).collect(),
+                ..Default::default()
+            }),
         }),
     )
     .await??
@@ -328,6 +344,339 @@ async fn exhausted_retries_dead_letter_to_kafka_and_replay_loads_them() -> anyho
     assert!(
         states.values().all(|s| *s == pb::ObjectState::Loaded),
         "{states:?}"
+    );
+    Ok(())
+}
+
+async fn get_object(
+    stack: &mut Stack,
+    batch_id: &str,
+    object_id: &str,
+) -> anyhow::Result<pb::ObjectStatus> {
+    Ok(within(
+        LONG,
+        "get object",
+        stack.client.get_object(pb::GetObjectRequest {
+            batch_id: batch_id.into(),
+            object_id: object_id.into(),
+        }),
+    )
+    .await??
+    .into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_concurrent_batches_sharing_ancestors_run_each_shared_object_once() -> anyhow::Result<()>
+{
+    // Agents hold every Ready until both batches are in: the second one finds the first's
+    // attempts in flight.
+    let (gate, gated) = watch::channel(false);
+    let mut stack = start_gated(Arc::new(|_: &pb::ObjectReady| Answer::Load), gated).await?;
+    // 3001 needs 2001, 2002, 2003 and their parents 1001, 1002, 1003; 3002 needs 2003, 2004
+    // and 1003, 1004: 1003 and 2003 are shared.
+    let first = submit_targets(&mut stack, "e2e-shared-a", &["3001"]).await?;
+    let second = submit_targets(&mut stack, "e2e-shared-b", &["3002"]).await?;
+    let waiting = get_object(&mut stack, &second, "1003").await?;
+    assert_eq!(waiting.coalesced_onto_batch_id, first);
+    assert!(
+        matches!(
+            waiting.blocked.and_then(|b| b.reason),
+            Some(pb::blocked_reason::Reason::Coalesced(_))
+        ),
+        "the second batch's 1003 waits on the first's attempt"
+    );
+    gate.send_replace(true);
+    assert_eq!(
+        watch_to_end(&mut stack, &first).await?,
+        pb::BatchState::Succeeded
+    );
+    assert_eq!(
+        watch_to_end(&mut stack, &second).await?,
+        pb::BatchState::Succeeded
+    );
+
+    let handled: Vec<_> = stack.agents.iter().flat_map(TestAgent::handled).collect();
+    let mut runs: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for h in &handled {
+        runs.entry(&h.object_id).or_default().push(&h.batch_id);
+    }
+    let expected: BTreeSet<&str> = [
+        "1001", "1002", "1003", "1004", "2001", "2002", "2003", "2004", "3001", "3002",
+    ]
+    .into();
+    assert_eq!(runs.keys().copied().collect::<BTreeSet<_>>(), expected);
+    for (object, batches) in &runs {
+        assert_eq!(batches.len(), 1, "{object} ran {batches:?}");
+    }
+    assert_eq!(runs["1003"], [first.as_str()]);
+    assert_eq!(runs["2003"], [first.as_str()]);
+    assert_eq!(runs["2004"], [second.as_str()]);
+    for id in ["1003", "2003", "2004", "3002"] {
+        let o = get_object(&mut stack, &second, id).await?;
+        assert_eq!(o.state(), pb::ObjectState::Loaded, "{id}");
+        let onto = if matches!(id, "1003" | "2003") {
+            first.as_str()
+        } else {
+            ""
+        };
+        assert_eq!(o.coalesced_onto_batch_id, onto, "{id}");
+    }
+    Ok(())
+}
+
+/// Produces raw records to the results topic as a (misbehaving) agent would.
+async fn produce_raw(stack: &Stack, records: Vec<(String, Vec<u8>)>) -> anyhow::Result<()> {
+    let producer: FutureProducer = stack.broker.producer_config().create()?;
+    let topic = format!("{}.results", stack.config.topic_prefix);
+    for (key, payload) in records {
+        let record = FutureRecord::to(&topic)
+            .key(&key)
+            .payload(&payload)
+            .headers(OwnedHeaders::new().insert(Header {
+                key: strata_proto::kafka::HEADER_TYPE,
+                value: Some(strata_proto::kafka::TYPE_OBJECT_RESULT),
+            }));
+        within(LONG, "produce", producer.send(record, LONG))
+            .await?
+            .map_err(|(e, _)| e)?;
+    }
+    Ok(())
+}
+
+fn encoded(result: object_result::Result) -> Vec<u8> {
+    pb::ObjectResult {
+        result: Some(result),
+    }
+    .encode_to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn duplicate_late_stale_and_undecodable_results_change_nothing() -> anyhow::Result<()> {
+    // 2004 fails its first attempt, so it has a stale attempt to replay.
+    let behaviour: Behaviour = Arc::new(|r: &pb::ObjectReady| {
+        if r.object_id == "2004" && r.attempt == 1 {
+            Answer::Fail {
+                retryable: true,
+                error: "flaky".into(),
+            }
+        } else {
+            Answer::Load
+        }
+    });
+    let mut stack = start(behaviour).await?;
+    let batch_id = submit(&mut stack, "e2e-noise").await?;
+    assert_eq!(
+        watch_to_end(&mut stack, &batch_id).await?,
+        pb::BatchState::Succeeded
+    );
+    let before_1001 = get_object(&mut stack, &batch_id, "1001").await?;
+    let before_2004 = get_object(&mut stack, &batch_id, "2004").await?;
+    let before_3001 = get_object(&mut stack, &batch_id, "3001").await?;
+    assert_eq!(before_2004.attempt, 2);
+
+    let key = batch_id.clone();
+    let loaded = |o: &pb::ObjectStatus| pb::ObjectLoaded {
+        batch_id: batch_id.clone(),
+        object_id: o
+            .definition
+            .as_ref()
+            .map(|d| d.id.clone())
+            .unwrap_or_default(),
+        zone: o.zone.clone(),
+        attempt: o.attempt,
+        dispatch_epoch: o.dispatch_epoch,
+        agent_id: "impostor".into(),
+        ..Default::default()
+    };
+    produce_raw(
+        &stack,
+        vec![
+            // The same Loaded again.
+            (
+                key.clone(),
+                encoded(object_result::Result::Loaded(loaded(&before_1001))),
+            ),
+            // A failure of 2004's first attempt, long retried: stale.
+            (
+                key.clone(),
+                encoded(object_result::Result::Failed(pb::ObjectFailed {
+                    batch_id: batch_id.clone(),
+                    object_id: "2004".into(),
+                    zone: before_2004.zone.clone(),
+                    attempt: 1,
+                    dispatch_epoch: before_2004.dispatch_epoch - 1,
+                    retryable: false,
+                    error: "stale news".into(),
+                    ..Default::default()
+                })),
+            ),
+            // A Started after the outcome: late.
+            (
+                key.clone(),
+                encoded(object_result::Result::Started(pb::ObjectStarted {
+                    batch_id: batch_id.clone(),
+                    object_id: "3001".into(),
+                    zone: before_3001.zone.clone(),
+                    attempt: before_3001.attempt,
+                    dispatch_epoch: before_3001.dispatch_epoch,
+                    ..Default::default()
+                })),
+            ),
+            // Not a protobuf ObjectResult at all, and a result for a batch nobody knows.
+            (key.clone(), b"\xff\xfe not protobuf".to_vec()),
+            (
+                "b-nobody".into(),
+                encoded(object_result::Result::Loaded(pb::ObjectLoaded {
+                    batch_id: "b-nobody".into(),
+                    object_id: "1001".into(),
+                    attempt: 1,
+                    dispatch_epoch: 1,
+                    ..Default::default()
+                })),
+            ),
+        ],
+    )
+    .await?;
+
+    // The control plane read past them: a new batch submitted after them completes.
+    let after = within(
+        LONG,
+        "submit after the noise",
+        stack.client.submit_batch(pb::SubmitBatchRequest {
+            idempotency_key: "e2e-after-noise".into(),
+            input: Some(pb::BatchInput {
+                source: Some(pb::batch_input::Source::Objects(pb::ObjectList {
+                    objects: vec![pb::ObjectDefinition {
+                        id: "1100".into(),
+                        ..Default::default()
+                    }],
+                })),
+            }),
+            options: None,
+        }),
+    )
+    .await??
+    .into_inner();
+    assert_eq!(
+        watch_to_end(&mut stack, &after.batch_id).await?,
+        pb::BatchState::Succeeded
+    );
+
+    // Nothing about the first batch changed: states, attempts, histories, agents.
+    let batch = within(
+        LONG,
+        "get batch",
+        stack.client.get_batch(pb::GetBatchRequest {
+            batch_id: batch_id.clone(),
+        }),
+    )
+    .await??
+    .into_inner();
+    assert_eq!(batch.state(), pb::BatchState::Succeeded);
+    for before in [before_1001, before_2004, before_3001] {
+        let id = before
+            .definition
+            .as_ref()
+            .map(|d| d.id.clone())
+            .unwrap_or_default();
+        let now = get_object(&mut stack, &batch_id, &id).await?;
+        assert_eq!(now.state(), pb::ObjectState::Loaded, "{id}");
+        assert_eq!(now.attempt, before.attempt, "{id}");
+        assert_eq!(now.history, before.history, "{id}");
+        assert_eq!(
+            now.agent_id, before.agent_id,
+            "{id}: the impostor was not recorded"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_inputs_are_invalid_argument_naming_the_ids_and_leave_redis_empty() -> anyhow::Result<()>
+{
+    let mut stack = start(Arc::new(|_: &pb::ObjectReady| Answer::Load)).await?;
+    let objects = |list: &[(&str, &[&str])]| pb::BatchInput {
+        source: Some(pb::batch_input::Source::Objects(pb::ObjectList {
+            objects: list
+                .iter()
+                .map(|(id, parents)| pb::ObjectDefinition {
+                    id: (*id).into(),
+                    parents: parents.iter().map(|p| (*p).to_owned()).collect(),
+                    ..Default::default()
+                })
+                .collect(),
+        })),
+    };
+    let unknown_parents = pb::BatchInput {
+        source: Some(pb::batch_input::Source::Catalogue(pb::CatalogueDocument {
+            format: pb::CatalogueFormat::SeedJson as i32,
+            content: include_bytes!("../../clients/samples/catalogue_unknown_parents.json")
+                .to_vec(),
+        })),
+    };
+    let cases: Vec<(&str, pb::BatchInput, &[&str])> = vec![
+        (
+            "unknown parents",
+            unknown_parents,
+            &["3002", "2011", "2017", "2023", "2031"],
+        ),
+        (
+            "cycle",
+            objects(&[("2001", &["2002"]), ("2002", &["2001"])]),
+            &["2001", "2002"],
+        ),
+        ("self-parent", objects(&[("1001", &["1001"])]), &["1001"]),
+        (
+            "duplicate id",
+            objects(&[("1001", &[]), ("1001", &[])]),
+            &["1001"],
+        ),
+        (
+            "parent in a higher layer",
+            objects(&[("1001", &["2001"]), ("2001", &[])]),
+            &["1001", "2001"],
+        ),
+        ("empty", objects(&[]), &["empty"]),
+    ];
+    for (name, input, named) in cases {
+        let e = within(
+            LONG,
+            name,
+            stack.client.submit_batch(pb::SubmitBatchRequest {
+                idempotency_key: format!("bad-{name}"),
+                input: Some(input),
+                options: None,
+            }),
+        )
+        .await?
+        .expect_err(name);
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{name}: {e:?}");
+        for id in named {
+            assert!(
+                e.message().contains(id),
+                "{name}: {id} not named in {:?}",
+                e.message()
+            );
+        }
+    }
+    let listed = within(
+        LONG,
+        "list batches",
+        stack.client.list_batches(pb::ListBatchesRequest::default()),
+    )
+    .await??
+    .into_inner();
+    assert!(listed.batches.is_empty(), "{:?}", listed.batches);
+    // Nothing at all under the control plane's key prefix in the real Redis.
+    let client = redis::Client::open(stack.config.redis_url.as_str())?;
+    let mut conn = within(LONG, "redis", client.get_multiplexed_async_connection()).await??;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}*", stack.config.key_prefix))
+        .query_async(&mut conn)
+        .await?;
+    assert!(
+        keys.is_empty(),
+        "keys written for rejected batches: {keys:?}"
     );
     Ok(())
 }
