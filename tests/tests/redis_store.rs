@@ -274,6 +274,7 @@ async fn apply_updates_heads_and_records_and_a_finished_batch_expires() -> anyho
             payload: b"\x0a\x07batch-b\xff".to_vec(),
             dead_at_ms: 1_700_000_002_000,
         }],
+        loaded: vec![("1001".into(), 1_700_000_002_000)],
     };
     let before = store.round_trips();
     apply(&store, &step).await?;
@@ -439,6 +440,44 @@ async fn writes_for_a_batch_that_is_not_stored_are_skipped() -> anyhow::Result<(
     assert!(keys.is_empty(), "a partial batch was written: {keys:?}");
     assert!(
         within(STEP, "load active", store.load_active())
+            .await??
+            .is_empty()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn last_loaded_times_are_kept_across_batches_and_read_in_one_round_trip() -> anyhow::Result<()>
+{
+    let (_redis, store, _con) = start(DAY).await?;
+    // Loads are recorded even in a step whose batch is not stored: they belong to the object.
+    apply(
+        &store,
+        &StepWrite {
+            loaded: vec![("1001".into(), 1_000), ("2001".into(), 2_000)],
+            ..StepWrite::default()
+        },
+    )
+    .await?;
+    apply(
+        &store,
+        &StepWrite {
+            loaded: vec![("1001".into(), 3_000)],
+            ..StepWrite::default()
+        },
+    )
+    .await?;
+    let mut ids: Vec<String> = vec!["2001".into(), "9999".into(), "1001".into()];
+    // More than one HMGET chunk.
+    ids.extend((0..25_000).map(|i| format!("x{i}")));
+    let before = store.round_trips();
+    let times = within(STEP, "last loaded", store.last_loaded(&ids)).await??;
+    assert_eq!(store.round_trips() - before, 1);
+    assert_eq!(times.len(), ids.len());
+    assert_eq!(times[..3], [Some(2_000), None, Some(3_000)]);
+    assert!(times[3..].iter().all(Option::is_none));
+    assert!(
+        within(STEP, "none", store.last_loaded(&[]))
             .await??
             .is_empty()
     );

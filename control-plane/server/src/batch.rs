@@ -79,17 +79,22 @@ pub fn batch_id_for(idempotency_key: &str) -> String {
     format!("b-{hex}")
 }
 
-/// Plans a submission and decides each object's initial disposition.
+/// When objects were last loaded by earlier batches (the store's record), by id.
+pub type LastLoaded = FxHashMap<ObjectId, DateTime<Utc>>;
+
+/// Plans a submission and decides each object's initial disposition. An object counts as loaded
+/// at the later of its submitted `last_loaded_at` and `last_loaded[id]`.
 pub fn prepare(
     idempotency_key: &str,
     objects: Vec<ObjectDef>,
     options: BatchOptions,
     max_objects: usize,
     durations: &BTreeMap<Zone, u64>,
+    last_loaded: &LastLoaded,
     now: DateTime<Utc>,
 ) -> Result<PreparedBatch, PlanError> {
     let plan = plan(&objects, &options.plan_request(max_objects, durations))?;
-    let dispositions = dispositions(&objects, &plan, options.force, now);
+    let dispositions = dispositions(&objects, &plan, options.force, last_loaded, now);
     let content_hash = content_hash(&plan.plan_hash, &options);
     Ok(PreparedBatch {
         batch_id: batch_id_for(idempotency_key),
@@ -108,6 +113,7 @@ pub fn dispositions(
     objects: &[ObjectDef],
     plan: &Plan,
     force: bool,
+    last_loaded: &LastLoaded,
     now: DateTime<Utc>,
 ) -> Vec<InitialDisposition> {
     let mut frequencies: FxHashMap<&str, Option<Frequency>> = FxHashMap::default();
@@ -119,13 +125,12 @@ pub fn dispositions(
                     reason: format!("object {} is disabled", o.id),
                 };
             }
-            if !force && let (Some(freq), Some(_)) = (o.frequency.as_deref(), o.last_loaded_at) {
+            let loaded_at = o.last_loaded_at.max(last_loaded.get(&o.id).copied());
+            if !force && let (Some(freq), Some(_)) = (o.frequency.as_deref(), loaded_at) {
                 let f = frequencies
                     .entry(freq)
                     .or_insert_with(|| Frequency::parse(freq).ok());
-                if f.as_ref()
-                    .is_some_and(|f| f.is_fresh(o.last_loaded_at, now))
-                {
+                if f.as_ref().is_some_and(|f| f.is_fresh(loaded_at, now)) {
                     return InitialDisposition::SkippedFresh;
                 }
             }

@@ -556,6 +556,8 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                 options,
                 usize::MAX,
                 &self.settings.zone_durations_ms,
+                // Its objects' initial dispositions are in the restored records already.
+                &Default::default(),
                 created_at,
             ) {
                 Ok(p) => p,
@@ -812,6 +814,10 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                             settlement,
                         ));
                     }
+                    if to == NodeState::Loaded {
+                        let id = rt.plan.object(&rt.objects, node).id.to_string();
+                        step.write.loaded.push((id, now.timestamp_millis()));
+                    }
                     rt.history.entry(node).or_default().push(TransitionRecord {
                         from,
                         to,
@@ -966,7 +972,10 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
             });
         }
         let write = std::mem::take(&mut step.write);
-        if !write.batches.is_empty() || !write.schedule.is_empty() || !write.dead_letters.is_empty()
+        if !write.batches.is_empty()
+            || !write.schedule.is_empty()
+            || !write.dead_letters.is_empty()
+            || !write.loaded.is_empty()
         {
             retry_port("persist step", || self.store.apply(&write)).await?;
         }

@@ -177,6 +177,9 @@ pub struct StepWrite {
     pub schedule: Vec<RetryEntry>,
     /// Dead letters to index (also produced to Kafka by the driver).
     pub dead_letters: Vec<StoredDeadLetter>,
+    /// Objects loaded in this step: object id and when (ms since the epoch). Kept across
+    /// batches: a later batch skips an object loaded since its frequency's last tick.
+    pub loaded: Vec<(String, i64)>,
 }
 
 /// The part of a [`StepWrite`] for one batch.
@@ -260,6 +263,13 @@ pub trait StateStore: Send + Sync + 'static {
         cursor: Option<String>,
         limit: usize,
     ) -> impl Future<Output = PortResult<(Vec<StoredDeadLetter>, Option<String>)>> + Send;
+
+    /// When each object was last loaded by any batch (ms since the epoch), in the order asked;
+    /// `None` for an object never loaded (or forgotten).
+    fn last_loaded(
+        &self,
+        object_ids: &[String],
+    ) -> impl Future<Output = PortResult<Vec<Option<i64>>>> + Send;
 
     /// Round-trip check for readiness.
     fn ping(&self) -> impl Future<Output = PortResult<()>> + Send;

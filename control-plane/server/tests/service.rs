@@ -2039,3 +2039,92 @@ async fn after_a_restart_the_waiting_batch_coalesces_onto_the_same_attempt_again
         older.batch_id
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_loaded_by_an_earlier_batch_are_skipped_as_fresh_unless_forced() {
+    let mut plane = start().await;
+    let _agents = agents(&plane.data, true, |_, _| Answer::Load);
+    let log = ready_log(&plane.data);
+    // 1001 is due yearly; 1002 has no frequency, so it always runs.
+    let yearly = |id: &str, parents: &[&str]| pb::ObjectDefinition {
+        frequency: "@yearly".into(),
+        ..object(id, parents)
+    };
+    let batch = |key: &'static str| {
+        (
+            key,
+            objects(vec![
+                yearly("1001", &[]),
+                object("1002", &[]),
+                yearly("2001", &["1001", "1002"]),
+            ]),
+        )
+    };
+    let (key, input) = batch("first");
+    let first = submit(&mut plane.client, key, input, None)
+        .await
+        .expect("first");
+    let mut watch = Watch::open(&mut plane.client, &first.batch_id).await;
+    assert_eq!(watch.until_end().await, pb::BatchState::Succeeded);
+
+    // The dry run and the submission agree: 1001 and 2001 are fresh now.
+    let (_, input) = batch("plan");
+    let plan = t(plane.client.plan_batch(pb::PlanBatchRequest {
+        input,
+        ..Default::default()
+    }))
+    .await
+    .expect("plan")
+    .into_inner();
+    let fresh: Vec<&str> = plan
+        .objects
+        .iter()
+        .filter(|o| o.disposition() == pb::Disposition::SkippedFresh)
+        .map(|o| o.object_id.as_str())
+        .collect();
+    assert_eq!(fresh, ["1001", "2001"]);
+    let (key, input) = batch("second");
+    let second = submit(&mut plane.client, key, input, None)
+        .await
+        .expect("second");
+    let mut watch = Watch::open(&mut plane.client, &second.batch_id).await;
+    assert_eq!(watch.until_end().await, pb::BatchState::Succeeded);
+    for (id, state) in [
+        ("1001", pb::ObjectState::SkippedFresh),
+        ("1002", pb::ObjectState::Loaded),
+        ("2001", pb::ObjectState::SkippedFresh),
+    ] {
+        let o = get_object(&mut plane.client, &second.batch_id, id)
+            .await
+            .expect("object");
+        assert_eq!(o.state(), state, "{id}");
+    }
+
+    // Forced: everything runs again.
+    let (key, input) = batch("forced");
+    let forced = submit(
+        &mut plane.client,
+        key,
+        input,
+        Some(pb::SubmitOptions {
+            force: true,
+            ..Default::default()
+        }),
+    )
+    .await
+    .expect("forced");
+    let mut watch = Watch::open(&mut plane.client, &forced.batch_id).await;
+    assert_eq!(watch.until_end().await, pb::BatchState::Succeeded);
+    assert_eq!(
+        produced(&log, "1001"),
+        vec![first.batch_id.clone(), forced.batch_id.clone()]
+    );
+    assert_eq!(
+        produced(&log, "1002"),
+        vec![
+            first.batch_id.clone(),
+            second.batch_id.clone(),
+            forced.batch_id.clone()
+        ]
+    );
+}

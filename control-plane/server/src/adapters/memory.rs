@@ -160,6 +160,8 @@ struct StoreInner {
     order: BTreeSet<(i64, String)>,
     /// (due_ms, batch_id, node, attempt)
     retries: BTreeSet<(i64, String, u32, u32)>,
+    /// object id → last loaded (ms)
+    loaded: HashMap<String, i64>,
     /// (dead_at_ms, batch_id, node) → letter
     dead: BTreeMap<(i64, String, u32), StoredDeadLetter>,
 }
@@ -222,6 +224,9 @@ impl StateStore for MemoryStore {
         for d in &step.dead_letters {
             s.dead
                 .insert((d.dead_at_ms, d.batch_id.clone(), d.node), d.clone());
+        }
+        for (id, at) in &step.loaded {
+            s.loaded.insert(id.clone(), *at);
         }
         Ok(())
     }
@@ -311,6 +316,14 @@ impl StateStore for MemoryStore {
             .collect();
         let next = (skip + page.len() < matching.len()).then(|| (skip + page.len()).to_string());
         Ok((page, next))
+    }
+
+    async fn last_loaded(&self, object_ids: &[String]) -> PortResult<Vec<Option<i64>>> {
+        let s = self.lock();
+        Ok(object_ids
+            .iter()
+            .map(|id| s.loaded.get(id).copied())
+            .collect())
     }
 
     async fn ping(&self) -> PortResult<()> {

@@ -264,7 +264,27 @@ impl<S: StateStore> OrchestratorService<S> {
 
     // ----- submission -----
 
-    /// Plans on a blocking thread; with `list`, also builds the `PlanBatch` object listing.
+    /// When the objects that have a frequency were last loaded by earlier batches (the others
+    /// are never skipped as fresh).
+    async fn last_loaded(&self, objects: &[ObjectDef]) -> Result<batch::LastLoaded, ServiceError> {
+        let ids: Vec<&ObjectId> = objects
+            .iter()
+            .filter(|o| o.frequency.is_some())
+            .map(|o| &o.id)
+            .collect();
+        let names: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        let times = self.store.last_loaded(&names).await?;
+        Ok(ids
+            .into_iter()
+            .zip(times)
+            .filter_map(|(id, ms)| {
+                Some((id.clone(), chrono::DateTime::from_timestamp_millis(ms?)?))
+            })
+            .collect())
+    }
+
+    /// Reads the input and plans it on blocking threads (the store's record of earlier loads
+    /// in between); with `list`, also builds the `PlanBatch` object listing.
     async fn plan(
         &self,
         key: String,
@@ -275,8 +295,8 @@ impl<S: StateStore> OrchestratorService<S> {
     ) -> Result<Planned, ServiceError> {
         let max = self.settings.max_objects;
         let durations = self.settings.zone_durations_ms.clone();
-        tokio::task::spawn_blocking(move || {
-            let objects = match input {
+        let objects = tokio::task::spawn_blocking(move || {
+            Ok::<_, ServiceError>(match input {
                 Input::Objects(defs) => {
                     if defs.len() > max {
                         return Err(PlanError::TooLarge {
@@ -288,8 +308,25 @@ impl<S: StateStore> OrchestratorService<S> {
                     convert::object_defs(defs).map_err(|problems| CatalogueError { problems })?
                 }
                 Input::Document(bytes) => read_catalogue(&bytes)?.objects,
-            };
-            let prepared = batch::prepare(&key, objects, options, max, &durations, Utc::now())?;
+            })
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(format!("reading task failed: {e}")))??;
+        let last_loaded = if options.force {
+            batch::LastLoaded::default()
+        } else {
+            self.last_loaded(&objects).await?
+        };
+        tokio::task::spawn_blocking(move || {
+            let prepared = batch::prepare(
+                &key,
+                objects,
+                options,
+                max,
+                &durations,
+                &last_loaded,
+                Utc::now(),
+            )?;
             let disps = wire::dispositions(
                 &prepared.objects,
                 &prepared.plan,
@@ -1216,6 +1253,7 @@ fn replan(
         options,
         usize::MAX,
         durations,
+        &Default::default(),
         created_at,
     )
     .ok()

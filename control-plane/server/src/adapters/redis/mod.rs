@@ -22,6 +22,7 @@
 //! | `{p}retries` | zset | `{batch}:{node}:{attempt}`, score `due_ms` |
 //! | `{p}dlq` | zset | `{batch}:{node}`, score `dead_at_ms` (`list_dead_letters`) |
 //! | `{p}expiring` | zset | ids of finished batches, score = when their keys expire (pruning) |
+//! | `{p}loaded` | hash | object id → when it was last loaded (ms), by any batch (freshness; no TTL: one field per object ever loaded) |
 //!
 //! # Finished batches
 //!
@@ -35,6 +36,7 @@
 //! # Round trips
 //!
 //! `create_batch`, `apply`, `claim_due_retries`, `list_batches`, `list_dead_letters`, `ping`: 1.
+//! `last_loaded`: 1 (a pipeline of `HMGET`s of 10,000 fields each).
 //! `get_batch`: 2. `load_active`: 1, plus per active batch 2 + one per 10,000 node records (at
 //! least one). After a Redis restart the first script call costs 2 more (`NOSCRIPT`, then the
 //! scripts are loaded again).
@@ -97,6 +99,8 @@ const MAX_PAGE: usize = 10_000;
 /// Expired batches pruned per `claim_due_retries` call, and their dead-letter entries.
 const PRUNE_BATCHES: usize = 4;
 const PRUNE_LETTERS: usize = 2_000;
+/// Fields per `HMGET` of `last_loaded`.
+const HMGET_CHUNK: usize = 10_000;
 
 /// The Redis state store. Cheap to clone (clones share the connection and the counter).
 #[derive(Debug, Clone)]
@@ -424,7 +428,11 @@ impl StateStore for RedisStore {
     }
 
     async fn apply(&self, step: &StepWrite) -> PortResult<()> {
-        if step.batches.is_empty() && step.schedule.is_empty() && step.dead_letters.is_empty() {
+        if step.batches.is_empty()
+            && step.schedule.is_empty()
+            && step.dead_letters.is_empty()
+            && step.loaded.is_empty()
+        {
             return Ok(());
         }
         let mut cmd = script_cmd(&SCRIPTS.apply);
@@ -461,6 +469,11 @@ impl StateStore for RedisStore {
                 size += ITEM_COST;
             }
         }
+        cmd.arg(step.loaded.len());
+        for (object_id, at_ms) in &step.loaded {
+            cmd.arg(object_id).arg(*at_ms);
+        }
+        size += step.loaded.len() * ITEM_COST;
         let reply = self.eval("apply step", &cmd, size).await?;
         for id in array(reply).map_err(|d| corrupt("apply reply", d))? {
             let id = text(id).map_err(|d| corrupt("apply reply", d))?;
@@ -605,6 +618,36 @@ impl StateStore for RedisStore {
             });
         }
         Ok((letters, next))
+    }
+
+    async fn last_loaded(&self, object_ids: &[String]) -> PortResult<Vec<Option<i64>>> {
+        if object_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let key = format!("{}loaded", self.prefix);
+        let mut pipe = redis::pipe();
+        for chunk in object_ids.chunks(HMGET_CHUNK) {
+            pipe.cmd("HMGET").arg(&key).arg(chunk);
+        }
+        let replies = self
+            .query_pipe("read last loaded times", &pipe, object_ids.len() * 24)
+            .await?;
+        let mut out = Vec::with_capacity(object_ids.len());
+        for reply in replies {
+            for v in array(reply).map_err(|d| corrupt("last loaded times", d))? {
+                out.push(match v {
+                    Value::Nil => None,
+                    v => Some(int(v).map_err(|d| corrupt("last loaded time", d))?),
+                });
+            }
+        }
+        if out.len() != object_ids.len() {
+            return Err(corrupt(
+                "last loaded times",
+                format!("{} values for {} ids", out.len(), object_ids.len()),
+            ));
+        }
+        Ok(out)
     }
 
     async fn ping(&self) -> PortResult<()> {

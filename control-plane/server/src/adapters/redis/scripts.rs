@@ -192,6 +192,11 @@ for _ = 1, nbatch do
   end
   i = i + 2 * nn
 end
+
+local nloaded = tonumber(ARGV[i]); i = i + 1
+if nloaded > 0 then
+  chunked('HSET', p .. 'loaded', ARGV, i, i + 2 * nloaded - 1)
+end
 return skipped
 "#;
 
