@@ -14,6 +14,7 @@ pub mod freshness;
 pub mod machine;
 pub mod model;
 pub mod planner;
+pub mod preflight;
 pub mod retry;
 pub mod synth;
 

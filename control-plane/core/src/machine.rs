@@ -75,7 +75,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Dag, NodeIx};
-use crate::retry::{RetryPolicy, RetryPolicyError};
+use crate::retry::{NodePolicies, RetryPolicy, RetryPolicyError};
 
 /// The state of one object in a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -562,6 +562,14 @@ pub enum MachineError {
         /// Entries given.
         given: usize,
     },
+    /// The per-node retry policies do not cover the DAG's nodes.
+    #[error("the batch has {dag} node(s) but retry policies for {given}")]
+    PoliciesMismatch {
+        /// Nodes in the DAG.
+        dag: usize,
+        /// Nodes with a policy class.
+        given: usize,
+    },
     /// The DAG has more nodes than a [`NodeIx`] can address.
     #[error("the batch has {0} nodes, more than the state machine supports")]
     TooLarge(usize),
@@ -595,7 +603,7 @@ struct Inner {
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchMachine {
     dag: Dag,
-    policy: RetryPolicy,
+    policies: NodePolicies,
     inner: Inner,
 }
 
@@ -610,12 +618,14 @@ impl BatchMachine {
     pub fn start(
         dag: Dag,
         init: Vec<InitialDisposition>,
-        policy: RetryPolicy,
+        policies: impl Into<NodePolicies>,
         out: &mut Vec<Effect>,
     ) -> Result<Self, MachineError> {
-        policy.validate()?;
+        let policies = policies.into();
+        policies.validate()?;
         let n = dag.len();
         check_size(n)?;
+        check_policies(&policies, n)?;
         if init.len() != n {
             return Err(MachineError::LengthMismatch {
                 dag: n,
@@ -637,7 +647,7 @@ impl BatchMachine {
                 batch: BatchState::Running,
             },
             dag,
-            policy,
+            policies,
         };
         let Self { dag, inner, .. } = &mut machine;
 
@@ -681,11 +691,13 @@ impl BatchMachine {
     pub fn restore(
         dag: Dag,
         nodes: Vec<NodeRecord>,
-        policy: RetryPolicy,
+        policies: impl Into<NodePolicies>,
     ) -> Result<Self, MachineError> {
-        policy.validate()?;
+        let policies = policies.into();
+        policies.validate()?;
         let n = dag.len();
         check_size(n)?;
+        check_policies(&policies, n)?;
         if nodes.len() != n {
             return Err(MachineError::LengthMismatch {
                 dag: n,
@@ -756,7 +768,7 @@ impl BatchMachine {
         };
         Ok(Self {
             dag,
-            policy,
+            policies,
             inner: Inner {
                 nodes,
                 unsatisfied,
@@ -946,7 +958,12 @@ impl BatchMachine {
             NodeState::RetryWait | NodeState::Dead => return Err(IgnoreReason::Duplicate),
             _ => return Err(IgnoreReason::Late),
         }
-        let Self { dag, policy, inner } = self;
+        let Self {
+            dag,
+            policies,
+            inner,
+        } = self;
+        let policy = policies.of(node as usize);
         let rec = &mut inner.nodes[node as usize];
         rec.last_error = Some(error);
         let run_attempt = rec.run_attempts();
@@ -1105,9 +1122,14 @@ impl BatchMachine {
         &self.dag
     }
 
-    /// The retry policy.
-    pub fn policy(&self) -> &RetryPolicy {
-        &self.policy
+    /// The retry policies of the nodes.
+    pub fn policies(&self) -> &NodePolicies {
+        &self.policies
+    }
+
+    /// The retry policy of one node.
+    pub fn policy(&self, node: NodeIx) -> &RetryPolicy {
+        self.policies.of(node as usize)
     }
 
     /// The batch state.
@@ -1219,6 +1241,16 @@ impl BatchMachine {
     pub fn raise_epoch_floor(&mut self, floor: u64) {
         self.inner.next_epoch = self.inner.next_epoch.max(floor);
     }
+}
+
+fn check_policies(policies: &NodePolicies, n: usize) -> Result<(), MachineError> {
+    if !policies.is_uniform() && policies.len() != n {
+        return Err(MachineError::PoliciesMismatch {
+            dag: n,
+            given: policies.len(),
+        });
+    }
+    Ok(())
 }
 
 fn check_size(n: usize) -> Result<(), MachineError> {

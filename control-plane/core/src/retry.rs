@@ -253,3 +253,160 @@ mod tests {
         assert_eq!(zero.backoff(u32::MAX, 0.9), Duration::ZERO);
     }
 }
+
+/// The retry policy of every node of a batch: one policy for all, or a few distinct ones (a
+/// batch's zones may differ) and each node's index into them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodePolicies {
+    table: Vec<RetryPolicy>,
+    /// Index into `table` per node; empty when `table` has one policy for every node.
+    class: Vec<u8>,
+}
+
+/// Why a [`NodePolicies`] is not usable.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum NodePoliciesError {
+    /// More than 256 distinct policies.
+    #[error("at most 256 distinct retry policies per batch, got {0}")]
+    TooMany(usize),
+    /// A node names a policy that does not exist.
+    #[error("node {node} names retry policy {class}, but there are {count}")]
+    UnknownClass {
+        /// The node.
+        node: usize,
+        /// Its class.
+        class: u8,
+        /// How many policies there are.
+        count: usize,
+    },
+    /// One of the policies is invalid.
+    #[error(transparent)]
+    Policy(#[from] RetryPolicyError),
+}
+
+impl From<RetryPolicy> for NodePolicies {
+    fn from(policy: RetryPolicy) -> Self {
+        Self {
+            table: vec![policy],
+            class: Vec::new(),
+        }
+    }
+}
+
+impl NodePolicies {
+    /// Node `i` follows `table[class[i]]`. Identical policies are merged; one policy for all
+    /// nodes is stored without the per-node classes.
+    pub fn per_node(table: Vec<RetryPolicy>, class: Vec<u8>) -> Result<Self, NodePoliciesError> {
+        if table.len() > 256 {
+            return Err(NodePoliciesError::TooMany(table.len()));
+        }
+        if let Some((node, &c)) = class
+            .iter()
+            .enumerate()
+            .find(|(_, c)| usize::from(**c) >= table.len())
+        {
+            return Err(NodePoliciesError::UnknownClass {
+                node,
+                class: c,
+                count: table.len(),
+            });
+        }
+        let mut merged: Vec<RetryPolicy> = Vec::new();
+        let remap: Vec<u8> = table
+            .iter()
+            .map(|p| match merged.iter().position(|m| m == p) {
+                Some(i) => i as u8,
+                None => {
+                    merged.push(*p);
+                    (merged.len() - 1) as u8
+                }
+            })
+            .collect();
+        let used: Vec<u8> = class.iter().map(|c| remap[usize::from(*c)]).collect();
+        if merged.len() <= 1 || used.iter().all(|c| *c == used[0]) {
+            let only = used.first().map_or(0, |c| usize::from(*c));
+            return Ok(Self::from(merged.get(only).copied().unwrap_or_default()));
+        }
+        Ok(Self {
+            table: merged,
+            class: used,
+        })
+    }
+
+    /// Checks every policy (see [`RetryPolicy::validate`]).
+    pub fn validate(&self) -> Result<(), RetryPolicyError> {
+        self.table.iter().try_for_each(RetryPolicy::validate)
+    }
+
+    /// The policy of node `node` (the first policy for a node out of range).
+    pub fn of(&self, node: usize) -> &RetryPolicy {
+        let class = self.class.get(node).map_or(0, |c| usize::from(*c));
+        &self.table[class]
+    }
+
+    /// Whether nodes follow more than one policy.
+    pub fn is_uniform(&self) -> bool {
+        self.class.is_empty()
+    }
+
+    /// How many nodes have per-node classes (0 when uniform).
+    pub fn len(&self) -> usize {
+        self.class.len()
+    }
+
+    /// True when uniform.
+    pub fn is_empty(&self) -> bool {
+        self.class.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod node_policy_tests {
+    use super::*;
+
+    fn attempts(n: u32) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: n,
+            ..RetryPolicy::default()
+        }
+    }
+
+    #[test]
+    fn nodes_follow_their_class_and_equal_policies_merge() {
+        let p = NodePolicies::per_node(
+            vec![attempts(3), attempts(5), attempts(3)],
+            vec![0, 1, 2, 1],
+        )
+        .expect("valid");
+        assert!(!p.is_uniform());
+        assert_eq!(p.len(), 4);
+        assert_eq!(
+            (0..4).map(|n| p.of(n).max_attempts).collect::<Vec<_>>(),
+            [3, 5, 3, 5]
+        );
+        let same =
+            NodePolicies::per_node(vec![attempts(4), attempts(4)], vec![0, 1, 1]).expect("valid");
+        assert!(same.is_uniform());
+        assert_eq!(same, NodePolicies::from(attempts(4)));
+        assert_eq!(same.of(99).max_attempts, 4);
+    }
+
+    #[test]
+    fn bad_tables_are_refused() {
+        assert!(matches!(
+            NodePolicies::per_node(vec![attempts(1)], vec![0, 1]),
+            Err(NodePoliciesError::UnknownClass {
+                node: 1,
+                class: 1,
+                count: 1
+            })
+        ));
+        assert!(matches!(
+            NodePolicies::per_node(vec![attempts(1); 257], vec![]),
+            Err(NodePoliciesError::TooMany(257))
+        ));
+        let zero =
+            NodePolicies::per_node(vec![attempts(1), attempts(0)], vec![0, 1]).expect("built");
+        assert_eq!(zero.validate(), Err(RetryPolicyError::ZeroMaxAttempts));
+    }
+}

@@ -103,7 +103,8 @@ fn preflight_rejection_of_a_deep_chain_root_and_restore_work_on_a_small_stack() 
         assert_eq!(m.counts().get(NodeState::UpstreamFailed), DEPTH - 1);
         assert_eq!(m.batch_state(), BatchState::Failed);
         let restored =
-            BatchMachine::restore(m.dag().clone(), m.records().to_vec(), *m.policy()).unwrap();
+            BatchMachine::restore(m.dag().clone(), m.records().to_vec(), m.policies().clone())
+                .unwrap();
         assert_eq!(restored, m);
     });
 }

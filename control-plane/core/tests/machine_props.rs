@@ -424,7 +424,7 @@ impl Sim {
         }
         // Restore from the records gives the same machine back.
         let mut restored =
-            BatchMachine::restore(m.dag().clone(), m.records().to_vec(), *m.policy())
+            BatchMachine::restore(m.dag().clone(), m.records().to_vec(), m.policies().clone())
                 .expect("records of a live machine restore");
         if self.crashes > 0 {
             // A raised epoch floor is not in the records.
@@ -580,7 +580,7 @@ impl Sim {
                 };
                 self.crashes += 1;
                 let dag = self.m.dag().clone();
-                let policy = *self.m.policy();
+                let policy = self.m.policies().clone();
                 let mut m = BatchMachine::restore(dag, saved.records, policy).unwrap();
                 if *bump > 0 {
                     // A driver that persists a high-water mark of epochs.

@@ -8,7 +8,7 @@ use strata_core::machine::{
     BatchMachine, BatchState, DeadReason, Effect, Event, IgnoreReason, InitialDisposition,
     LossReason, MachineError, NodeRecord, NodeState, Outcome,
 };
-use strata_core::retry::RetryPolicy;
+use strata_core::retry::{NodePolicies, RetryPolicy};
 
 use InitialDisposition::{PreflightRejected, Run};
 const FRESH: InitialDisposition = InitialDisposition::SkippedFresh;
@@ -779,4 +779,34 @@ fn construction_errors_are_named() {
     let err = BatchMachine::start(Dag::from_parents(&[vec![]]), vec![Run], bad, &mut fx);
     assert!(matches!(err, Err(MachineError::Policy(_))));
     assert!(fx.is_empty());
+}
+
+#[test]
+fn each_node_retries_by_its_own_policy_and_keeps_it_across_a_restore() {
+    // Two roots: node 0 may run once (its zone never retries), node 1 three times.
+    let policies = NodePolicies::per_node(vec![policy(1), policy(3)], vec![0, 1]).unwrap();
+    let mut fx = Vec::new();
+    let m = BatchMachine::start(
+        Dag::from_parents(&[vec![], vec![]]),
+        vec![Run, Run],
+        policies.clone(),
+        &mut fx,
+    )
+    .unwrap();
+    let mut h = H { m, fx };
+    assert_eq!(h.m.policy(0).max_attempts, 1);
+    assert_eq!(h.m.policy(1).max_attempts, 3);
+    assert_eq!(h.failed(0, true), Outcome::Applied);
+    assert_eq!(h.m.state(0), Some(Dead));
+    assert_eq!(h.failed(1, true), Outcome::Applied);
+    assert_eq!(h.m.state(1), Some(RetryWait));
+    let restored =
+        BatchMachine::restore(h.m.dag().clone(), h.m.records().to_vec(), policies).unwrap();
+    assert_eq!(restored.policies(), h.m.policies());
+    // A policy table that does not cover the graph is refused.
+    let short = NodePolicies::per_node(vec![policy(1), policy(3)], vec![0, 1, 1]).unwrap();
+    assert!(matches!(
+        BatchMachine::restore(h.m.dag().clone(), h.m.records().to_vec(), short),
+        Err(MachineError::PoliciesMismatch { dag: 2, given: 3 })
+    ));
 }

@@ -13,7 +13,8 @@ use sha2::{Digest, Sha256};
 use strata_core::freshness::Frequency;
 use strata_core::machine::InitialDisposition;
 use strata_core::planner::{Plan, PlanError, PlanRequest, Targets, plan};
-use strata_core::retry::RetryPolicy;
+use strata_core::preflight::PreflightRules;
+use strata_core::retry::{NodePolicies, RetryPolicy};
 use strata_core::{ObjectDef, ObjectId, Zone};
 
 /// What the user asked for besides the objects.
@@ -27,10 +28,78 @@ pub struct BatchOptions {
     pub force: bool,
     /// Treat unknown parents as external and satisfied.
     pub allow_external_parents: bool,
-    /// Retry policy of this batch.
+    /// What the submission asked of the retry policy (the content digest covers this, not the
+    /// configuration it was resolved against).
+    #[serde(default)]
+    pub retry_request: RetryRequest,
+    /// Retry policy of this batch's objects: the configured default with the request applied.
     pub retry: RetryPolicy,
+    /// Zones whose configured defaults differ, with the request applied to them (resolved at
+    /// submission, so a restart keeps the batch's policies whatever the configuration says).
+    #[serde(default)]
+    pub zone_retry: BTreeMap<Zone, RetryPolicy>,
     /// Free labels.
     pub labels: BTreeMap<String, String>,
+}
+
+/// The retry settings a submission overrides (unset: the zone's or the global default).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct RetryRequest {
+    /// Total attempts.
+    pub max_attempts: Option<u32>,
+    /// Ceiling of the first backoff.
+    pub initial_backoff: Option<std::time::Duration>,
+    /// Growth of the ceiling.
+    pub multiplier: Option<f64>,
+    /// Cap of the ceiling.
+    pub max_backoff: Option<std::time::Duration>,
+}
+
+impl RetryRequest {
+    /// `base` with the requested settings applied.
+    pub fn apply(&self, base: RetryPolicy) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: self.max_attempts.unwrap_or(base.max_attempts),
+            initial_backoff: self.initial_backoff.unwrap_or(base.initial_backoff),
+            multiplier: self.multiplier.unwrap_or(base.multiplier),
+            max_backoff: self.max_backoff.unwrap_or(base.max_backoff),
+        }
+    }
+}
+
+/// What planning a submission depends on besides the submission itself.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanContext<'a> {
+    /// Largest accepted batch.
+    pub max_objects: usize,
+    /// Expected duration per zone (critical path).
+    pub durations: &'a BTreeMap<Zone, u64>,
+    /// When objects were last loaded by earlier batches.
+    pub last_loaded: &'a LastLoaded,
+    /// Preflight rules per zone (zones without rules reject only disabled objects).
+    pub preflight: &'a BTreeMap<Zone, PreflightRules>,
+    /// The submission time.
+    pub now: DateTime<Utc>,
+}
+
+impl BatchOptions {
+    /// The retry policy of each planned node: its zone's, else the batch's.
+    pub fn node_policies(&self, objects: &[ObjectDef], plan: &Plan) -> NodePolicies {
+        if self.zone_retry.is_empty() {
+            return self.retry.into();
+        }
+        let mut table = vec![self.retry];
+        let zones: Vec<&Zone> = self.zone_retry.keys().collect();
+        table.extend(self.zone_retry.values().copied());
+        let class = (0..plan.len() as u32)
+            .map(|node| {
+                let zone = &plan.object(objects, node).zone;
+                zones.iter().position(|z| *z == zone).map_or(0, |i| i + 1) as u8
+            })
+            .collect();
+        // At most 255 configured zones differ: `Config::validate` refuses more.
+        NodePolicies::per_node(table, class).unwrap_or_else(|_| self.retry.into())
+    }
 }
 
 impl BatchOptions {
@@ -83,18 +152,19 @@ pub fn batch_id_for(idempotency_key: &str) -> String {
 pub type LastLoaded = FxHashMap<ObjectId, DateTime<Utc>>;
 
 /// Plans a submission and decides each object's initial disposition. An object counts as loaded
-/// at the later of its submitted `last_loaded_at` and `last_loaded[id]`.
+/// at the later of its submitted `last_loaded_at` and `ctx.last_loaded[id]`.
 pub fn prepare(
     idempotency_key: &str,
     objects: Vec<ObjectDef>,
     options: BatchOptions,
-    max_objects: usize,
-    durations: &BTreeMap<Zone, u64>,
-    last_loaded: &LastLoaded,
-    now: DateTime<Utc>,
+    ctx: &PlanContext<'_>,
 ) -> Result<PreparedBatch, PlanError> {
-    let plan = plan(&objects, &options.plan_request(max_objects, durations))?;
-    let dispositions = dispositions(&objects, &plan, options.force, last_loaded, now);
+    let plan = plan(
+        &objects,
+        &options.plan_request(ctx.max_objects, ctx.durations),
+    )?;
+    let dispositions = dispositions(&objects, &plan, options.force, ctx);
+    let now = ctx.now;
     let content_hash = content_hash(&plan.plan_hash, &options);
     Ok(PreparedBatch {
         batch_id: batch_id_for(idempotency_key),
@@ -108,24 +178,24 @@ pub fn prepare(
     })
 }
 
-/// Disabled objects are rejected by preflight; fresh ones are skipped unless forced.
+/// Objects failing their zone's preflight rules (disabled ones in every zone) are rejected;
+/// fresh ones are skipped unless forced.
 pub fn dispositions(
     objects: &[ObjectDef],
     plan: &Plan,
     force: bool,
-    last_loaded: &LastLoaded,
-    now: DateTime<Utc>,
+    ctx: &PlanContext<'_>,
 ) -> Vec<InitialDisposition> {
     let mut frequencies: FxHashMap<&str, Option<Frequency>> = FxHashMap::default();
+    let no_rules = PreflightRules::default();
+    let now = ctx.now;
     (0..plan.len() as u32)
         .map(|node| {
             let o = plan.object(objects, node);
-            if !o.enabled {
-                return InitialDisposition::PreflightRejected {
-                    reason: format!("object {} is disabled", o.id),
-                };
+            if let Some(reason) = ctx.preflight.get(&o.zone).unwrap_or(&no_rules).check(o) {
+                return InitialDisposition::PreflightRejected { reason };
             }
-            let loaded_at = o.last_loaded_at.max(last_loaded.get(&o.id).copied());
+            let loaded_at = o.last_loaded_at.max(ctx.last_loaded.get(&o.id).copied());
             if !force && let (Some(freq), Some(_)) = (o.frequency.as_deref(), loaded_at) {
                 let f = frequencies
                     .entry(freq)
@@ -140,8 +210,26 @@ pub fn dispositions(
 }
 
 fn content_hash(plan_hash: &str, options: &BatchOptions) -> String {
+    /// What the submitter chose; the policies resolved from the configuration are left out.
+    #[derive(Serialize)]
+    struct Requested<'a> {
+        targets: &'a [ObjectId],
+        all: bool,
+        force: bool,
+        allow_external_parents: bool,
+        retry: &'a RetryRequest,
+        labels: &'a BTreeMap<String, String>,
+    }
+    let requested = Requested {
+        targets: &options.targets,
+        all: options.all,
+        force: options.force,
+        allow_external_parents: options.allow_external_parents,
+        retry: &options.retry_request,
+        labels: &options.labels,
+    };
     let mut h = Sha256::new();
     h.update(plan_hash.as_bytes());
-    h.update(serde_json::to_vec(options).unwrap_or_default());
+    h.update(serde_json::to_vec(&requested).unwrap_or_default());
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }

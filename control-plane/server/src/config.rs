@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 use strata_core::Zone;
+use strata_core::preflight::PreflightRules;
 use strata_core::retry::RetryPolicy;
 
 /// Command-line flags and environment variables of `strata-control-plane`.
@@ -104,7 +105,8 @@ pub struct Flags {
     #[arg(long, env = "STRATA_EXECUTION_TIMEOUT_SECS")]
     pub execution_timeout_secs: Option<u64>,
 
-    /// Per-zone settings (TOML only): `[zones_config.raw] expected_duration_ms = 2000`.
+    /// Per-zone settings (TOML only), e.g. `[zones_config.raw] max_attempts = 5` and
+    /// `[zones_config.raw.preflight] reject_ids = ["*99"]`; see [`ZoneSettings`].
     #[arg(skip)]
     pub zones_config: Option<BTreeMap<String, ZoneSettings>>,
 }
@@ -115,6 +117,18 @@ pub struct Flags {
 pub struct ZoneSettings {
     /// Expected duration of one object, for the critical path, in ms.
     pub expected_duration_ms: Option<u64>,
+    /// Attempts per object in this zone (default: the global `max_attempts`).
+    pub max_attempts: Option<u32>,
+    /// First backoff ceiling in this zone, in ms.
+    pub initial_backoff_ms: Option<u64>,
+    /// Backoff growth in this zone.
+    pub backoff_multiplier: Option<f64>,
+    /// Backoff cap in this zone, in ms.
+    pub max_backoff_ms: Option<u64>,
+    /// Execution timeout of one attempt in this zone, in seconds.
+    pub execution_timeout_secs: Option<u64>,
+    /// Preflight rules of this zone (disabled objects are rejected in every zone).
+    pub preflight: Option<PreflightRules>,
 }
 
 /// The effective, validated configuration.
@@ -150,6 +164,12 @@ pub struct Config {
     pub execution_timeout: Duration,
     /// Expected per-zone durations, in ms.
     pub zone_durations_ms: BTreeMap<Zone, u64>,
+    /// Zones whose retry policy differs from `retry` (their settings over `retry`).
+    pub zone_retry: BTreeMap<Zone, RetryPolicy>,
+    /// Zones whose execution timeout differs from `execution_timeout`.
+    pub zone_execution_timeouts: BTreeMap<Zone, Duration>,
+    /// Preflight rules per zone.
+    pub preflight: BTreeMap<Zone, PreflightRules>,
 }
 
 /// A configuration that cannot be used.
@@ -209,15 +229,13 @@ impl Flags {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let mut zone_durations_ms = BTreeMap::new();
+        let mut zone_settings = BTreeMap::new();
         for (name, s) in f.zones_config.or(file.zones_config).unwrap_or_default() {
             let zone = Zone::parse(&name).ok_or_else(|| ConfigError::Invalid {
                 name: "zones_config",
                 detail: format!("{name:?} is not a zone name"),
             })?;
-            if let Some(ms) = s.expected_duration_ms {
-                zone_durations_ms.insert(zone, ms);
-            }
+            zone_settings.insert(zone, s);
         }
         let kafka_properties = f
             .kafka_properties
@@ -296,14 +314,48 @@ impl Flags {
                     .or(file.execution_timeout_secs)
                     .unwrap_or(3600),
             ),
-            zone_durations_ms,
+            zone_durations_ms: BTreeMap::new(),
+            zone_retry: BTreeMap::new(),
+            zone_execution_timeouts: BTreeMap::new(),
+            preflight: BTreeMap::new(),
         };
+        let config = config.with_zone_settings(zone_settings);
         config.validate()?;
         Ok(config)
     }
 }
 
 impl Config {
+    /// Applies per-zone settings over the global ones.
+    fn with_zone_settings(mut self, zones: BTreeMap<Zone, ZoneSettings>) -> Self {
+        for (zone, s) in zones {
+            if let Some(ms) = s.expected_duration_ms {
+                self.zone_durations_ms.insert(zone.clone(), ms);
+            }
+            let retry = RetryPolicy {
+                max_attempts: s.max_attempts.unwrap_or(self.retry.max_attempts),
+                initial_backoff: s
+                    .initial_backoff_ms
+                    .map_or(self.retry.initial_backoff, Duration::from_millis),
+                multiplier: s.backoff_multiplier.unwrap_or(self.retry.multiplier),
+                max_backoff: s
+                    .max_backoff_ms
+                    .map_or(self.retry.max_backoff, Duration::from_millis),
+            };
+            if retry != self.retry {
+                self.zone_retry.insert(zone.clone(), retry);
+            }
+            if let Some(secs) = s.execution_timeout_secs {
+                self.zone_execution_timeouts
+                    .insert(zone.clone(), Duration::from_secs(secs));
+            }
+            if let Some(rules) = s.preflight {
+                self.preflight.insert(zone, rules);
+            }
+        }
+        self
+    }
+
     /// Checks the settings against each other.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |name, detail: &str| {
@@ -314,6 +366,27 @@ impl Config {
         };
         if let Err(e) = self.retry.validate() {
             return invalid("retry policy", &e.to_string());
+        }
+        for (zone, retry) in &self.zone_retry {
+            if let Err(e) = retry.validate() {
+                return invalid("zones_config", &format!("zone {zone}: {e}"));
+            }
+        }
+        if self.zone_retry.len() > 255 {
+            return invalid(
+                "zones_config",
+                "at most 255 zones may set their own retry policy",
+            );
+        }
+        for (zone, rules) in &self.preflight {
+            if let Err(e) = rules.validate() {
+                return invalid("zones_config", &format!("zone {zone} preflight: {e}"));
+            }
+        }
+        if self.execution_timeout.is_zero()
+            || self.zone_execution_timeouts.values().any(Duration::is_zero)
+        {
+            return invalid("execution-timeout-secs", "must be at least 1 second");
         }
         if self.zones.is_empty() {
             return invalid("zones", "at least one zone is needed");
@@ -334,6 +407,34 @@ impl Config {
             return invalid("redis-url", "must start with redis:// or rediss://");
         }
         Ok(())
+    }
+
+    /// The per-zone settings that differ from the global ones, as a TOML file states them.
+    pub fn zone_settings(&self) -> BTreeMap<String, ZoneSettings> {
+        let mut out: BTreeMap<String, ZoneSettings> = BTreeMap::new();
+        fn entry<'a>(
+            out: &'a mut BTreeMap<String, ZoneSettings>,
+            z: &Zone,
+        ) -> &'a mut ZoneSettings {
+            out.entry(z.to_string()).or_default()
+        }
+        for (z, ms) in &self.zone_durations_ms {
+            entry(&mut out, z).expected_duration_ms = Some(*ms);
+        }
+        for (z, p) in &self.zone_retry {
+            let s = entry(&mut out, z);
+            s.max_attempts = Some(p.max_attempts);
+            s.initial_backoff_ms = Some(p.initial_backoff.as_millis() as u64);
+            s.backoff_multiplier = Some(p.multiplier);
+            s.max_backoff_ms = Some(p.max_backoff.as_millis() as u64);
+        }
+        for (z, t) in &self.zone_execution_timeouts {
+            entry(&mut out, z).execution_timeout_secs = Some(t.as_secs());
+        }
+        for (z, rules) in &self.preflight {
+            entry(&mut out, z).preflight = Some(rules.clone());
+        }
+        out
     }
 
     /// The Redis URL with its password masked, for messages and logs.
@@ -375,6 +476,7 @@ struct DisplayConfig {
     backoff_multiplier: f64,
     max_backoff_ms: u64,
     execution_timeout_secs: u64,
+    zones_config: BTreeMap<String, ZoneSettings>,
 }
 
 impl From<&Config> for DisplayConfig {
@@ -401,6 +503,7 @@ impl From<&Config> for DisplayConfig {
             backoff_multiplier: c.retry.multiplier,
             max_backoff_ms: c.retry.max_backoff.as_millis() as u64,
             execution_timeout_secs: c.execution_timeout.as_secs(),
+            zones_config: c.zone_settings(),
         }
     }
 }
@@ -468,6 +571,70 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(err.to_string().contains("Bad Zone"), "{err}");
+    }
+
+    #[test]
+    fn zones_have_their_own_retry_timeout_and_preflight_and_print_back() {
+        let dir = std::env::temp_dir().join(format!("strata-zones-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("zones.toml");
+        std::fs::write(
+            &path,
+            r#"
+max_attempts = 4
+[zones_config.raw]
+max_attempts = 6
+max_backoff_ms = 60000
+execution_timeout_secs = 120
+[zones_config.raw.preflight]
+reject_ids = ["*99"]
+require_attributes = ["URL"]
+[zones_config.application]
+max_attempts = 4
+"#,
+        )
+        .unwrap();
+        let c = Flags {
+            config: Some(path.clone()),
+            ..Flags::default()
+        }
+        .resolve()
+        .unwrap();
+        let raw = Zone::parse("raw").unwrap();
+        assert_eq!(c.retry.max_attempts, 4);
+        assert_eq!(c.zone_retry.len(), 1, "application equals the default");
+        assert_eq!(c.zone_retry[&raw].max_attempts, 6);
+        assert_eq!(c.zone_retry[&raw].max_backoff, Duration::from_secs(60));
+        assert_eq!(c.zone_retry[&raw].initial_backoff, c.retry.initial_backoff);
+        assert_eq!(c.zone_execution_timeouts[&raw], Duration::from_secs(120));
+        assert_eq!(c.preflight[&raw].reject_ids, ["*99"]);
+
+        // What --print-config shows reads back as the same configuration.
+        std::fs::write(&path, c.to_display_toml()).unwrap();
+        let again = Flags {
+            config: Some(path.clone()),
+            ..Flags::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(again, c);
+
+        std::fs::write(&path, "[zones_config.raw]\nmax_attempts = 0\n").unwrap();
+        let err = Flags {
+            config: Some(path.clone()),
+            ..Flags::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("zone raw"), "{err}");
+        std::fs::write(&path, "[zones_config.raw.preflight]\nallow_ids = [\"\"]\n").unwrap();
+        let err = Flags {
+            config: Some(path),
+            ..Flags::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("allow_ids"), "{err}");
     }
 
     #[test]

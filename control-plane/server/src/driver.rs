@@ -25,8 +25,8 @@ use chrono::{DateTime, Utc};
 use rustc_hash::FxHashMap;
 use strata_core::coalesce::{Claim, Coalescer, Delivery, Settlement, Ticket};
 use strata_core::machine::{
-    BatchMachine, BatchState, Effect, Event, IgnoreReason, InitialDisposition, NodeRecord,
-    NodeState, Outcome,
+    BatchMachine, BatchState, DeadReason, Effect, Event, IgnoreReason, InitialDisposition,
+    NodeRecord, NodeState, Outcome,
 };
 use strata_core::model::NodeIx;
 use strata_core::planner::Plan;
@@ -35,7 +35,7 @@ use strata_proto::v1::{self as pb, object_result};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::batch::{BatchOptions, PreparedBatch, prepare};
+use crate::batch::{BatchOptions, PlanContext, PreparedBatch, prepare};
 use crate::convert;
 use crate::latency::LatencyHistogram;
 use crate::ports::{
@@ -59,6 +59,8 @@ pub struct DriverSettings {
     pub zones: Vec<Zone>,
     /// Execution timeout put on each Ready.
     pub execution_timeout: Duration,
+    /// Zones whose execution timeout differs.
+    pub zone_execution_timeouts: BTreeMap<Zone, Duration>,
     /// How often due retries are claimed and undelivered Ready records re-published.
     pub tick: Duration,
 }
@@ -74,6 +76,7 @@ impl Default for DriverSettings {
                 Zone::parse(Zone::APPLICATION).expect("valid"),
             ],
             execution_timeout: Duration::from_secs(3600),
+            zone_execution_timeouts: BTreeMap::new(),
             tick: Duration::from_millis(100),
         }
     }
@@ -448,7 +451,7 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
         let machine = BatchMachine::start(
             p.plan.dag.clone(),
             p.dispositions.clone(),
-            p.options.retry,
+            p.options.node_policies(&p.objects, &p.plan),
             &mut effects,
         )
         .map_err(|e| DriverError::FailedPrecondition(e.to_string()))?;
@@ -550,16 +553,16 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                 serde_json::from_value(b.options.clone()).unwrap_or_default();
             let created_at =
                 DateTime::from_timestamp_millis(b.created_at_ms).unwrap_or_else(Utc::now);
-            let prepared = match prepare(
-                &b.idempotency_key,
-                objects,
-                options,
-                usize::MAX,
-                &self.settings.zone_durations_ms,
-                // Its objects' initial dispositions are in the restored records already.
-                &Default::default(),
-                created_at,
-            ) {
+            // The initial dispositions are in the restored records already (and taken from
+            // them below): planning needs no earlier loads and no preflight rules.
+            let ctx = PlanContext {
+                max_objects: usize::MAX,
+                durations: &self.settings.zone_durations_ms,
+                last_loaded: &Default::default(),
+                preflight: &Default::default(),
+                now: created_at,
+            };
+            let prepared = match prepare(&b.idempotency_key, objects, options, &ctx) {
                 Ok(p) => p,
                 Err(e) => {
                     warn!(batch_id = %b.batch_id, error = %e, "stored batch no longer plans; skipped");
@@ -573,10 +576,15 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                     *slot = r;
                 }
             }
+            let mut prepared = prepared;
+            prepared.dispositions = records.iter().map(disposition_of).collect();
+            let policies = prepared
+                .options
+                .node_policies(&prepared.objects, &prepared.plan);
             let mut machine = match BatchMachine::restore(
                 prepared.plan.dag.clone(),
                 records,
-                prepared.options.retry,
+                policies,
             ) {
                 Ok(m) => m,
                 Err(e) => {
@@ -585,7 +593,6 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                 }
             };
             machine.raise_epoch_floor(restored.head.next_epoch);
-            let mut prepared = prepared;
             prepared.batch_id = b.batch_id.clone();
             prepared.content_hash = b.content_hash;
             info!(batch_id = %b.batch_id, objects = n, "batch restored");
@@ -875,11 +882,17 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                         object_id: o.id.to_string(),
                         zone: o.zone.to_string(),
                         attempt,
-                        max_attempts: rt.machine.policy().max_attempts,
+                        max_attempts: rt.machine.policy(node).max_attempts,
                         dispatch_epoch,
                         object: Some(convert::object_definition(o)),
                         released_at: Some(convert::timestamp(now)),
-                        execution_timeout: Some(convert::duration(self.settings.execution_timeout)),
+                        execution_timeout: Some(convert::duration(
+                            self.settings
+                                .zone_execution_timeouts
+                                .get(&o.zone)
+                                .copied()
+                                .unwrap_or(self.settings.execution_timeout),
+                        )),
                         trace: None,
                     });
                 }
@@ -1039,6 +1052,18 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                 self.undelivered.extend(ready);
             }
         }
+    }
+}
+
+/// The initial disposition a restored record shows: skipped as fresh, rejected by preflight,
+/// or run.
+fn disposition_of(r: &NodeRecord) -> InitialDisposition {
+    match (r.state, r.dead_reason) {
+        (NodeState::SkippedFresh, _) => InitialDisposition::SkippedFresh,
+        (NodeState::Dead, Some(DeadReason::Preflight)) => InitialDisposition::PreflightRejected {
+            reason: r.last_error.clone().unwrap_or_default(),
+        },
+        _ => InitialDisposition::Run,
     }
 }
 

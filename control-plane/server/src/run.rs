@@ -32,6 +32,7 @@ pub fn driver_settings(config: &Config) -> DriverSettings {
         zone_durations_ms: config.zone_durations_ms.clone(),
         zones: config.zones.clone(),
         execution_timeout: config.execution_timeout,
+        zone_execution_timeouts: config.zone_execution_timeouts.clone(),
         ..DriverSettings::default()
     }
 }

@@ -2128,3 +2128,110 @@ async fn objects_loaded_by_an_earlier_batch_are_skipped_as_fresh_unless_forced()
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zones_retry_by_their_own_policy_and_reject_by_their_own_preflight_rules() {
+    use strata_core::preflight::PreflightRules;
+    use strata_core::retry::RetryPolicy;
+    let raw = Zone::parse("raw").expect("zone");
+    let standardized = Zone::parse("standardized").expect("zone");
+    let mut plane = start_with(ServiceSettings {
+        max_objects: MAX_OBJECTS,
+        zone_retry: [(
+            raw,
+            RetryPolicy {
+                max_attempts: 1,
+                ..RetryPolicy::default()
+            },
+        )]
+        .into(),
+        preflight: [(
+            standardized,
+            PreflightRules {
+                require_attributes: vec!["URL".into()],
+                ..PreflightRules::default()
+            },
+        )]
+        .into(),
+        ..ServiceSettings::default()
+    })
+    .await;
+    let log = ready_log(&plane.data);
+    // 1001 always fails (retryably); 2001 fails twice, then loads.
+    let _agents = agents(&plane.data, true, |id, attempt| match (id, attempt) {
+        ("1001", _) | ("2001", 1 | 2) => Answer::Fail { retryable: true },
+        _ => Answer::Load,
+    });
+    let with_url = |id: &str, parents: &[&str]| pb::ObjectDefinition {
+        attributes: [("URL".to_owned(), "https://example.test/x".to_owned())].into(),
+        ..object(id, parents)
+    };
+    // Backoffs from the request; attempts from the zones. Every object is a target.
+    let fast = fast_retries(0).map(|o| pb::SubmitOptions { all: true, ..o });
+    let r = submit(
+        &mut plane.client,
+        "zones",
+        objects(vec![
+            object("1001", &[]),
+            with_url("2001", &[]),
+            object("2099", &[]),
+            object("3001", &["2099"]),
+            object("3002", &["2001"]),
+        ]),
+        fast,
+    )
+    .await
+    .expect("submitted");
+    let mut watch = Watch::open(&mut plane.client, &r.batch_id).await;
+    assert_eq!(watch.until_end().await, pb::BatchState::Failed);
+
+    let raw_dead = get_object(&mut plane.client, &r.batch_id, "1001")
+        .await
+        .expect("object");
+    assert_eq!(raw_dead.state(), pb::ObjectState::Dead);
+    assert_eq!((raw_dead.attempt, raw_dead.max_attempts), (1, 1));
+    let retried = get_object(&mut plane.client, &r.batch_id, "2001")
+        .await
+        .expect("object");
+    assert_eq!(retried.state(), pb::ObjectState::Loaded);
+    assert_eq!((retried.attempt, retried.max_attempts), (3, 3));
+    let rejected = get_object(&mut plane.client, &r.batch_id, "2099")
+        .await
+        .expect("object");
+    assert_eq!(rejected.state(), pb::ObjectState::Dead);
+    assert!(
+        rejected.last_error.contains("URL") && rejected.last_error.contains("standardized"),
+        "{}",
+        rejected.last_error
+    );
+    assert!(produced(&log, "2099").is_empty(), "never dispatched");
+    assert_eq!(
+        get_object(&mut plane.client, &r.batch_id, "3001")
+            .await
+            .expect("object")
+            .state(),
+        pb::ObjectState::UpstreamFailed
+    );
+    // The Ready records carry each zone's attempt budget.
+    let budgets: Vec<(String, u32)> = log
+        .lock()
+        .expect("log")
+        .iter()
+        .map(|r| (r.object_id.clone(), r.max_attempts))
+        .collect();
+    assert!(budgets.contains(&("1001".into(), 1)), "{budgets:?}");
+    assert!(budgets.contains(&("2001".into(), 3)), "{budgets:?}");
+
+    // A dry run shows the preflight rejection too.
+    let plan = t(plane.client.plan_batch(pb::PlanBatchRequest {
+        input: objects(vec![object("2099", &[])]),
+        ..Default::default()
+    }))
+    .await
+    .expect("plan")
+    .into_inner();
+    assert_eq!(
+        plan.objects[0].disposition(),
+        pb::Disposition::PreflightRejected
+    );
+}

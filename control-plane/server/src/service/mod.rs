@@ -25,6 +25,7 @@ use strata_core::catalogue::{CatalogueError, read_catalogue};
 use strata_core::machine::{BatchState, Event, NodeState, Outcome};
 use strata_core::model::NodeIx;
 use strata_core::planner::{DEFAULT_MAX_OBJECTS, PlanError};
+use strata_core::preflight::PreflightRules;
 use strata_core::retry::RetryPolicy;
 use strata_core::{ObjectDef, ObjectId, Zone};
 use strata_proto::v1::orchestrator_server::{Orchestrator, OrchestratorServer, SERVICE_NAME};
@@ -37,7 +38,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tonic_health::server::HealthReporter;
 use tracing::{Span, field, info, instrument, warn};
 
-use crate::batch::{self, BatchOptions, PreparedBatch};
+use crate::batch::{self, BatchOptions, PreparedBatch, RetryRequest};
 use crate::config::Config;
 use crate::convert;
 use crate::driver::{BatchRuntime, Handle, WatchEvent};
@@ -73,6 +74,10 @@ pub struct ServiceSettings {
     pub max_document_bytes: usize,
     /// The retry policy of a batch that overrides nothing.
     pub retry: RetryPolicy,
+    /// Zones whose default retry policy differs from `retry`.
+    pub zone_retry: BTreeMap<Zone, RetryPolicy>,
+    /// Preflight rules per zone.
+    pub preflight: BTreeMap<Zone, PreflightRules>,
     /// Objects per `WatchBatch` snapshot part.
     pub snapshot_part_objects: usize,
     /// Most planned objects in one `PlanBatch` reply (the proto's server default, 10,000).
@@ -87,6 +92,8 @@ impl Default for ServiceSettings {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_document_bytes: DEFAULT_MAX_DOCUMENT_BYTES,
             retry: RetryPolicy::default(),
+            zone_retry: BTreeMap::new(),
+            preflight: BTreeMap::new(),
             snapshot_part_objects: DEFAULT_PART_OBJECTS,
             plan_reply_objects: DEFAULT_PART_OBJECTS,
         }
@@ -101,6 +108,8 @@ impl ServiceSettings {
             zone_durations_ms: config.zone_durations_ms.clone(),
             max_message_bytes: config.max_message_bytes,
             retry: config.retry,
+            zone_retry: config.zone_retry.clone(),
+            preflight: config.preflight.clone(),
             ..Self::default()
         }
     }
@@ -294,7 +303,7 @@ impl<S: StateStore> OrchestratorService<S> {
         list: Option<(usize, bool)>,
     ) -> Result<Planned, ServiceError> {
         let max = self.settings.max_objects;
-        let durations = self.settings.zone_durations_ms.clone();
+        let settings = self.settings.clone();
         let objects = tokio::task::spawn_blocking(move || {
             Ok::<_, ServiceError>(match input {
                 Input::Objects(defs) => {
@@ -318,15 +327,14 @@ impl<S: StateStore> OrchestratorService<S> {
             self.last_loaded(&objects).await?
         };
         tokio::task::spawn_blocking(move || {
-            let prepared = batch::prepare(
-                &key,
-                objects,
-                options,
-                max,
-                &durations,
-                &last_loaded,
-                Utc::now(),
-            )?;
+            let ctx = batch::PlanContext {
+                max_objects: max,
+                durations: &settings.zone_durations_ms,
+                last_loaded: &last_loaded,
+                preflight: &settings.preflight,
+                now: Utc::now(),
+            };
+            let prepared = batch::prepare(&key, objects, options, &ctx)?;
             let disps = wire::dispositions(
                 &prepared.objects,
                 &prepared.plan,
@@ -389,7 +397,7 @@ impl<S: StateStore> OrchestratorService<S> {
         req: pb::SubmitBatchRequest,
     ) -> Result<pb::SubmitBatchResponse, ServiceError> {
         let key = idempotency_key(&req.idempotency_key)?;
-        let options = batch_options(req.options, &self.settings.retry)?;
+        let options = batch_options(req.options, &self.settings)?;
         let input = input_of(req.input)?;
         self.submit_input(key, input, options).await
     }
@@ -417,7 +425,7 @@ impl<S: StateStore> OrchestratorService<S> {
         } else {
             idempotency_key(&header.idempotency_key)?
         };
-        let options = batch_options(header.options, &self.settings.retry)?;
+        let options = batch_options(header.options, &self.settings)?;
         let catalogue = header.catalogue_format != pb::CatalogueFormat::Unspecified as i32;
         let max = self.settings.max_objects;
         if !catalogue && header.expected_object_count > max as u64 {
@@ -515,7 +523,7 @@ impl<S: StateStore> OrchestratorService<S> {
         &self,
         req: pb::PlanBatchRequest,
     ) -> Result<pb::PlanBatchResponse, ServiceError> {
-        let options = batch_options(req.options, &self.settings.retry)?;
+        let options = batch_options(req.options, &self.settings)?;
         let input = input_of(req.input)?;
         let limit = match req.max_objects {
             0 => self.settings.plan_reply_objects,
@@ -578,9 +586,9 @@ impl<S: StateStore> OrchestratorService<S> {
         let Some((stored, head)) = self.store.get_batch(batch_id).await? else {
             return Ok(None);
         };
-        let durations = self.settings.zone_durations_ms.clone();
+        let settings = self.settings.clone();
         let batch = tokio::task::spawn_blocking(move || {
-            let prepared = replan(&stored, &durations);
+            let prepared = replan(&stored, &settings);
             wire::stored_batch(
                 &stored,
                 &head,
@@ -662,9 +670,9 @@ impl<S: StateStore> OrchestratorService<S> {
         let Some((stored, _)) = self.store.get_batch(&batch_id).await? else {
             return Err(ServiceError::BatchNotFound(batch_id));
         };
-        let durations = self.settings.zone_durations_ms.clone();
+        let settings = self.settings.clone();
         tokio::task::spawn_blocking(move || {
-            let p = replan(&stored, &durations).ok_or_else(|| {
+            let p = replan(&stored, &settings).ok_or_else(|| {
                 ServiceError::Internal(format!("stored batch {batch_id} no longer plans"))
             })?;
             Ok(page(&p.objects, &p.plan, &p.dispositions))
@@ -1131,10 +1139,10 @@ impl<S: StateStore> OrchestratorService<S> {
                         "batch {batch_id} is CANCELLED: its dead objects cannot be replayed"
                     )));
                 }
-                let policy = rt.machine.policy().max_attempts;
-                if budget != 0 && budget != policy {
+                let policy = rt.options.retry.max_attempts;
+                if budget != 0 && (budget != policy || !rt.machine.policies().is_uniform()) {
                     return Err(ServiceError::Unsupported(format!(
-                        "replaying with max_attempts {budget} is not supported: batch {batch_id} replays with its policy's {policy} attempts (send 0)"
+                        "replaying with max_attempts {budget} is not supported: batch {batch_id} replays with its policies' attempts ({policy} outside the zones configured otherwise; send 0)"
                     )));
                 }
                 let nodes: Vec<NodeIx> = if ids.is_empty() {
@@ -1239,24 +1247,20 @@ impl<S: StateStore> OrchestratorService<S> {
     }
 }
 
-/// Re-plans a stored batch (deterministic: same objects, options and submission time).
-fn replan(
-    stored: &crate::ports::StoredBatch,
-    durations: &BTreeMap<Zone, u64>,
-) -> Option<PreparedBatch> {
+/// Re-plans a stored batch (same objects, options and submission time; loads recorded since
+/// and changed preflight rules are not taken into account).
+fn replan(stored: &crate::ports::StoredBatch, settings: &ServiceSettings) -> Option<PreparedBatch> {
     let objects: Vec<ObjectDef> = serde_json::from_slice(&stored.objects_json).ok()?;
     let options: BatchOptions = serde_json::from_value(stored.options.clone()).ok()?;
     let created_at = chrono::DateTime::from_timestamp_millis(stored.created_at_ms)?;
-    batch::prepare(
-        &stored.idempotency_key,
-        objects,
-        options,
-        usize::MAX,
-        durations,
-        &Default::default(),
-        created_at,
-    )
-    .ok()
+    let ctx = batch::PlanContext {
+        max_objects: usize::MAX,
+        durations: &settings.zone_durations_ms,
+        last_loaded: &Default::default(),
+        preflight: &settings.preflight,
+        now: created_at,
+    };
+    batch::prepare(&stored.idempotency_key, objects, options, &ctx).ok()
 }
 
 fn state_name(state: i32) -> &'static str {
@@ -1330,7 +1334,7 @@ fn duration_arg(
 /// `default` and validated, labels checked.
 fn batch_options(
     options: Option<pb::SubmitOptions>,
-    default: &RetryPolicy,
+    settings: &ServiceSettings,
 ) -> Result<BatchOptions, ServiceError> {
     let o = options.unwrap_or_default();
     if o.all && !o.targets.is_empty() {
@@ -1346,27 +1350,34 @@ fn batch_options(
                 .map_err(|e| ServiceError::InvalidArgument(format!("target {t:?}: {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let mut retry = *default;
+    let mut request = RetryRequest::default();
     if let Some(p) = &o.retry_policy {
-        if p.max_attempts != 0 {
-            retry.max_attempts = p.max_attempts;
-        }
+        request.max_attempts = (p.max_attempts != 0).then_some(p.max_attempts);
         if let Some(d) = &p.initial_backoff {
-            retry.initial_backoff = duration_arg("initial_backoff", d)?;
+            request.initial_backoff = Some(duration_arg("initial_backoff", d)?);
         }
-        if p.multiplier != 0.0 {
-            retry.multiplier = p.multiplier;
-        }
+        request.multiplier = (p.multiplier != 0.0).then_some(p.multiplier);
         if let Some(d) = &p.max_backoff {
-            retry.max_backoff = duration_arg("max_backoff", d)?;
+            request.max_backoff = Some(duration_arg("max_backoff", d)?);
         }
     }
     if o.max_attempts != 0 {
-        retry.max_attempts = o.max_attempts;
+        request.max_attempts = Some(o.max_attempts);
     }
+    let retry = request.apply(settings.retry);
     retry
         .validate()
         .map_err(|e| ServiceError::InvalidArgument(e.to_string()))?;
+    let mut zone_retry = BTreeMap::new();
+    for (zone, default) in &settings.zone_retry {
+        let policy = request.apply(*default);
+        policy
+            .validate()
+            .map_err(|e| ServiceError::InvalidArgument(format!("in zone {zone}: {e}")))?;
+        if policy != retry {
+            zone_retry.insert(zone.clone(), policy);
+        }
+    }
     for (k, v) in &o.labels {
         if k.is_empty() || k.len() > 63 {
             return Err(ServiceError::InvalidArgument(format!(
@@ -1385,7 +1396,9 @@ fn batch_options(
         all: o.all,
         force: o.force,
         allow_external_parents: o.allow_external_parents,
+        retry_request: request,
         retry,
+        zone_retry,
         labels: o.labels.into_iter().collect(),
     })
 }

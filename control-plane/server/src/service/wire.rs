@@ -510,7 +510,7 @@ pub(crate) fn retry_info(rt: &BatchRuntime, node: NodeIx) -> pb::RetryInfo {
         object_id: o.id.to_string(),
         zone: o.zone.to_string(),
         attempt: rec.attempt,
-        max_attempts: max_attempts(rt.machine.policy(), &rec),
+        max_attempts: max_attempts(rt.machine.policy(node), &rec),
         error_fingerprint: if last_error.is_empty() {
             String::new()
         } else {
@@ -739,7 +739,7 @@ pub(crate) fn object_status(rt: &BatchRuntime, node: NodeIx) -> pb::ObjectStatus
         zone: o.zone.to_string(),
         state: convert::object_state(rec.state) as i32,
         attempt: rec.attempt,
-        max_attempts: max_attempts(machine.policy(), &rec),
+        max_attempts: max_attempts(machine.policy(node), &rec),
         last_error: rec.last_error.clone().unwrap_or_default(),
         next_attempt_at: (rec.state == S::RetryWait)
             .then_some(rec.retry_due)
