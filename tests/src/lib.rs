@@ -22,6 +22,7 @@
 //! This crate depends on nothing of Strata's own yet; later suites add the crates they drive.
 
 pub mod agent;
+pub mod control_plane;
 pub mod kafka;
 pub mod process;
 pub mod redis_server;

@@ -1,0 +1,268 @@
+//! The real `strata-control-plane` binary as a child process, for fault suites that must
+//! `kill -9` it and start it again on the same port.
+//!
+//! The binary is `$STRATA_CONTROL_PLANE_BIN` if set, else the one cargo built beside the running
+//! test: a test executable is `<target>/<profile>/deps/<test>-<hash>`, the workspace's binaries
+//! are `<target>/<profile>/<name>`. `cargo nextest run --workspace` (what `./tests/run.sh` runs)
+//! builds them; `-p strata-tests` alone does not, so build it first
+//! (`cargo build -p strata-control-plane --bin strata-control-plane`). The target dir may be
+//! shared with other checkouts, which build the same name there: build it from this checkout right
+//! before running, or point `STRATA_CONTROL_PLANE_BIN` at the one to test.
+//!
+//! It is configured by flags only, from an empty environment (nothing `STRATA_*` of the caller's
+//! leaks in): gRPC on `127.0.0.1:<free port>`, the given broker and Redis, plus any extra flags.
+//! [`ControlPlane::start`] returns once gRPC answers a `GetBatch` (which the driver serves, so
+//! after the restart recovery has reloaded every active batch). Logs (`STRATA_LOG`, default
+//! `info`) go to `control-plane.log` in its temp dir.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use strata_proto::v1::GetBatchRequest;
+use strata_proto::v1::orchestrator_client::OrchestratorClient;
+use tempfile::TempDir;
+
+use crate::process::ServerProcess;
+use crate::{free_port, resolve_binary, temp_dir};
+
+/// Env var naming the `strata-control-plane` binary to run.
+pub const CONTROL_PLANE_BIN_ENV: &str = "STRATA_CONTROL_PLANE_BIN";
+/// Passed to the control plane as `STRATA_LOG` if set (default `info`).
+pub const CONTROL_PLANE_LOG_ENV: &str = "STRATA_TEST_CONTROL_PLANE_LOG";
+
+/// How long a (re)start may take before it is an error. A restart rejoins the results consumer
+/// group and reloads every active batch; it is normally done in a second or two.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bound on one readiness probe call.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Fresh ports tried when the first one was taken between [`free_port`] and the bind.
+const PORT_ATTEMPTS: usize = 3;
+/// gRPC status code `NOT_FOUND` (tonic is only a dev-dependency of this crate, so its `Code` is
+/// not named here).
+const GRPC_NOT_FOUND: i32 = 5;
+/// The batch id the readiness probe asks for (answered `NOT_FOUND`).
+const PROBE_BATCH_ID: &str = "strata-tests-readiness-probe";
+
+/// A running (or deliberately killed) `strata-control-plane`, killed when this drops.
+#[derive(Debug)]
+pub struct ControlPlane {
+    bin: PathBuf,
+    port: u16,
+    args: Vec<String>,
+    process: Option<ServerProcess>,
+    starts: usize,
+    // Declared last: dropped after the process is dead.
+    dir: TempDir,
+}
+
+impl ControlPlane {
+    /// Starts the binary against `kafka_brokers` and `redis_url` with `extra_args` (any of its
+    /// flags, e.g. `--topic-partitions`, `--kafka-property`), on a free port, and waits until gRPC
+    /// answers.
+    pub async fn start(
+        kafka_brokers: &str,
+        redis_url: &str,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let bin = control_plane_binary()?;
+        let dir = temp_dir("control-plane")?;
+        let mut args: Vec<String> = vec![
+            "--kafka-brokers".into(),
+            kafka_brokers.into(),
+            "--redis-url".into(),
+            redis_url.into(),
+        ];
+        args.extend(extra_args.iter().map(|a| (*a).to_owned()));
+        let mut last_error = None;
+        for _ in 0..PORT_ATTEMPTS {
+            let port = free_port()?;
+            match spawn_ready(&bin, port, &args, dir.path(), 1).await {
+                Ok(process) => {
+                    return Ok(Self {
+                        bin,
+                        port,
+                        args,
+                        process: Some(process),
+                        starts: 1,
+                        dir,
+                    });
+                }
+                Err(e) if format!("{e:#}").contains("Address already in use") => {
+                    last_error = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("strata-control-plane did not start")))
+    }
+
+    /// `http://127.0.0.1:PORT`, for a gRPC client (stable across restarts).
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The gRPC port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The pid of the running process, if any.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(ServerProcess::pid)
+    }
+
+    /// Its temp dir (holds `control-plane.log`, every run appended).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// How many times the process was started.
+    pub fn starts(&self) -> usize {
+        self.starts
+    }
+
+    /// `Some(status)` if the process has exited on its own (or was killed); `None` while it runs.
+    pub fn exit_status(&mut self) -> anyhow::Result<Option<ExitStatus>> {
+        match self.process.as_mut() {
+            Some(p) => p.exit_status(),
+            None => bail!("the control plane was not started again after kill_9"),
+        }
+    }
+
+    /// The last few KB of the current run's log.
+    pub fn log_tail(&self) -> String {
+        self.process
+            .as_ref()
+            .map(ServerProcess::log_tail)
+            .unwrap_or_else(|| "(not running)".into())
+    }
+
+    /// `SIGKILL` (no shutdown path runs: no offset commit, no leaving the consumer group), and
+    /// reaped. Returns how it ended: `None` if it had already exited by itself before.
+    pub fn kill_9(&mut self) -> Option<ExitStatus> {
+        let mut process = self.process.take()?;
+        let exited_before = process.exit_status().ok().flatten();
+        process.kill();
+        match exited_before {
+            Some(_) => None,
+            None => process.exit_status().ok().flatten(),
+        }
+    }
+
+    /// Starts the binary again on the same port with the same flags (after [`Self::kill_9`], or
+    /// after it exited) and waits until gRPC answers.
+    pub async fn start_again(&mut self) -> anyhow::Result<()> {
+        self.kill_9();
+        self.starts += 1;
+        self.process = Some(
+            spawn_ready(
+                &self.bin,
+                self.port,
+                &self.args,
+                self.dir.path(),
+                self.starts,
+            )
+            .await?,
+        );
+        Ok(())
+    }
+}
+
+/// The control-plane binary: `$STRATA_CONTROL_PLANE_BIN`, else `strata-control-plane` in the
+/// directory above the running test executable's `deps/`.
+pub fn control_plane_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locate the running test executable")?;
+    let name = format!("strata-control-plane{}", std::env::consts::EXE_SUFFIX);
+    let candidates: Vec<PathBuf> = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join(&name))
+        .collect();
+    resolve_binary(
+        CONTROL_PLANE_BIN_ENV,
+        candidates.clone(),
+        "strata-control-plane",
+    )
+    .with_context(|| {
+        format!(
+            "looked in {candidates:?}; build it with `cargo build -p strata-control-plane \
+                 --bin strata-control-plane` (cargo nextest run --workspace builds it)"
+        )
+    })
+}
+
+/// Spawns the binary on `port` and waits (bounded) until a `GetBatch` for an unknown id is
+/// answered `NOT_FOUND` (or the process exits, which is an error with its log tail).
+async fn spawn_ready(
+    bin: &Path,
+    port: u16,
+    args: &[String],
+    dir: &Path,
+    run: usize,
+) -> anyhow::Result<ServerProcess> {
+    let addr = format!("127.0.0.1:{port}");
+    let mut command = Command::new(bin);
+    command
+        .arg("--grpc-addr")
+        .arg(&addr)
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("NO_COLOR", "1")
+        .env(
+            "STRATA_LOG",
+            std::env::var(CONTROL_PLANE_LOG_ENV).unwrap_or_else(|_| "info".into()),
+        );
+    let mut process = ServerProcess::spawn(
+        &format!("strata-control-plane (run {run})"),
+        command,
+        &dir.join("control-plane.log"),
+    )?;
+    let endpoint = format!("http://{addr}");
+    let started = Instant::now();
+    loop {
+        if let Some(status) = process.exit_status()? {
+            bail!(
+                "strata-control-plane on {addr} exited during start ({status}); log tail:\n{}",
+                process.log_tail()
+            );
+        }
+        let last_error = match probe(&endpoint).await {
+            Ok(()) => return Ok(process),
+            Err(e) => format!("{e:#}"),
+        };
+        if started.elapsed() > START_TIMEOUT {
+            bail!(
+                "strata-control-plane on {addr} did not answer gRPC within {START_TIMEOUT:?} \
+                 (last error: {last_error}); log tail:\n{}",
+                process.log_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Ok once `GetBatch` for an unknown batch is answered with `NOT_FOUND`: the server is up and its
+/// driver serves reads.
+async fn probe(endpoint: &str) -> anyhow::Result<()> {
+    let call = async {
+        let mut client = OrchestratorClient::connect(endpoint.to_owned()).await?;
+        let answer = client
+            .get_batch(GetBatchRequest {
+                batch_id: PROBE_BATCH_ID.into(),
+            })
+            .await;
+        match answer {
+            Err(status) if i32::from(status.code()) == GRPC_NOT_FOUND => Ok(()),
+            Err(status) => bail!("GetBatch answered {status}"),
+            Ok(_) => bail!("GetBatch found the probe batch {PROBE_BATCH_ID}"),
+        }
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, call)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within {PROBE_TIMEOUT:?}"))?
+}
