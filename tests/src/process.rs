@@ -97,6 +97,15 @@ impl ServerProcess {
         log_tail(&self.log_path, self.log_start)
     }
 
+    /// `SIGTERM` to the process (not its group), as a supervisor asking it to stop. An error if
+    /// it was already reaped.
+    pub fn terminate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.reaped.is_none(), "{} was already reaped", self.name);
+        let pid = i32::try_from(self.child.id())?;
+        nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGTERM)?;
+        Ok(())
+    }
+
     /// `SIGKILL` to the whole process group, then reap. Idempotent.
     pub fn kill(&mut self) {
         if let Some((mut watchdog, stdin)) = self.watchdog.take() {

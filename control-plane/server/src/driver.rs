@@ -63,6 +63,9 @@ pub struct DriverSettings {
     pub zone_execution_timeouts: BTreeMap<Zone, Duration>,
     /// How often due retries are claimed and undelivered Ready records re-published.
     pub tick: Duration,
+    /// How often the topics are checked (and re-created): a broker that lost them lost every
+    /// Ready in flight, which the driver then publishes again.
+    pub topic_check: Duration,
 }
 
 impl Default for DriverSettings {
@@ -78,6 +81,7 @@ impl Default for DriverSettings {
             execution_timeout: Duration::from_secs(3600),
             zone_execution_timeouts: BTreeMap::new(),
             tick: Duration::from_millis(100),
+            topic_check: Duration::from_secs(5),
         }
     }
 }
@@ -310,6 +314,10 @@ pub struct Driver<D, S> {
     commands: mpsc::Receiver<Command>,
     /// Ready records not yet delivered (the broker was down or a topic was missing).
     undelivered: Vec<pb::ObjectReady>,
+    /// When the undelivered records are tried next, and the wait after a failure (doubling from
+    /// the tick to 5 s, reset by a delivery).
+    redeliver_at: tokio::time::Instant,
+    redeliver_backoff: Duration,
     rng: u64,
 }
 
@@ -356,23 +364,36 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                 state: DriverState::default(),
                 commands,
                 undelivered: Vec::new(),
+                redeliver_at: tokio::time::Instant::now(),
+                redeliver_backoff: Duration::ZERO,
                 rng: seed | 1,
             },
             Handle { tx },
         )
     }
 
-    /// Restores the active batches, then serves until `shutdown` resolves.
+    /// Creates the topics, restores the active batches, then serves until `shutdown` resolves
+    /// (which also cuts the start-up short: a control plane waiting for its broker or Redis stops
+    /// at once).
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), DriverError> {
-        retry_port("ensure topics", || {
-            self.data.ensure_topics(&self.settings.zones)
-        })
-        .await?;
-        let mut results = self.data.subscribe_results()?;
-        self.restore().await?;
+        tokio::pin!(shutdown);
+        let mut results = tokio::select! {
+            biased;
+            () = &mut shutdown => {
+                info!("driver stopped during start-up");
+                return Ok(());
+            }
+            started = self.start_up() => started?,
+        };
         let mut tick = tokio::time::interval(self.settings.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tokio::pin!(shutdown);
+        let (lost_tx, mut lost) = mpsc::channel(4);
+        let watcher = watch_topics(
+            self.data.clone(),
+            self.settings.zones.clone(),
+            self.settings.topic_check,
+            lost_tx,
+        );
         loop {
             tokio::select! {
                 biased;
@@ -393,10 +414,24 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                     self.results(records).await;
                 }
                 _ = tick.tick() => self.tick().await,
+                Some(created) = lost.recv() => self.topics_recreated(created).await,
             }
         }
+        watcher.abort();
         info!("driver stopped");
         Ok(())
+    }
+
+    async fn start_up(
+        &mut self,
+    ) -> Result<mpsc::Receiver<crate::ports::ResultRecord>, DriverError> {
+        retry_port("ensure topics", || {
+            self.data.ensure_topics(&self.settings.zones)
+        })
+        .await?;
+        let results = self.data.subscribe_results()?;
+        self.restore().await?;
+        Ok(results)
     }
 
     fn jitter(&mut self) -> f64 {
@@ -680,8 +715,48 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
         }
     }
 
+    /// The broker had lost topics (they were just created again): every Ready in flight is
+    /// gone with them, so every READY object of every running batch is published again, with
+    /// the same attempt and dispatch epoch.
+    async fn topics_recreated(&mut self, created: usize) {
+        warn!(
+            created,
+            "the broker had lost topics; publishing every READY object again"
+        );
+        // Everything undelivered is READY and published below.
+        self.undelivered.clear();
+        let running: Vec<String> = self
+            .state
+            .batches
+            .iter()
+            .filter(|(_, rt)| !rt.machine.is_terminal())
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut step = Step::default();
+        for batch_id in running {
+            let rt = &self.state.batches[&batch_id];
+            let effects: Vec<Effect> = rt
+                .machine
+                .nodes_in(NodeState::Ready)
+                .filter_map(|node| {
+                    let r = rt.machine.record(node)?;
+                    Some(Effect::PublishReady {
+                        node,
+                        attempt: r.attempt,
+                        dispatch_epoch: r.dispatch_epoch,
+                    })
+                })
+                .collect();
+            self.absorb(&mut step, &batch_id, effects, true);
+        }
+        self.deliver(&mut step);
+        if let Err(e) = self.flush(step).await {
+            warn!(error = %e, "re-publishing after the topics were lost failed");
+        }
+    }
+
     async fn tick(&mut self) {
-        if !self.undelivered.is_empty() {
+        if !self.undelivered.is_empty() && tokio::time::Instant::now() >= self.redeliver_at {
             let ready = std::mem::take(&mut self.undelivered);
             self.publish_ready(ready).await;
         }
@@ -1036,9 +1111,16 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
     async fn publish_ready(&mut self, ready: Vec<pb::ObjectReady>) {
         let n = ready.len() as u64;
         match self.data.publish_ready(ready.clone()).await {
-            Ok(()) => self.state.counters.ready_published += n,
+            Ok(()) => {
+                self.state.counters.ready_published += n;
+                self.redeliver_backoff = Duration::ZERO;
+            }
             Err(e) => {
-                warn!(error = %e, records = n, "ready records not delivered; re-creating topics and retrying");
+                self.redeliver_backoff = (self.redeliver_backoff * 2)
+                    .max(self.settings.tick)
+                    .min(Duration::from_secs(5));
+                self.redeliver_at = tokio::time::Instant::now() + self.redeliver_backoff;
+                warn!(error = %e, records = n, retry_in = ?self.redeliver_backoff, "ready records not delivered; re-creating topics and retrying");
                 if let Err(e) = self.data.ensure_topics(&self.settings.zones).await {
                     warn!(error = %e, "topics not ensured");
                 }
@@ -1065,6 +1147,33 @@ fn disposition_of(r: &NodeRecord) -> InitialDisposition {
         },
         _ => InitialDisposition::Run,
     }
+}
+
+/// Checks the topics every `every` (the first check after one period) and reports how many had
+/// to be created again. Runs beside the driver so that a slow or absent broker never stalls it.
+fn watch_topics<D: DataPlane>(
+    data: Arc<D>,
+    zones: Vec<Zone>,
+    every: Duration,
+    lost: mpsc::Sender<usize>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval.tick().await;
+        loop {
+            interval.tick().await;
+            match data.ensure_topics(&zones).await {
+                Ok(0) => {}
+                Ok(created) => {
+                    if lost.send(created).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => debug!(error = %e, "topic check failed"),
+            }
+        }
+    })
 }
 
 /// READY, RUNNING and RETRY_WAIT: the object's run is in progress (others may coalesce onto it).

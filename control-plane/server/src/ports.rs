@@ -81,8 +81,9 @@ pub struct ResultRecord {
 /// The Kafka side, as the driver sees it.
 pub trait DataPlane: Send + Sync + 'static {
     /// Creates the ready topic of every zone and the results, dead-letter and status topics if
-    /// they are missing. Idempotent.
-    fn ensure_topics(&self, zones: &[Zone]) -> impl Future<Output = PortResult<()>> + Send;
+    /// they are missing. Idempotent. Resolves to how many were missing: after the first call,
+    /// anything but 0 means the broker lost topics (and with them every record in flight).
+    fn ensure_topics(&self, zones: &[Zone]) -> impl Future<Output = PortResult<usize>> + Send;
 
     /// Produces each Ready to its zone's ready topic, keyed by object id, and resolves when every
     /// delivery report is in (acks=all). Fails if any record was not delivered.

@@ -49,15 +49,26 @@ pub async fn run_with<D: DataPlane, S: StateStore>(
 ) -> Result<(), RunError> {
     let (driver, handle) = Driver::new(data, store.clone(), driver_settings(config));
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<()>();
     let driver_task = tokio::spawn(async move {
-        driver
+        let r = driver
             .run(async move {
                 let _ = stop_rx.wait_for(|stop| *stop).await;
             })
-            .await
+            .await;
+        let _ = ended_tx.send(());
+        r
     });
     let services = grpc_services(handle, store, ServiceSettings::from_config(config)).await?;
     info!(addr = ?listener.local_addr().ok(), "control plane serving gRPC");
+    // A driver that gave up (its store or broker refused it for good) ends the server too, so
+    // the process exits and its supervisor can restart it.
+    let shutdown = async move {
+        tokio::select! {
+            () = shutdown => {}
+            _ = ended_rx => warn!("the driver stopped; stopping the gRPC server"),
+        }
+    };
     let served = services.serve(listener, shutdown).await;
     stop_tx.send_replace(true);
     let driven = match driver_task.await {

@@ -82,6 +82,7 @@ async fn start_over(
         store.clone(),
         DriverSettings {
             tick: Duration::from_millis(5),
+            topic_check: Duration::from_millis(20),
             ..DriverSettings::default()
         },
     );
@@ -2233,5 +2234,65 @@ async fn zones_retry_by_their_own_policy_and_reject_by_their_own_preflight_rules
     assert_eq!(
         plan.objects[0].disposition(),
         pb::Disposition::PreflightRejected
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_records_lost_with_the_topics_are_published_again() {
+    let mut plane = start().await;
+    let log = ready_log(&plane.data);
+    let agents = agents(&plane.data, false, |_, _| Answer::Load);
+    let r = submit(
+        &mut plane.client,
+        "lost",
+        objects(vec![
+            object("1001", &[]),
+            object("1002", &[]),
+            object("2001", &["1001", "1002"]),
+        ]),
+        None,
+    )
+    .await
+    .expect("submitted");
+    let published = |log: &Arc<Mutex<Vec<pb::ObjectReady>>>| {
+        let mut v: Vec<(String, u32, u64)> = log
+            .lock()
+            .expect("log")
+            .iter()
+            .map(|r| (r.object_id.clone(), r.attempt, r.dispatch_epoch))
+            .collect();
+        v.sort();
+        v
+    };
+    t(async {
+        while published(&log).len() < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let first = published(&log);
+    // Several topic checks pass with nothing lost: nothing is published again.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(published(&log), first);
+
+    plane.data.lose_topics();
+    t(async {
+        while published(&log).len() < 4 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let again = published(&log);
+    let expected: Vec<(String, u32, u64)> =
+        first.iter().flat_map(|r| [r.clone(), r.clone()]).collect();
+    assert_eq!(again, expected, "the same attempts, published once more");
+
+    let mut watch = Watch::open(&mut plane.client, &r.batch_id).await;
+    agents.open();
+    assert_eq!(watch.until_end().await, pb::BatchState::Succeeded);
+    assert_eq!(
+        produced(&log, "2001"),
+        vec![r.batch_id.clone()],
+        "released once, after its parents"
     );
 }

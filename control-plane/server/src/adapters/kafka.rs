@@ -585,12 +585,25 @@ struct Failures {
     by_topic: BTreeMap<String, (usize, String, bool)>,
     /// Some record's delivery timed out: the producer may be wedged (see [`KafkaDataPlane::produce`]).
     timed_out: bool,
+    /// The broker no longer accepts this producer's id or epoch (it lost its producer state):
+    /// every later record fails the same way, whether or not librdkafka flags the client fatal.
+    fenced: bool,
 }
 
 impl Failures {
     fn add(&mut self, topic: &str, error: &KafkaError) {
         let code = error.rdkafka_error_code();
         self.timed_out |= code == Some(RDKafkaErrorCode::MessageTimedOut);
+        self.fenced |= matches!(
+            code,
+            Some(
+                RDKafkaErrorCode::ProducerFenced
+                    | RDKafkaErrorCode::InvalidProducerEpoch
+                    | RDKafkaErrorCode::UnknownProducerId
+                    | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                    | RDKafkaErrorCode::InvalidProducerIdMapping
+            )
+        );
         self.add_text(
             topic,
             error.to_string(),
@@ -849,7 +862,7 @@ impl KafkaDataPlane {
             await_delivery(&records[j], delivery, deadline, &mut failures).await;
         }
         let total = records.len();
-        let timed_out = failures.timed_out;
+        let (timed_out, fenced) = (failures.timed_out, failures.fenced);
         match failures.into_error(total) {
             None => {
                 trace!(records = total, elapsed = ?started.elapsed(), "records delivered");
@@ -865,6 +878,8 @@ impl KafkaDataPlane {
                 // needless replacement is a reconnect.
                 if producer.client().fatal_error().is_some() {
                     self.replace_producer(&producer, "fatal error");
+                } else if fenced {
+                    self.replace_producer(&producer, "fenced by the broker");
                 } else if timed_out {
                     self.replace_producer(&producer, "deliveries timed out");
                 }
@@ -953,7 +968,7 @@ async fn await_delivery(
 }
 
 impl DataPlane for KafkaDataPlane {
-    async fn ensure_topics(&self, zones: &[Zone]) -> PortResult<()> {
+    async fn ensure_topics(&self, zones: &[Zone]) -> PortResult<usize> {
         let names = all_topics(&self.settings.topic_prefix, zones);
         let new_topics: Vec<NewTopic<'_>> = names
             .iter()
@@ -1004,7 +1019,8 @@ impl DataPlane for KafkaDataPlane {
                 unavailable(detail)
             });
         }
-        self.await_producer_metadata(names).await
+        self.await_producer_metadata(names).await?;
+        Ok(created.len())
     }
 
     async fn publish_ready(&self, ready: Vec<ObjectReady>) -> PortResult<()> {

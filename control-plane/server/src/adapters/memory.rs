@@ -24,6 +24,8 @@ const TOPIC_CAPACITY: usize = 65_536;
 #[derive(Debug)]
 pub struct MemoryDataPlane {
     ready: Mutex<HashMap<Zone, broadcast::Sender<ObjectReady>>>,
+    /// Topics that "exist" (for `ensure_topics`'s count; see [`MemoryDataPlane::lose_topics`]).
+    topics: Mutex<BTreeSet<String>>,
     results_tx: mpsc::Sender<ResultRecord>,
     results_rx: Mutex<Option<mpsc::Receiver<ResultRecord>>>,
     next_offset: AtomicI64,
@@ -36,6 +38,7 @@ impl Default for MemoryDataPlane {
         let (results_tx, results_rx) = mpsc::channel(TOPIC_CAPACITY);
         Self {
             ready: Mutex::new(HashMap::new()),
+            topics: Mutex::new(BTreeSet::new()),
             results_tx,
             results_rx: Mutex::new(Some(results_rx)),
             next_offset: AtomicI64::new(0),
@@ -91,6 +94,12 @@ impl MemoryDataPlane {
         self.dead_letters.lock().expect("dlq poisoned").clone()
     }
 
+    /// Forgets which topics exist, as a broker that lost its data would (records already
+    /// delivered to subscribers stay delivered): the next `ensure_topics` reports them missing.
+    pub fn lose_topics(&self) {
+        self.topics.lock().expect("topics poisoned").clear();
+    }
+
     /// Receives status changes published from now on.
     pub fn subscribe_status(&self) -> broadcast::Receiver<StatusChanged> {
         self.status.subscribe()
@@ -98,11 +107,17 @@ impl MemoryDataPlane {
 }
 
 impl DataPlane for MemoryDataPlane {
-    async fn ensure_topics(&self, zones: &[Zone]) -> PortResult<()> {
+    async fn ensure_topics(&self, zones: &[Zone]) -> PortResult<usize> {
+        let mut topics = self.topics.lock().expect("topics poisoned");
+        let mut created = 0;
+        for name in ["results", "dlq", "status"] {
+            created += usize::from(topics.insert(name.to_owned()));
+        }
         for z in zones {
             self.zone_sender(z);
+            created += usize::from(topics.insert(format!("ready.{z}")));
         }
-        Ok(())
+        Ok(created)
     }
 
     async fn publish_ready(&self, ready: Vec<ObjectReady>) -> PortResult<()> {
