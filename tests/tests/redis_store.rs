@@ -837,6 +837,33 @@ async fn redis_down_is_retryable_and_the_store_recovers_after_a_restart() -> any
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_store_works_over_tls() -> anyhow::Result<()> {
+    let redis = within(STEP, "start redis with TLS", RedisServer::start_tls()).await??;
+    assert!(redis.url().starts_with("rediss://"));
+    let store = within(
+        STEP,
+        "connect over TLS",
+        RedisStore::connect(&redis.url(), PREFIX, DAY),
+    )
+    .await??;
+    within(STEP, "ping", store.ping()).await??;
+    let batch = stored("tls", 1_700_000_000_000, r#"[{"id":"1001"}]"#);
+    create(&store, &batch, &running(1), &[]).await?;
+    let active = within(STEP, "load active", store.load_active()).await??;
+    assert_eq!(active.len(), 1);
+    assert_eq!(active[0].batch, batch);
+    // A plain-text client is not answered.
+    let plain = redis.url().replacen("rediss://", "redis://", 1);
+    let plain = plain.trim_end_matches("#insecure");
+    let refused = within(STEP, "plain text", RedisStore::connect(plain, PREFIX, DAY)).await?;
+    assert!(
+        refused.is_err(),
+        "a plain-text connection to a TLS port worked"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn connect_fails_fast_and_retryably_when_redis_is_absent() -> anyhow::Result<()> {
     let port = strata_tests::free_port()?;
     let started = Instant::now();

@@ -1348,6 +1348,39 @@ mod tests {
     }
 
     #[test]
+    fn a_fenced_producer_is_recognised_as_such() {
+        let mut failures = Failures::default();
+        failures.add(
+            "strata.ready.raw",
+            &KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut),
+        );
+        assert!(failures.timed_out && !failures.fenced);
+        failures.add(
+            "strata.ready.raw",
+            &KafkaError::MessageProduction(RDKafkaErrorCode::ProducerFenced),
+        );
+        assert!(failures.fenced);
+        assert!(failures.into_error(2).unwrap().retryable());
+    }
+
+    #[tokio::test]
+    async fn sasl_ssl_settings_are_accepted_by_the_client_library() {
+        // Client creation validates every property: without TLS support compiled in, librdkafka
+        // refuses `security.protocol=SASL_SSL` here.
+        let settings = KafkaSettings {
+            extra: vec![
+                ("security.protocol".into(), "SASL_SSL".into()),
+                ("sasl.mechanism".into(), "PLAIN".into()),
+                ("sasl.username".into(), "strata".into()),
+                ("sasl.password".into(), "secret".into()),
+            ],
+            ..KafkaSettings::new("127.0.0.1:1")
+        };
+        let data = KafkaDataPlane::connect(settings).expect("SASL_SSL client");
+        data.close().await;
+    }
+
+    #[test]
     fn the_limiter_suppresses_repeats() {
         let limiter = LogLimiter::default();
         assert_eq!(limiter.admit("a"), Some(0));

@@ -117,8 +117,8 @@ impl RedisStore {
     /// Every key is under `prefix`; finished batches expire `finished_ttl` after they finish. The
     /// connection is re-established automatically when it drops (each failed request starts a
     /// reconnect). Fails with [`PortError::Unavailable`] when Redis cannot be reached, and
-    /// [`PortError::Rejected`] for a bad URL or TTL (`rediss://` needs a TLS feature of the
-    /// `redis` crate that the workspace does not enable).
+    /// [`PortError::Rejected`] for a bad URL or TTL. `rediss://` connects over TLS (OpenSSL, the
+    /// workspace's one TLS stack; certificates verified against the system's roots).
     pub async fn connect(url: &str, prefix: &str, finished_ttl: Duration) -> PortResult<Self> {
         let ttl_ms = u64::try_from(finished_ttl.as_millis()).unwrap_or(u64::MAX);
         if ttl_ms == 0 || ttl_ms > MAX_TTL_MS {
