@@ -294,9 +294,11 @@ async fn ensure_topics_creates_every_topic_and_is_idempotent() -> anyhow::Result
     let (broker, data) = start("strata-cp-ensure").await?;
     wait_listed(&broker, &default_zones()).await?;
     // Twice more, once with a new zone: existing topics are fine, the new one is added.
-    within(STEP, "ensure again", data.ensure_topics(&default_zones())).await??;
+    let again = within(STEP, "ensure again", data.ensure_topics(&default_zones())).await??;
+    assert_eq!(again, 0, "every topic existed");
     let more = zones(&["raw", "gold"]);
-    within(STEP, "ensure with a new zone", data.ensure_topics(&more)).await??;
+    let created = within(STEP, "ensure with a new zone", data.ensure_topics(&more)).await??;
+    assert_eq!(created, 1, "only strata.ready.gold was missing");
     wait_listed(&broker, &default_zones()).await?;
     wait_listed(&broker, &more).await?;
     let names = broker.topic_names().await?;
@@ -664,7 +666,14 @@ async fn a_broker_that_lost_everything_is_usable_after_ensure_topics() -> anyhow
         )
         .await?
         {
-            Ok(()) => break,
+            Ok(created) => {
+                // What tells the driver that the broker lost its topics.
+                ensure!(
+                    created > 0,
+                    "ensure_topics found every topic after the restart"
+                );
+                break;
+            }
             Err(e) if e.retryable() && t.elapsed() < RECOVERY => {
                 eprintln!("ensure_topics attempt {attempts}: {e}");
                 tokio::time::sleep(Duration::from_millis(200)).await;
