@@ -16,7 +16,8 @@
 //! reloads every active batch from the store, plans it again (planning is deterministic), restores
 //! its machine and redoes what [`BatchMachine::resume`] says.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -26,7 +27,7 @@ use rustc_hash::FxHashMap;
 use strata_core::coalesce::{Claim, Coalescer, Delivery, Settlement, Ticket};
 use strata_core::machine::{
     BatchMachine, BatchState, DeadReason, Effect, Event, IgnoreReason, InitialDisposition,
-    NodeRecord, NodeState, Outcome,
+    LossReason, NodeRecord, NodeState, Outcome,
 };
 use strata_core::model::NodeIx;
 use strata_core::planner::Plan;
@@ -233,6 +234,10 @@ pub struct DriverState {
 
 type ReadFn = Box<dyn FnOnce(&DriverState) + Send>;
 
+/// When a RUNNING attempt outlives its zone's execution timeout: (deadline, batch, node,
+/// attempt, dispatch epoch).
+type Deadline = (tokio::time::Instant, String, NodeIx, u32, u64);
+
 enum Command {
     Submit(
         Box<PreparedBatch>,
@@ -318,6 +323,9 @@ pub struct Driver<D, S> {
     /// the tick to 5 s, reset by a delivery).
     redeliver_at: tokio::time::Instant,
     redeliver_backoff: Duration,
+    /// Execution deadlines of RUNNING attempts, earliest first: (when, batch, node, attempt,
+    /// dispatch epoch). Entries whose attempt ended are dropped when they come up.
+    deadlines: BinaryHeap<Reverse<Deadline>>,
     rng: u64,
 }
 
@@ -366,6 +374,7 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                 undelivered: Vec::new(),
                 redeliver_at: tokio::time::Instant::now(),
                 redeliver_backoff: Duration::ZERO,
+                deadlines: BinaryHeap::new(),
                 rng: seed | 1,
             },
             Handle { tx },
@@ -635,15 +644,25 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
             resumed.push(b.batch_id);
         }
         // Attempts running or waiting for their retry own their objects again, before any
-        // READY release is re-issued.
+        // READY release is re-issued; running ones get a full execution timeout from now (how
+        // long they ran before the restart is not known).
+        let rearmed_at = tokio::time::Instant::now();
         for batch_id in &resumed {
             let rt = &self.state.batches[batch_id];
             for (node, rec) in rt.machine.records().iter().enumerate() {
                 if matches!(rec.state, NodeState::Running | NodeState::RetryWait) {
                     let node = node as NodeIx;
-                    self.state
-                        .coalescer
-                        .adopt(&rt.object(node).id, batch_id.clone(), node);
+                    let o = rt.object(node);
+                    self.state.coalescer.adopt(&o.id, batch_id.clone(), node);
+                    if rec.state == NodeState::Running {
+                        self.deadlines.push(Reverse((
+                            rearmed_at + execution_timeout(&self.settings, &o.zone),
+                            batch_id.clone(),
+                            node,
+                            rec.attempt,
+                            rec.dispatch_epoch,
+                        )));
+                    }
                 }
             }
         }
@@ -755,11 +774,49 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
         }
     }
 
+    /// RUNNING attempts past their zone's execution timeout count as failed (retryable, reason
+    /// `timeout`); their late results are then ignored.
+    async fn expire_attempts(&mut self) {
+        let now = tokio::time::Instant::now();
+        let mut step = Step::default();
+        while let Some(Reverse((at, ..))) = self.deadlines.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((_, batch_id, node, attempt, epoch))) = self.deadlines.pop() else {
+                break;
+            };
+            let running = self.state.batches.get(&batch_id).is_some_and(|rt| {
+                rt.machine.record(node).is_some_and(|r| {
+                    r.state == NodeState::Running
+                        && r.attempt == attempt
+                        && r.dispatch_epoch == epoch
+                })
+            });
+            if running {
+                warn!(%batch_id, node, attempt, "attempt exceeded its execution timeout");
+                let event = Event::AttemptLost {
+                    node,
+                    attempt,
+                    dispatch_epoch: epoch,
+                    reason: LossReason::Timeout,
+                };
+                self.handle(&mut step, &batch_id, event);
+            }
+        }
+        if !step.heads.is_empty()
+            && let Err(e) = self.flush(step).await
+        {
+            warn!(error = %e, "timed-out attempts not persisted");
+        }
+    }
+
     async fn tick(&mut self) {
         if !self.undelivered.is_empty() && tokio::time::Instant::now() >= self.redeliver_at {
             let ready = std::mem::take(&mut self.undelivered);
             self.publish_ready(ready).await;
         }
+        self.expire_attempts().await;
         let now = Utc::now();
         let due = match self
             .store
@@ -900,6 +957,17 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                         let id = rt.plan.object(&rt.objects, node).id.to_string();
                         step.write.loaded.push((id, now.timestamp_millis()));
                     }
+                    if to == NodeState::Running {
+                        let zone = &rt.plan.object(&rt.objects, node).zone;
+                        let epoch = rt.machine.record(node).map_or(0, |r| r.dispatch_epoch);
+                        self.deadlines.push(Reverse((
+                            tokio::time::Instant::now() + execution_timeout(&self.settings, zone),
+                            batch_id.to_owned(),
+                            node,
+                            attempt,
+                            epoch,
+                        )));
+                    }
                     rt.history.entry(node).or_default().push(TransitionRecord {
                         from,
                         to,
@@ -961,13 +1029,10 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                         dispatch_epoch,
                         object: Some(convert::object_definition(o)),
                         released_at: Some(convert::timestamp(now)),
-                        execution_timeout: Some(convert::duration(
-                            self.settings
-                                .zone_execution_timeouts
-                                .get(&o.zone)
-                                .copied()
-                                .unwrap_or(self.settings.execution_timeout),
-                        )),
+                        execution_timeout: Some(convert::duration(execution_timeout(
+                            &self.settings,
+                            &o.zone,
+                        ))),
                         trace: None,
                     });
                 }
@@ -1147,6 +1212,15 @@ fn disposition_of(r: &NodeRecord) -> InitialDisposition {
         },
         _ => InitialDisposition::Run,
     }
+}
+
+/// The execution timeout of one attempt in `zone`.
+fn execution_timeout(settings: &DriverSettings, zone: &Zone) -> Duration {
+    settings
+        .zone_execution_timeouts
+        .get(zone)
+        .copied()
+        .unwrap_or(settings.execution_timeout)
 }
 
 /// Checks the topics every `every` (the first check after one period) and reports how many had

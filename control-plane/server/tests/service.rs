@@ -77,13 +77,23 @@ async fn start_over(
     data: Arc<MemoryDataPlane>,
     settings: ServiceSettings,
 ) -> Plane {
+    start_driven(store, data, settings, DriverSettings::default()).await
+}
+
+/// The most general start: `driver`'s tick and topic check are made fast for tests.
+async fn start_driven(
+    store: Arc<MemoryStore>,
+    data: Arc<MemoryDataPlane>,
+    settings: ServiceSettings,
+    driver: DriverSettings,
+) -> Plane {
     let (driver, handle) = Driver::new(
         data.clone(),
         store.clone(),
         DriverSettings {
             tick: Duration::from_millis(5),
             topic_check: Duration::from_millis(20),
-            ..DriverSettings::default()
+            ..driver
         },
     );
     let (stop_driver, driver_stopped) = oneshot::channel::<()>();
@@ -117,7 +127,11 @@ async fn start_over(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Answer {
     Load,
-    Fail { retryable: bool },
+    Fail {
+        retryable: bool,
+    },
+    /// Report `ObjectStarted`, then nothing (the agent hangs or its result is lost).
+    Hang,
 }
 
 /// Agents of every zone. They take Ready records from now on, and answer only while the gate is
@@ -163,6 +177,7 @@ fn agents(
                 })
                 .await;
                 let result = match decide(&r.object_id, r.attempt) {
+                    Answer::Hang => continue,
                     Answer::Load => object_result::Result::Loaded(loaded(&r, &agent_id)),
                     Answer::Fail { retryable } => object_result::Result::Failed(pb::ObjectFailed {
                         batch_id: r.batch_id.clone(),
@@ -2294,5 +2309,73 @@ async fn ready_records_lost_with_the_topics_are_published_again() {
         produced(&log, "2001"),
         vec![r.batch_id.clone()],
         "released once, after its parents"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_past_its_zone_execution_timeout_is_retried() {
+    let data = Arc::new(MemoryDataPlane::new());
+    let log = ready_log(&data);
+    // The first attempt of 1001 starts and never answers; later ones load.
+    let _agents = agents(&data, true, |id, attempt| {
+        if id == "1001" && attempt == 1 {
+            Answer::Hang
+        } else {
+            Answer::Load
+        }
+    });
+    let mut plane = start_driven(
+        Arc::new(MemoryStore::new()),
+        data,
+        ServiceSettings {
+            max_objects: MAX_OBJECTS,
+            ..ServiceSettings::default()
+        },
+        DriverSettings {
+            zone_execution_timeouts: [(
+                Zone::parse("raw").expect("zone"),
+                Duration::from_millis(200),
+            )]
+            .into(),
+            ..DriverSettings::default()
+        },
+    )
+    .await;
+    let r = submit(
+        &mut plane.client,
+        "timeout",
+        objects(vec![object("1001", &[]), object("2001", &["1001"])]),
+        fast_retries(3),
+    )
+    .await
+    .expect("submitted");
+    let mut watch = Watch::open(&mut plane.client, &r.batch_id).await;
+    assert_eq!(watch.until_end().await, pb::BatchState::Succeeded);
+    let o = get_object(&mut plane.client, &r.batch_id, "1001")
+        .await
+        .expect("object");
+    assert_eq!((o.state(), o.attempt), (pb::ObjectState::Loaded, 2));
+    assert!(
+        o.history
+            .iter()
+            .any(|h| h.to_state() == pb::ObjectState::RetryWait && h.attempt == 1),
+        "{:?}",
+        o.history
+    );
+    assert_eq!(o.last_error, "attempt 1 lost: timeout");
+    // The Ready records carry the zone's timeout; other zones keep the default.
+    let timeouts: Vec<(String, Option<prost_types::Duration>)> = log
+        .lock()
+        .expect("log")
+        .iter()
+        .map(|r| (r.object_id.clone(), r.execution_timeout))
+        .collect();
+    assert_eq!(timeouts[0].1.as_ref().map(|d| d.nanos), Some(200_000_000));
+    assert_eq!(
+        timeouts
+            .last()
+            .and_then(|(_, d)| d.as_ref())
+            .map(|d| d.seconds),
+        Some(3600)
     );
 }
