@@ -566,9 +566,9 @@ async fn a_batch_completes_after_the_broker_lost_every_topic_mid_batch() -> anyh
 
     // The fault point, by progress: RESTART_AFTER objects answered Loaded and every one of those
     // results applied (nothing RUNNING), later Ready records taken and left unanswered. Nothing
-    // may be RUNNING when the broker loses the results topic: the control plane does not enforce
-    // the execution timeout yet, so an object whose Loaded vanished would stay RUNNING for ever
-    // (and once it is enforced, its recovery is a second attempt, which this test rules out).
+    // may be RUNNING when the broker loses the results topic: an object whose Loaded vanished
+    // stays RUNNING until its execution timeout (an hour by default) and is then retried as a
+    // second attempt, which this test rules out.
     let (before, loaded_before): (pb::Batch, BTreeSet<String>) =
         within(LONG, "the first objects to be loaded", async {
             loop {
