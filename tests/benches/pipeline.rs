@@ -18,7 +18,9 @@
 //!   `grpc_services` over `KafkaDataPlane` + `RedisStore`), each adapter wrapped in a pass-through
 //!   that times its calls. Prints `ready <addr>`; answers each `stats` line on stdin with one JSON
 //!   line (driver counters, release latency, Redis round trips, adapter call timings, VmRSS,
-//!   VmHWM, CPU); on stdin EOF or SIGTERM it prints the final JSON line, shuts down and exits.
+//!   VmHWM, CPU); on stdin EOF or SIGTERM it prints the final JSON line, shuts down and exits;
+//!   on `exit` it prints that line and exits at once, its batches still in memory (so that a heap
+//!   profiler put in front of it with `STRATA_BENCH_CP_WRAP` reports them as not freed).
 //! - `--role agents`: no-op agents for every zone that behave like real agents on the wire: each
 //!   consumes its zone's ready topic in the zone's consumer group, publishes `ObjectStarted` then
 //!   `ObjectLoaded` to the results topic keyed by batch id (pipelined, delivery awaited in order),
@@ -28,7 +30,8 @@
 //! Phases: (1) `--objects` objects (default 100,000) end to end, after a small warm-up batch that
 //! proves the consumer groups have joined; (2) `--big-objects` (default 1,000,000) submitted to a
 //! fresh control plane with no agents, held in flight for `--hold-secs`, to measure its peak RSS
-//! with the first wave released. Without any argument (how `cargo test --benches` runs it) it is
+//! with the first wave released. `--completion poll` and `--diag-drop-status` are diagnostics
+//! that change what runs (see `--help`). Without any argument (how `cargo test --benches` runs it) it is
 //! a 2,000-object smoke run of phase 1 only.
 
 use std::collections::BTreeMap;
@@ -1864,7 +1867,7 @@ fn report(
         s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         let _ = writeln!(
             s,
-            "| {} ({} loaded) | {:.2} | {:.2} | {:.0} | {:.0} | {:.3} | {:.3} | {:.1} | {:.3} | {:.0} |",
+            "| {} ({} loaded) | {:.2} | {:.2} | {:.0} | {:.0} | {:.3} | {:.3} | {:.1} | {:.4} | {:.0} |",
             e.state,
             e.loaded,
             e.submit_s,
@@ -1875,7 +1878,7 @@ fn report(
             e.release_ms("p99_us"),
             e.release_ms("max_us"),
             e.round_trips_per_object(),
-            mb(u(&e.last, &["vm_hwm_kb"])),
+            mb(u(&e.last, &["vm_hwm_kb"]).max(e.sampled_peak_kb)),
         );
         s.push('\n');
         let rel_count = u(&e.after, &["release", "count"]);
@@ -1890,7 +1893,10 @@ fn report(
             u(&e.after, &["round_trips"]) - u(&e.before, &["round_trips"]),
             u(&e.after, &["ready_published"]) - u(&e.before, &["ready_published"]),
             u(&e.after, &["applied"]) - u(&e.before, &["applied"]),
-            e.after["ignored"],
+            match e.after["ignored"].as_object() {
+                Some(m) if !m.is_empty() => e.after["ignored"].to_string(),
+                _ => "none".to_owned(),
+            },
             e.upload_s,
             match o.completion {
                 Completion::Watch => "WatchBatch",
@@ -1995,13 +2001,16 @@ fn report(
             verdict(e.release_ms("p99_us") <= TARGET_RELEASE_P99_MS)
         ));
         targets.push(format!(
-            "- ≤ {TARGET_ROUND_TRIPS_PER_OBJECT} Redis round trip per object: {:.3} — {}",
+            "- ≤ {TARGET_ROUND_TRIPS_PER_OBJECT} Redis round trip per object: {:.4} — {}",
             e.round_trips_per_object(),
             verdict(e.round_trips_per_object() <= TARGET_ROUND_TRIPS_PER_OBJECT)
         ));
     }
     if let Some(b) = big {
-        let hwm = mb(u(&b.last, &["vm_hwm_kb"]));
+        // The kernel's VmHWM can trail a sampled VmRSS by a few pages (per-thread RSS counters).
+        let hwm = mb(u(&b.last, &["vm_hwm_kb"])
+            .max(b.rss_upload_peak_kb)
+            .max(b.rss_planning_peak_kb));
         let _ = writeln!(
             s,
             "**In flight, {} objects** ({:.1} MB seed JSON, no agents; 1-minute load average {} \
@@ -2017,7 +2026,7 @@ fn report(
             b.hold_s,
         );
         s.push_str(
-            "| control-plane RSS MB: idle | peak while uploading | peak upload end → ack | at ack | after the hold | **peak (VmHWM)** |\n",
+            "| control-plane RSS MB: idle | peak while uploading | peak upload end → ack | at ack | after the hold | **peak (VmHWM, or a higher sample)** |\n",
         );
         s.push_str("|---:|---:|---:|---:|---:|---:|\n");
         let _ = writeln!(
