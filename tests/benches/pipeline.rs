@@ -569,6 +569,13 @@ impl StateStore for TimedStore {
         r
     }
 
+    async fn last_loaded(&self, object_ids: &[String]) -> PortResult<Vec<Option<i64>>> {
+        let t = Instant::now();
+        let r = self.inner.last_loaded(object_ids).await;
+        self.calls.record("last_loaded", t, object_ids.len());
+        r
+    }
+
     async fn ping(&self) -> PortResult<()> {
         let t = Instant::now();
         let r = self.inner.ping().await;
@@ -587,7 +594,7 @@ struct TimedData {
 }
 
 impl DataPlane for TimedData {
-    async fn ensure_topics(&self, zones: &[Zone]) -> PortResult<()> {
+    async fn ensure_topics(&self, zones: &[Zone]) -> PortResult<usize> {
         let t = Instant::now();
         let r = self.inner.ensure_topics(zones).await;
         self.calls.record("ensure_topics", t, zones.len());
