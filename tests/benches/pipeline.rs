@@ -601,7 +601,7 @@ impl DataPlane for TimedData {
         r
     }
 
-    async fn publish_ready(&self, ready: Vec<ObjectReady>) -> PortResult<()> {
+    async fn publish_ready(&self, ready: &[ObjectReady]) -> PortResult<()> {
         let n = ready.len();
         let t = Instant::now();
         let r = self.inner.publish_ready(ready).await;

@@ -338,7 +338,7 @@ async fn publish_ready_delivers_keyed_typed_decodable_records() -> anyhow::Resul
         ready("2001", "application", false),
     ];
     let t = Instant::now();
-    within(STEP, "publish ready", data.publish_ready(sent.clone())).await??;
+    within(STEP, "publish ready", data.publish_ready(&sent)).await??;
     eprintln!(
         "publish_ready of 3 records (first publish, cold producer): {:?}",
         t.elapsed()
@@ -348,7 +348,7 @@ async fn publish_ready_delivers_keyed_typed_decodable_records() -> anyhow::Resul
         within(
             STEP,
             "publish one ready",
-            data.publish_ready(vec![ready(&format!("30{i}"), "standardized", false)]),
+            data.publish_ready(&[ready(&format!("30{i}"), "standardized", false)]),
         )
         .await??;
         eprintln!("publish_ready of 1 record (warm): {:?}", t.elapsed());
@@ -359,7 +359,7 @@ async fn publish_ready_delivers_keyed_typed_decodable_records() -> anyhow::Resul
         .map(|i| ready(&format!("4{i:04}"), "standardized", true))
         .collect();
     let t = Instant::now();
-    within(STEP, "publish 1000 ready", data.publish_ready(bulk)).await??;
+    within(STEP, "publish 1000 ready", data.publish_ready(&bulk)).await??;
     eprintln!("publish_ready of 1000 records: {:?}", t.elapsed());
     let standardized = read_topic(&broker, "strata.ready.standardized", 1005).await?;
     ensure!(standardized.len() == 1005);
@@ -414,10 +414,7 @@ async fn publishing_to_a_missing_topic_fails_retryably_until_the_topic_exists() 
     let result = within(
         bound,
         "publish to a missing topic",
-        data.publish_ready(vec![
-            ready("1001", "raw", false),
-            ready("9001", "nowhere", false),
-        ]),
+        data.publish_ready(&[ready("1001", "raw", false), ready("9001", "nowhere", false)]),
     )
     .await?;
     let elapsed = t.elapsed();
@@ -450,7 +447,7 @@ async fn publishing_to_a_missing_topic_fails_retryably_until_the_topic_exists() 
     within(
         bound,
         "publish after ensure_topics",
-        data.publish_ready(vec![ready("9001", "nowhere", false)]),
+        data.publish_ready(&[ready("9001", "nowhere", false)]),
     )
     .await?
     .context("publish after the topic was created")?;
@@ -628,7 +625,7 @@ async fn a_broker_that_lost_everything_is_usable_after_ensure_topics() -> anyhow
         within(
             STEP,
             "publish before",
-            data.publish_ready(vec![ready(&format!("100{i}"), "raw", false)]),
+            data.publish_ready(&[ready(&format!("100{i}"), "raw", false)]),
         )
         .await??;
     }
@@ -695,7 +692,7 @@ async fn a_broker_that_lost_everything_is_usable_after_ensure_topics() -> anyhow
         match within(
             STEP,
             "publish after restart",
-            data.publish_ready(vec![ready("2001", "raw", false)]),
+            data.publish_ready(&[ready("2001", "raw", false)]),
         )
         .await?
         {
@@ -749,7 +746,7 @@ async fn a_down_broker_fails_every_call_within_its_bound() -> anyhow::Result<()>
     within(
         STEP,
         "publish before",
-        data.publish_ready(vec![ready("1001", "raw", false)]),
+        data.publish_ready(&[ready("1001", "raw", false)]),
     )
     .await??;
     let mut rx = data.subscribe_results()?;
@@ -760,7 +757,7 @@ async fn a_down_broker_fails_every_call_within_its_bound() -> anyhow::Result<()>
     let err = within(
         bound,
         "publish to a dead broker",
-        data.publish_ready(vec![ready("1002", "raw", false)]),
+        data.publish_ready(&[ready("1002", "raw", false)]),
     )
     .await?
     .err()
@@ -806,7 +803,7 @@ async fn a_down_broker_fails_every_call_within_its_bound() -> anyhow::Result<()>
         match within(
             STEP,
             "publish after the broker came back",
-            data.publish_ready(vec![ready("1003", "raw", false)]),
+            data.publish_ready(&[ready("1003", "raw", false)]),
         )
         .await?
         {

@@ -46,6 +46,10 @@ use crate::ports::{
 
 /// How many results one step takes at most.
 const MAX_RESULTS_PER_STEP: usize = 4096;
+/// Steps whose Ready records may be in delivery at once.
+const PUBLISHING_STEPS: usize = 16;
+/// Steps of status changes the status task may fall behind before changes are dropped.
+const STATUS_BACKLOG: usize = 256;
 /// Capacity of a batch's watch channel; a watcher that falls further behind gets a resync.
 const WATCH_CAPACITY: usize = 4096;
 
@@ -214,8 +218,10 @@ pub struct DriverCounters {
     pub unknown_batch: u64,
     /// Results applied.
     pub applied: u64,
-    /// Ready records published.
+    /// Ready records published (delivery reported).
     pub ready_published: u64,
+    /// Status changes dropped because the status topic's producer fell behind.
+    pub status_dropped: u64,
     /// Release latency: a result consumed → its children's Ready handed to the producer (one
     /// sample per released Ready; the store write that makes the step durable is inside it).
     pub release_latency: LatencyHistogram,
@@ -323,6 +329,15 @@ pub struct Driver<D, S> {
     /// the tick to 5 s, reset by a delivery).
     redeliver_at: tokio::time::Instant,
     redeliver_backoff: Duration,
+    /// Steps whose Ready records are being delivered beside the driver (at most
+    /// [`PUBLISHING_STEPS`] at once: a slow broker slows the driver down instead of piling up).
+    publishing: Arc<tokio::sync::Semaphore>,
+    /// Reports of those deliveries, back to the driver.
+    published_tx: mpsc::UnboundedSender<Published>,
+    published_rx: Option<mpsc::UnboundedReceiver<Published>>,
+    /// Status changes for the status topic, produced in order by a task of their own (best
+    /// effort: dropped and counted when it falls [`STATUS_BACKLOG`] steps behind).
+    status_tx: Option<mpsc::Sender<Vec<pb::StatusChanged>>>,
     /// Execution deadlines of RUNNING attempts, earliest first: (when, batch, node, attempt,
     /// dispatch epoch). Entries whose attempt ended are dropped when they come up.
     deadlines: BinaryHeap<Reverse<Deadline>>,
@@ -361,6 +376,7 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
     /// A driver and the handle to reach it.
     pub fn new(data: Arc<D>, store: Arc<S>, settings: DriverSettings) -> (Self, Handle) {
         let (tx, commands) = mpsc::channel(1024);
+        let (published_tx, published_rx) = mpsc::unbounded_channel();
         let seed = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0x9e37_79b9, |d| d.as_nanos() as u64);
@@ -375,6 +391,10 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                 redeliver_at: tokio::time::Instant::now(),
                 redeliver_backoff: Duration::ZERO,
                 deadlines: BinaryHeap::new(),
+                publishing: Arc::new(tokio::sync::Semaphore::new(PUBLISHING_STEPS)),
+                published_tx,
+                published_rx: Some(published_rx),
+                status_tx: None,
                 rng: seed | 1,
             },
             Handle { tx },
@@ -396,6 +416,9 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
         };
         let mut tick = tokio::time::interval(self.settings.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut published = self.published_rx.take().expect("the driver runs once");
+        let (status_tx, status_task) = publish_status_in_order(self.data.clone());
+        self.status_tx = Some(status_tx);
         let (lost_tx, mut lost) = mpsc::channel(4);
         let watcher = watch_topics(
             self.data.clone(),
@@ -424,9 +447,18 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                 }
                 _ = tick.tick() => self.tick().await,
                 Some(created) = lost.recv() => self.topics_recreated(created).await,
+                Some(report) = published.recv() => self.published(report),
             }
         }
         watcher.abort();
+        // The status task ends once it has produced what it was handed.
+        self.status_tx = None;
+        if tokio::time::timeout(Duration::from_secs(5), status_task)
+            .await
+            .is_err()
+        {
+            warn!("status changes still unproduced at shutdown were dropped");
+        }
         info!("driver stopped");
         Ok(())
     }
@@ -814,7 +846,7 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
     async fn tick(&mut self) {
         if !self.undelivered.is_empty() && tokio::time::Instant::now() >= self.redeliver_at {
             let ready = std::mem::take(&mut self.undelivered);
-            self.publish_ready(ready).await;
+            self.publish_ready(ready, None).await;
         }
         self.expire_attempts().await;
         let now = Utc::now();
@@ -1136,13 +1168,7 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
             let mut ready = std::mem::take(&mut step.ready);
             // Higher priority first among the objects released together.
             ready.sort_by_key(|r| std::cmp::Reverse(r.object.as_ref().map_or(0, |o| o.priority)));
-            if let Some(consumed) = step.consumed_at {
-                self.state
-                    .counters
-                    .release_latency
-                    .record_n(consumed.elapsed(), ready.len() as u64);
-            }
-            self.publish_ready(ready).await;
+            self.publish_ready(ready, step.consumed_at).await;
         }
         if !step.dead.is_empty()
             && let Err(e) = self
@@ -1153,12 +1179,11 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
             warn!(error = %e, "dead letters not produced to the dead-letter topic");
         }
         if !step.status.is_empty()
-            && let Err(e) = self
-                .data
-                .publish_status(std::mem::take(&mut step.status))
-                .await
+            && let Some(tx) = &self.status_tx
+            && tx.try_send(std::mem::take(&mut step.status)).is_err()
         {
-            debug!(error = %e, "status changes not produced");
+            self.state.counters.status_dropped += 1;
+            debug!("status changes dropped: the status topic's producer is behind");
         }
         if !step.positions.is_empty()
             && let Err(e) = self.data.store_positions(&step.positions)
@@ -1173,33 +1198,117 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
         Ok(())
     }
 
-    async fn publish_ready(&mut self, ready: Vec<pb::ObjectReady>) {
-        let n = ready.len() as u64;
-        match self.data.publish_ready(ready.clone()).await {
-            Ok(()) => {
+    /// Hands a step's Ready records to the producer and moves on: the delivery reports are
+    /// awaited beside the driver (at most [`PUBLISHING_STEPS`] steps at once) and come back as a
+    /// [`Published`] report. `consumed_at`: when the results that released them were consumed
+    /// (release latency, measured when the records are handed to the producer).
+    async fn publish_ready(&mut self, ready: Vec<pb::ObjectReady>, consumed_at: Option<Instant>) {
+        let Ok(permit) = self.publishing.clone().acquire_owned().await else {
+            return;
+        };
+        let data = self.data.clone();
+        let zones = self.settings.zones.clone();
+        let report = self.published_tx.clone();
+        tokio::spawn(async move {
+            let latency = consumed_at.map(|t| t.elapsed());
+            let result = data.publish_ready(&ready).await;
+            let failed = match result {
+                Ok(()) => None,
+                Err(e) => {
+                    // Make sure the topics exist before the records are tried again.
+                    let mut all = zones;
+                    all.extend(ready.iter().filter_map(|r| Zone::parse(&r.zone)));
+                    all.sort();
+                    all.dedup();
+                    if let Err(e) = data.ensure_topics(&all).await {
+                        warn!(error = %e, "topics not ensured");
+                    }
+                    Some(e)
+                }
+            };
+            drop(permit);
+            let _ = report.send(Published {
+                ready,
+                latency,
+                failed,
+            });
+        });
+    }
+
+    /// A delivery report of [`Driver::publish_ready`].
+    fn published(&mut self, report: Published) {
+        let n = report.ready.len() as u64;
+        if let Some(latency) = report.latency {
+            self.state.counters.release_latency.record_n(latency, n);
+        }
+        match report.failed {
+            None => {
                 self.state.counters.ready_published += n;
                 self.redeliver_backoff = Duration::ZERO;
             }
-            Err(e) => {
+            Some(e) => {
                 self.redeliver_backoff = (self.redeliver_backoff * 2)
                     .max(self.settings.tick)
                     .min(Duration::from_secs(5));
                 self.redeliver_at = tokio::time::Instant::now() + self.redeliver_backoff;
-                warn!(error = %e, records = n, retry_in = ?self.redeliver_backoff, "ready records not delivered; re-creating topics and retrying");
-                if let Err(e) = self.data.ensure_topics(&self.settings.zones).await {
-                    warn!(error = %e, "topics not ensured");
-                }
-                let mut zones: Vec<Zone> =
-                    ready.iter().filter_map(|r| Zone::parse(&r.zone)).collect();
-                zones.sort();
-                zones.dedup();
-                if let Err(e) = self.data.ensure_topics(&zones).await {
-                    warn!(error = %e, "zone topics not ensured");
-                }
-                self.undelivered.extend(ready);
+                warn!(error = %e, records = n, retry_in = ?self.redeliver_backoff, "ready records not delivered; publishing them again");
+                // Those still READY with the same attempt: the rest moved on meanwhile.
+                let still_ready = |r: &pb::ObjectReady| {
+                    self.state.batches.get(&r.batch_id).is_some_and(|rt| {
+                        ObjectId::parse(&r.object_id)
+                            .ok()
+                            .and_then(|id| rt.node_of.get(&id))
+                            .and_then(|n| rt.machine.record(*n))
+                            .is_some_and(|rec| {
+                                rec.state == NodeState::Ready
+                                    && rec.attempt == r.attempt
+                                    && rec.dispatch_epoch == r.dispatch_epoch
+                            })
+                    })
+                };
+                let again: Vec<pb::ObjectReady> = report
+                    .ready
+                    .into_iter()
+                    .filter(|r| still_ready(r))
+                    .collect();
+                self.undelivered.extend(again);
             }
         }
     }
+}
+
+/// What a background delivery of one step's Ready records reports back.
+#[derive(Debug)]
+struct Published {
+    /// The records.
+    ready: Vec<pb::ObjectReady>,
+    /// Release latency of the step (when the results were consumed → handed to the producer).
+    latency: Option<Duration>,
+    /// Why they were not (all) delivered.
+    failed: Option<PortError>,
+}
+
+/// A task producing status changes in the order it receives them (best effort: failures are
+/// logged). It ends when the sender is dropped and what it was handed is produced.
+fn publish_status_in_order<D: DataPlane>(
+    data: Arc<D>,
+) -> (
+    mpsc::Sender<Vec<pb::StatusChanged>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, mut rx) = mpsc::channel::<Vec<pb::StatusChanged>>(STATUS_BACKLOG);
+    let task = tokio::spawn(async move {
+        while let Some(mut changes) = rx.recv().await {
+            // Whatever else is queued goes in the same produce call.
+            while let Ok(more) = rx.try_recv() {
+                changes.extend(more);
+            }
+            if let Err(e) = data.publish_status(changes).await {
+                debug!(error = %e, "status changes not produced");
+            }
+        }
+    });
+    (tx, task)
 }
 
 /// The initial disposition a restored record shows: skipped as fresh, rejected by preflight,

@@ -87,8 +87,7 @@ pub trait DataPlane: Send + Sync + 'static {
 
     /// Produces each Ready to its zone's ready topic, keyed by object id, and resolves when every
     /// delivery report is in (acks=all). Fails if any record was not delivered.
-    fn publish_ready(&self, ready: Vec<ObjectReady>)
-    -> impl Future<Output = PortResult<()>> + Send;
+    fn publish_ready(&self, ready: &[ObjectReady]) -> impl Future<Output = PortResult<()>> + Send;
 
     /// Produces dead letters to the dead-letter topic (keyed by object id); delivery awaited.
     fn publish_dead_letters(

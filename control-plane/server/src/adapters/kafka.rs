@@ -1023,10 +1023,10 @@ impl DataPlane for KafkaDataPlane {
         Ok(created.len())
     }
 
-    async fn publish_ready(&self, ready: Vec<ObjectReady>) -> PortResult<()> {
+    async fn publish_ready(&self, ready: &[ObjectReady]) -> PortResult<()> {
         let prefix = &self.settings.topic_prefix;
         let records = ready
-            .into_iter()
+            .iter()
             .map(|r| {
                 let (traceparent, tracestate) = r
                     .trace

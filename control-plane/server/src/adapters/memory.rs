@@ -120,8 +120,8 @@ impl DataPlane for MemoryDataPlane {
         Ok(created)
     }
 
-    async fn publish_ready(&self, ready: Vec<ObjectReady>) -> PortResult<()> {
-        for r in ready {
+    async fn publish_ready(&self, ready: &[ObjectReady]) -> PortResult<()> {
+        for r in ready.iter().cloned() {
             let zone = Zone::parse(&r.zone)
                 .unwrap_or_else(|| Zone::default_for_layer(1).expect("layer 1 has a default zone"));
             // No subscriber yet is like a topic nobody consumes: the record is dropped.
