@@ -50,8 +50,6 @@ const MAX_RESULTS_PER_STEP: usize = 4096;
 const PUBLISHING_STEPS: usize = 16;
 /// Steps of status changes the status task may fall behind before changes are dropped.
 const STATUS_BACKLOG: usize = 256;
-/// Capacity of a batch's watch channel; a watcher that falls further behind gets a resync.
-const WATCH_CAPACITY: usize = 4096;
 
 /// Settings of the driver.
 #[derive(Debug, Clone)]
@@ -68,6 +66,9 @@ pub struct DriverSettings {
     pub zone_execution_timeouts: BTreeMap<Zone, Duration>,
     /// How often due retries are claimed and undelivered Ready records re-published.
     pub tick: Duration,
+    /// Steps a watcher may fall behind (each step's changes of a batch are one message) before
+    /// it gets a resync and a fresh snapshot.
+    pub watch_capacity: usize,
     /// How often the topics are checked (and re-created): a broker that lost them lost every
     /// Ready in flight, which the driver then publishes again.
     pub topic_check: Duration,
@@ -87,6 +88,7 @@ impl Default for DriverSettings {
             zone_execution_timeouts: BTreeMap::new(),
             tick: Duration::from_millis(100),
             topic_check: Duration::from_secs(5),
+            watch_capacity: 1024,
         }
     }
 }
@@ -192,8 +194,8 @@ pub struct BatchRuntime {
     /// Nodes whose latest release coalesced onto another batch's attempt, with that batch
     /// (kept after the outcome arrives; dropped when the node is released to run itself).
     pub coalesced_onto: FxHashMap<NodeIx, String>,
-    /// Watchers.
-    pub watch: broadcast::Sender<WatchEvent>,
+    /// Watchers: every step's changes of this batch, in order, as one message.
+    pub watch: broadcast::Sender<Arc<[WatchEvent]>>,
     /// Submission time.
     pub created_at: DateTime<Utc>,
     /// When it became terminal.
@@ -603,7 +605,7 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                 history: FxHashMap::default(),
                 last_agent: FxHashMap::default(),
                 coalesced_onto: FxHashMap::default(),
-                watch: broadcast::channel(WATCH_CAPACITY).0,
+                watch: broadcast::channel(self.settings.watch_capacity.max(1)).0,
                 created_at: p.created_at,
                 finished_at,
             },
@@ -1190,9 +1192,13 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
         {
             warn!(error = %e, "result offsets not stored");
         }
+        let mut by_batch: BTreeMap<String, Vec<WatchEvent>> = BTreeMap::new();
         for (batch_id, ev) in step.watch {
+            by_batch.entry(batch_id).or_default().push(ev);
+        }
+        for (batch_id, events) in by_batch {
             if let Some(rt) = self.state.batches.get(&batch_id) {
-                let _ = rt.watch.send(ev);
+                let _ = rt.watch.send(events.into());
             }
         }
         Ok(())

@@ -1746,11 +1746,21 @@ async fn a_batch_finished_before_a_restart_is_answered_from_the_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_that_falls_behind_gets_a_resync_and_a_fresh_snapshot() {
-    let mut plane = start_with(ServiceSettings {
-        max_objects: 10_000,
-        snapshot_part_objects: 1000,
-        ..ServiceSettings::default()
-    })
+    // A watcher may fall one driver step behind; this one reads nothing while thousands of
+    // results arrive in many more steps than that.
+    let mut plane = start_driven(
+        Arc::new(MemoryStore::new()),
+        Arc::new(MemoryDataPlane::new()),
+        ServiceSettings {
+            max_objects: 10_000,
+            snapshot_part_objects: 1000,
+            ..ServiceSettings::default()
+        },
+        DriverSettings {
+            watch_capacity: 1,
+            ..DriverSettings::default()
+        },
+    )
     .await;
     let _agents = agents(&plane.data, false, |_, _| Answer::Load);
     let n = 8000u32;

@@ -1129,7 +1129,7 @@ impl<S: StateStore> OrchestratorService<S> {
             nodes: Vec<NodeIx>,
             names: Vec<String>,
             upstream_before: u32,
-            rx: broadcast::Receiver<WatchEvent>,
+            rx: broadcast::Receiver<Arc<[WatchEvent]>>,
         }
         let prepared = self
             .with_batch(&batch_id, move |rt| {
@@ -1215,12 +1215,21 @@ impl<S: StateStore> OrchestratorService<S> {
         let mut lagged = false;
         loop {
             match rx.try_recv() {
-                Ok(WatchEvent::Object {
-                    from: NodeState::UpstreamFailed,
-                    to: NodeState::Pending,
-                    ..
-                }) => rearmed += 1,
-                Ok(_) => {}
+                Ok(events) => {
+                    rearmed += events
+                        .iter()
+                        .filter(|e| {
+                            matches!(
+                                e,
+                                WatchEvent::Object {
+                                    from: NodeState::UpstreamFailed,
+                                    to: NodeState::Pending,
+                                    ..
+                                }
+                            )
+                        })
+                        .count() as u32;
+                }
                 Err(broadcast::error::TryRecvError::Lagged(_)) => {
                     lagged = true;
                     break;

@@ -3,8 +3,9 @@
 //! The snapshot and the subscription to the batch's broadcast channel are taken in one
 //! [`Handle::read`], between two driver steps, so no change falls between them. Each watcher runs
 //! in its own task with its own broadcast receiver: a slow watcher only lags its own receiver
-//! (the driver's `send` never waits) and, once it has fallen `WATCH_CAPACITY` events behind,
-//! gets a `Resync` and a fresh snapshot instead of the events it missed.
+//! (the driver's `send` never waits) and, once it has fallen `DriverSettings::watch_capacity`
+//! steps behind (one message per driver step with all of the batch's changes in it), gets a
+//! `Resync` and a fresh snapshot instead of the events it missed.
 //!
 //! Events are taken in bursts; the details the broadcast does not carry (agent, error, next
 //! attempt time, the batch after a batch change) are read from the driver once per burst.
@@ -45,7 +46,7 @@ pub(super) struct Snapshot {
     terminal: bool,
     /// Per node: id, zone, state, attempt.
     nodes: Vec<(ObjectId, Zone, NodeState, u32)>,
-    rx: broadcast::Receiver<WatchEvent>,
+    rx: broadcast::Receiver<Arc<[WatchEvent]>>,
 }
 
 impl Watcher {
@@ -145,7 +146,7 @@ impl Watcher {
 
     async fn follow(
         &mut self,
-        mut rx: broadcast::Receiver<WatchEvent>,
+        mut rx: broadcast::Receiver<Arc<[WatchEvent]>>,
         ids: &[(ObjectId, Zone)],
         out: &mut Out,
     ) -> Follow {
@@ -159,7 +160,7 @@ impl Watcher {
                 () = out.tx.closed() => return Follow::Done,
             };
             let mut burst = match first {
-                Ok(ev) => vec![ev],
+                Ok(events) => events.to_vec(),
                 Err(broadcast::error::RecvError::Lagged(n)) => return Follow::Resync(n),
                 Err(broadcast::error::RecvError::Closed) => {
                     // The driver dropped the batch: it stopped.
@@ -169,7 +170,7 @@ impl Watcher {
             };
             while burst.len() < BURST {
                 match rx.try_recv() {
-                    Ok(ev) => burst.push(ev),
+                    Ok(events) => burst.extend(events.iter().cloned()),
                     Err(broadcast::error::TryRecvError::Lagged(n)) => return Follow::Resync(n),
                     Err(_) => break,
                 }
