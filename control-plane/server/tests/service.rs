@@ -2380,12 +2380,17 @@ async fn an_attempt_past_its_zone_execution_timeout_is_retried() {
         .iter()
         .map(|r| (r.object_id.clone(), r.execution_timeout))
         .collect();
-    assert_eq!(timeouts[0].1.as_ref().map(|d| d.nanos), Some(200_000_000));
-    assert_eq!(
+    let of = |id: &str| -> Vec<(i64, i32)> {
         timeouts
-            .last()
-            .and_then(|(_, d)| d.as_ref())
-            .map(|d| d.seconds),
-        Some(3600)
+            .iter()
+            .filter(|(o, _)| o == id)
+            .filter_map(|(_, d)| d.as_ref().map(|d| (d.seconds, d.nanos)))
+            .collect()
+    };
+    assert_eq!(
+        of("1001"),
+        [(0, 200_000_000), (0, 200_000_000)],
+        "{timeouts:?}"
     );
+    assert_eq!(of("2001"), [(3600, 0)], "{timeouts:?}");
 }
