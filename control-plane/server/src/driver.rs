@@ -4,13 +4,18 @@
 //! cheap-clone [`Handle`], results from the data plane, and due retries from the store; feeds them
 //! to the pure [`BatchMachine`]s; and performs the effects in a fixed order per step:
 //!
-//! 1. persist every changed node record, batch head, scheduled retry and dead letter in **one**
-//!    store round trip;
-//! 2. publish the Ready records (delivery awaited) — those that cannot be delivered are kept and
-//!    re-published, topics re-created, until they are;
-//! 3. produce dead letters and status changes;
+//! 1. persist every changed node record, batch head, scheduled retry, dead letter and load time
+//!    in **one** store round trip;
+//! 2. hand the Ready records to the producer; their delivery reports are awaited beside the
+//!    driver (at most 16 steps in flight) — records not delivered are published again, topics
+//!    re-created, for as long as their object is READY;
+//! 3. produce dead letters (delivery awaited); hand status changes to the in-order status task;
 //! 4. store the consumed results' offsets (the state change they caused is durable now);
-//! 5. tell watchers.
+//! 5. tell watchers (one message per batch and step).
+//!
+//! A READY object is therefore durable in the store before its Ready is produced, and stays
+//! READY until an agent reports on it; after a restart, or when the broker lost its topics, every
+//! READY object is published again with the same attempt and dispatch epoch.
 //!
 //! Results are drained in groups, so one store round trip covers many of them. A restarted driver
 //! reloads every active batch from the store, plans it again (planning is deterministic), restores
