@@ -23,7 +23,11 @@ use strata_core::retry::RetryPolicy;
 )]
 #[serde(default, deny_unknown_fields)]
 pub struct Flags {
-    /// TOML file with any of these settings (flags and environment variables win over it).
+    /// TOML file with any of these settings (flags and environment variables win over it), and
+    /// the per-zone settings that only a file can hold: `[zones_config.<zone>]` with
+    /// `max_attempts`, `initial_backoff_ms`, `backoff_multiplier`, `max_backoff_ms`,
+    /// `execution_timeout_secs`, `expected_duration_ms`, and `[zones_config.<zone>.preflight]`
+    /// with `require_attributes`, `reject_ids`, `allow_ids` (globs).
     #[arg(long, env = "STRATA_CONFIG")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
@@ -101,7 +105,7 @@ pub struct Flags {
     #[arg(long, env = "STRATA_MAX_BACKOFF_MS")]
     pub max_backoff_ms: Option<u64>,
 
-    /// Default execution timeout of one attempt, in seconds.
+    /// Default execution timeout of one attempt, in seconds (a RUNNING attempt past it is retried).
     #[arg(long, env = "STRATA_EXECUTION_TIMEOUT_SECS")]
     pub execution_timeout_secs: Option<u64>,
 
