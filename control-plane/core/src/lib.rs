@@ -8,6 +8,7 @@
 //! the test command checks that with `cargo tree`. Drivers in the control plane and the worker
 //! agent own the I/O.
 
+pub mod agents;
 pub mod catalogue;
 pub mod coalesce;
 pub mod freshness;

@@ -257,14 +257,17 @@ pub enum LossReason {
     AgentLost,
     /// It exceeded its zone's execution timeout.
     Timeout,
+    /// Its agent deregistered (drained) while still holding it.
+    Drained,
 }
 
 impl LossReason {
-    /// The wire / metrics label (`"agent_lost"`, `"timeout"`).
+    /// The wire / metrics label (`"agent_lost"`, `"timeout"`, `"drained"`).
     pub fn as_str(self) -> &'static str {
         match self {
             LossReason::AgentLost => "agent_lost",
             LossReason::Timeout => "timeout",
+            LossReason::Drained => "drained",
         }
     }
 }

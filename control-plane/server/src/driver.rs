@@ -29,6 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, Utc};
 use rustc_hash::FxHashMap;
+use strata_core::agents::Registry;
 use strata_core::coalesce::{Claim, Coalescer, Delivery, Settlement, Ticket};
 use strata_core::machine::{
     BatchMachine, BatchState, DeadReason, Effect, Event, IgnoreReason, InitialDisposition,
@@ -74,6 +75,8 @@ pub struct DriverSettings {
     /// Steps a watcher may fall behind (each step's changes of a batch are one message) before
     /// it gets a resync and a fresh snapshot.
     pub watch_capacity: usize,
+    /// How long an agent's lease lives without a heartbeat.
+    pub lease_ttl: Duration,
     /// How often the topics are checked (and re-created): a broker that lost them lost every
     /// Ready in flight, which the driver then publishes again.
     pub topic_check: Duration,
@@ -94,6 +97,7 @@ impl Default for DriverSettings {
             tick: Duration::from_millis(100),
             topic_check: Duration::from_secs(5),
             watch_capacity: 1024,
+            lease_ttl: Duration::from_secs(15),
         }
     }
 }
@@ -235,7 +239,7 @@ pub struct DriverCounters {
 }
 
 /// Everything the driver owns; read through [`Handle::read`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct DriverState {
     /// Batches by id.
     pub batches: HashMap<String, BatchRuntime>,
@@ -243,9 +247,23 @@ pub struct DriverState {
     pub counters: DriverCounters,
     /// Objects in flight across batches, and the releases waiting on them (DESIGN §4, dedup).
     pub coalescer: Coalescer<String>,
+    /// Worker agents and their leases.
+    pub agents: Registry,
+}
+
+impl DriverState {
+    /// The attempt of `batch_id`'s object `object_id` that an agent reported, as the machine's
+    /// node, if that object is in the batch.
+    pub fn node_of(&self, batch_id: &str, object_id: &str) -> Option<NodeIx> {
+        let rt = self.batches.get(batch_id)?;
+        let id = ObjectId::parse(object_id).ok()?;
+        rt.node_of.get(&id).copied()
+    }
 }
 
 type ReadFn = Box<dyn FnOnce(&DriverState) + Send>;
+/// A change to the driver's state; events it pushes (batch, event) are applied in the same step.
+type MutateFn = Box<dyn FnOnce(&mut DriverState, &mut Vec<(String, Event)>) + Send>;
 
 /// When a RUNNING attempt outlives its zone's execution timeout: (deadline, batch, node,
 /// attempt, dispatch epoch).
@@ -262,6 +280,7 @@ enum Command {
         reply: oneshot::Sender<Result<Outcome, DriverError>>,
     },
     Read(ReadFn),
+    Mutate(MutateFn, oneshot::Sender<Result<(), DriverError>>),
 }
 
 /// What a submission became.
@@ -314,6 +333,25 @@ impl Handle {
         rx.await.map_err(|_| DriverError::ShuttingDown)
     }
 
+    /// Runs `f` on the driver's state between two steps; the events it pushes are applied in one
+    /// step, and this resolves once their effects are durable.
+    pub async fn mutate<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut DriverState, &mut Vec<(String, Event)>) -> T + Send + 'static,
+    ) -> Result<T, DriverError> {
+        let (out_tx, out_rx) = oneshot::channel();
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Mutate(
+            Box::new(move |s, events| {
+                let _ = out_tx.send(f(s, events));
+            }),
+            reply,
+        ))
+        .await?;
+        rx.await.map_err(|_| DriverError::ShuttingDown)??;
+        out_rx.await.map_err(|_| DriverError::ShuttingDown)
+    }
+
     async fn send(&self, cmd: Command) -> Result<(), DriverError> {
         self.tx
             .send(cmd)
@@ -357,6 +395,7 @@ impl std::fmt::Debug for Command {
             Command::Submit(..) => "Submit",
             Command::Event { .. } => "Event",
             Command::Read(_) => "Read",
+            Command::Mutate(..) => "Mutate",
         })
     }
 }
@@ -382,6 +421,7 @@ struct Step {
 impl<D: DataPlane, S: StateStore> Driver<D, S> {
     /// A driver and the handle to reach it.
     pub fn new(data: Arc<D>, store: Arc<S>, settings: DriverSettings) -> (Self, Handle) {
+        let lease_ttl = settings.lease_ttl;
         let (tx, commands) = mpsc::channel(1024);
         let (published_tx, published_rx) = mpsc::unbounded_channel();
         let seed = SystemTime::now()
@@ -392,7 +432,12 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                 data,
                 store,
                 settings,
-                state: DriverState::default(),
+                state: DriverState {
+                    batches: HashMap::new(),
+                    counters: DriverCounters::default(),
+                    coalescer: Coalescer::default(),
+                    agents: Registry::new(lease_ttl),
+                },
                 commands,
                 undelivered: Vec::new(),
                 redeliver_at: tokio::time::Instant::now(),
@@ -495,6 +540,15 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
     async fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Read(f) => f(&self.state),
+            Command::Mutate(f, reply) => {
+                let mut events = Vec::new();
+                f(&mut self.state, &mut events);
+                let mut step = Step::default();
+                for (batch_id, event) in events {
+                    self.handle(&mut step, &batch_id, event);
+                }
+                let _ = reply.send(self.flush(step).await);
+            }
             Command::Submit(prepared, reply) => {
                 let r = self.submit(*prepared).await;
                 let _ = reply.send(r);
@@ -853,12 +907,38 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
         }
     }
 
+    /// Agents whose lease ran out are lost: every attempt they held (as they last reported, and
+    /// every RUNNING attempt they started) counts as failed with reason `agent_lost`.
+    async fn expire_leases(&mut self) {
+        let now = Utc::now();
+        let lost = self.state.agents.expire(now);
+        if lost.is_empty() {
+            return;
+        }
+        // Ended leases stay listed for a while.
+        self.state
+            .agents
+            .forget_inactive(now - chrono::TimeDelta::hours(1));
+        let mut step = Step::default();
+        for agent in lost {
+            let events = held_attempts_lost(&self.state, &agent.agent_id, &agent.in_flight);
+            warn!(agent_id = %agent.agent_id, zone = %agent.zone, attempts = events.len(), "agent lease expired; its attempts are retried");
+            for (batch_id, event) in events {
+                self.handle(&mut step, &batch_id, event);
+            }
+        }
+        if let Err(e) = self.flush(step).await {
+            warn!(error = %e, "lost attempts not persisted");
+        }
+    }
+
     async fn tick(&mut self) {
         if !self.undelivered.is_empty() && tokio::time::Instant::now() >= self.redeliver_at {
             let ready = std::mem::take(&mut self.undelivered);
             self.publish_ready(ready, None).await;
         }
         self.expire_attempts().await;
+        self.expire_leases().await;
         let now = Utc::now();
         let due = match self
             .store
@@ -1335,6 +1415,62 @@ fn disposition_of(r: &NodeRecord) -> InitialDisposition {
         },
         _ => InitialDisposition::Run,
     }
+}
+
+/// The events that declare lost (reason `agent_lost`) the attempts agent `agent_id` held: those
+/// it last reported, and every RUNNING attempt it was the last to report on. The machine ignores
+/// any that moved on meanwhile.
+pub fn held_attempts_lost(
+    state: &DriverState,
+    agent_id: &str,
+    reported: &[strata_core::agents::HeldAttempt],
+) -> Vec<(String, Event)> {
+    held_attempts(state, agent_id, reported, LossReason::AgentLost)
+}
+
+/// Like [`held_attempts_lost`], with the loss `reason`.
+pub fn held_attempts(
+    state: &DriverState,
+    agent_id: &str,
+    reported: &[strata_core::agents::HeldAttempt],
+    reason: LossReason,
+) -> Vec<(String, Event)> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    let mut add = |batch_id: &str, node: NodeIx, attempt: u32, dispatch_epoch: u64| {
+        if seen.insert((batch_id.to_owned(), node, attempt)) {
+            out.push((
+                batch_id.to_owned(),
+                Event::AttemptLost {
+                    node,
+                    attempt,
+                    dispatch_epoch,
+                    reason,
+                },
+            ));
+        }
+    };
+    for h in reported {
+        if let Some(node) = state.node_of(&h.batch_id, &h.object_id) {
+            add(&h.batch_id, node, h.attempt, h.dispatch_epoch);
+        }
+    }
+    for rt in state.batches.values() {
+        if rt.machine.is_terminal() {
+            continue;
+        }
+        for (node, agent) in &rt.last_agent {
+            if agent != agent_id {
+                continue;
+            }
+            if let Some(r) = rt.machine.record(*node)
+                && r.state == NodeState::Running
+            {
+                add(&rt.batch_id, *node, r.attempt, r.dispatch_epoch);
+            }
+        }
+    }
+    out
 }
 
 /// The execution timeout of one attempt in `zone`.

@@ -36,6 +36,9 @@ pub enum ServiceError {
     /// No such batch.
     #[error("batch {0} not found")]
     BatchNotFound(String),
+    /// No such agent (never registered here, or forgotten after a control-plane restart).
+    #[error("agent {0} is not registered; register again")]
+    AgentNotFound(String),
     /// No such object in the batch.
     #[error("object {object} is not in batch {batch}")]
     ObjectNotFound {
@@ -91,7 +94,9 @@ impl ServiceError {
             ServiceError::InvalidArgument(_)
             | ServiceError::Plan(_)
             | ServiceError::Catalogue(_) => Code::InvalidArgument,
-            ServiceError::BatchNotFound(_) | ServiceError::ObjectNotFound { .. } => Code::NotFound,
+            ServiceError::BatchNotFound(_)
+            | ServiceError::ObjectNotFound { .. }
+            | ServiceError::AgentNotFound(_) => Code::NotFound,
             ServiceError::IdempotencyConflict { .. } => Code::AlreadyExists,
             ServiceError::FailedPrecondition(_) => Code::FailedPrecondition,
             ServiceError::TooLarge(_) => Code::ResourceExhausted,

@@ -13,6 +13,7 @@ use strata_control_plane::adapters::memory::{MemoryDataPlane, MemoryStore};
 use strata_control_plane::driver::{Driver, DriverCounters, DriverSettings, Handle};
 use strata_control_plane::service::{ServiceSettings, grpc_services};
 use strata_core::Zone;
+use strata_proto::v1::agent_registry_client::AgentRegistryClient;
 use strata_proto::v1::orchestrator_client::OrchestratorClient;
 use strata_proto::v1::{self as pb, object_result, watch_batch_response};
 use tokio::net::TcpListener;
@@ -1132,19 +1133,44 @@ async fn get_object_says_why_an_object_is_blocked() {
         blocked.summary
     );
 
-    // A released root waits for an agent of its zone.
+    // A released root with no agent of its zone registered says so.
     let root = get_object(&mut plane.client, &r.batch_id, "01001")
         .await
         .expect("ids are canonicalised");
     assert_eq!(root.state(), pb::ObjectState::Ready);
     assert_eq!(root.attempt, 1);
     assert!(root.dispatch_epoch > 0);
+    let Some(pb::blocked_reason::Reason::NoLiveAgent(none)) =
+        root.blocked.as_ref().and_then(|b| b.reason.clone())
+    else {
+        panic!("no live agent: {:?}", root.blocked);
+    };
+    assert_eq!(none.zone, "raw");
+    assert!(
+        root.blocked
+            .as_ref()
+            .is_some_and(|b| b.summary.contains("no live agent of zone raw")),
+        "{:?}",
+        root.blocked
+    );
+    // Once an agent of the zone holds a lease, it waits for that agent.
+    let mut registry = AgentRegistryClient::new(plane.channel.clone());
+    t(registry.register_agent(pb::RegisterAgentRequest {
+        zone: "raw".into(),
+        capacity: 2,
+        ..Default::default()
+    }))
+    .await
+    .expect("registered");
+    let root = get_object(&mut plane.client, &r.batch_id, "1001")
+        .await
+        .expect("1001");
     let Some(pb::blocked_reason::Reason::Queued(q)) =
         root.blocked.as_ref().and_then(|b| b.reason.clone())
     else {
         panic!("queued: {:?}", root.blocked);
     };
-    assert_eq!(q.zone, "raw");
+    assert_eq!((q.zone.as_str(), q.live_agents), ("raw", 1));
     assert!(q.released_at.is_some());
 
     let missing = get_object(&mut plane.client, &r.batch_id, "9999")
@@ -2393,4 +2419,273 @@ async fn an_attempt_past_its_zone_execution_timeout_is_retried() {
         "{timeouts:?}"
     );
     assert_eq!(of("2001"), [(3600, 0)], "{timeouts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_register_heartbeat_list_and_deregister_with_fenced_leases() {
+    let plane = start().await;
+    let mut registry = AgentRegistryClient::new(plane.channel.clone());
+    let e = t(registry.register_agent(pb::RegisterAgentRequest {
+        zone: "gold".into(),
+        capacity: 1,
+        ..Default::default()
+    }))
+    .await
+    .expect_err("unknown zone");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().contains("gold") && e.message().contains("raw"),
+        "{}",
+        e.message()
+    );
+    let e = t(registry.register_agent(pb::RegisterAgentRequest {
+        zone: "raw".into(),
+        capacity: 0,
+        ..Default::default()
+    }))
+    .await
+    .expect_err("no capacity");
+    assert_eq!(e.code(), Code::InvalidArgument);
+
+    let lease = t(registry.register_agent(pb::RegisterAgentRequest {
+        zone: "raw".into(),
+        capacity: 4,
+        version: "0.1.0".into(),
+        hostname: "host-a".into(),
+        labels: [("processor".to_owned(), "simulate".to_owned())].into(),
+    }))
+    .await
+    .expect("registered")
+    .into_inner();
+    assert_eq!(lease.ready_topic, "strata.ready.raw");
+    assert_eq!(lease.results_topic, "strata.results");
+    assert_eq!(lease.consumer_group, "strata.agents.raw");
+    assert!(lease.heartbeat_interval.is_some() && lease.lease_ttl.is_some());
+    let again = t(registry.register_agent(pb::RegisterAgentRequest {
+        zone: "raw".into(),
+        capacity: 1,
+        ..Default::default()
+    }))
+    .await
+    .expect("registered")
+    .into_inner();
+    assert_ne!(again.agent_id, lease.agent_id);
+    assert!(again.lease_epoch > lease.lease_epoch);
+
+    let beat = t(registry.heartbeat(pb::HeartbeatRequest {
+        agent_id: lease.agent_id.clone(),
+        lease_epoch: lease.lease_epoch,
+        // An attempt nobody waits for: the agent is told to abandon it.
+        in_flight: vec![pb::InFlightAttempt {
+            batch_id: "b-gone".into(),
+            object_id: "1001".into(),
+            attempt: 1,
+            dispatch_epoch: 1,
+            started_at: None,
+        }],
+        draining: false,
+    }))
+    .await
+    .expect("heartbeat")
+    .into_inner();
+    assert!(beat.lease_expires_at.is_some());
+    assert_eq!(beat.abandon.len(), 1);
+    let stale = t(registry.heartbeat(pb::HeartbeatRequest {
+        agent_id: lease.agent_id.clone(),
+        lease_epoch: again.lease_epoch,
+        ..Default::default()
+    }))
+    .await
+    .expect_err("another lease's epoch");
+    assert_eq!(stale.code(), Code::FailedPrecondition);
+    let unknown = t(registry.heartbeat(pb::HeartbeatRequest {
+        agent_id: "agent-nope".into(),
+        lease_epoch: 1,
+        ..Default::default()
+    }))
+    .await
+    .expect_err("unknown agent");
+    assert_eq!(unknown.code(), Code::NotFound);
+
+    let listed = t(registry.list_agents(pb::ListAgentsRequest {
+        zone: "raw".into(),
+        include_inactive: false,
+    }))
+    .await
+    .expect("list")
+    .into_inner()
+    .agents;
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0].agent_id, lease.agent_id);
+    assert_eq!(listed[0].hostname, "host-a");
+    assert_eq!(listed[0].in_flight, 1);
+    assert_eq!(listed[0].state(), pb::AgentState::Active);
+
+    t(registry.deregister(pb::DeregisterRequest {
+        agent_id: lease.agent_id.clone(),
+        lease_epoch: lease.lease_epoch,
+        reason: "sigterm".into(),
+    }))
+    .await
+    .expect("deregistered");
+    t(registry.deregister(pb::DeregisterRequest {
+        agent_id: lease.agent_id.clone(),
+        lease_epoch: lease.lease_epoch,
+        reason: "again".into(),
+    }))
+    .await
+    .expect("idempotent");
+    let live = t(registry.list_agents(pb::ListAgentsRequest::default()))
+        .await
+        .expect("list")
+        .into_inner()
+        .agents;
+    assert_eq!(live.len(), 1);
+    let all = t(registry.list_agents(pb::ListAgentsRequest {
+        include_inactive: true,
+        ..Default::default()
+    }))
+    .await
+    .expect("list")
+    .into_inner()
+    .agents;
+    assert!(
+        all.iter()
+            .any(|a| a.agent_id == lease.agent_id && a.state() == pb::AgentState::Deregistered)
+    );
+}
+
+/// The first Ready of `object_id` in the log, waited for.
+async fn first_ready(log: &Arc<Mutex<Vec<pb::ObjectReady>>>, object_id: &str) -> pb::ObjectReady {
+    t(async {
+        loop {
+            if let Some(r) = log
+                .lock()
+                .expect("log")
+                .iter()
+                .find(|r| r.object_id == object_id)
+            {
+                return r.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_of_an_agent_whose_lease_expires_or_that_deregisters_are_retried() {
+    let data = Arc::new(MemoryDataPlane::new());
+    let log = ready_log(&data);
+    // Every first attempt hangs (its agent is gone); later ones load.
+    let _agents = agents(&data, true, |_, attempt| {
+        if attempt == 1 {
+            Answer::Hang
+        } else {
+            Answer::Load
+        }
+    });
+    let mut plane = start_driven(
+        Arc::new(MemoryStore::new()),
+        data,
+        ServiceSettings {
+            max_objects: MAX_OBJECTS,
+            ..ServiceSettings::default()
+        },
+        DriverSettings {
+            lease_ttl: Duration::from_millis(300),
+            ..DriverSettings::default()
+        },
+    )
+    .await;
+    let mut registry = AgentRegistryClient::new(plane.channel.clone());
+    let r = submit(
+        &mut plane.client,
+        "lost-agents",
+        objects(vec![object("1001", &[]), object("1002", &[])]),
+        fast_retries(3),
+    )
+    .await
+    .expect("submitted");
+    let held = |r: &pb::ObjectReady| pb::InFlightAttempt {
+        batch_id: r.batch_id.clone(),
+        object_id: r.object_id.clone(),
+        attempt: r.attempt,
+        dispatch_epoch: r.dispatch_epoch,
+        started_at: None,
+    };
+    // Agent A holds 1001 and then stops heartbeating; agent B holds 1002 and deregisters.
+    let a = t(registry.register_agent(pb::RegisterAgentRequest {
+        zone: "raw".into(),
+        capacity: 1,
+        ..Default::default()
+    }))
+    .await
+    .expect("a")
+    .into_inner();
+    let b = t(registry.register_agent(pb::RegisterAgentRequest {
+        zone: "raw".into(),
+        capacity: 1,
+        ..Default::default()
+    }))
+    .await
+    .expect("b")
+    .into_inner();
+    let r1001 = first_ready(&log, "1001").await;
+    let r1002 = first_ready(&log, "1002").await;
+    t(registry.heartbeat(pb::HeartbeatRequest {
+        agent_id: a.agent_id.clone(),
+        lease_epoch: a.lease_epoch,
+        in_flight: vec![held(&r1001)],
+        draining: false,
+    }))
+    .await
+    .expect("a beats once");
+    t(registry.heartbeat(pb::HeartbeatRequest {
+        agent_id: b.agent_id.clone(),
+        lease_epoch: b.lease_epoch,
+        in_flight: vec![held(&r1002)],
+        draining: true,
+    }))
+    .await
+    .expect("b drains");
+    let handed = t(registry.deregister(pb::DeregisterRequest {
+        agent_id: b.agent_id.clone(),
+        lease_epoch: b.lease_epoch,
+        reason: "sigterm".into(),
+    }))
+    .await
+    .expect("b leaves")
+    .into_inner();
+    assert_eq!(handed.handed_back_count, 1);
+
+    let mut watch = Watch::open(&mut plane.client, &r.batch_id).await;
+    assert_eq!(watch.until_end().await, pb::BatchState::Succeeded);
+    let lost = get_object(&mut plane.client, &r.batch_id, "1001")
+        .await
+        .expect("1001");
+    assert_eq!(
+        (lost.attempt, lost.last_error.as_str()),
+        (2, "attempt 1 lost: agent_lost")
+    );
+    let drained = get_object(&mut plane.client, &r.batch_id, "1002")
+        .await
+        .expect("1002");
+    assert_eq!(
+        (drained.attempt, drained.last_error.as_str()),
+        (2, "attempt 1 lost: drained")
+    );
+    let expired = t(registry.heartbeat(pb::HeartbeatRequest {
+        agent_id: a.agent_id.clone(),
+        lease_epoch: a.lease_epoch,
+        ..Default::default()
+    }))
+    .await
+    .expect_err("expired");
+    assert_eq!(expired.code(), Code::FailedPrecondition);
+    assert!(
+        expired.message().contains("expired"),
+        "{}",
+        expired.message()
+    );
 }

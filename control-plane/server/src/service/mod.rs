@@ -12,6 +12,7 @@
 //! It must not touch the data plane, and must not map errors to `tonic::Status` anywhere but in
 //! [`crate::error`].
 
+pub mod agents;
 mod watch;
 mod wire;
 
@@ -28,6 +29,7 @@ use strata_core::planner::{DEFAULT_MAX_OBJECTS, PlanError};
 use strata_core::preflight::PreflightRules;
 use strata_core::retry::RetryPolicy;
 use strata_core::{ObjectDef, ObjectId, Zone};
+use strata_proto::v1::agent_registry_server::SERVICE_NAME as REGISTRY_SERVICE_NAME;
 use strata_proto::v1::orchestrator_server::{Orchestrator, OrchestratorServer, SERVICE_NAME};
 use strata_proto::v1::{self as pb, batch_input, submit_batch_stream_request};
 use tokio::net::TcpListener;
@@ -78,6 +80,8 @@ pub struct ServiceSettings {
     pub zone_retry: BTreeMap<Zone, RetryPolicy>,
     /// Preflight rules per zone.
     pub preflight: BTreeMap<Zone, PreflightRules>,
+    /// What the agent registry tells agents.
+    pub agents: agents::AgentSettings,
     /// Objects per `WatchBatch` snapshot part.
     pub snapshot_part_objects: usize,
     /// Most planned objects in one `PlanBatch` reply (the proto's server default, 10,000).
@@ -94,6 +98,7 @@ impl Default for ServiceSettings {
             retry: RetryPolicy::default(),
             zone_retry: BTreeMap::new(),
             preflight: BTreeMap::new(),
+            agents: agents::AgentSettings::default(),
             snapshot_part_objects: DEFAULT_PART_OBJECTS,
             plan_reply_objects: DEFAULT_PART_OBJECTS,
         }
@@ -110,6 +115,19 @@ impl ServiceSettings {
             retry: config.retry,
             zone_retry: config.zone_retry.clone(),
             preflight: config.preflight.clone(),
+            agents: agents::AgentSettings {
+                zones: config.zones.clone(),
+                topic_prefix: config.topic_prefix.clone(),
+                bootstrap_servers: config
+                    .kafka_brokers
+                    .split(',')
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect(),
+                execution_timeout: config.execution_timeout,
+                zone_execution_timeouts: config.zone_execution_timeouts.clone(),
+                ..agents::AgentSettings::default()
+            },
             ..Self::default()
         }
     }
@@ -194,6 +212,12 @@ async fn begin_shutdown(health: &HealthReporter, closing: &tokio::sync::watch::S
         .set_service_status(SERVICE_NAME, tonic_health::ServingStatus::NotServing)
         .await;
     health
+        .set_service_status(
+            REGISTRY_SERVICE_NAME,
+            tonic_health::ServingStatus::NotServing,
+        )
+        .await;
+    health
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
     closing.send_replace(true);
@@ -206,6 +230,7 @@ pub async fn grpc_services<S: StateStore>(
     store: Arc<S>,
     settings: ServiceSettings,
 ) -> Result<GrpcServices, ServiceError> {
+    let registry = agents::AgentRegistryService::new(handle.clone(), settings.agents.clone());
     let service = OrchestratorService::new(handle, store, settings);
     let closing = service.closing.clone();
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -224,7 +249,11 @@ pub async fn grpc_services<S: StateStore>(
     let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure())
         .build_v1alpha()
         .map_err(|e| ServiceError::Internal(format!("reflection service: {e}")))?;
+    health
+        .set_service_status(REGISTRY_SERVICE_NAME, tonic_health::ServingStatus::Serving)
+        .await;
     let routes = Routes::new(OversizeAsResourceExhausted::new(service.into_server()))
+        .add_service(strata_proto::v1::agent_registry_server::AgentRegistryServer::new(registry))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
@@ -819,11 +848,20 @@ impl<S: StateStore> OrchestratorService<S> {
     ) -> Result<pb::ObjectStatus, ServiceError> {
         let batch_id = required("batch_id", &req.batch_id)?.to_owned();
         let id = object_id(&req.object_id)?;
+        let held = batch_id.clone();
         match self
-            .with_batch(&batch_id, move |rt| {
-                Ok(wire::object_status(rt, Self::node_of(rt, &id)?))
+            .handle
+            .read(move |s| {
+                s.batches
+                    .get(&held)
+                    .map(|rt| {
+                        let node = Self::node_of(rt, &id)?;
+                        let live = s.agents.active_in(&rt.object(node).zone) as u32;
+                        Ok::<_, ServiceError>(wire::object_status(rt, node, live))
+                    })
+                    .transpose()
             })
-            .await?
+            .await??
         {
             Some(s) => Ok(s),
             None => Err(self

@@ -611,13 +611,16 @@ fn failure_reason_of(error: &str) -> pb::FailureReason {
         pb::FailureReason::Timeout
     } else if error.contains(" lost: agent_lost") {
         pb::FailureReason::AgentLost
+    } else if error.contains(" lost: drained") {
+        pb::FailureReason::Drained
     } else {
         pb::FailureReason::Processor
     }
 }
 
 /// The full status of one node.
-pub(crate) fn object_status(rt: &BatchRuntime, node: NodeIx) -> pb::ObjectStatus {
+/// `live_agents`: agents of the object's zone that hold a live lease and take work.
+pub(crate) fn object_status(rt: &BatchRuntime, node: NodeIx, live_agents: u32) -> pb::ObjectStatus {
     use NodeState as S;
     let o = rt.object(node);
     let machine = &rt.machine;
@@ -702,11 +705,21 @@ pub(crate) fn object_status(rt: &BatchRuntime, node: NodeIx) -> pb::ObjectStatus
                 ),
             })
         }
+        S::Ready if live_agents == 0 => Some(pb::BlockedReason {
+            reason: Some(pb::blocked_reason::Reason::NoLiveAgent(pb::NoLiveAgent {
+                zone: o.zone.to_string(),
+            })),
+            summary: format!(
+                "released to zone {} (attempt {}), but no live agent of zone {} is registered: \
+                 start one (strata-worker-agent --zone {})",
+                o.zone, rec.attempt, o.zone, o.zone
+            ),
+        }),
         S::Ready => Some(pb::BlockedReason {
             reason: Some(pb::blocked_reason::Reason::Queued(pb::Queued {
                 zone: o.zone.to_string(),
                 released_at,
-                live_agents: 0,
+                live_agents,
             })),
             summary: format!(
                 "released to zone {} (attempt {}); waiting for an agent of the zone to start it",

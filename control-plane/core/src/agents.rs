@@ -1,0 +1,413 @@
+//! The agent registry (DESIGN §1, §4, §8): worker agents register for a zone and hold a lease by
+//! heartbeating; an agent whose lease runs out is *lost*, and the attempts it held must be
+//! retried. Pure: time is an argument, nothing is read or written outside the value.
+//!
+//! Each registration gets a new agent id and a lease epoch that increases across the registry,
+//! so a result or heartbeat carrying an older epoch is recognisably stale. Expired and
+//! deregistered agents are kept (for listings) until [`Registry::forget_inactive`] drops them.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+use crate::model::Zone;
+
+/// One attempt an agent holds, as it reported it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HeldAttempt {
+    /// The batch.
+    pub batch_id: String,
+    /// The object id.
+    pub object_id: String,
+    /// The attempt number.
+    pub attempt: u32,
+    /// The attempt's dispatch epoch.
+    pub dispatch_epoch: u64,
+}
+
+/// The state of an agent's lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AgentState {
+    /// Heartbeating and taking work.
+    Active,
+    /// Heartbeating, but draining: takes no new work.
+    Draining,
+    /// Missed its heartbeats past the lease TTL.
+    Expired,
+    /// Deregistered.
+    Deregistered,
+}
+
+impl AgentState {
+    /// Whether the lease is live (active or draining).
+    pub fn is_live(self) -> bool {
+        matches!(self, AgentState::Active | AgentState::Draining)
+    }
+}
+
+/// What an agent says about itself when it registers.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Registration {
+    /// Its zone.
+    pub zone: Option<Zone>,
+    /// Most attempts at once (≥ 1).
+    pub capacity: u32,
+    /// Software version.
+    pub version: String,
+    /// Host or pod name.
+    pub hostname: String,
+    /// Free labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One registered agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Agent {
+    /// Its id.
+    pub id: String,
+    /// Its zone.
+    pub zone: Zone,
+    /// Its processor concurrency.
+    pub capacity: u32,
+    /// Its software version.
+    pub version: String,
+    /// Its host name.
+    pub hostname: String,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// Its lease epoch.
+    pub lease_epoch: u64,
+    /// When it registered.
+    pub registered_at: DateTime<Utc>,
+    /// When it last heartbeated.
+    pub last_heartbeat_at: Option<DateTime<Utc>>,
+    /// When its lease expires (or expired).
+    pub expires_at: DateTime<Utc>,
+    /// Its lease state.
+    pub state: AgentState,
+    /// The attempts it held at its last heartbeat.
+    pub in_flight: Vec<HeldAttempt>,
+}
+
+/// Why a heartbeat or deregistration was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LeaseError {
+    /// No such agent.
+    #[error("agent {0} is not registered")]
+    UnknownAgent(String),
+    /// The lease epoch is not the agent's.
+    #[error("agent {agent}: lease epoch {given} is stale (the lease is at {current})")]
+    StaleEpoch {
+        /// The agent.
+        agent: String,
+        /// The epoch sent.
+        given: u64,
+        /// The agent's epoch.
+        current: u64,
+    },
+    /// The lease has ended.
+    #[error("agent {agent}: its lease has {how}; register again")]
+    Ended {
+        /// The agent.
+        agent: String,
+        /// `expired` or `ended (deregistered)`.
+        how: &'static str,
+    },
+}
+
+/// An agent whose lease just expired, with what it held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lost {
+    /// The agent.
+    pub agent_id: String,
+    /// Its zone.
+    pub zone: Zone,
+    /// The attempts it last reported.
+    pub in_flight: Vec<HeldAttempt>,
+}
+
+/// The registry. See the module documentation.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    agents: BTreeMap<String, Agent>,
+    next_epoch: u64,
+    ttl: TimeDelta,
+}
+
+impl Registry {
+    /// An empty registry whose leases live `ttl` after each heartbeat.
+    pub fn new(ttl: std::time::Duration) -> Self {
+        Self {
+            agents: BTreeMap::new(),
+            next_epoch: 1,
+            ttl: TimeDelta::from_std(ttl).unwrap_or(TimeDelta::MAX),
+        }
+    }
+
+    /// Registers an agent of `zone` at `now`: a new id and lease epoch. The id is derived from
+    /// the epoch and `nonce` (e.g. the control plane's start time), so that ids stay unique
+    /// across control-plane restarts.
+    pub fn register(
+        &mut self,
+        zone: Zone,
+        reg: Registration,
+        nonce: u64,
+        now: DateTime<Utc>,
+    ) -> &Agent {
+        let epoch = self.next_epoch;
+        self.next_epoch += 1;
+        let id = format!("agent-{zone}-{nonce:x}-{epoch}");
+        let agent = Agent {
+            id: id.clone(),
+            zone,
+            capacity: reg.capacity.max(1),
+            version: reg.version,
+            hostname: reg.hostname,
+            labels: reg.labels,
+            lease_epoch: epoch,
+            registered_at: now,
+            last_heartbeat_at: None,
+            expires_at: now + self.ttl,
+            state: AgentState::Active,
+            in_flight: Vec::new(),
+        };
+        self.agents.entry(id).or_insert(agent)
+    }
+
+    fn live_mut(&mut self, id: &str, epoch: u64) -> Result<&mut Agent, LeaseError> {
+        let agent = self
+            .agents
+            .get_mut(id)
+            .ok_or_else(|| LeaseError::UnknownAgent(id.to_owned()))?;
+        if agent.lease_epoch != epoch {
+            return Err(LeaseError::StaleEpoch {
+                agent: id.to_owned(),
+                given: epoch,
+                current: agent.lease_epoch,
+            });
+        }
+        match agent.state {
+            AgentState::Expired => Err(LeaseError::Ended {
+                agent: id.to_owned(),
+                how: "expired",
+            }),
+            AgentState::Deregistered => Err(LeaseError::Ended {
+                agent: id.to_owned(),
+                how: "ended (deregistered)",
+            }),
+            AgentState::Active | AgentState::Draining => Ok(agent),
+        }
+    }
+
+    /// Renews a live lease at `now` and records what the agent holds. A lease already past its
+    /// expiry (not yet swept by [`Registry::expire`]) is refused as expired.
+    pub fn heartbeat(
+        &mut self,
+        id: &str,
+        epoch: u64,
+        in_flight: Vec<HeldAttempt>,
+        draining: bool,
+        now: DateTime<Utc>,
+    ) -> Result<&Agent, LeaseError> {
+        let ttl = self.ttl;
+        let agent = self.live_mut(id, epoch)?;
+        if agent.expires_at <= now {
+            return Err(LeaseError::Ended {
+                agent: id.to_owned(),
+                how: "expired",
+            });
+        }
+        agent.last_heartbeat_at = Some(now);
+        agent.expires_at = now + ttl;
+        agent.in_flight = in_flight;
+        if draining {
+            agent.state = AgentState::Draining;
+        }
+        Ok(agent)
+    }
+
+    /// Ends a lease; returns the attempts the agent still held (to be handed back). Unknown or
+    /// already ended agents hand back nothing (idempotent); a stale epoch is refused.
+    pub fn deregister(
+        &mut self,
+        id: &str,
+        epoch: u64,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<HeldAttempt>, LeaseError> {
+        match self.live_mut(id, epoch) {
+            Ok(agent) => {
+                agent.state = AgentState::Deregistered;
+                agent.expires_at = now;
+                Ok(std::mem::take(&mut agent.in_flight))
+            }
+            Err(LeaseError::UnknownAgent(_) | LeaseError::Ended { .. }) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Expires every live lease past its expiry at `now`; returns those agents with what they
+    /// held.
+    pub fn expire(&mut self, now: DateTime<Utc>) -> Vec<Lost> {
+        let mut lost = Vec::new();
+        for agent in self.agents.values_mut() {
+            if agent.state.is_live() && agent.expires_at <= now {
+                agent.state = AgentState::Expired;
+                lost.push(Lost {
+                    agent_id: agent.id.clone(),
+                    zone: agent.zone.clone(),
+                    in_flight: std::mem::take(&mut agent.in_flight),
+                });
+            }
+        }
+        lost
+    }
+
+    /// Drops agents whose lease ended before `before`.
+    pub fn forget_inactive(&mut self, before: DateTime<Utc>) {
+        self.agents
+            .retain(|_, a| a.state.is_live() || a.expires_at >= before);
+    }
+
+    /// The agent, if registered (in any state).
+    pub fn get(&self, id: &str) -> Option<&Agent> {
+        self.agents.get(id)
+    }
+
+    /// Whether `id` holds a live lease for `zone`.
+    pub fn is_live_in(&self, id: &str, zone: &Zone) -> bool {
+        self.agents
+            .get(id)
+            .is_some_and(|a| a.state.is_live() && a.zone == *zone)
+    }
+
+    /// Live agents of `zone` that take work (active, not draining).
+    pub fn active_in(&self, zone: &Zone) -> usize {
+        self.agents
+            .values()
+            .filter(|a| a.state == AgentState::Active && a.zone == *zone)
+            .count()
+    }
+
+    /// Agents by zone then registration time; only live ones unless `include_inactive`.
+    pub fn list(&self, zone: Option<&Zone>, include_inactive: bool) -> Vec<&Agent> {
+        let mut out: Vec<&Agent> = self
+            .agents
+            .values()
+            .filter(|a| zone.is_none_or(|z| a.zone == *z))
+            .filter(|a| include_inactive || a.state.is_live())
+            .collect();
+        out.sort_by(|a, b| {
+            (&a.zone, a.registered_at, a.lease_epoch).cmp(&(
+                &b.zone,
+                b.registered_at,
+                b.lease_epoch,
+            ))
+        });
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn t(secs: i64) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 29, 0, 0, 0).unwrap() + TimeDelta::seconds(secs)
+    }
+
+    fn zone(z: &str) -> Zone {
+        Zone::parse(z).expect("zone")
+    }
+
+    fn reg() -> Registration {
+        Registration {
+            capacity: 4,
+            version: "0.1.0".into(),
+            hostname: "host-a".into(),
+            ..Registration::default()
+        }
+    }
+
+    fn held(object: &str) -> HeldAttempt {
+        HeldAttempt {
+            batch_id: "b-1".into(),
+            object_id: object.into(),
+            attempt: 1,
+            dispatch_epoch: 7,
+        }
+    }
+
+    #[test]
+    fn a_lease_lives_by_heartbeats_and_expires_with_what_it_held() {
+        let mut r = Registry::new(Duration::from_secs(10));
+        let a = r.register(zone("raw"), reg(), 0xab, t(0)).clone();
+        assert_eq!(a.lease_epoch, 1);
+        assert!(r.is_live_in(&a.id, &zone("raw")));
+        assert!(!r.is_live_in(&a.id, &zone("application")));
+        assert_eq!(r.active_in(&zone("raw")), 1);
+        r.heartbeat(&a.id, 1, vec![held("1001")], false, t(8))
+            .expect("renewed");
+        assert!(r.expire(t(17)).is_empty(), "renewed until 18");
+        let lost = r.expire(t(18));
+        assert_eq!(
+            lost,
+            vec![Lost {
+                agent_id: a.id.clone(),
+                zone: zone("raw"),
+                in_flight: vec![held("1001")]
+            }]
+        );
+        assert!(!r.is_live_in(&a.id, &zone("raw")));
+        assert!(r.expire(t(30)).is_empty(), "expired once");
+        assert!(matches!(
+            r.heartbeat(&a.id, 1, vec![], false, t(31)),
+            Err(LeaseError::Ended { how: "expired", .. })
+        ));
+        assert_eq!(r.list(None, false).len(), 0);
+        assert_eq!(r.list(None, true).len(), 1);
+        r.forget_inactive(t(100));
+        assert!(r.get(&a.id).is_none());
+    }
+
+    #[test]
+    fn epochs_fence_heartbeats_and_deregistration_hands_back_work() {
+        let mut r = Registry::new(Duration::from_secs(10));
+        let a = r.register(zone("raw"), reg(), 1, t(0)).clone();
+        let b = r.register(zone("raw"), reg(), 1, t(1)).clone();
+        assert!(b.lease_epoch > a.lease_epoch);
+        assert_ne!(a.id, b.id);
+        assert!(matches!(
+            r.heartbeat(&a.id, b.lease_epoch, vec![], false, t(2)),
+            Err(LeaseError::StaleEpoch { .. })
+        ));
+        assert!(matches!(
+            r.heartbeat("agent-nope", 1, vec![], false, t(2)),
+            Err(LeaseError::UnknownAgent(_))
+        ));
+        r.heartbeat(&b.id, b.lease_epoch, vec![held("1002")], true, t(2))
+            .expect("draining");
+        assert_eq!(r.get(&b.id).map(|a| a.state), Some(AgentState::Draining));
+        assert_eq!(
+            r.active_in(&zone("raw")),
+            1,
+            "a draining agent takes no work"
+        );
+        assert_eq!(
+            r.deregister(&b.id, b.lease_epoch, t(3)),
+            Ok(vec![held("1002")])
+        );
+        assert_eq!(r.deregister(&b.id, b.lease_epoch, t(4)), Ok(vec![]));
+        assert_eq!(r.deregister("agent-nope", 9, t(4)), Ok(vec![]));
+        assert!(r.expire(t(60)).iter().all(|l| l.agent_id == a.id));
+        let listed: Vec<&str> = r
+            .list(Some(&zone("raw")), true)
+            .iter()
+            .map(|a| a.id.as_str())
+            .collect();
+        assert_eq!(listed, [a.id.as_str(), b.id.as_str()]);
+    }
+}
