@@ -109,6 +109,24 @@ pub struct Flags {
     #[arg(long, env = "STRATA_EXECUTION_TIMEOUT_SECS")]
     pub execution_timeout_secs: Option<u64>,
 
+    /// How long an agent's lease lives without a heartbeat, in seconds (then its attempts are
+    /// retried as `agent_lost`).
+    #[arg(long, env = "STRATA_LEASE_TTL_SECS")]
+    pub lease_ttl_secs: Option<u64>,
+
+    /// How often agents heartbeat, in seconds (below the lease TTL).
+    #[arg(long, env = "STRATA_HEARTBEAT_INTERVAL_SECS")]
+    pub heartbeat_interval_secs: Option<u64>,
+
+    /// Kafka bootstrap servers as agents reach them (comma-separated; default: --kafka-brokers).
+    #[arg(long, env = "STRATA_AGENT_KAFKA_BROKERS")]
+    pub agent_kafka_brokers: Option<String>,
+
+    /// Reject (and count) results from agents without a live lease for the object's zone. Off
+    /// until every agent registers (the `strata-worker-agent` does).
+    #[arg(long, env = "STRATA_REQUIRE_AGENT_LEASE")]
+    pub require_agent_lease: Option<bool>,
+
     /// Per-zone settings (TOML only), e.g. `[zones_config.raw] max_attempts = 5` and
     /// `[zones_config.raw.preflight] reject_ids = ["*99"]`; see [`ZoneSettings`].
     #[arg(skip)]
@@ -174,6 +192,14 @@ pub struct Config {
     pub zone_execution_timeouts: BTreeMap<Zone, Duration>,
     /// Preflight rules per zone.
     pub preflight: BTreeMap<Zone, PreflightRules>,
+    /// Agent lease TTL.
+    pub lease_ttl: Duration,
+    /// Agent heartbeat interval.
+    pub heartbeat_interval: Duration,
+    /// Bootstrap servers told to agents.
+    pub agent_kafka_brokers: String,
+    /// Results only from agents with a live lease for the object's zone.
+    pub require_agent_lease: bool,
 }
 
 /// A configuration that cannot be used.
@@ -322,6 +348,20 @@ impl Flags {
             zone_retry: BTreeMap::new(),
             zone_execution_timeouts: BTreeMap::new(),
             preflight: BTreeMap::new(),
+            lease_ttl: Duration::from_secs(f.lease_ttl_secs.or(file.lease_ttl_secs).unwrap_or(15)),
+            heartbeat_interval: Duration::from_secs(
+                f.heartbeat_interval_secs
+                    .or(file.heartbeat_interval_secs)
+                    .unwrap_or(5),
+            ),
+            agent_kafka_brokers: f
+                .agent_kafka_brokers
+                .or(file.agent_kafka_brokers)
+                .unwrap_or_default(),
+            require_agent_lease: f
+                .require_agent_lease
+                .or(file.require_agent_lease)
+                .unwrap_or(false),
         };
         let config = config.with_zone_settings(zone_settings);
         config.validate()?;
@@ -386,6 +426,12 @@ impl Config {
             if let Err(e) = rules.validate() {
                 return invalid("zones_config", &format!("zone {zone} preflight: {e}"));
             }
+        }
+        if self.heartbeat_interval.is_zero() || self.heartbeat_interval >= self.lease_ttl {
+            return invalid(
+                "heartbeat-interval-secs",
+                "must be at least 1 second and below --lease-ttl-secs",
+            );
         }
         if self.execution_timeout.is_zero()
             || self.zone_execution_timeouts.values().any(Duration::is_zero)
@@ -480,6 +526,10 @@ struct DisplayConfig {
     backoff_multiplier: f64,
     max_backoff_ms: u64,
     execution_timeout_secs: u64,
+    lease_ttl_secs: u64,
+    heartbeat_interval_secs: u64,
+    agent_kafka_brokers: String,
+    require_agent_lease: bool,
     zones_config: BTreeMap<String, ZoneSettings>,
 }
 
@@ -507,6 +557,10 @@ impl From<&Config> for DisplayConfig {
             backoff_multiplier: c.retry.multiplier,
             max_backoff_ms: c.retry.max_backoff.as_millis() as u64,
             execution_timeout_secs: c.execution_timeout.as_secs(),
+            lease_ttl_secs: c.lease_ttl.as_secs(),
+            heartbeat_interval_secs: c.heartbeat_interval.as_secs(),
+            agent_kafka_brokers: c.agent_kafka_brokers.clone(),
+            require_agent_lease: c.require_agent_lease,
             zones_config: c.zone_settings(),
         }
     }

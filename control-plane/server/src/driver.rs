@@ -77,6 +77,9 @@ pub struct DriverSettings {
     pub watch_capacity: usize,
     /// How long an agent's lease lives without a heartbeat.
     pub lease_ttl: Duration,
+    /// Results only from agents with a live lease for the object's zone (others are counted
+    /// as `no_lease` and ignored).
+    pub require_agent_lease: bool,
     /// How often the topics are checked (and re-created): a broker that lost them lost every
     /// Ready in flight, which the driver then publishes again.
     pub topic_check: Duration,
@@ -98,6 +101,7 @@ impl Default for DriverSettings {
             topic_check: Duration::from_secs(5),
             watch_capacity: 1024,
             lease_ttl: Duration::from_secs(15),
+            require_agent_lease: false,
         }
     }
 }
@@ -227,6 +231,9 @@ pub struct DriverCounters {
     pub undecodable: u64,
     /// Results naming a batch this control plane does not know.
     pub unknown_batch: u64,
+    /// Results from an agent without a live lease for the object's zone (when leases are
+    /// required).
+    pub no_lease: u64,
     /// Results applied.
     pub applied: u64,
     /// Ready records published (delivery reported).
@@ -816,6 +823,13 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                     .or_default() += 1;
                 continue;
             };
+            if self.settings.require_agent_lease
+                && !self.state.agents.is_live_in(&agent, &rt.object(node).zone)
+            {
+                self.state.counters.no_lease += 1;
+                warn!(%batch_id, %object_id, agent_id = %agent, "result from an agent without a live lease for the object's zone rejected");
+                continue;
+            }
             let event = event(node);
             let outcome = self.handle(&mut step, &batch_id, event);
             if outcome.is_applied()

@@ -33,6 +33,8 @@ pub fn driver_settings(config: &Config) -> DriverSettings {
         zones: config.zones.clone(),
         execution_timeout: config.execution_timeout,
         zone_execution_timeouts: config.zone_execution_timeouts.clone(),
+        lease_ttl: config.lease_ttl,
+        require_agent_lease: config.require_agent_lease,
         ..DriverSettings::default()
     }
 }

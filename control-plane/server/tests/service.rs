@@ -2689,3 +2689,80 @@ async fn attempts_of_an_agent_whose_lease_expires_or_that_deregisters_are_retrie
         expired.message()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_leases_required_only_an_agent_of_the_objects_zone_is_heard() {
+    let data = Arc::new(MemoryDataPlane::new());
+    let log = ready_log(&data);
+    let mut plane = start_driven(
+        Arc::new(MemoryStore::new()),
+        data.clone(),
+        ServiceSettings {
+            max_objects: MAX_OBJECTS,
+            ..ServiceSettings::default()
+        },
+        DriverSettings {
+            require_agent_lease: true,
+            ..DriverSettings::default()
+        },
+    )
+    .await;
+    let mut registry = AgentRegistryClient::new(plane.channel.clone());
+    let app_agent = t(registry.register_agent(pb::RegisterAgentRequest {
+        zone: "application".into(),
+        capacity: 1,
+        ..Default::default()
+    }))
+    .await
+    .expect("application agent")
+    .into_inner();
+    let raw_agent = t(registry.register_agent(pb::RegisterAgentRequest {
+        zone: "raw".into(),
+        capacity: 1,
+        ..Default::default()
+    }))
+    .await
+    .expect("raw agent")
+    .into_inner();
+    let r = submit(
+        &mut plane.client,
+        "leases",
+        objects(vec![object("1001", &[])]),
+        None,
+    )
+    .await
+    .expect("submitted");
+    let ready = first_ready(&log, "1001").await;
+    // A forged Loaded from an agent of another zone, and one from no agent at all.
+    for agent in [app_agent.agent_id.as_str(), "agent-unregistered"] {
+        data.send_result(pb::ObjectResult {
+            result: Some(object_result::Result::Loaded(loaded(&ready, agent))),
+        })
+        .await;
+    }
+    t(async {
+        while counters(&plane.handle).await.no_lease < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let still = get_object(&mut plane.client, &r.batch_id, "1001")
+        .await
+        .expect("1001");
+    assert_eq!(
+        still.state(),
+        pb::ObjectState::Ready,
+        "rejected results change nothing"
+    );
+    // The zone's own agent is heard.
+    data.send_result(pb::ObjectResult {
+        result: Some(object_result::Result::Loaded(loaded(
+            &ready,
+            &raw_agent.agent_id,
+        ))),
+    })
+    .await;
+    let mut watch = Watch::open(&mut plane.client, &r.batch_id).await;
+    assert_eq!(watch.until_end().await, pb::BatchState::Succeeded);
+    assert_eq!(counters(&plane.handle).await.no_lease, 2);
+}

@@ -118,15 +118,19 @@ impl ServiceSettings {
             agents: agents::AgentSettings {
                 zones: config.zones.clone(),
                 topic_prefix: config.topic_prefix.clone(),
-                bootstrap_servers: config
-                    .kafka_brokers
-                    .split(',')
-                    .map(|s| s.trim().to_owned())
-                    .filter(|s| !s.is_empty())
-                    .collect(),
+                bootstrap_servers: if config.agent_kafka_brokers.is_empty() {
+                    &config.kafka_brokers
+                } else {
+                    &config.agent_kafka_brokers
+                }
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
                 execution_timeout: config.execution_timeout,
                 zone_execution_timeouts: config.zone_execution_timeouts.clone(),
-                ..agents::AgentSettings::default()
+                heartbeat_interval: config.heartbeat_interval,
+                lease_ttl: config.lease_ttl,
             },
             ..Self::default()
         }
