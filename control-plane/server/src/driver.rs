@@ -50,8 +50,10 @@ use crate::ports::{
     StepWrite, StoredBatch, StoredDeadLetter,
 };
 
-/// How many results one step takes at most.
-const MAX_RESULTS_PER_STEP: usize = 4096;
+/// How many results one step takes at most. Smaller steps release sooner (a result waits for
+/// its whole step and the step's Redis write); 256 measured p99 33 ms against 330 ms at 4,096,
+/// for ≈ 0.008 Redis round trips per object (docs/benchmarks.md).
+const MAX_RESULTS_PER_STEP: usize = 256;
 /// Steps whose Ready records may be in delivery at once.
 const PUBLISHING_STEPS: usize = 16;
 /// Steps of status changes the status task may fall behind before changes are dropped.
@@ -493,6 +495,12 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                     Some(cmd) => self.command(cmd).await,
                     None => break,
                 },
+                // Before results: under a steady stream of results the branches below them
+                // would never be polled (delivery reports hold their records until handled;
+                // due retries, timeouts and lease expiry would wait for a quiet moment).
+                Some(report) = published.recv() => self.published(report),
+                Some(created) = lost.recv() => self.topics_recreated(created).await,
+                _ = tick.tick() => self.tick().await,
                 first = results.recv() => {
                     let Some(first) = first else { break };
                     let mut records = vec![first];
@@ -504,9 +512,6 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                     }
                     self.results(records).await;
                 }
-                _ = tick.tick() => self.tick().await,
-                Some(created) = lost.recv() => self.topics_recreated(created).await,
-                Some(report) = published.recv() => self.published(report),
             }
         }
         watcher.abort();
