@@ -601,6 +601,12 @@ impl DataPlane for TimedData {
         r
     }
 
+    async fn resubscribe_results(
+        &self,
+    ) -> PortResult<Option<tokio::sync::mpsc::Receiver<ResultRecord>>> {
+        self.inner.resubscribe_results().await
+    }
+
     async fn publish_ready(&self, ready: &[ObjectReady]) -> PortResult<()> {
         let n = ready.len();
         let t = Instant::now();

@@ -499,7 +499,11 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                 // would never be polled (delivery reports hold their records until handled;
                 // due retries, timeouts and lease expiry would wait for a quiet moment).
                 Some(report) = published.recv() => self.published(report),
-                Some(created) = lost.recv() => self.topics_recreated(created).await,
+                Some(created) = lost.recv() => {
+                    if let Some(fresh) = self.topics_recreated(created).await {
+                        results = fresh;
+                    }
+                }
                 _ = tick.tick() => self.tick().await,
                 first = results.recv() => {
                     let Some(first) = first else { break };
@@ -852,11 +856,21 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
     /// The broker had lost topics (they were just created again): every Ready in flight is
     /// gone with them, so every READY object of every running batch is published again, with
     /// the same attempt and dispatch epoch.
-    async fn topics_recreated(&mut self, created: usize) {
+    async fn topics_recreated(
+        &mut self,
+        created: usize,
+    ) -> Option<mpsc::Receiver<crate::ports::ResultRecord>> {
         warn!(
             created,
-            "the broker had lost topics; publishing every READY object again"
+            "the broker had lost topics; subscribing to the results again and publishing every READY object again"
         );
+        let fresh = match self.data.resubscribe_results().await {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                warn!(error = %e, "results not subscribed again");
+                None
+            }
+        };
         // Everything undelivered is READY and published below.
         self.undelivered.clear();
         let running: Vec<String> = self
@@ -887,6 +901,7 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
         if let Err(e) = self.flush(step).await {
             warn!(error = %e, "re-publishing after the topics were lost failed");
         }
+        fresh
     }
 
     /// RUNNING attempts past their zone's execution timeout count as failed (retryable, reason

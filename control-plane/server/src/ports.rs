@@ -106,6 +106,13 @@ pub trait DataPlane: Send + Sync + 'static {
     /// order. Called once.
     fn subscribe_results(&self) -> PortResult<mpsc::Receiver<ResultRecord>>;
 
+    /// Replaces the results subscription with a new one (after the broker lost the results
+    /// topic, a subscription made before does not reliably follow the re-created topic).
+    /// `None` when the adapter's subscription needs no renewal.
+    fn resubscribe_results(
+        &self,
+    ) -> impl Future<Output = PortResult<Option<mpsc::Receiver<ResultRecord>>>> + Send;
+
     /// Marks every record up to and including these positions as processed (their state changes
     /// are durable); the adapter commits them.
     fn store_positions(&self, positions: &[Position]) -> PortResult<()>;

@@ -1076,6 +1076,11 @@ impl DataPlane for KafkaDataPlane {
         self.produce(records).await
     }
 
+    async fn resubscribe_results(&self) -> PortResult<Option<mpsc::Receiver<ResultRecord>>> {
+        self.close().await;
+        self.subscribe_results().map(Some)
+    }
+
     fn subscribe_results(&self) -> PortResult<mpsc::Receiver<ResultRecord>> {
         let mut slot = self.lock_subscription();
         if slot.is_some() {

@@ -107,6 +107,10 @@ impl MemoryDataPlane {
 }
 
 impl DataPlane for MemoryDataPlane {
+    async fn resubscribe_results(&self) -> PortResult<Option<mpsc::Receiver<ResultRecord>>> {
+        Ok(None)
+    }
+
     async fn ensure_topics(&self, zones: &[Zone]) -> PortResult<usize> {
         let mut topics = self.topics.lock().expect("topics poisoned");
         let mut created = 0;
