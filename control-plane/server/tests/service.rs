@@ -1155,13 +1155,7 @@ async fn get_object_says_why_an_object_is_blocked() {
     );
     // Once an agent of the zone holds a lease, it waits for that agent.
     let mut registry = AgentRegistryClient::new(plane.channel.clone());
-    t(registry.register_agent(pb::RegisterAgentRequest {
-        zone: "raw".into(),
-        capacity: 2,
-        ..Default::default()
-    }))
-    .await
-    .expect("registered");
+    register(&mut registry, "raw", 2).await;
     let root = get_object(&mut plane.client, &r.batch_id, "1001")
         .await
         .expect("1001");
@@ -2461,14 +2455,7 @@ async fn agents_register_heartbeat_list_and_deregister_with_fenced_leases() {
     assert_eq!(lease.results_topic, "strata.results");
     assert_eq!(lease.consumer_group, "strata.agents.raw");
     assert!(lease.heartbeat_interval.is_some() && lease.lease_ttl.is_some());
-    let again = t(registry.register_agent(pb::RegisterAgentRequest {
-        zone: "raw".into(),
-        capacity: 1,
-        ..Default::default()
-    }))
-    .await
-    .expect("registered")
-    .into_inner();
+    let again = register(&mut registry, "raw", 1).await;
     assert_ne!(again.agent_id, lease.agent_id);
     assert!(again.lease_epoch > lease.lease_epoch);
 
@@ -2615,22 +2602,8 @@ async fn attempts_of_an_agent_whose_lease_expires_or_that_deregisters_are_retrie
         started_at: None,
     };
     // Agent A holds 1001 and then stops heartbeating; agent B holds 1002 and deregisters.
-    let a = t(registry.register_agent(pb::RegisterAgentRequest {
-        zone: "raw".into(),
-        capacity: 1,
-        ..Default::default()
-    }))
-    .await
-    .expect("a")
-    .into_inner();
-    let b = t(registry.register_agent(pb::RegisterAgentRequest {
-        zone: "raw".into(),
-        capacity: 1,
-        ..Default::default()
-    }))
-    .await
-    .expect("b")
-    .into_inner();
+    let a = register(&mut registry, "raw", 1).await;
+    let b = register(&mut registry, "raw", 1).await;
     let r1001 = first_ready(&log, "1001").await;
     let r1002 = first_ready(&log, "1002").await;
     t(registry.heartbeat(pb::HeartbeatRequest {
@@ -2708,22 +2681,8 @@ async fn with_leases_required_only_an_agent_of_the_objects_zone_is_heard() {
     )
     .await;
     let mut registry = AgentRegistryClient::new(plane.channel.clone());
-    let app_agent = t(registry.register_agent(pb::RegisterAgentRequest {
-        zone: "application".into(),
-        capacity: 1,
-        ..Default::default()
-    }))
-    .await
-    .expect("application agent")
-    .into_inner();
-    let raw_agent = t(registry.register_agent(pb::RegisterAgentRequest {
-        zone: "raw".into(),
-        capacity: 1,
-        ..Default::default()
-    }))
-    .await
-    .expect("raw agent")
-    .into_inner();
+    let app_agent = register(&mut registry, "application", 1).await;
+    let raw_agent = register(&mut registry, "raw", 1).await;
     let r = submit(
         &mut plane.client,
         "leases",
@@ -2765,4 +2724,20 @@ async fn with_leases_required_only_an_agent_of_the_objects_zone_is_heard() {
     let mut watch = Watch::open(&mut plane.client, &r.batch_id).await;
     assert_eq!(watch.until_end().await, pb::BatchState::Succeeded);
     assert_eq!(counters(&plane.handle).await.no_lease, 2);
+}
+
+/// Registers an agent of `zone` with `capacity` and returns its lease.
+async fn register(
+    registry: &mut AgentRegistryClient<Channel>,
+    zone: &str,
+    capacity: u32,
+) -> pb::RegisterAgentResponse {
+    t(registry.register_agent(pb::RegisterAgentRequest {
+        zone: zone.into(),
+        capacity,
+        ..Default::default()
+    }))
+    .await
+    .expect("registered")
+    .into_inner()
 }
