@@ -1,51 +1,12 @@
-//! Processors turn one `ObjectReady` into an outcome (DESIGN §8). A processor is the only part
-//! of an agent users replace: implement [`Processor`] to embed your own loading code.
-//!
-//! ```
-//! use strata_proto::v1::ObjectReady;
-//! use strata_worker_agent::processor::{Outcome, Processor};
-//!
-//! /// Loads every object by logging it.
-//! #[derive(Debug)]
-//! struct Print;
-//!
-//! impl Processor for Print {
-//!     async fn process(&self, ready: &ObjectReady) -> Outcome {
-//!         println!("loading {} (attempt {})", ready.object_id, ready.attempt);
-//!         Outcome::Loaded { info: "printed".into() }
-//!     }
-//! }
-//! ```
+//! The seed's `simulate` processor (DESIGN §8): a per-zone sleep, then an outcome decided by the
+//! object id and a reproducible draw.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::time::Duration;
 
 use strata_proto::v1::ObjectReady;
 
-/// What processing one object came to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Loaded; `info` is a short note for the result (e.g. rows written).
-    Loaded {
-        /// The note.
-        info: String,
-    },
-    /// Failed: retryable (the control plane schedules another attempt) or permanent (`DEAD`).
-    Failed {
-        /// Whether another attempt may succeed.
-        retryable: bool,
-        /// What went wrong.
-        error: String,
-    },
-}
-
-/// Turns one Ready into an outcome. Called concurrently (up to the agent's capacity); the agent
-/// enforces the attempt's execution timeout around it.
-pub trait Processor: Send + Sync + 'static {
-    /// Processes one object.
-    fn process(&self, ready: &ObjectReady) -> impl Future<Output = Outcome> + Send;
-}
+use super::{Outcome, Processor};
 
 /// The seed's behaviour: every object takes its zone's duration, and fails if its id ends with
 /// one of `fail_suffixes` (permanently) or, with probability `fail_rate`, retryably. The rate
