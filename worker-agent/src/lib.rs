@@ -1,13 +1,21 @@
 //! # strata-worker-agent
 //!
 //! What users deploy per zone (DESIGN §1, §8): an agent registers with the control plane's
-//! `AgentRegistry`, consumes its zone's Ready topic in the zone's consumer group, runs a
-//! [`processor::Processor`] for each object, reports `ObjectStarted` then `ObjectLoaded` or
-//! `ObjectFailed`, and stores a Ready's offset only once its result is delivered
-//! ([`offsets::OffsetTracker`]).
+//! `AgentRegistry` ([`registry`]), consumes its zone's Ready topic in the zone's consumer group,
+//! runs a [`processor::Processor`] for each object (up to its capacity at once), reports
+//! `ObjectStarted` then `ObjectLoaded` or `ObjectFailed` ([`kafka`]), stores a Ready's offset only
+//! once its result is delivered ([`offsets::OffsetTracker`]), heartbeats, and drains on SIGTERM
+//! ([`agent`]). Its admin port ([`admin`]) serves `/metrics` ([`metrics`]) and health.
 //!
-//! Built so far: the processor contract with the seed's `simulate` behaviour, and the offset
-//! tracker. The agent process itself (registration, consumption, heartbeats, drain) is next.
+//! The binary (`strata-worker-agent --help`) wires the built-in processors; embed [`agent::run`]
+//! with your own [`processor::Processor`] to write a custom agent in Rust.
 
+pub mod admin;
+pub mod agent;
+pub mod builtin;
+pub mod config;
+pub mod kafka;
+pub mod metrics;
 pub mod offsets;
 pub mod processor;
+pub mod registry;

@@ -48,6 +48,21 @@ impl OffsetTracker {
         store
     }
 
+    /// A record was skipped (not processed): taken and done at once, unless the same offset is
+    /// still open (a redelivery of a record in flight), which is left alone. Returns the offset
+    /// to store now, like [`OffsetTracker::done`].
+    pub fn skipped(&mut self, partition: i32, offset: i64) -> Option<i64> {
+        if self
+            .partitions
+            .get(&partition)
+            .is_some_and(|p| p.open.contains(&offset))
+        {
+            return None;
+        }
+        self.taken(partition, offset);
+        self.done(partition, offset)
+    }
+
     /// Records taken and not done, over every partition.
     pub fn open(&self) -> usize {
         self.partitions.values().map(|p| p.open.len()).sum()
@@ -74,5 +89,15 @@ mod tests {
         assert_eq!(t.done(0, 13), None, "done twice");
         assert_eq!(t.done(7, 1), None, "never taken");
         assert_eq!(t.open(), 0);
+    }
+
+    #[test]
+    fn a_skipped_record_counts_as_done_unless_it_is_in_flight() {
+        let mut t = OffsetTracker::default();
+        t.taken(0, 1);
+        assert_eq!(t.skipped(0, 1), None, "redelivery of the open record 1");
+        assert_eq!(t.skipped(0, 2), None, "1 is still open");
+        assert_eq!(t.done(0, 1), Some(2));
+        assert_eq!(t.skipped(0, 3), Some(3));
     }
 }

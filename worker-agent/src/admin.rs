@@ -1,0 +1,91 @@
+//! The agent's HTTP admin port: `/metrics` (Prometheus text), `/health/liveness` (the process
+//! answers), `/health/readiness` (200 when registered and consuming, else 503; the JSON body says
+//! what is missing).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::metrics::Metrics;
+
+/// What readiness is made of, set by the agent as it goes.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// The agent holds a lease.
+    pub registered: AtomicBool,
+    /// The consumer has joined the zone's group (it received an assignment, possibly empty).
+    pub consuming: AtomicBool,
+    /// The agent is draining (SIGTERM): it takes no new work.
+    pub draining: AtomicBool,
+}
+
+impl Health {
+    /// Ready, or the reasons it is not.
+    pub fn readiness(&self) -> Result<(), Vec<&'static str>> {
+        let mut missing = Vec::new();
+        if !self.registered.load(Ordering::Relaxed) {
+            missing.push("not registered with the control plane");
+        }
+        if !self.consuming.load(Ordering::Relaxed) {
+            missing.push("not consuming: the zone's consumer group is not joined yet");
+        }
+        if self.draining.load(Ordering::Relaxed) {
+            missing.push("draining");
+        }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(missing)
+        }
+    }
+}
+
+/// The admin routes.
+pub fn router(health: Arc<Health>, metrics: Metrics) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+                        metrics.render(),
+                    )
+                }
+            }),
+        )
+        .route(
+            "/health/liveness",
+            get(|| async { axum::Json(json!({"status": "alive"})) }),
+        )
+        .route(
+            "/health/readiness",
+            get(move || {
+                let health = health.clone();
+                async move {
+                    match health.readiness() {
+                        Ok(()) => {
+                            (StatusCode::OK, axum::Json(json!({"status": "ready"}))).into_response()
+                        }
+                        Err(missing) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            axum::Json(json!({"status": "not ready", "reasons": missing})),
+                        )
+                            .into_response(),
+                    }
+                }
+            }),
+        )
+}
+
+/// Serves `router` on `listener` until the process ends.
+pub async fn serve(listener: TcpListener, router: Router) -> std::io::Result<()> {
+    axum::serve(listener, router).await
+}

@@ -1,0 +1,840 @@
+//! The agent's runtime (DESIGN §1, §4, §8): register, consume the zone's Ready topic, run up to
+//! `capacity` attempts at once, report each one, heartbeat, and drain on shutdown.
+//!
+//! One loop owns all state (the attempts in flight, the offset tracker, the lease); attempts run
+//! as tasks that report back, and the heartbeat call runs beside the loop so a slow control plane
+//! never stalls consumption.
+//!
+//! Guarantees:
+//! - a Ready's offset is stored only after its final result was delivered (or the attempt was
+//!   abandoned or handed back), and only when every record before it on its partition is done
+//!   too ([`OffsetTracker`]): a crash re-delivers, never loses;
+//! - results carry the attempt, its dispatch epoch, the agent id and its lease epoch; after the
+//!   lease is lost, running attempts are dropped without a result and the agent registers again;
+//! - on shutdown the agent stops fetching, lets in-flight attempts finish within the grace period,
+//!   hands the rest back as retryable `DRAINED` failures, commits, and deregisters.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures::FutureExt as _;
+use rdkafka::Message as _;
+use rdkafka::consumer::{CommitMode, Consumer as _};
+use strata_proto::v1::{
+    FailureReason, InFlightAttempt, ObjectFailed, ObjectLoaded, ObjectReady, ObjectResult,
+    ObjectStarted, object_result,
+};
+use tokio::sync::watch;
+use tokio::task::{AbortHandle, JoinHandle, JoinSet};
+use tracing::{debug, info, warn};
+
+use crate::admin::Health;
+use crate::kafka::{
+    GroupContext, KafkaSettings, ReadyConsumer, ResultPublisher, consumer_config, decode_ready,
+};
+use crate::metrics::{Metrics, ReadyVerdict};
+use crate::offsets::OffsetTracker;
+use crate::processor::{Outcome, Processor};
+use crate::registry::{Beat, Lease, Registration, Registry, RegistryError};
+
+/// Longest error text sent in a result (DESIGN: "may be truncated by the agent to 4 KiB").
+const MAX_ERROR_BYTES: usize = 4096;
+/// Entries kept in the "newest release seen" memory before it is cleared.
+const MAX_SEEN: usize = 100_000;
+/// Bound on closing the consumer at exit (librdkafka's close can hang on a broker that is gone).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How the agent is run.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// What it registers as.
+    pub registration: Registration,
+    /// The control plane's gRPC endpoint.
+    pub control_plane: String,
+    /// Bootstrap servers overriding the ones the control plane sends.
+    pub kafka_brokers: Option<String>,
+    /// Extra librdkafka properties.
+    pub kafka_properties: Vec<(String, String)>,
+    /// How long in-flight attempts may still run once the drain started.
+    pub drain_grace: Duration,
+}
+
+/// Why the agent stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The control plane cannot be used (bad endpoint, registration refused).
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// Kafka clients could not be created or subscribed.
+    #[error("kafka: {0}")]
+    Kafka(String),
+}
+
+/// The identity results are signed with: the lease an attempt started under.
+#[derive(Debug, Clone)]
+struct Who {
+    agent_id: String,
+    lease_epoch: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    batch_id: String,
+    object_id: String,
+}
+
+/// An attempt this agent holds.
+#[derive(Debug)]
+struct Held {
+    ready: Arc<ObjectReady>,
+    partition: i32,
+    offset: i64,
+    started_at: Arc<OnceLock<DateTime<Utc>>>,
+    who: Who,
+    abort: AbortHandle,
+}
+
+/// What an attempt task reports when it ends.
+#[derive(Debug)]
+struct Done {
+    key: Key,
+    dispatch_epoch: u64,
+    partition: i32,
+    offset: i64,
+}
+
+/// Runs the agent until `shutdown` resolves (then drains) or the control plane asks it to drain.
+/// Returns `Ok` after a clean drain and deregistration, or when stopped before it registered.
+pub async fn run<P: Processor>(
+    options: AgentOptions,
+    processor: Arc<P>,
+    metrics: Metrics,
+    health: Arc<Health>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AgentError> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        stop_tx.send_replace(true);
+    });
+    let registry = Registry::new(&options.control_plane)?;
+    metrics
+        .capacity
+        .set(i64::from(options.registration.capacity));
+    let Some(lease) = registry
+        .register(
+            &options.registration,
+            &mut Box::pin(stopped(stop_rx.clone())),
+        )
+        .await?
+    else {
+        info!("stopped before registering");
+        return Ok(());
+    };
+    metrics.registrations.inc();
+    metrics.registered.set(1);
+    health.registered.store(true, Ordering::Relaxed);
+
+    let bootstrap_servers = options
+        .kafka_brokers
+        .clone()
+        .filter(|b| !b.is_empty())
+        .or_else(|| Some(lease.bootstrap_servers.join(",")).filter(|b| !b.is_empty()))
+        .ok_or_else(|| {
+            AgentError::Kafka(
+                "no Kafka bootstrap servers: the control plane sent none; set --kafka-brokers"
+                    .into(),
+            )
+        })?;
+    let kafka = KafkaSettings {
+        bootstrap_servers,
+        extra: options.kafka_properties.clone(),
+        client_id: format!("strata-agent-{}", options.registration.zone),
+    };
+    let consumer: ReadyConsumer = consumer_config(
+        &kafka,
+        &lease.consumer_group,
+        lease.execution_timeout + options.drain_grace,
+    )
+    .create_with_context(GroupContext {
+        health: health.clone(),
+    })
+    .map_err(|e| AgentError::Kafka(format!("ready consumer: {e}")))?;
+    consumer
+        .subscribe(&[&lease.ready_topic])
+        .map_err(|e| AgentError::Kafka(format!("subscribe to {}: {e}", lease.ready_topic)))?;
+    let publisher = ResultPublisher::new(&kafka, &lease.results_topic)
+        .map_err(|e| AgentError::Kafka(format!("results producer: {e}")))?;
+    info!(group = %lease.consumer_group, topic = %lease.ready_topic, brokers = %kafka.bootstrap_servers, "consuming");
+
+    let mut agent = Agent {
+        zone: options.registration.zone.clone(),
+        capacity: options.registration.capacity as usize,
+        registration: options.registration,
+        registry,
+        lease,
+        consumer,
+        publisher,
+        processor,
+        metrics,
+        health,
+        held: HashMap::new(),
+        newest: HashMap::new(),
+        offsets: OffsetTracker::default(),
+        tasks: JoinSet::new(),
+        heartbeat: None,
+        stop: stop_rx,
+    };
+    let reason = agent.serve().await;
+    agent.drain(options.drain_grace, reason).await;
+    let Agent {
+        consumer, health, ..
+    } = agent;
+    health.consuming.store(false, Ordering::Relaxed);
+    close(consumer).await;
+    Ok(())
+}
+
+/// Resolves once `stop` is (or becomes) true, or its sender is gone.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+struct Agent<P> {
+    zone: String,
+    capacity: usize,
+    registration: Registration,
+    registry: Registry,
+    lease: Lease,
+    consumer: ReadyConsumer,
+    publisher: ResultPublisher,
+    processor: Arc<P>,
+    metrics: Metrics,
+    health: Arc<Health>,
+    held: HashMap<Key, Held>,
+    /// The newest dispatch epoch seen per object: an older release arriving later is stale.
+    newest: HashMap<Key, u64>,
+    offsets: OffsetTracker,
+    tasks: JoinSet<Done>,
+    heartbeat: Option<JoinHandle<Beat>>,
+    stop: watch::Receiver<bool>,
+}
+
+impl<P: Processor> Agent<P> {
+    /// Consumes and processes until shutdown or a drain request; returns why it stopped.
+    async fn serve(&mut self) -> &'static str {
+        let mut tick = tokio::time::interval(self.lease.heartbeat_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stop = self.stop.clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|s| *s) => return "shutdown",
+                Some(done) = self.tasks.join_next() => {
+                    if let Ok(done) = done {
+                        self.finished(done);
+                    }
+                }
+                beat = poll_heartbeat(&mut self.heartbeat) => {
+                    if self.beat_answered(beat).await {
+                        return "the control plane asked for a drain";
+                    }
+                }
+                _ = tick.tick() => self.send_heartbeat(false),
+                msg = self.consumer.recv(), if self.held.len() < self.capacity => match msg {
+                    Ok(m) => {
+                        let (partition, offset) = (m.partition(), m.offset());
+                        let ready = decode_ready(m.headers(), m.payload());
+                        self.received(partition, offset, ready);
+                    }
+                    Err(e) => {
+                        self.metrics.kafka_errors.with_label_values(&["consume"]).inc();
+                        warn!(error = %e, "consuming the ready topic failed");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                },
+            }
+        }
+    }
+
+    /// One Ready record: skipped (counted, its offset done at once) or started.
+    fn received(&mut self, partition: i32, offset: i64, ready: Result<ObjectReady, String>) {
+        let ready = match ready {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(partition, offset, error = %e, "undecodable ready record skipped");
+                return self.skip(partition, offset, ReadyVerdict::Undecodable);
+            }
+        };
+        if ready.zone != self.zone {
+            warn!(partition, offset, object_id = %ready.object_id, zone = %ready.zone, "ready record for another zone skipped");
+            return self.skip(partition, offset, ReadyVerdict::OtherZone);
+        }
+        let key = Key {
+            batch_id: ready.batch_id.clone(),
+            object_id: ready.object_id.clone(),
+        };
+        if self
+            .newest
+            .get(&key)
+            .is_some_and(|&e| e > ready.dispatch_epoch)
+        {
+            debug!(object_id = %key.object_id, epoch = ready.dispatch_epoch, "stale release skipped");
+            return self.skip(partition, offset, ReadyVerdict::Stale);
+        }
+        if let Some(h) = self.held.get(&key) {
+            if h.ready.dispatch_epoch == ready.dispatch_epoch {
+                debug!(object_id = %key.object_id, "redelivered ready of an attempt in flight skipped");
+                return self.skip(partition, offset, ReadyVerdict::Duplicate);
+            }
+            // A newer release supersedes the attempt running here: its result would be stale.
+            self.abandon(&key, "superseded by a newer release");
+        }
+        if self.newest.len() >= MAX_SEEN {
+            self.newest.clear();
+        }
+        self.newest.insert(key.clone(), ready.dispatch_epoch);
+        self.metrics.ready(ReadyVerdict::Accepted);
+        if let Some(released) = ready
+            .released_at
+            .and_then(|t| DateTime::<Utc>::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+        {
+            let waited = (Utc::now() - released).to_std().unwrap_or_default();
+            self.metrics.pickup_seconds.observe(waited.as_secs_f64());
+        }
+        self.offsets.taken(partition, offset);
+        let ready = Arc::new(ready);
+        let started_at = Arc::new(OnceLock::new());
+        let who = Who {
+            agent_id: self.lease.agent_id.clone(),
+            lease_epoch: self.lease.epoch,
+        };
+        let timeout = ready
+            .execution_timeout
+            .and_then(|d| Duration::try_from(d).ok())
+            .filter(|d| !d.is_zero())
+            .unwrap_or(self.lease.execution_timeout);
+        let abort = self.tasks.spawn(attempt(
+            self.processor.clone(),
+            ready.clone(),
+            who.clone(),
+            self.publisher.clone(),
+            started_at.clone(),
+            timeout,
+            self.metrics.clone(),
+            Done {
+                key: key.clone(),
+                dispatch_epoch: ready.dispatch_epoch,
+                partition,
+                offset,
+            },
+        ));
+        self.held.insert(
+            key,
+            Held {
+                ready,
+                partition,
+                offset,
+                started_at,
+                who,
+                abort,
+            },
+        );
+        self.metrics.in_flight.set(self.held.len() as i64);
+    }
+
+    fn skip(&mut self, partition: i32, offset: i64, verdict: ReadyVerdict) {
+        self.metrics.ready(verdict);
+        if let Some(store) = self.offsets.skipped(partition, offset) {
+            self.store_offset(partition, store);
+        }
+    }
+
+    /// An attempt task ended (its result delivered).
+    fn finished(&mut self, done: Done) {
+        if self
+            .held
+            .get(&done.key)
+            .is_some_and(|h| h.ready.dispatch_epoch == done.dispatch_epoch)
+        {
+            self.held.remove(&done.key);
+            self.metrics.in_flight.set(self.held.len() as i64);
+        }
+        self.offset_done(done.partition, done.offset);
+    }
+
+    fn offset_done(&mut self, partition: i32, offset: i64) {
+        if let Some(store) = self.offsets.done(partition, offset) {
+            self.store_offset(partition, store);
+        }
+    }
+
+    fn store_offset(&self, partition: i32, offset: i64) {
+        if let Err(e) = self
+            .consumer
+            .store_offset(&self.lease.ready_topic, partition, offset)
+        {
+            // Expected after a rebalance took the partition away: its new owner reads again
+            // from the last commit, and the control plane fences the duplicate results.
+            self.metrics
+                .kafka_errors
+                .with_label_values(&["store_offset"])
+                .inc();
+            debug!(partition, offset, error = %e, "offset not stored");
+        }
+    }
+
+    /// Stops an attempt without a result (its result would be ignored).
+    fn abandon(&mut self, key: &Key, why: &str) {
+        if let Some(h) = self.held.remove(key) {
+            h.abort.abort();
+            self.metrics.abandoned.inc();
+            self.metrics.in_flight.set(self.held.len() as i64);
+            info!(batch_id = %key.batch_id, object_id = %key.object_id, attempt = h.ready.attempt, why, "attempt abandoned");
+            self.offset_done(h.partition, h.offset);
+        }
+    }
+
+    fn in_flight(&self) -> Vec<InFlightAttempt> {
+        self.held
+            .iter()
+            .filter(|(_, h)| h.who.lease_epoch == self.lease.epoch)
+            .map(|(k, h)| InFlightAttempt {
+                batch_id: k.batch_id.clone(),
+                object_id: k.object_id.clone(),
+                attempt: h.ready.attempt,
+                dispatch_epoch: h.ready.dispatch_epoch,
+                started_at: h.started_at.get().map(|t| timestamp(*t)),
+            })
+            .collect()
+    }
+
+    /// Starts a heartbeat call beside the loop, unless one is still running.
+    fn send_heartbeat(&mut self, draining: bool) {
+        if self.heartbeat.is_some() {
+            return;
+        }
+        let (registry, lease, in_flight) =
+            (self.registry.clone(), self.lease.clone(), self.in_flight());
+        self.heartbeat = Some(tokio::spawn(async move {
+            registry.heartbeat(&lease, in_flight, draining).await
+        }));
+    }
+
+    /// Handles a heartbeat's answer; true when the control plane asks for a drain.
+    async fn beat_answered(&mut self, beat: Beat) -> bool {
+        match beat {
+            Beat::Renewed(r) => {
+                for a in r.abandon {
+                    let key = Key {
+                        batch_id: a.batch_id,
+                        object_id: a.object_id,
+                    };
+                    if self.held.get(&key).is_some_and(|h| {
+                        h.ready.attempt == a.attempt && h.ready.dispatch_epoch == a.dispatch_epoch
+                    }) {
+                        self.abandon(&key, "the control plane no longer waits for it");
+                    }
+                }
+                if let Some(d) = r
+                    .heartbeat_interval
+                    .and_then(|d| Duration::try_from(d).ok())
+                    && !d.is_zero()
+                {
+                    self.lease.heartbeat_interval = d;
+                }
+                r.drain
+            }
+            Beat::Unavailable(e) => {
+                self.metrics
+                    .heartbeat_failures
+                    .with_label_values(&["unavailable"])
+                    .inc();
+                warn!(error = %e, "heartbeat not answered; the lease may expire");
+                false
+            }
+            Beat::LeaseLost(e) => {
+                self.metrics
+                    .heartbeat_failures
+                    .with_label_values(&["lease_lost"])
+                    .inc();
+                warn!(agent_id = %self.lease.agent_id, error = %e, "lease lost: dropping the attempts in flight and registering again");
+                self.health.registered.store(false, Ordering::Relaxed);
+                self.metrics.registered.set(0);
+                let keys: Vec<Key> = self.held.keys().cloned().collect();
+                for k in keys {
+                    self.abandon(&k, "lease lost");
+                }
+                let mut stop = Box::pin(stopped(self.stop.clone()));
+                match self.registry.register(&self.registration, &mut stop).await {
+                    Ok(Some(lease)) => {
+                        self.lease = Lease {
+                            // The Kafka clients stay as they are.
+                            ready_topic: self.lease.ready_topic.clone(),
+                            results_topic: self.lease.results_topic.clone(),
+                            ..lease
+                        };
+                        self.metrics.registrations.inc();
+                        self.metrics.registered.set(1);
+                        self.health.registered.store(true, Ordering::Relaxed);
+                    }
+                    Ok(None) => {}
+                    Err(e) => warn!(error = %e, "registering again failed"),
+                }
+                false
+            }
+        }
+    }
+
+    /// Stops fetching; lets in-flight attempts finish within `grace`; hands the rest back;
+    /// commits; deregisters.
+    async fn drain(&mut self, grace: Duration, reason: &str) {
+        self.health.draining.store(true, Ordering::Relaxed);
+        info!(
+            reason,
+            in_flight = self.held.len(),
+            grace_secs = grace.as_secs_f64(),
+            "draining"
+        );
+        // Tell the control plane at once, then keep the lease alive while attempts finish.
+        if let Some(h) = self.heartbeat.take() {
+            h.abort();
+        }
+        self.send_heartbeat(true);
+        let deadline = tokio::time::Instant::now() + grace;
+        let mut tick = tokio::time::interval(self.lease.heartbeat_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !self.held.is_empty() {
+            tokio::select! {
+                biased;
+                Some(done) = self.tasks.join_next() => {
+                    if let Ok(done) = done {
+                        self.finished(done);
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => break,
+                beat = poll_heartbeat(&mut self.heartbeat) => {
+                    let _ = self.beat_answered(beat).await;
+                }
+                _ = tick.tick() => self.send_heartbeat(true),
+            }
+        }
+        let left: Vec<(Key, Held)> = self.held.drain().collect();
+        self.metrics.in_flight.set(0);
+        if !left.is_empty() {
+            warn!(
+                count = left.len(),
+                "grace period over: handing the attempts still running back as retryable"
+            );
+        }
+        let mut hand_backs = Vec::new();
+        for (_, h) in &left {
+            h.abort.abort();
+            let now = Utc::now();
+            let failed = ObjectFailed {
+                batch_id: h.ready.batch_id.clone(),
+                object_id: h.ready.object_id.clone(),
+                zone: h.ready.zone.clone(),
+                attempt: h.ready.attempt,
+                dispatch_epoch: h.ready.dispatch_epoch,
+                agent_id: h.who.agent_id.clone(),
+                agent_lease_epoch: h.who.lease_epoch,
+                started_at: h.started_at.get().map(|t| timestamp(*t)),
+                finished_at: Some(timestamp(now)),
+                duration: h
+                    .started_at
+                    .get()
+                    .and_then(|t| (now - *t).to_std().ok())
+                    .and_then(|d| prost_types::Duration::try_from(d).ok()),
+                retryable: true,
+                error: format!(
+                    "agent {} drained ({reason}): attempt handed back after the {} s grace period",
+                    h.who.agent_id,
+                    grace.as_secs()
+                ),
+                reason: FailureReason::Drained as i32,
+                signature: Vec::new(),
+            };
+            let publisher = self.publisher.clone();
+            let metrics = self.metrics.clone();
+            let (batch_id, traceparent) = (h.ready.batch_id.clone(), traceparent_of(&h.ready));
+            hand_backs.push(async move {
+                let result = ObjectResult {
+                    result: Some(object_result::Result::Failed(failed)),
+                };
+                // Bounded: if it cannot be delivered, deregistration hands it back anyway.
+                for _ in 0..3 {
+                    match publisher.send(&batch_id, &traceparent, &result).await {
+                        Ok(()) => {
+                            metrics.results.with_label_values(&["drained"]).inc();
+                            return;
+                        }
+                        Err(e) => {
+                            metrics.kafka_errors.with_label_values(&["deliver"]).inc();
+                            warn!(error = %e, "hand-back not delivered");
+                        }
+                    }
+                }
+            });
+        }
+        futures::future::join_all(hand_backs).await;
+        for (_, h) in &left {
+            self.offset_done(h.partition, h.offset);
+        }
+        self.tasks.abort_all();
+        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
+            // Nothing stored since the last auto-commit, or the broker is gone: the records
+            // are delivered again to the group, and results of finished ones are ignored.
+            debug!(error = %e, "final commit");
+        }
+        if let Some(h) = self.heartbeat.take() {
+            h.abort();
+        }
+        match self.registry.deregister(&self.lease, reason).await {
+            Ok(n) => info!(
+                agent_id = %self.lease.agent_id,
+                handed_back_by_control_plane = n,
+                "deregistered; drained"
+            ),
+            Err(e) => {
+                warn!(error = %e, "deregistration failed: the lease expires on its own")
+            }
+        }
+        self.health.registered.store(false, Ordering::Relaxed);
+        self.metrics.registered.set(0);
+    }
+}
+
+/// The running heartbeat's answer; pending while none runs.
+async fn poll_heartbeat(heartbeat: &mut Option<JoinHandle<Beat>>) -> Beat {
+    let Some(h) = heartbeat.as_mut() else {
+        return std::future::pending().await;
+    };
+    let beat = h
+        .await
+        .unwrap_or_else(|e| Beat::Unavailable(format!("heartbeat task: {e}")));
+    *heartbeat = None;
+    beat
+}
+
+/// One attempt: `ObjectStarted` (delivered while the processor runs), the processor under the
+/// execution timeout, then `ObjectLoaded` or `ObjectFailed`, delivered before it returns.
+#[allow(clippy::too_many_arguments)]
+async fn attempt<P: Processor>(
+    processor: Arc<P>,
+    ready: Arc<ObjectReady>,
+    who: Who,
+    publisher: ResultPublisher,
+    started_at: Arc<OnceLock<DateTime<Utc>>>,
+    timeout: Duration,
+    metrics: Metrics,
+    done: Done,
+) -> Done {
+    let start = Utc::now();
+    let _ = started_at.set(start);
+    let traceparent = traceparent_of(&ready);
+    let started = ObjectResult {
+        result: Some(object_result::Result::Started(ObjectStarted {
+            batch_id: ready.batch_id.clone(),
+            object_id: ready.object_id.clone(),
+            zone: ready.zone.clone(),
+            attempt: ready.attempt,
+            dispatch_epoch: ready.dispatch_epoch,
+            agent_id: who.agent_id.clone(),
+            agent_lease_epoch: who.lease_epoch,
+            started_at: Some(timestamp(start)),
+            signature: Vec::new(),
+        })),
+    };
+    let clock = Instant::now();
+    let run = async {
+        match tokio::time::timeout(
+            timeout,
+            std::panic::AssertUnwindSafe(processor.process(&ready)).catch_unwind(),
+        )
+        .await
+        {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(_)) => Ok(Outcome::Failed {
+                retryable: false,
+                error: "the processor panicked".into(),
+            }),
+            Err(_) => Err(()),
+        }
+    };
+    let ((), outcome) = tokio::join!(
+        deliver(
+            &publisher,
+            &ready.batch_id,
+            &traceparent,
+            &started,
+            "started",
+            &metrics
+        ),
+        run
+    );
+    let elapsed = clock.elapsed();
+    let finished_at = Utc::now();
+    let duration = prost_types::Duration::try_from(elapsed).ok();
+    let base = |retryable: bool, error: String, reason: FailureReason| ObjectFailed {
+        batch_id: ready.batch_id.clone(),
+        object_id: ready.object_id.clone(),
+        zone: ready.zone.clone(),
+        attempt: ready.attempt,
+        dispatch_epoch: ready.dispatch_epoch,
+        agent_id: who.agent_id.clone(),
+        agent_lease_epoch: who.lease_epoch,
+        started_at: Some(timestamp(start)),
+        finished_at: Some(timestamp(finished_at)),
+        duration,
+        retryable,
+        error: truncate(error, MAX_ERROR_BYTES),
+        reason: reason as i32,
+        signature: Vec::new(),
+    };
+    let (result, label) = match outcome {
+        Ok(Outcome::Loaded { info }) => (
+            object_result::Result::Loaded(ObjectLoaded {
+                batch_id: ready.batch_id.clone(),
+                object_id: ready.object_id.clone(),
+                zone: ready.zone.clone(),
+                attempt: ready.attempt,
+                dispatch_epoch: ready.dispatch_epoch,
+                agent_id: who.agent_id.clone(),
+                agent_lease_epoch: who.lease_epoch,
+                started_at: Some(timestamp(start)),
+                finished_at: Some(timestamp(finished_at)),
+                duration,
+                info: if info.is_empty() {
+                    Default::default()
+                } else {
+                    [("info".to_owned(), info)].into_iter().collect()
+                },
+                signature: Vec::new(),
+            }),
+            "loaded",
+        ),
+        Ok(Outcome::Failed { retryable, error }) => (
+            object_result::Result::Failed(base(retryable, error, FailureReason::Processor)),
+            if retryable {
+                "failed_retryable"
+            } else {
+                "failed_permanent"
+            },
+        ),
+        Err(()) => (
+            object_result::Result::Failed(base(
+                true,
+                format!(
+                    "execution timeout: still running after {} s",
+                    timeout.as_secs_f64()
+                ),
+                FailureReason::Timeout,
+            )),
+            "timeout",
+        ),
+    };
+    metrics
+        .processing_seconds
+        .with_label_values(&[label])
+        .observe(elapsed.as_secs_f64());
+    let result = ObjectResult {
+        result: Some(result),
+    };
+    deliver(
+        &publisher,
+        &ready.batch_id,
+        &traceparent,
+        &result,
+        label,
+        &metrics,
+    )
+    .await;
+    done
+}
+
+/// Sends `result` until the broker acknowledges it (backing off; the task is aborted if the
+/// attempt is abandoned meanwhile).
+async fn deliver(
+    publisher: &ResultPublisher,
+    batch_id: &str,
+    traceparent: &str,
+    result: &ObjectResult,
+    label: &str,
+    metrics: &Metrics,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match publisher.send(batch_id, traceparent, result).await {
+            Ok(()) => {
+                metrics.results.with_label_values(&[label]).inc();
+                return;
+            }
+            Err(e) => {
+                metrics.kafka_errors.with_label_values(&["deliver"]).inc();
+                warn!(%batch_id, error = %e, "result not delivered; sending it again");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+fn traceparent_of(ready: &ObjectReady) -> String {
+    ready
+        .trace
+        .as_ref()
+        .map(|t| t.traceparent.clone())
+        .unwrap_or_default()
+}
+
+fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+/// `s` cut to at most `max` bytes on a character boundary, marked when cut.
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max - 3;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    s.push('…');
+    s
+}
+
+/// Closes the consumer (leaving the group) on a thread of its own, waiting at most
+/// [`CLOSE_TIMEOUT`].
+async fn close(consumer: ReadyConsumer) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("strata-agent-close".into())
+        .spawn(move || {
+            drop(consumer);
+            let _ = tx.send(());
+        });
+    if spawned.is_ok() && tokio::time::timeout(CLOSE_TIMEOUT, rx).await.is_err() {
+        warn!("the Kafka consumer did not close within {CLOSE_TIMEOUT:?}; exiting anyway");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_cut_on_a_character_boundary() {
+        assert_eq!(truncate("short".into(), 10), "short");
+        let cut = truncate("é".repeat(3000), 4096);
+        assert!(cut.len() <= 4096 && cut.ends_with('…'), "{}", cut.len());
+    }
+}

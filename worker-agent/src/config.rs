@@ -1,0 +1,206 @@
+//! The agent's command line: every flag also reads a `STRATA_*` environment variable.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// The built-in processors (DESIGN §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProcessorKind {
+    /// Sleeps per zone and fails by id suffix or rate (the seed's behaviour).
+    Simulate,
+    /// Runs a command per object: the object as JSON on stdin, `STRATA_*` in its environment.
+    Exec,
+    /// POSTs the object as JSON to a URL.
+    Http,
+}
+
+/// `strata-worker-agent`: loads the objects of one zone.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "strata-worker-agent",
+    version,
+    about = "Strata worker agent: registers with the control plane for one zone, consumes the \
+             zone's Ready topic in the zone's consumer group, runs a processor per object (up to \
+             --concurrency at once) and reports each result. SIGTERM drains: no new work, \
+             in-flight work finishes within --drain-grace-secs (the rest is handed back as \
+             retryable), offsets are committed, the agent deregisters and exits 0.",
+    after_help = "Examples:\n  strata-worker-agent --zone raw --processor simulate \
+                  --simulate-duration-ms 50\n  strata-worker-agent --zone std --processor exec \
+                  --exec-command ./load.sh --concurrency 8\n  strata-worker-agent --zone app \
+                  --processor http --http-url http://loader:8080/load"
+)]
+pub struct AgentArgs {
+    /// The zone this agent serves (one of the control plane's zones, e.g. raw, std, app).
+    #[arg(long, env = "STRATA_ZONE")]
+    pub zone: String,
+
+    /// Most objects processed at once (also the capacity registered with the control plane).
+    #[arg(long, env = "STRATA_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub concurrency: u32,
+
+    /// The control plane's gRPC endpoint.
+    #[arg(
+        long,
+        env = "STRATA_CONTROL_PLANE",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub control_plane: String,
+
+    /// Kafka bootstrap servers (`host:port,...`). Unset = the addresses the control plane sends
+    /// at registration.
+    #[arg(long, env = "STRATA_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+
+    /// Extra librdkafka property for the agent's consumer and producer (`key=value`, repeatable;
+    /// e.g. `security.protocol=SASL_SSL`). Security settings are never sent by the control plane.
+    #[arg(long = "kafka-property", env = "STRATA_KAFKA_PROPERTIES", value_delimiter = ',', value_parser = parse_key_value)]
+    pub kafka_properties: Vec<(String, String)>,
+
+    /// Address of the HTTP admin port (`/metrics`, `/health/liveness`, `/health/readiness`).
+    #[arg(long, env = "STRATA_ADMIN_ADDR", default_value = "0.0.0.0:9464")]
+    pub admin_addr: SocketAddr,
+
+    /// On SIGTERM, how long in-flight objects may still run before they are handed back.
+    #[arg(long, env = "STRATA_DRAIN_GRACE_SECS", default_value_t = 30)]
+    pub drain_grace_secs: u64,
+
+    /// Host (or pod) name shown by `ListAgents`. Default: the machine's host name.
+    #[arg(long, env = "STRATA_HOSTNAME")]
+    pub hostname: Option<String>,
+
+    /// Label shown by `ListAgents` (`key=value`, repeatable).
+    #[arg(long = "label", env = "STRATA_LABELS", value_delimiter = ',', value_parser = parse_key_value)]
+    pub labels: Vec<(String, String)>,
+
+    /// The processor that loads each object.
+    #[arg(long, env = "STRATA_PROCESSOR", value_enum, default_value_t = ProcessorKind::Simulate)]
+    pub processor: ProcessorKind,
+
+    /// simulate: processing time of every object, in milliseconds.
+    #[arg(long, env = "STRATA_SIMULATE_DURATION_MS", default_value_t = 100)]
+    pub simulate_duration_ms: u64,
+
+    /// simulate: processing time of one zone (`zone=ms`, repeatable), overriding
+    /// --simulate-duration-ms.
+    #[arg(long = "simulate-zone-duration", env = "STRATA_SIMULATE_ZONE_DURATIONS", value_delimiter = ',', value_parser = parse_key_value)]
+    pub simulate_zone_durations: Vec<(String, String)>,
+
+    /// simulate: objects whose id ends with this fail permanently (repeatable).
+    #[arg(
+        long = "simulate-fail-suffix",
+        env = "STRATA_SIMULATE_FAIL_SUFFIXES",
+        value_delimiter = ','
+    )]
+    pub simulate_fail_suffixes: Vec<String>,
+
+    /// simulate: probability in [0, 1] of a retryable failure per attempt.
+    #[arg(long, env = "STRATA_SIMULATE_FAIL_RATE", default_value_t = 0.0)]
+    pub simulate_fail_rate: f64,
+
+    /// exec: the program run per object (the object as JSON on stdin).
+    #[arg(long, env = "STRATA_EXEC_COMMAND")]
+    pub exec_command: Option<PathBuf>,
+
+    /// exec: an argument passed to the program (repeatable).
+    #[arg(
+        long = "exec-arg",
+        env = "STRATA_EXEC_ARGS",
+        value_delimiter = ',',
+        allow_hyphen_values = true
+    )]
+    pub exec_args: Vec<String>,
+
+    /// exec: the exit code meaning "temporary failure, retry" (any other non-zero code is
+    /// permanent).
+    #[arg(long, env = "STRATA_EXEC_TEMP_FAIL_CODE", default_value_t = 75)]
+    pub exec_temp_fail_code: i32,
+
+    /// http: the URL each object is POSTed to as JSON.
+    #[arg(long, env = "STRATA_HTTP_URL")]
+    pub http_url: Option<String>,
+
+    /// http: a request header (`name=value`, repeatable), e.g. an authorization token.
+    #[arg(long = "http-header", env = "STRATA_HTTP_HEADERS", value_delimiter = ',', value_parser = parse_key_value)]
+    pub http_headers: Vec<(String, String)>,
+}
+
+impl AgentArgs {
+    /// The drain grace period.
+    pub fn drain_grace(&self) -> Duration {
+        Duration::from_secs(self.drain_grace_secs)
+    }
+
+    /// The host name to register: the flag, else the kernel's, else `unknown`.
+    pub fn hostname(&self) -> String {
+        self.hostname
+            .clone()
+            .or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_owned())
+                    .filter(|h| !h.is_empty())
+            })
+            .unwrap_or_else(|| "unknown".into())
+    }
+
+    /// The simulate processor's per-zone durations. The error names the bad entry.
+    pub fn simulate_zone_durations(&self) -> Result<BTreeMap<String, Duration>, String> {
+        self.simulate_zone_durations
+            .iter()
+            .map(|(zone, ms)| {
+                ms.parse::<u64>()
+                    .map(|ms| (zone.clone(), Duration::from_millis(ms)))
+                    .map_err(|_| {
+                        format!(
+                            "--simulate-zone-duration {zone}={ms}: the duration must be whole milliseconds"
+                        )
+                    })
+            })
+            .collect()
+    }
+}
+
+/// `key=value` → `(key, value)`; the error names the token.
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+        _ => Err(format!("{s:?} is not key=value")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_parse_and_bad_tokens_are_named() {
+        let args = AgentArgs::try_parse_from([
+            "strata-worker-agent",
+            "--zone",
+            "raw",
+            "--concurrency",
+            "8",
+            "--label",
+            "team=data",
+            "--simulate-zone-duration",
+            "raw=5",
+        ])
+        .expect("parses");
+        assert_eq!(args.zone, "raw");
+        assert_eq!(args.concurrency, 8);
+        assert_eq!(args.labels, vec![("team".into(), "data".into())]);
+        assert_eq!(
+            args.simulate_zone_durations().expect("ms")["raw"],
+            Duration::from_millis(5)
+        );
+        let err = AgentArgs::try_parse_from(["a", "--zone", "raw", "--label", "oops"])
+            .expect_err("not key=value")
+            .to_string();
+        assert!(err.contains("\"oops\" is not key=value"), "{err}");
+        assert!(AgentArgs::try_parse_from(["a", "--zone", "raw", "--concurrency", "0"]).is_err());
+    }
+}

@@ -1,0 +1,209 @@
+//! The agent's Kafka clients: a consumer of the zone's Ready topic in the zone's group, and an
+//! idempotent producer of results whose every send awaits its delivery report.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use prost::Message as _;
+use rdkafka::ClientConfig;
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::{Header, Headers as _, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use strata_proto::kafka as wire;
+use strata_proto::v1::{ObjectReady, ObjectResult};
+use tracing::{info, warn};
+
+use crate::admin::Health;
+
+/// How long one delivery may take before its report says it failed (then it is sent again).
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the agent's clients connect, and with what.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    /// Bootstrap servers.
+    pub bootstrap_servers: String,
+    /// Extra librdkafka properties (security etc.), applied last.
+    pub extra: Vec<(String, String)>,
+    /// Client id prefix (`strata-agent-<zone>`).
+    pub client_id: String,
+}
+
+fn base_config(settings: &KafkaSettings, role: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.bootstrap_servers)
+        .set("client.id", format!("{}-{role}", settings.client_id))
+        .set("allow.auto.create.topics", "false")
+        .set("reconnect.backoff.ms", "100")
+        .set("reconnect.backoff.max.ms", "2000")
+        .set("socket.connection.setup.timeout.ms", "10000")
+        .set_log_level(
+            if tracing::enabled!(target: "librdkafka", tracing::Level::DEBUG) {
+                RDKafkaLogLevel::Info
+            } else {
+                RDKafkaLogLevel::Warning
+            },
+        );
+    config
+}
+
+fn apply_extra(config: &mut ClientConfig, settings: &KafkaSettings) {
+    for (k, v) in &settings.extra {
+        config.set(k, v);
+    }
+}
+
+/// The Ready consumer's configuration (`shared/notes/kafka-broker.md`): joins the group in about
+/// 3 s (session 6 s, heartbeat 500 ms), fetches with 10 ms latency, starts at the earliest record
+/// when the group has no offset, stores offsets only when the agent says (after the result is
+/// delivered; auto-commit every second), cooperative-sticky assignment (a joining agent does not
+/// stop the others). `max.poll.interval.ms` covers an agent at capacity that stops fetching for
+/// up to `longest_stall` (its attempts are bounded by the execution timeout and the drain).
+pub fn consumer_config(
+    settings: &KafkaSettings,
+    group: &str,
+    longest_stall: Duration,
+) -> ClientConfig {
+    let mut config = base_config(settings, "consumer");
+    let poll_interval = (longest_stall + Duration::from_secs(60)).max(Duration::from_secs(300));
+    config
+        .set("group.id", group)
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "500")
+        .set("fetch.wait.max.ms", "10")
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set(
+            "max.poll.interval.ms",
+            poll_interval.as_millis().min(i32::MAX as u128).to_string(),
+        );
+    apply_extra(&mut config, settings);
+    config
+}
+
+/// The results producer's configuration: idempotent, `acks=all`, 5 ms linger, every record's
+/// fate known within [`DELIVERY_TIMEOUT`].
+pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
+    let mut config = base_config(settings, "producer");
+    config
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set(
+            "message.timeout.ms",
+            DELIVERY_TIMEOUT.as_millis().to_string(),
+        )
+        .set("topic.metadata.propagation.max.ms", "5000");
+    apply_extra(&mut config, settings);
+    config
+}
+
+/// Marks the agent as consuming once the group gave it an assignment (an empty one counts: the
+/// group is joined, there are just more agents than partitions).
+#[derive(Debug)]
+pub struct GroupContext {
+    /// Where "consuming" is recorded.
+    pub health: Arc<Health>,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                info!(partitions = tpl.count(), "ready partitions assigned");
+                self.health.consuming.store(true, Ordering::Relaxed);
+            }
+            Rebalance::Revoke(tpl) => info!(partitions = tpl.count(), "ready partitions revoked"),
+            Rebalance::Error(e) => warn!(error = %e, "consumer group rebalance failed"),
+        }
+    }
+}
+
+/// The agent's Ready consumer.
+pub type ReadyConsumer = StreamConsumer<GroupContext>;
+
+/// Decodes a Ready record: the `strata-type` header (when present) must name `ObjectReady`, the
+/// value must decode. The error says why not.
+pub fn decode_ready(
+    headers: Option<&rdkafka::message::BorrowedHeaders>,
+    payload: Option<&[u8]>,
+) -> Result<ObjectReady, String> {
+    if let Some(t) = headers.and_then(|h| {
+        h.iter()
+            .find(|h| h.key == wire::HEADER_TYPE)
+            .and_then(|h| h.value)
+    }) && t != wire::TYPE_OBJECT_READY.as_bytes()
+    {
+        return Err(format!(
+            "{} header is {:?}, not {}",
+            wire::HEADER_TYPE,
+            String::from_utf8_lossy(t),
+            wire::TYPE_OBJECT_READY
+        ));
+    }
+    let payload = payload.ok_or("empty record")?;
+    ObjectReady::decode(payload).map_err(|e| format!("not an ObjectReady: {e}"))
+}
+
+/// Publishes results; every send waits for the broker's acknowledgement.
+#[derive(Clone)]
+pub struct ResultPublisher {
+    producer: FutureProducer,
+    topic: Arc<str>,
+}
+
+impl std::fmt::Debug for ResultPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResultPublisher")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResultPublisher {
+    /// A publisher to `topic`.
+    pub fn new(settings: &KafkaSettings, topic: &str) -> rdkafka::error::KafkaResult<Self> {
+        Ok(Self {
+            producer: producer_config(settings).create()?,
+            topic: topic.into(),
+        })
+    }
+
+    /// Sends `result` keyed by `batch_id` (with the attempt's `traceparent`, if any) once.
+    pub async fn send(
+        &self,
+        batch_id: &str,
+        traceparent: &str,
+        result: &ObjectResult,
+    ) -> Result<(), String> {
+        let payload = result.encode_to_vec();
+        let mut headers = OwnedHeaders::new_with_capacity(2).insert(Header {
+            key: wire::HEADER_TYPE,
+            value: Some(wire::TYPE_OBJECT_RESULT),
+        });
+        if !traceparent.is_empty() {
+            headers = headers.insert(Header {
+                key: wire::HEADER_TRACEPARENT,
+                value: Some(traceparent),
+            });
+        }
+        let record = FutureRecord::to(&self.topic)
+            .key(batch_id)
+            .payload(&payload)
+            .headers(headers);
+        self.producer
+            .send(record, DELIVERY_TIMEOUT)
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| e.to_string())
+    }
+}
