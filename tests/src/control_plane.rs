@@ -19,13 +19,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use strata_proto::v1::GetBatchRequest;
 use strata_proto::v1::orchestrator_client::OrchestratorClient;
 use tempfile::TempDir;
 
 use crate::process::ServerProcess;
-use crate::{free_port, resolve_binary, temp_dir};
+use crate::{free_port, temp_dir, workspace_binary};
 
 /// Env var naming the `strata-control-plane` binary to run.
 pub const CONTROL_PLANE_BIN_ENV: &str = "STRATA_CONTROL_PLANE_BIN";
@@ -170,28 +170,14 @@ impl ControlPlane {
     }
 }
 
-/// The control-plane binary: `$STRATA_CONTROL_PLANE_BIN`, else `strata-control-plane` in the
-/// directory above the running test executable's `deps/`.
+/// The control-plane binary: `$STRATA_CONTROL_PLANE_BIN`, else `strata-control-plane` beside
+/// the running test executable (see [`workspace_binary`]).
 pub fn control_plane_binary() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("locate the running test executable")?;
-    let name = format!("strata-control-plane{}", std::env::consts::EXE_SUFFIX);
-    let candidates: Vec<PathBuf> = exe
-        .ancestors()
-        .skip(1)
-        .take(2)
-        .map(|dir| dir.join(&name))
-        .collect();
-    resolve_binary(
-        CONTROL_PLANE_BIN_ENV,
-        candidates.clone(),
+    workspace_binary(
         "strata-control-plane",
+        "strata-control-plane",
+        CONTROL_PLANE_BIN_ENV,
     )
-    .with_context(|| {
-        format!(
-            "looked in {candidates:?}; build it with `cargo build -p strata-control-plane \
-                 --bin strata-control-plane` (cargo nextest run --workspace builds it)"
-        )
-    })
 }
 
 /// Spawns the binary on `port` and waits (bounded) until a `GetBatch` for an unknown id is

@@ -26,6 +26,7 @@ pub mod control_plane;
 pub mod kafka;
 pub mod process;
 pub mod redis_server;
+pub mod worker_agent;
 
 use std::future::Future;
 use std::net::{Ipv4Addr, TcpListener};
@@ -129,6 +130,27 @@ pub(crate) fn resolve_binary(
         "{what} not found: set {env_var}, or run ./tests/run.sh, which installs it and \
          exports {env_var} (tests that need real services are never skipped)"
     )
+}
+
+/// A binary of this workspace: `$env_var` if set, else `name` in the directory above the running
+/// test executable's `deps/` (a test executable is `<target>/<profile>/deps/<test>-<hash>`, the
+/// workspace's binaries are `<target>/<profile>/<name>`). `cargo nextest run --workspace` builds
+/// them; `-p strata-tests` alone does not (build `-p <package>` first).
+pub fn workspace_binary(name: &str, package: &str, env_var: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locate the running test executable")?;
+    let file = format!("{name}{}", std::env::consts::EXE_SUFFIX);
+    let candidates: Vec<PathBuf> = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join(&file))
+        .collect();
+    resolve_binary(env_var, candidates.clone(), name).with_context(|| {
+        format!(
+            "looked in {candidates:?}; build it with `cargo build -p {package} --bin {name}` \
+             (cargo nextest run --workspace builds it)"
+        )
+    })
 }
 
 /// `name` looked up in each directory of `$PATH`.

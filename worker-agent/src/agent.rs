@@ -161,6 +161,7 @@ pub async fn run<P: Processor>(
     )
     .create_with_context(GroupContext {
         health: health.clone(),
+        metrics: metrics.clone(),
     })
     .map_err(|e| AgentError::Kafka(format!("ready consumer: {e}")))?;
     consumer

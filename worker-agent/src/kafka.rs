@@ -9,7 +9,7 @@ use prost::Message as _;
 use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{Header, Headers as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use strata_proto::kafka as wire;
@@ -17,6 +17,7 @@ use strata_proto::v1::{ObjectReady, ObjectResult};
 use tracing::{info, warn};
 
 use crate::admin::Health;
+use crate::metrics::Metrics;
 
 /// How long one delivery may take before its report says it failed (then it is sent again).
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -111,12 +112,19 @@ pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
 pub struct GroupContext {
     /// Where "consuming" is recorded.
     pub health: Arc<Health>,
+    /// Where the assignment's size is recorded.
+    pub metrics: Metrics,
 }
 
 impl ClientContext for GroupContext {}
 
 impl ConsumerContext for GroupContext {
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Ok(assigned) = consumer.assignment() {
+            self.metrics
+                .assigned_partitions
+                .set(assigned.count() as i64);
+        }
         match rebalance {
             Rebalance::Assign(tpl) => {
                 info!(partitions = tpl.count(), "ready partitions assigned");

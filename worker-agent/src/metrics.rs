@@ -47,6 +47,8 @@ pub struct Metrics {
     pub abandoned: prometheus::IntCounter,
     /// Attempts in flight.
     pub in_flight: IntGauge,
+    /// Partitions of the Ready topic assigned to this agent by its consumer group.
+    pub assigned_partitions: IntGauge,
     /// The agent's capacity.
     pub capacity: IntGauge,
     /// 1 while the agent holds a lease.
@@ -90,6 +92,11 @@ impl Metrics {
         )
         .expect("valid");
         let in_flight = IntGauge::new("in_flight", "Attempts in flight.").expect("valid");
+        let assigned_partitions = IntGauge::new(
+            "assigned_partitions",
+            "Partitions of the zone's Ready topic assigned to this agent.",
+        )
+        .expect("valid");
         let capacity = IntGauge::new("capacity", "Most attempts run at once.").expect("valid");
         let registered =
             IntGauge::new("registered", "1 while the agent holds a lease.").expect("valid");
@@ -135,6 +142,7 @@ impl Metrics {
             Box::new(results.clone()),
             Box::new(abandoned.clone()),
             Box::new(in_flight.clone()),
+            Box::new(assigned_partitions.clone()),
             Box::new(capacity.clone()),
             Box::new(registered.clone()),
             Box::new(registrations.clone()),
@@ -151,6 +159,7 @@ impl Metrics {
             results,
             abandoned,
             in_flight,
+            assigned_partitions,
             capacity,
             registered,
             registrations,
