@@ -1,5 +1,7 @@
 //! Processors turn one `ObjectReady` into an outcome (DESIGN §8). A processor is the only part
 //! of an agent users replace: implement [`Processor`] to embed your own loading code.
+//! Built in: [`Simulate`] (the seed's behaviour), [`Exec`] (runs a command per object) and
+//! [`Http`] (POSTs each object); the last two hand user code the [`ready_json`] document.
 //!
 //! ```
 //! use strata_proto::v1::ObjectReady;
@@ -21,8 +23,14 @@ use std::future::Future;
 
 use strata_proto::v1::ObjectReady;
 
+mod exec;
+mod http;
+mod payload;
 mod simulate;
 
+pub use exec::Exec;
+pub use http::{Http, HttpConfigError};
+pub use payload::ready_json;
 pub use simulate::Simulate;
 
 /// What processing one object came to.
