@@ -4,13 +4,17 @@
 use strata_proto::v1::ObjectReady;
 
 use crate::config::{AgentArgs, ProcessorKind};
-use crate::processor::{Outcome, Processor, Simulate};
+use crate::processor::{Exec, Http, Outcome, Processor, Simulate};
 
 /// One of the built-in processors.
 #[derive(Debug)]
 pub enum BuiltIn {
     /// `--processor simulate`.
     Simulate(Simulate),
+    /// `--processor exec`.
+    Exec(Exec),
+    /// `--processor http`.
+    Http(Http),
 }
 
 impl BuiltIn {
@@ -31,8 +35,23 @@ impl BuiltIn {
                     fail_rate: args.simulate_fail_rate,
                 }))
             }
-            ProcessorKind::Exec | ProcessorKind::Http => {
-                Err("this build has no exec/http processors yet".into())
+            ProcessorKind::Exec => {
+                let program = args.exec_command.clone().ok_or(
+                    "--processor exec needs --exec-command <program> (or STRATA_EXEC_COMMAND)",
+                )?;
+                let mut exec = Exec::new(program, args.exec_args.clone());
+                exec.temp_fail_code = args.exec_temp_fail_code;
+                Ok(Self::Exec(exec))
+            }
+            ProcessorKind::Http => {
+                let url = args
+                    .http_url
+                    .as_deref()
+                    .ok_or("--processor http needs --http-url <url> (or STRATA_HTTP_URL)")?;
+                // No request timeout of its own: the attempt's execution timeout bounds it.
+                Http::new(url, args.http_headers.clone(), None)
+                    .map(Self::Http)
+                    .map_err(|e| format!("--http-url: {e}"))
             }
         }
     }
@@ -42,6 +61,8 @@ impl Processor for BuiltIn {
     async fn process(&self, ready: &ObjectReady) -> Outcome {
         match self {
             Self::Simulate(p) => p.process(ready).await,
+            Self::Exec(p) => p.process(ready).await,
+            Self::Http(p) => p.process(ready).await,
         }
     }
 }
