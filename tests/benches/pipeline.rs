@@ -683,6 +683,8 @@ async fn control_plane(o: &Options) -> anyhow::Result<()> {
         kafka_brokers: Some(o.kafka.clone()),
         redis_url: Some(o.redis.clone()),
         topic_partitions: Some(o.partitions),
+        // The bench's no-op agents do not register.
+        require_agent_lease: Some(false),
         ..Flags::default()
     }
     .resolve()?;

@@ -73,6 +73,9 @@ async fn start_gated(behaviour: Behaviour, gate: watch::Receiver<bool>) -> anyho
         topic_partitions: Some(2),
         initial_backoff_ms: Some(20),
         max_backoff_ms: Some(100),
+        // The minimal in-process test agent does not register (tests/tests/worker_agents.rs
+        // runs the real agent with leases required).
+        require_agent_lease: Some(false),
         ..Flags::default()
     }
     .resolve()?;

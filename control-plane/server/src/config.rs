@@ -122,8 +122,9 @@ pub struct Flags {
     #[arg(long, env = "STRATA_AGENT_KAFKA_BROKERS")]
     pub agent_kafka_brokers: Option<String>,
 
-    /// Reject (and count) results from agents without a live lease for the object's zone. Off
-    /// until every agent registers (the `strata-worker-agent` does).
+    /// Reject (and count) results from agents without a live lease for the object's zone (the
+    /// default; `strata-worker-agent` registers). `false` accepts results from any producer of
+    /// the results topic, e.g. agents that do not register.
     #[arg(long, env = "STRATA_REQUIRE_AGENT_LEASE")]
     pub require_agent_lease: Option<bool>,
 
@@ -361,7 +362,7 @@ impl Flags {
             require_agent_lease: f
                 .require_agent_lease
                 .or(file.require_agent_lease)
-                .unwrap_or(false),
+                .unwrap_or(true),
         };
         let config = config.with_zone_settings(zone_settings);
         config.validate()?;

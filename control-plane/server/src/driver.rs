@@ -80,7 +80,8 @@ pub struct DriverSettings {
     /// How long an agent's lease lives without a heartbeat.
     pub lease_ttl: Duration,
     /// Results only from agents with a live lease for the object's zone (others are counted
-    /// as `no_lease` and ignored).
+    /// as `no_lease` and ignored). Off in [`DriverSettings::default`] (component tests drive
+    /// results by hand); the binary's configuration turns it on unless told otherwise.
     pub require_agent_lease: bool,
     /// How often the topics are checked (and re-created): a broker that lost them lost every
     /// Ready in flight, which the driver then publishes again.
