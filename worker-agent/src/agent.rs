@@ -199,6 +199,47 @@ pub async fn run<P: Processor>(
     Ok(())
 }
 
+/// Runs an agent as the binary does, from its command-line `args`, with `processor`: serves the
+/// admin port on `--admin-addr`, registers with the labels given plus `processor=<label>`, and
+/// runs until `shutdown` resolves (then drains). For custom agents (see the `custom_agent`
+/// example).
+pub async fn run_from_args<P: Processor>(
+    args: &crate::config::AgentArgs,
+    processor: P,
+    processor_label: &str,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let metrics = Metrics::new(&args.zone);
+    let health = Arc::new(Health::default());
+    let listener = tokio::net::TcpListener::bind(args.admin_addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {} (--admin-addr): {e}", args.admin_addr))?;
+    info!(addr = %listener.local_addr()?, "admin port serving /metrics and /health");
+    tokio::spawn(crate::admin::serve(
+        listener,
+        crate::admin::router(health.clone(), metrics.clone()),
+    ));
+    let options = AgentOptions {
+        registration: Registration {
+            zone: args.zone.clone(),
+            capacity: args.concurrency,
+            hostname: args.hostname(),
+            labels: args
+                .labels
+                .iter()
+                .cloned()
+                .chain([("processor".to_owned(), processor_label.to_owned())])
+                .collect(),
+        },
+        control_plane: args.control_plane.clone(),
+        kafka_brokers: args.kafka_brokers.clone(),
+        kafka_properties: args.kafka_properties.clone(),
+        drain_grace: args.drain_grace(),
+    };
+    run(options, Arc::new(processor), metrics, health, shutdown).await?;
+    Ok(())
+}
+
 /// Resolves once `stop` is (or becomes) true, or its sender is gone.
 async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
