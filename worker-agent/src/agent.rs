@@ -23,10 +23,7 @@ use chrono::{DateTime, Utc};
 use futures::FutureExt as _;
 use rdkafka::Message as _;
 use rdkafka::consumer::{CommitMode, Consumer as _};
-use strata_proto::v1::{
-    FailureReason, InFlightAttempt, ObjectFailed, ObjectLoaded, ObjectReady, ObjectResult,
-    ObjectStarted, object_result,
-};
+use strata_proto::v1::{InFlightAttempt, ObjectReady, ObjectResult};
 use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
@@ -37,11 +34,10 @@ use crate::kafka::{
 };
 use crate::metrics::{Metrics, ReadyVerdict};
 use crate::offsets::OffsetTracker;
-use crate::processor::{Outcome, Processor};
+use crate::processor::Processor;
 use crate::registry::{Beat, Lease, Registration, Registry, RegistryError};
+use crate::results::{self, Ending, Who, timestamp};
 
-/// Longest error text sent in a result (DESIGN: "may be truncated by the agent to 4 KiB").
-const MAX_ERROR_BYTES: usize = 4096;
 /// Entries kept in the "newest release seen" memory before it is cleared.
 const MAX_SEEN: usize = 100_000;
 /// Bound on closing the consumer at exit (librdkafka's close can hang on a broker that is gone).
@@ -71,13 +67,6 @@ pub enum AgentError {
     /// Kafka clients could not be created or subscribed.
     #[error("kafka: {0}")]
     Kafka(String),
-}
-
-/// The identity results are signed with: the lease an attempt started under.
-#[derive(Debug, Clone)]
-struct Who {
-    agent_id: String,
-    lease_epoch: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -575,38 +564,21 @@ impl<P: Processor> Agent<P> {
         let mut hand_backs = Vec::new();
         for (_, h) in &left {
             h.abort.abort();
-            let now = Utc::now();
-            let failed = ObjectFailed {
-                batch_id: h.ready.batch_id.clone(),
-                object_id: h.ready.object_id.clone(),
-                zone: h.ready.zone.clone(),
-                attempt: h.ready.attempt,
-                dispatch_epoch: h.ready.dispatch_epoch,
-                agent_id: h.who.agent_id.clone(),
-                agent_lease_epoch: h.who.lease_epoch,
-                started_at: h.started_at.get().map(|t| timestamp(*t)),
-                finished_at: Some(timestamp(now)),
-                duration: h
-                    .started_at
-                    .get()
-                    .and_then(|t| (now - *t).to_std().ok())
-                    .and_then(|d| prost_types::Duration::try_from(d).ok()),
-                retryable: true,
-                error: format!(
+            let result = results::handed_back(
+                &h.ready,
+                &h.who,
+                h.started_at.get().copied(),
+                Utc::now(),
+                format!(
                     "agent {} drained ({reason}): attempt handed back after the {} s grace period",
                     h.who.agent_id,
                     grace.as_secs()
                 ),
-                reason: FailureReason::Drained as i32,
-                signature: Vec::new(),
-            };
+            );
             let publisher = self.publisher.clone();
             let metrics = self.metrics.clone();
             let (batch_id, traceparent) = (h.ready.batch_id.clone(), traceparent_of(&h.ready));
             hand_backs.push(async move {
-                let result = ObjectResult {
-                    result: Some(object_result::Result::Failed(failed)),
-                };
                 // Bounded: if it cannot be delivered, deregistration hands it back anyway.
                 for _ in 0..3 {
                     match publisher.send(&batch_id, &traceparent, &result).await {
@@ -678,19 +650,7 @@ async fn attempt<P: Processor>(
     let start = Utc::now();
     let _ = started_at.set(start);
     let traceparent = traceparent_of(&ready);
-    let started = ObjectResult {
-        result: Some(object_result::Result::Started(ObjectStarted {
-            batch_id: ready.batch_id.clone(),
-            object_id: ready.object_id.clone(),
-            zone: ready.zone.clone(),
-            attempt: ready.attempt,
-            dispatch_epoch: ready.dispatch_epoch,
-            agent_id: who.agent_id.clone(),
-            agent_lease_epoch: who.lease_epoch,
-            started_at: Some(timestamp(start)),
-            signature: Vec::new(),
-        })),
-    };
+    let started = results::started(&ready, &who, start);
     let clock = Instant::now();
     let run = async {
         match tokio::time::timeout(
@@ -699,15 +659,12 @@ async fn attempt<P: Processor>(
         )
         .await
         {
-            Ok(Ok(outcome)) => Ok(outcome),
-            Ok(Err(_)) => Ok(Outcome::Failed {
-                retryable: false,
-                error: "the processor panicked".into(),
-            }),
-            Err(_) => Err(()),
+            Ok(Ok(outcome)) => Ending::Processed(outcome),
+            Ok(Err(_)) => Ending::Panicked,
+            Err(_) => Ending::TimedOut(timeout),
         }
     };
-    let ((), outcome) = tokio::join!(
+    let ((), ending) = tokio::join!(
         deliver(
             &publisher,
             &ready.batch_id,
@@ -719,73 +676,11 @@ async fn attempt<P: Processor>(
         run
     );
     let elapsed = clock.elapsed();
-    let finished_at = Utc::now();
-    let duration = prost_types::Duration::try_from(elapsed).ok();
-    let base = |retryable: bool, error: String, reason: FailureReason| ObjectFailed {
-        batch_id: ready.batch_id.clone(),
-        object_id: ready.object_id.clone(),
-        zone: ready.zone.clone(),
-        attempt: ready.attempt,
-        dispatch_epoch: ready.dispatch_epoch,
-        agent_id: who.agent_id.clone(),
-        agent_lease_epoch: who.lease_epoch,
-        started_at: Some(timestamp(start)),
-        finished_at: Some(timestamp(finished_at)),
-        duration,
-        retryable,
-        error: truncate(error, MAX_ERROR_BYTES),
-        reason: reason as i32,
-        signature: Vec::new(),
-    };
-    let (result, label) = match outcome {
-        Ok(Outcome::Loaded { info }) => (
-            object_result::Result::Loaded(ObjectLoaded {
-                batch_id: ready.batch_id.clone(),
-                object_id: ready.object_id.clone(),
-                zone: ready.zone.clone(),
-                attempt: ready.attempt,
-                dispatch_epoch: ready.dispatch_epoch,
-                agent_id: who.agent_id.clone(),
-                agent_lease_epoch: who.lease_epoch,
-                started_at: Some(timestamp(start)),
-                finished_at: Some(timestamp(finished_at)),
-                duration,
-                info: if info.is_empty() {
-                    Default::default()
-                } else {
-                    [("info".to_owned(), info)].into_iter().collect()
-                },
-                signature: Vec::new(),
-            }),
-            "loaded",
-        ),
-        Ok(Outcome::Failed { retryable, error }) => (
-            object_result::Result::Failed(base(retryable, error, FailureReason::Processor)),
-            if retryable {
-                "failed_retryable"
-            } else {
-                "failed_permanent"
-            },
-        ),
-        Err(()) => (
-            object_result::Result::Failed(base(
-                true,
-                format!(
-                    "execution timeout: still running after {} s",
-                    timeout.as_secs_f64()
-                ),
-                FailureReason::Timeout,
-            )),
-            "timeout",
-        ),
-    };
+    let (result, label) = results::finished(&ready, &who, start, Utc::now(), elapsed, ending);
     metrics
         .processing_seconds
         .with_label_values(&[label])
         .observe(elapsed.as_secs_f64());
-    let result = ObjectResult {
-        result: Some(result),
-    };
     deliver(
         &publisher,
         &ready.batch_id,
@@ -833,27 +728,6 @@ fn traceparent_of(ready: &ObjectReady) -> String {
         .unwrap_or_default()
 }
 
-fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
-    }
-}
-
-/// `s` cut to at most `max` bytes on a character boundary, marked when cut.
-fn truncate(mut s: String, max: usize) -> String {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max - 3;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s.truncate(end);
-    s.push('…');
-    s
-}
-
 /// Closes the consumer (leaving the group) on a thread of its own, waiting at most
 /// [`CLOSE_TIMEOUT`].
 async fn close(consumer: ReadyConsumer) {
@@ -866,17 +740,5 @@ async fn close(consumer: ReadyConsumer) {
         });
     if spawned.is_ok() && tokio::time::timeout(CLOSE_TIMEOUT, rx).await.is_err() {
         warn!("the Kafka consumer did not close within {CLOSE_TIMEOUT:?}; exiting anyway");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn errors_are_cut_on_a_character_boundary() {
-        assert_eq!(truncate("short".into(), 10), "short");
-        let cut = truncate("é".repeat(3000), 4096);
-        assert!(cut.len() <= 4096 && cut.ends_with('…'), "{}", cut.len());
     }
 }

@@ -19,3 +19,4 @@ pub mod metrics;
 pub mod offsets;
 pub mod processor;
 pub mod registry;
+pub mod results;

@@ -1,0 +1,447 @@
+//! # strata-client
+//!
+//! A typed client of Strata's gRPC API over the generated `strata.v1` stubs, used by the
+//! `strata` CLI:
+//!
+//! - every unary call has a deadline ([`ClientOptions::timeout`], tower's timeout layer inside
+//!   tonic's channel); streams (`WatchBatch`) are not cut by it;
+//! - **idempotent calls only** are retried when the control plane is unavailable (reads,
+//!   `PlanBatch`, `CancelBatch`, and `SubmitBatch` *with* an idempotency key); `SubmitBatch`
+//!   without a key, `RetryNow` and `ReplayDeadLetters` are sent once;
+//! - errors are one line and actionable: an unreachable endpoint names the address and what to
+//!   start; a refusal carries the gRPC code and the server's message (which names the offending
+//!   ids).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), strata_client::ClientError> {
+//! use strata_client::{Client, ClientOptions};
+//! let client = Client::connect("http://127.0.0.1:50051", ClientOptions::default())?;
+//! let batch = client.get_batch("b-123").await?;
+//! println!("{:?}", batch.state());
+//! # Ok(()) }
+//! ```
+//!
+//! Depends on the wire crate and tonic only: no Strata domain logic.
+
+use std::future::Future;
+use std::time::Duration;
+
+use strata_proto::v1 as pb;
+use strata_proto::v1::agent_registry_client::AgentRegistryClient;
+use strata_proto::v1::orchestrator_client::OrchestratorClient;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status, Streaming};
+
+/// The control plane's default gRPC address (what `strata dev` and `strata-control-plane` serve).
+pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:50051";
+
+/// How the client talks to the control plane.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Deadline of one unary call.
+    pub timeout: Duration,
+    /// Deadline of establishing the connection.
+    pub connect_timeout: Duration,
+    /// Attempts of an idempotent call while the server is unavailable (1 = no retry).
+    pub attempts: u32,
+    /// The largest message the client sends or accepts.
+    pub max_message_bytes: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            attempts: 3,
+            max_message_bytes: strata_proto::DEFAULT_MAX_MESSAGE_BYTES,
+        }
+    }
+}
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The endpoint is not a usable URL.
+    #[error("invalid endpoint {endpoint:?}: {reason} (expected e.g. {DEFAULT_ENDPOINT})")]
+    Endpoint {
+        /// What was given.
+        endpoint: String,
+        /// Why it is not usable.
+        reason: String,
+    },
+    /// Nothing answers at the endpoint.
+    #[error(
+        "cannot reach the control plane at {endpoint} ({reason}); start one with `strata dev` \
+         (or `strata-control-plane`), or point --endpoint / STRATA_ENDPOINT at it"
+    )]
+    Unreachable {
+        /// The endpoint.
+        endpoint: String,
+        /// The transport's reason.
+        reason: String,
+    },
+    /// The control plane answered with an error.
+    #[error("{}: {}", code_name(status.code()), status.message())]
+    Status {
+        /// The status (code, message, details).
+        status: Status,
+    },
+}
+
+impl ClientError {
+    /// The gRPC code, if the server answered.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            Self::Status { status } => Some(status.code()),
+            _ => None,
+        }
+    }
+
+    fn from_status(endpoint: &str, status: Status) -> Self {
+        if status.code() == Code::Unavailable && is_transport(&status) {
+            Self::Unreachable {
+                endpoint: endpoint.to_owned(),
+                reason: transport_reason(&status),
+            }
+        } else {
+            Self::Status { status }
+        }
+    }
+}
+
+/// `INVALID_ARGUMENT` rather than `InvalidArgument`: the names grpcurl and the docs use.
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// A connection-level failure (refused, reset, DNS) rather than the server saying "unavailable".
+fn is_transport(status: &Status) -> bool {
+    let text = format!(
+        "{} {:?}",
+        status.message(),
+        std::error::Error::source(status)
+    );
+    [
+        "connect",
+        "transport",
+        "Connection refused",
+        "dns",
+        "broken pipe",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
+}
+
+/// The innermost cause of a transport failure ("Connection refused (os error 111)").
+fn transport_reason(status: &Status) -> String {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    let mut last = None;
+    while let Some(c) = cause {
+        last = Some(c.to_string());
+        cause = c.source();
+    }
+    last.unwrap_or_else(|| status.message().to_owned())
+}
+
+/// A client of one control plane. Cheap to clone (one HTTP/2 connection, shared).
+#[derive(Debug, Clone)]
+pub struct Client {
+    orchestrator: OrchestratorClient<Channel>,
+    agents: AgentRegistryClient<Channel>,
+    endpoint: String,
+    attempts: u32,
+}
+
+/// The result of a call.
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+impl Client {
+    /// A client of `endpoint` (`http://host:port`; `host:port` is taken as plain HTTP). Connects
+    /// lazily: an unreachable endpoint is reported by the first call.
+    pub fn connect(endpoint: &str, options: ClientOptions) -> Result<Self> {
+        let endpoint = if endpoint.contains("://") {
+            endpoint.to_owned()
+        } else {
+            format!("http://{endpoint}")
+        };
+        let channel = Endpoint::from_shared(endpoint.clone())
+            .map_err(|e| ClientError::Endpoint {
+                endpoint: endpoint.clone(),
+                reason: e.to_string(),
+            })?
+            .timeout(options.timeout)
+            .connect_timeout(options.connect_timeout)
+            .connect_lazy();
+        Ok(Self {
+            orchestrator: OrchestratorClient::new(channel.clone())
+                .max_decoding_message_size(options.max_message_bytes)
+                .max_encoding_message_size(options.max_message_bytes),
+            agents: AgentRegistryClient::new(channel),
+            endpoint,
+            attempts: options.attempts.max(1),
+        })
+    }
+
+    /// The endpoint this client talks to.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Sends an idempotent call, again while the server is unavailable (100 ms, then 400 ms, …).
+    async fn idempotent<T, F, Fut>(&self, mut call: F) -> Result<T>
+    where
+        F: FnMut(OrchestratorClient<Channel>) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+    {
+        let mut backoff = Duration::from_millis(100);
+        let mut attempt = 1;
+        loop {
+            match call(self.orchestrator.clone()).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s)
+                    if attempt < self.attempts
+                        && matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded) =>
+                {
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 4;
+                    attempt += 1;
+                }
+                Err(s) => return Err(ClientError::from_status(&self.endpoint, s)),
+            }
+        }
+    }
+
+    /// Sends a call once.
+    async fn once<T>(
+        &self,
+        call: impl Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+    ) -> Result<T> {
+        call.await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| ClientError::from_status(&self.endpoint, s))
+    }
+
+    /// `SubmitBatch`. Retried while unavailable only when `request.idempotency_key` is set (the
+    /// server answers a repeat with the same batch).
+    pub async fn submit(&self, request: pb::SubmitBatchRequest) -> Result<pb::SubmitBatchResponse> {
+        if request.idempotency_key.is_empty() {
+            self.once(self.orchestrator.clone().submit_batch(request))
+                .await
+        } else {
+            self.idempotent(|mut c| {
+                let r = request.clone();
+                async move { c.submit_batch(r).await }
+            })
+            .await
+        }
+    }
+
+    /// `PlanBatch` (a dry run).
+    pub async fn plan(&self, request: pb::PlanBatchRequest) -> Result<pb::PlanBatchResponse> {
+        self.idempotent(|mut c| {
+            let r = request.clone();
+            async move { c.plan_batch(r).await }
+        })
+        .await
+    }
+
+    /// `GetBatch`.
+    pub async fn get_batch(&self, batch_id: &str) -> Result<pb::Batch> {
+        let r = pb::GetBatchRequest {
+            batch_id: batch_id.into(),
+        };
+        self.idempotent(|mut c| {
+            let r = r.clone();
+            async move { c.get_batch(r).await }
+        })
+        .await
+    }
+
+    /// `ListBatches`.
+    pub async fn list_batches(
+        &self,
+        request: pb::ListBatchesRequest,
+    ) -> Result<pb::ListBatchesResponse> {
+        self.idempotent(|mut c| {
+            let r = request.clone();
+            async move { c.list_batches(r).await }
+        })
+        .await
+    }
+
+    /// `GetObject`.
+    pub async fn get_object(&self, batch_id: &str, object_id: &str) -> Result<pb::ObjectStatus> {
+        let r = pb::GetObjectRequest {
+            batch_id: batch_id.into(),
+            object_id: object_id.into(),
+        };
+        self.idempotent(|mut c| {
+            let r = r.clone();
+            async move { c.get_object(r).await }
+        })
+        .await
+    }
+
+    /// `WatchBatch`: a snapshot, then every change, until the batch is terminal. Opening the
+    /// stream is retried while unavailable; a broken stream is the caller's to reopen (the
+    /// snapshot makes that safe).
+    pub async fn watch(&self, batch_id: &str) -> Result<Streaming<pb::WatchBatchResponse>> {
+        let r = pb::WatchBatchRequest {
+            batch_id: batch_id.into(),
+        };
+        self.idempotent(|mut c| {
+            let r = r.clone();
+            async move { c.watch_batch(r).await }
+        })
+        .await
+    }
+
+    /// `CancelBatch` (idempotent on a cancelled batch).
+    pub async fn cancel(&self, batch_id: &str, reason: &str) -> Result<pb::Batch> {
+        let r = pb::CancelBatchRequest {
+            batch_id: batch_id.into(),
+            reason: reason.into(),
+        };
+        self.idempotent(|mut c| {
+            let r = r.clone();
+            async move { c.cancel_batch(r).await }
+        })
+        .await
+    }
+
+    /// `ListRetries`.
+    pub async fn list_retries(
+        &self,
+        request: pb::ListRetriesRequest,
+    ) -> Result<pb::ListRetriesResponse> {
+        self.idempotent(|mut c| {
+            let r = request.clone();
+            async move { c.list_retries(r).await }
+        })
+        .await
+    }
+
+    /// `GetRetry`.
+    pub async fn get_retry(&self, batch_id: &str, object_id: &str) -> Result<pb::GetRetryResponse> {
+        let r = pb::GetRetryRequest {
+            batch_id: batch_id.into(),
+            object_id: object_id.into(),
+        };
+        self.idempotent(|mut c| {
+            let r = r.clone();
+            async move { c.get_retry(r).await }
+        })
+        .await
+    }
+
+    /// `RetryNow` (sent once).
+    pub async fn retry_now(&self, batch_id: &str, object_id: &str) -> Result<pb::RetryInfo> {
+        self.once(self.orchestrator.clone().retry_now(pb::RetryNowRequest {
+            batch_id: batch_id.into(),
+            object_id: object_id.into(),
+        }))
+        .await
+    }
+
+    /// `ListDeadLetters`.
+    pub async fn list_dead_letters(
+        &self,
+        request: pb::ListDeadLettersRequest,
+    ) -> Result<pb::ListDeadLettersResponse> {
+        self.idempotent(|mut c| {
+            let r = request.clone();
+            async move { c.list_dead_letters(r).await }
+        })
+        .await
+    }
+
+    /// `ReplayDeadLetters` (sent once).
+    pub async fn replay_dead_letters(
+        &self,
+        request: pb::ReplayDeadLettersRequest,
+    ) -> Result<pb::ReplayDeadLettersResponse> {
+        self.once(self.orchestrator.clone().replay_dead_letters(request))
+            .await
+    }
+
+    /// `AgentRegistry.ListAgents`.
+    pub async fn list_agents(
+        &self,
+        zone: &str,
+        include_inactive: bool,
+    ) -> Result<pb::ListAgentsResponse> {
+        let request = pb::ListAgentsRequest {
+            zone: zone.into(),
+            include_inactive,
+        };
+        let mut backoff = Duration::from_millis(100);
+        let mut attempt = 1;
+        loop {
+            match self.agents.clone().list_agents(request.clone()).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s) if attempt < self.attempts && s.code() == Code::Unavailable => {
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 4;
+                    attempt += 1;
+                }
+                Err(s) => return Err(ClientError::from_status(&self.endpoint, s)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unreachable_endpoint_names_the_address_and_what_to_start() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        drop(listener);
+        let client = Client::connect(
+            &format!("127.0.0.1:{port}"),
+            ClientOptions {
+                attempts: 2,
+                ..ClientOptions::default()
+            },
+        )
+        .expect("valid endpoint");
+        let err = client.get_batch("b-1").await.expect_err("nothing listens");
+        let text = err.to_string();
+        assert!(matches!(err, ClientError::Unreachable { .. }), "{err:?}");
+        assert!(text.contains(&format!("http://127.0.0.1:{port}")), "{text}");
+        assert!(text.contains("strata dev"), "{text}");
+        assert!(!text.contains('\n'), "one line: {text}");
+    }
+
+    #[test]
+    fn a_bad_endpoint_is_refused_with_an_example() {
+        let err = Client::connect("http://bad host", ClientOptions::default())
+            .expect_err("not a URL")
+            .to_string();
+        assert!(
+            err.contains("bad host") && err.contains(DEFAULT_ENDPOINT),
+            "{err}"
+        );
+    }
+}

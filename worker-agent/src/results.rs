@@ -1,0 +1,276 @@
+//! The results an agent reports for one attempt, built from the Ready and the agent's lease.
+//! Pure: times are arguments. Shared by the agent runtime and by in-process agents (dev mode).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use strata_proto::v1::{
+    FailureReason, ObjectFailed, ObjectLoaded, ObjectReady, ObjectResult, ObjectStarted,
+    object_result,
+};
+
+use crate::processor::Outcome;
+
+/// Longest error text sent in a result (events.proto: "may be truncated by the agent to 4 KiB").
+pub const MAX_ERROR_BYTES: usize = 4096;
+
+/// The lease an attempt runs under: echoed in every result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Who {
+    /// The agent id from registration.
+    pub agent_id: String,
+    /// The lease epoch from registration.
+    pub lease_epoch: u64,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// The processor answered.
+    Processed(Outcome),
+    /// The processor panicked.
+    Panicked,
+    /// The processor was still running at the execution timeout.
+    TimedOut(Duration),
+}
+
+/// `ObjectStarted` for `ready`, started at `at`.
+pub fn started(ready: &ObjectReady, who: &Who, at: DateTime<Utc>) -> ObjectResult {
+    ObjectResult {
+        result: Some(object_result::Result::Started(ObjectStarted {
+            batch_id: ready.batch_id.clone(),
+            object_id: ready.object_id.clone(),
+            zone: ready.zone.clone(),
+            attempt: ready.attempt,
+            dispatch_epoch: ready.dispatch_epoch,
+            agent_id: who.agent_id.clone(),
+            agent_lease_epoch: who.lease_epoch,
+            started_at: Some(timestamp(at)),
+            signature: Vec::new(),
+        })),
+    }
+}
+
+/// The final result of an attempt started at `start` and ended at `end` after `elapsed`
+/// (monotonic), with its metrics label (`loaded`, `failed_retryable`, `failed_permanent`,
+/// `timeout`).
+pub fn finished(
+    ready: &ObjectReady,
+    who: &Who,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    elapsed: Duration,
+    ending: Ending,
+) -> (ObjectResult, &'static str) {
+    let duration = prost_types::Duration::try_from(elapsed).ok();
+    let (result, label) = match ending {
+        Ending::Processed(Outcome::Loaded { info }) => (
+            object_result::Result::Loaded(ObjectLoaded {
+                batch_id: ready.batch_id.clone(),
+                object_id: ready.object_id.clone(),
+                zone: ready.zone.clone(),
+                attempt: ready.attempt,
+                dispatch_epoch: ready.dispatch_epoch,
+                agent_id: who.agent_id.clone(),
+                agent_lease_epoch: who.lease_epoch,
+                started_at: Some(timestamp(start)),
+                finished_at: Some(timestamp(end)),
+                duration,
+                info: if info.is_empty() {
+                    Default::default()
+                } else {
+                    [("info".to_owned(), info)].into_iter().collect()
+                },
+                signature: Vec::new(),
+            }),
+            "loaded",
+        ),
+        Ending::Processed(Outcome::Failed { retryable, error }) => (
+            object_result::Result::Failed(failed(
+                ready,
+                who,
+                Some(start),
+                end,
+                duration,
+                retryable,
+                error,
+                FailureReason::Processor,
+            )),
+            if retryable {
+                "failed_retryable"
+            } else {
+                "failed_permanent"
+            },
+        ),
+        Ending::Panicked => (
+            object_result::Result::Failed(failed(
+                ready,
+                who,
+                Some(start),
+                end,
+                duration,
+                false,
+                "the processor panicked".into(),
+                FailureReason::Processor,
+            )),
+            "failed_permanent",
+        ),
+        Ending::TimedOut(limit) => (
+            object_result::Result::Failed(failed(
+                ready,
+                who,
+                Some(start),
+                end,
+                duration,
+                true,
+                format!(
+                    "execution timeout: still running after {} s",
+                    limit.as_secs_f64()
+                ),
+                FailureReason::Timeout,
+            )),
+            "timeout",
+        ),
+    };
+    (
+        ObjectResult {
+            result: Some(result),
+        },
+        label,
+    )
+}
+
+/// A retryable `DRAINED` failure for an attempt handed back unfinished (`start` = when its
+/// processor started, if it did).
+pub fn handed_back(
+    ready: &ObjectReady,
+    who: &Who,
+    start: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    error: String,
+) -> ObjectResult {
+    let duration = start
+        .and_then(|t| (now - t).to_std().ok())
+        .and_then(|d| prost_types::Duration::try_from(d).ok());
+    ObjectResult {
+        result: Some(object_result::Result::Failed(failed(
+            ready,
+            who,
+            start,
+            now,
+            duration,
+            true,
+            error,
+            FailureReason::Drained,
+        ))),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn failed(
+    ready: &ObjectReady,
+    who: &Who,
+    start: Option<DateTime<Utc>>,
+    end: DateTime<Utc>,
+    duration: Option<prost_types::Duration>,
+    retryable: bool,
+    error: String,
+    reason: FailureReason,
+) -> ObjectFailed {
+    ObjectFailed {
+        batch_id: ready.batch_id.clone(),
+        object_id: ready.object_id.clone(),
+        zone: ready.zone.clone(),
+        attempt: ready.attempt,
+        dispatch_epoch: ready.dispatch_epoch,
+        agent_id: who.agent_id.clone(),
+        agent_lease_epoch: who.lease_epoch,
+        started_at: start.map(timestamp),
+        finished_at: Some(timestamp(end)),
+        duration,
+        retryable,
+        error: truncate(error, MAX_ERROR_BYTES),
+        reason: reason as i32,
+        signature: Vec::new(),
+    }
+}
+
+/// A protobuf timestamp.
+pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+/// `s` cut to at most `max` bytes on a character boundary, marked when cut.
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max - '…'.len_utf8();
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    s.push('…');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ready() -> ObjectReady {
+        ObjectReady {
+            batch_id: "b-1".into(),
+            object_id: "1001".into(),
+            zone: "raw".into(),
+            attempt: 2,
+            dispatch_epoch: 7,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn results_echo_the_attempt_and_the_lease() {
+        let who = Who {
+            agent_id: "agent-raw-1".into(),
+            lease_epoch: 3,
+        };
+        let t = Utc::now();
+        let (r, label) = finished(
+            &ready(),
+            &who,
+            t,
+            t,
+            Duration::from_millis(5),
+            Ending::TimedOut(Duration::from_secs(2)),
+        );
+        assert_eq!(label, "timeout");
+        let Some(object_result::Result::Failed(f)) = r.result else {
+            panic!("a failure")
+        };
+        assert_eq!(
+            (f.attempt, f.dispatch_epoch, f.agent_lease_epoch),
+            (2, 7, 3)
+        );
+        assert!(f.retryable && f.reason == FailureReason::Timeout as i32);
+        assert!(f.error.contains("after 2 s"), "{}", f.error);
+        let Some(object_result::Result::Started(s)) = started(&ready(), &who, t).result else {
+            panic!("started")
+        };
+        assert_eq!(s.agent_id, "agent-raw-1");
+    }
+
+    #[test]
+    fn errors_are_cut_on_a_character_boundary() {
+        assert_eq!(truncate("short".into(), 10), "short");
+        let cut = truncate("é".repeat(3000), MAX_ERROR_BYTES);
+        assert!(
+            cut.len() <= MAX_ERROR_BYTES && cut.ends_with('…'),
+            "{}",
+            cut.len()
+        );
+    }
+}
