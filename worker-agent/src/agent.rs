@@ -229,8 +229,9 @@ pub async fn run_from_args<P: Processor>(
     Ok(())
 }
 
-/// Resolves once `stop` is (or becomes) true, or its sender is gone.
-async fn stopped(mut stop: watch::Receiver<bool>) {
+/// Resolves once `stop` is (or becomes) true, or its sender is gone. (Holds no borrow of the
+/// channel's value across an await, so futures using it stay `Send`.)
+pub async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
@@ -259,11 +260,11 @@ impl<P: Processor> Agent<P> {
     async fn serve(&mut self) -> &'static str {
         let mut tick = tokio::time::interval(self.lease.heartbeat_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut stop = self.stop.clone();
+        let mut stop = std::pin::pin!(stopped(self.stop.clone()));
         loop {
             tokio::select! {
                 biased;
-                _ = stop.wait_for(|s| *s) => return "shutdown",
+                () = &mut stop => return "shutdown",
                 Some(done) = self.tasks.join_next() => {
                     if let Ok(done) = done {
                         self.finished(done);
