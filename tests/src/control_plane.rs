@@ -39,9 +39,6 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Fresh ports tried when the first one was taken between [`free_port`] and the bind.
 const PORT_ATTEMPTS: usize = 3;
-/// gRPC status code `NOT_FOUND` (tonic is only a dev-dependency of this crate, so its `Code` is
-/// not named here).
-const GRPC_NOT_FOUND: i32 = 5;
 /// The batch id the readiness probe asks for (answered `NOT_FOUND`).
 const PROBE_BATCH_ID: &str = "strata-tests-readiness-probe";
 
@@ -243,7 +240,7 @@ async fn probe(endpoint: &str) -> anyhow::Result<()> {
             })
             .await;
         match answer {
-            Err(status) if i32::from(status.code()) == GRPC_NOT_FOUND => Ok(()),
+            Err(status) if status.code() == tonic::Code::NotFound => Ok(()),
             Err(status) => bail!("GetBatch answered {status}"),
             Ok(_) => bail!("GetBatch found the probe batch {PROBE_BATCH_ID}"),
         }

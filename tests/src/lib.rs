@@ -26,6 +26,7 @@ pub mod control_plane;
 pub mod kafka;
 pub mod process;
 pub mod redis_server;
+pub mod stack;
 pub mod worker_agent;
 
 use std::future::Future;

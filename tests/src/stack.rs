@@ -1,0 +1,123 @@
+//! The whole system for a test: a broker, a Redis, the real `strata-control-plane` binary and a
+//! gRPC client of it, plus helpers to start real agents and to read a batch's outcome.
+
+use std::time::{Duration, Instant};
+
+use anyhow::ensure;
+use strata_proto::v1::orchestrator_client::OrchestratorClient;
+use strata_proto::v1::{self as pb};
+use tonic::transport::Channel;
+
+use crate::control_plane::ControlPlane;
+use crate::worker_agent::WorkerAgent;
+use crate::{KafkaBroker, RedisServer, within};
+
+/// Bound on the waits of a [`Stack`] (start-ups, a batch running to its end).
+pub const STACK_WAIT: Duration = Duration::from_secs(120);
+
+/// A broker, a Redis, a control plane, and a gRPC client of it. Dropped in reverse: the control
+/// plane dies before its services.
+#[derive(Debug)]
+pub struct Stack {
+    /// The control plane.
+    pub cp: ControlPlane,
+    /// A client of its `Orchestrator` service.
+    pub client: OrchestratorClient<Channel>,
+    // Dropped after the control plane.
+    _redis: RedisServer,
+    _broker: KafkaBroker,
+}
+
+impl Stack {
+    /// Starts everything; `flags` go to the control plane (besides broker, Redis and address).
+    pub async fn start(flags: &[&str]) -> anyhow::Result<Self> {
+        let broker = within(STACK_WAIT, "start the broker", KafkaBroker::start()).await??;
+        let redis = within(STACK_WAIT, "start redis", RedisServer::start()).await??;
+        let cp = ControlPlane::start(&broker.bootstrap_servers(), &redis.url(), flags).await?;
+        let client = OrchestratorClient::connect(cp.endpoint()).await?;
+        Ok(Self {
+            cp,
+            client,
+            _redis: redis,
+            _broker: broker,
+        })
+    }
+
+    /// The control plane's endpoint.
+    pub fn endpoint(&self) -> String {
+        self.cp.endpoint()
+    }
+
+    /// Starts a real agent for `zone` against this control plane (see [`WorkerAgent::start`]).
+    pub fn agent(
+        &self,
+        name: &str,
+        zone: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<WorkerAgent> {
+        WorkerAgent::start(name, &self.cp.endpoint(), zone, args, env)
+    }
+
+    /// `GetBatch`.
+    pub async fn batch(&mut self, batch_id: &str) -> anyhow::Result<pb::Batch> {
+        Ok(self
+            .client
+            .get_batch(pb::GetBatchRequest {
+                batch_id: batch_id.into(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Polls until the batch is in `state` (bounded by [`STACK_WAIT`]); the error shows its
+    /// counts and the control plane's log.
+    pub async fn wait_state(
+        &mut self,
+        batch_id: &str,
+        state: pb::BatchState,
+    ) -> anyhow::Result<pb::Batch> {
+        let started = Instant::now();
+        loop {
+            let batch = self.batch(batch_id).await?;
+            if batch.state() == state {
+                return Ok(batch);
+            }
+            ensure!(
+                started.elapsed() < STACK_WAIT,
+                "batch {batch_id} is {:?}, not {state:?}, after {STACK_WAIT:?}: {:?}; control \
+                 plane log:\n{}",
+                batch.state(),
+                batch.counts,
+                self.cp.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `GetObject`.
+    pub async fn object(
+        &mut self,
+        batch_id: &str,
+        object_id: &str,
+    ) -> anyhow::Result<pb::ObjectStatus> {
+        Ok(self
+            .client
+            .get_object(pb::GetObjectRequest {
+                batch_id: batch_id.into(),
+                object_id: object_id.into(),
+            })
+            .await?
+            .into_inner())
+    }
+}
+
+/// The number of objects of `batch` in `state`, over every zone.
+pub fn count(batch: &pb::Batch, state: pb::ObjectState) -> u32 {
+    batch
+        .counts
+        .iter()
+        .filter(|c| c.state() == state)
+        .map(|c| c.count)
+        .sum()
+}
