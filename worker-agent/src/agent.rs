@@ -36,6 +36,7 @@ use crate::metrics::{Metrics, ReadyVerdict};
 use crate::offsets::OffsetTracker;
 use crate::processor::Processor;
 use crate::registry::{Beat, Lease, Registration, Registry, RegistryError};
+use crate::stopped;
 use crate::results::{self, Ending, Who, timestamp};
 
 /// Entries kept in the "newest release seen" memory before it is cleared.
@@ -227,12 +228,6 @@ pub async fn run_from_args<P: Processor>(
     };
     run(options, Arc::new(processor), metrics, health, shutdown).await?;
     Ok(())
-}
-
-/// Resolves once `stop` is (or becomes) true, or its sender is gone. (Holds no borrow of the
-/// channel's value across an await, so futures using it stay `Send`.)
-pub async fn stopped(mut stop: watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }
 
 struct Agent<P> {

@@ -11,12 +11,21 @@
 //! with your own [`processor::Processor`] to write a custom agent in Rust.
 
 pub mod admin;
+#[cfg(feature = "runtime")]
 pub mod agent;
+#[cfg(feature = "runtime")]
 pub mod builtin;
 pub mod config;
+#[cfg(feature = "runtime")]
 pub mod kafka;
 pub mod metrics;
 pub mod offsets;
 pub mod processor;
 pub mod registry;
 pub mod results;
+
+/// Resolves once `stop` is (or becomes) true, or its sender is gone. (Holds no borrow of the
+/// channel's value across an await, so futures using it stay `Send`.)
+pub async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}

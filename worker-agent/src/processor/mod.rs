@@ -24,11 +24,13 @@ use std::future::Future;
 use strata_proto::v1::ObjectReady;
 
 mod exec;
+#[cfg(feature = "runtime")]
 mod http;
 mod payload;
 mod simulate;
 
 pub use exec::Exec;
+#[cfg(feature = "runtime")]
 pub use http::{Http, HttpConfigError};
 pub use payload::ready_json;
 pub use simulate::Simulate;
