@@ -36,8 +36,8 @@ use crate::metrics::{Metrics, ReadyVerdict};
 use crate::offsets::OffsetTracker;
 use crate::processor::Processor;
 use crate::registry::{Beat, Lease, Registration, Registry, RegistryError};
-use crate::stopped;
 use crate::results::{self, Ending, Who, timestamp};
+use crate::stopped;
 
 /// Entries kept in the "newest release seen" memory before it is cleared.
 const MAX_SEEN: usize = 100_000;

@@ -17,10 +17,10 @@ use strata_control_plane::config::Flags;
 use strata_control_plane::run::run_with;
 use strata_core::Zone;
 use strata_proto::v1::ObjectReady;
-use strata_worker_agent::stopped;
 use strata_worker_agent::processor::{Processor, Simulate};
 use strata_worker_agent::registry::{Registration, Registry};
 use strata_worker_agent::results::{self, Ending, Who};
+use strata_worker_agent::stopped;
 use tokio::sync::{Semaphore, broadcast, watch};
 use tracing::{info, warn};
 
