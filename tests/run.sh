@@ -177,6 +177,11 @@ echo "ok: $(cut -d' ' -f1,2 <<<"$core_deps" | sort -u | wc -l) crates, none of t
 step "doc tests: cargo test --workspace --doc"
 cargo test --workspace --doc "${locked[@]}" -q
 
+# The suites run the real binaries (strata-control-plane, strata-worker-agent, strata); a test
+# build only builds the binaries of packages with integration tests, so build them all here.
+step "binaries: cargo build --workspace --bins"
+cargo build --workspace --bins "${locked[@]}"
+
 if cargo nextest --version >/dev/null 2>&1; then
     step "tests: cargo nextest run --workspace${*:+ $*}"
     cargo nextest run --workspace "${locked[@]}" --config-file tests/nextest.toml "$@"
