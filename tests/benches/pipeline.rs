@@ -66,6 +66,7 @@ use strata_control_plane::ports::{
 };
 use strata_control_plane::run::driver_settings;
 use strata_control_plane::service::{ServiceSettings, grpc_services};
+use strata_core::agents::{Agent, RegistryChanges};
 use strata_core::machine::NodeRecord;
 use strata_core::{Zone, synth};
 use strata_proto::kafka as wire;
@@ -573,6 +574,20 @@ impl StateStore for TimedStore {
         let t = Instant::now();
         let r = self.inner.last_loaded(object_ids).await;
         self.calls.record("last_loaded", t, object_ids.len());
+        r
+    }
+
+    async fn save_agents(&self, changes: &RegistryChanges) -> PortResult<()> {
+        let t = Instant::now();
+        let r = self.inner.save_agents(changes).await;
+        self.calls.record("save_agents", t, changes.upsert.len());
+        r
+    }
+
+    async fn load_agents(&self) -> PortResult<(Vec<Agent>, u64)> {
+        let t = Instant::now();
+        let r = self.inner.load_agents().await;
+        self.calls.record("load_agents", t, 0);
         r
     }
 

@@ -1,7 +1,7 @@
 //! The Redis `StateStore` against a real `redis-server`: what a restarted control plane reads
 //! back, idempotent submission, atomic steps in one round trip, finished-batch expiry, atomic
-//! retry claims under contention, dead-letter paging, a 100,000-node batch, and recovery after
-//! Redis restarts.
+//! retry claims under contention, dead-letter paging, a 100,000-node batch, agent leases kept
+//! across a control-plane restart, and recovery after Redis restarts.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::{Duration, Instant};
@@ -15,6 +15,8 @@ use strata_control_plane::ports::{
     BatchHead, BatchWrite, CreateOutcome, PortError, RetryEntry, StateStore, StepWrite,
     StoredBatch, StoredDeadLetter,
 };
+use strata_core::Zone;
+use strata_core::agents::{HeldAttempt, Registration, Registry};
 use strata_core::machine::{DeadReason, NodeRecord, NodeState};
 use strata_tests::{RedisServer, within};
 
@@ -481,6 +483,89 @@ async fn last_loaded_times_are_kept_across_batches_and_read_in_one_round_trip() 
             .await??
             .is_empty()
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_leases_survive_a_control_plane_restart() -> anyhow::Result<()> {
+    let (redis, store, mut con) = start(DAY).await?;
+    let ttl = Duration::from_secs(10);
+    let t0 = Utc::now();
+    let zone = |z: &str| Zone::parse(z).expect("zone");
+    let reg = || Registration {
+        capacity: 2,
+        version: "0.1.0".into(),
+        hostname: "host-a".into(),
+        ..Registration::default()
+    };
+    let mut registry = Registry::new(ttl);
+    let raw = registry.register(zone("raw"), reg(), 7, t0).clone();
+    let app = registry.register(zone("application"), reg(), 7, t0).clone();
+    let gone = registry.register(zone("raw"), reg(), 7, t0).clone();
+    let held = HeldAttempt {
+        batch_id: "b-1".into(),
+        object_id: "1001".into(),
+        attempt: 1,
+        dispatch_epoch: 3,
+    };
+    registry
+        .heartbeat(&raw.id, raw.lease_epoch, vec![held.clone()], false, t0)
+        .expect("renewed");
+    registry
+        .deregister(&gone.id, gone.lease_epoch, t0)
+        .expect("deregistered");
+    let changes = registry.take_changes().expect("changes");
+    let before = store.round_trips();
+    within(STEP, "save agents", store.save_agents(&changes)).await??;
+    assert_eq!(store.round_trips() - before, 1, "one transaction");
+    registry.forget_inactive(t0 + chrono::TimeDelta::hours(2));
+    let forgotten = registry.take_changes().expect("changes");
+    assert_eq!(forgotten.removed, vec![gone.id.clone()]);
+    within(STEP, "save agents", store.save_agents(&forgotten)).await??;
+    // A lease nobody can read must not keep a control plane from starting.
+    redis::cmd("HSET")
+        .arg(format!("{PREFIX}agents"))
+        .arg("agent-garbled")
+        .arg("{not json")
+        .query_async::<()>(&mut con)
+        .await?;
+
+    // A restarted control plane: a new connection, the registry rebuilt from what is stored, a
+    // minute after the leases would have run out.
+    let restarted = within(
+        STEP,
+        "connect store",
+        RedisStore::connect(&redis.url(), PREFIX, DAY),
+    )
+    .await??;
+    let (agents, next_epoch) = within(STEP, "load agents", restarted.load_agents()).await??;
+    let mut ids: Vec<&str> = agents.iter().map(|a| a.id.as_str()).collect();
+    ids.sort_unstable();
+    let mut want = vec![raw.id.as_str(), app.id.as_str()];
+    want.sort_unstable();
+    assert_eq!(
+        ids, want,
+        "the forgotten and the garbled leases are not restored"
+    );
+    assert_eq!(next_epoch, 4);
+    let stored_raw = agents.iter().find(|a| a.id == raw.id).expect("raw agent");
+    assert_eq!(stored_raw.in_flight, vec![held]);
+    assert_eq!(stored_raw.zone, zone("raw"));
+    let later = t0 + chrono::TimeDelta::seconds(60);
+    let mut restored = Registry::restore(ttl, agents, next_epoch, later);
+    restored
+        .heartbeat(&raw.id, raw.lease_epoch, vec![], false, later)
+        .expect("the lease taken before the restart is honoured");
+    assert!(restored.is_live_in(&app.id, &zone("application")));
+    assert!(!restored.is_live_in(&app.id, &zone("raw")));
+    let fresh = restored.register(zone("raw"), reg(), 8, later).clone();
+    assert_eq!(fresh.lease_epoch, 4, "epochs continue");
+
+    // An empty store: no agents, epochs from 1.
+    redis::cmd("FLUSHALL").query_async::<()>(&mut con).await?;
+    let (agents, next_epoch) = within(STEP, "load agents", restarted.load_agents()).await??;
+    assert!(agents.is_empty());
+    assert_eq!(next_epoch, 1);
     Ok(())
 }
 

@@ -1,8 +1,8 @@
 //! The agent's Kafka clients: a consumer of the zone's Ready topic in the zone's group, and an
 //! idempotent producer of results whose every send awaits its delivery report.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prost::Message as _;
@@ -10,8 +10,9 @@ use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers as _, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use strata_proto::kafka as wire;
 use strata_proto::v1::{ObjectReady, ObjectResult};
 use tracing::{info, warn};
@@ -163,9 +164,16 @@ pub fn decode_ready(
 }
 
 /// Publishes results; every send waits for the broker's acknowledgement.
+///
+/// A producer that cannot deliver any more is replaced by a fresh one (a new producer id) right
+/// after the failed send, so that the caller's next try goes through it: one that hit a fatal
+/// error, one the broker fenced, and one whose records timed out — an idempotent producer whose
+/// broker restarted and lost its producer state can loop on an unknown producer id for ever,
+/// reporting only timeouts. A needless replacement costs a reconnect.
 #[derive(Clone)]
 pub struct ResultPublisher {
-    producer: FutureProducer,
+    producer: Arc<Mutex<Arc<OwnedProducer>>>,
+    settings: Arc<KafkaSettings>,
     topic: Arc<str>,
 }
 
@@ -177,13 +185,77 @@ impl std::fmt::Debug for ResultPublisher {
     }
 }
 
+/// A producer destroyed on a thread of its own, whoever drops it last (destroying a
+/// librdkafka handle blocks: purge, flush, thread joins).
+struct OwnedProducer(Option<FutureProducer>);
+
+impl std::ops::Deref for OwnedProducer {
+    type Target = FutureProducer;
+
+    fn deref(&self) -> &FutureProducer {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl Drop for OwnedProducer {
+    fn drop(&mut self) {
+        if let Some(producer) = self.0.take() {
+            let spawned = std::thread::Builder::new()
+                .name("strata-agent-producer-drop".into())
+                .spawn(move || drop(producer));
+            if let Err(e) = spawned {
+                warn!(error = %e, "no thread to destroy the old producer on; destroyed inline");
+            }
+        }
+    }
+}
+
+/// Why a failed delivery means the producer must be replaced, if it does.
+fn needs_replacing(producer: &FutureProducer, error: &KafkaError) -> Option<&'static str> {
+    if producer.client().fatal_error().is_some() {
+        return Some("fatal error");
+    }
+    match error.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::MessageTimedOut) => Some("deliveries timed out"),
+        Some(
+            RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::InvalidProducerEpoch
+            | RDKafkaErrorCode::UnknownProducerId
+            | RDKafkaErrorCode::OutOfOrderSequenceNumber
+            | RDKafkaErrorCode::InvalidProducerIdMapping,
+        ) => Some("fenced by the broker"),
+        _ => None,
+    }
+}
+
 impl ResultPublisher {
     /// A publisher to `topic`.
     pub fn new(settings: &KafkaSettings, topic: &str) -> rdkafka::error::KafkaResult<Self> {
+        let producer = OwnedProducer(Some(producer_config(settings).create()?));
         Ok(Self {
-            producer: producer_config(settings).create()?,
+            producer: Arc::new(Mutex::new(Arc::new(producer))),
+            settings: Arc::new(settings.clone()),
             topic: topic.into(),
         })
+    }
+
+    fn current(&self) -> Arc<OwnedProducer> {
+        Arc::clone(&self.producer.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Replaces `old` with a new producer, unless a concurrent send did already.
+    fn replace(&self, old: &Arc<OwnedProducer>, why: &str) {
+        let mut current = self.producer.lock().unwrap_or_else(|e| e.into_inner());
+        if !Arc::ptr_eq(&current, old) {
+            return;
+        }
+        match producer_config(&self.settings).create() {
+            Ok(fresh) => {
+                warn!(reason = why, "replacing the results producer");
+                *current = Arc::new(OwnedProducer(Some(fresh)));
+            }
+            Err(e) => warn!(error = %e, "results producer not replaced"),
+        }
     }
 
     /// Sends `result` keyed by `batch_id` (with the attempt's `traceparent`, if any) once.
@@ -208,10 +280,15 @@ impl ResultPublisher {
             .key(batch_id)
             .payload(&payload)
             .headers(headers);
-        self.producer
-            .send(record, DELIVERY_TIMEOUT)
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| e.to_string())
+        let producer = self.current();
+        match producer.send(record, DELIVERY_TIMEOUT).await {
+            Ok(_) => Ok(()),
+            Err((e, _)) => {
+                if let Some(why) = needs_replacing(&producer, &e) {
+                    self.replace(&producer, why);
+                }
+                Err(e.to_string())
+            }
+        }
     }
 }

@@ -5,15 +5,22 @@
 //! Each registration gets a new agent id and a lease epoch that increases across the registry,
 //! so a result or heartbeat carrying an older epoch is recognisably stale. Expired and
 //! deregistered agents are kept (for listings) until [`Registry::forget_inactive`] drops them.
+//!
+//! Leases outlive the control plane (DESIGN §1: they are kept in Redis): every change is
+//! recorded, [`Registry::take_changes`] hands the changed agents to whoever persists them, and
+//! [`Registry::restore`] rebuilds the registry after a restart — giving every live lease a full
+//! TTL from the restart, since its agent could not heartbeat while the control plane was down.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
 
 use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::model::Zone;
 
 /// One attempt an agent holds, as it reported it.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct HeldAttempt {
     /// The batch.
     pub batch_id: String,
@@ -26,7 +33,7 @@ pub struct HeldAttempt {
 }
 
 /// The state of an agent's lease.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum AgentState {
     /// Heartbeating and taking work.
     Active,
@@ -61,7 +68,7 @@ pub struct Registration {
 }
 
 /// One registered agent.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Agent {
     /// Its id.
     pub id: String,
@@ -126,12 +133,34 @@ pub struct Lost {
     pub in_flight: Vec<HeldAttempt>,
 }
 
+/// What changed in the registry since the last [`Registry::take_changes`]: what a store must
+/// write so that [`Registry::restore`] rebuilds the same registry.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RegistryChanges {
+    /// Agents registered or changed (their whole current record).
+    pub upsert: Vec<Agent>,
+    /// Agents forgotten.
+    pub removed: Vec<String>,
+    /// The next lease epoch to hand out.
+    pub next_epoch: u64,
+}
+
+impl RegistryChanges {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.upsert.is_empty() && self.removed.is_empty()
+    }
+}
+
 /// The registry. See the module documentation.
 #[derive(Debug, Clone)]
 pub struct Registry {
     agents: BTreeMap<String, Agent>,
     next_epoch: u64,
     ttl: TimeDelta,
+    /// Changed since the last `take_changes`: ids to write, ids to delete.
+    dirty: BTreeSet<String>,
+    removed: BTreeSet<String>,
 }
 
 impl Registry {
@@ -141,6 +170,61 @@ impl Registry {
             agents: BTreeMap::new(),
             next_epoch: 1,
             ttl: TimeDelta::from_std(ttl).unwrap_or(TimeDelta::MAX),
+            dirty: BTreeSet::new(),
+            removed: BTreeSet::new(),
+        }
+    }
+
+    /// The registry as persisted, after a restart at `now`: every live lease runs at least a
+    /// full TTL from `now` (its agent's heartbeats went unanswered while the control plane was
+    /// down), and epochs continue after the highest one stored.
+    pub fn restore(
+        ttl: std::time::Duration,
+        agents: Vec<Agent>,
+        next_epoch: u64,
+        now: DateTime<Utc>,
+    ) -> Self {
+        let mut registry = Self::new(ttl);
+        let grace = now + registry.ttl;
+        for mut agent in agents {
+            registry.next_epoch = registry.next_epoch.max(agent.lease_epoch + 1);
+            if agent.state.is_live() && agent.expires_at < grace {
+                agent.expires_at = grace;
+            }
+            registry.agents.insert(agent.id.clone(), agent);
+        }
+        registry.next_epoch = registry.next_epoch.max(next_epoch);
+        registry
+    }
+
+    /// What changed since the last call (see [`RegistryChanges`]); `None` when nothing did.
+    pub fn take_changes(&mut self) -> Option<RegistryChanges> {
+        if self.dirty.is_empty() && self.removed.is_empty() {
+            return None;
+        }
+        let upsert = std::mem::take(&mut self.dirty)
+            .into_iter()
+            .filter_map(|id| self.agents.get(&id).cloned())
+            .collect();
+        Some(RegistryChanges {
+            upsert,
+            removed: std::mem::take(&mut self.removed).into_iter().collect(),
+            next_epoch: self.next_epoch,
+        })
+    }
+
+    /// Puts changes that could not be written back, so that the next [`Registry::take_changes`]
+    /// hands them out again (with whatever changed since).
+    pub fn mark_unsaved(&mut self, changes: &RegistryChanges) {
+        for agent in &changes.upsert {
+            if self.agents.contains_key(&agent.id) {
+                self.dirty.insert(agent.id.clone());
+            }
+        }
+        for id in &changes.removed {
+            if !self.agents.contains_key(id) {
+                self.removed.insert(id.clone());
+            }
         }
     }
 
@@ -171,6 +255,8 @@ impl Registry {
             state: AgentState::Active,
             in_flight: Vec::new(),
         };
+        self.removed.remove(&id);
+        self.dirty.insert(id.clone());
         self.agents.entry(id).or_insert(agent)
     }
 
@@ -223,7 +309,8 @@ impl Registry {
         if draining {
             agent.state = AgentState::Draining;
         }
-        Ok(agent)
+        self.dirty.insert(id.to_owned());
+        Ok(&self.agents[id])
     }
 
     /// Ends a lease; returns the attempts the agent still held (to be handed back). Unknown or
@@ -238,7 +325,9 @@ impl Registry {
             Ok(agent) => {
                 agent.state = AgentState::Deregistered;
                 agent.expires_at = now;
-                Ok(std::mem::take(&mut agent.in_flight))
+                let held = std::mem::take(&mut agent.in_flight);
+                self.dirty.insert(id.to_owned());
+                Ok(held)
             }
             Err(LeaseError::UnknownAgent(_) | LeaseError::Ended { .. }) => Ok(Vec::new()),
             Err(e) => Err(e),
@@ -252,6 +341,7 @@ impl Registry {
         for agent in self.agents.values_mut() {
             if agent.state.is_live() && agent.expires_at <= now {
                 agent.state = AgentState::Expired;
+                self.dirty.insert(agent.id.clone());
                 lost.push(Lost {
                     agent_id: agent.id.clone(),
                     zone: agent.zone.clone(),
@@ -264,8 +354,16 @@ impl Registry {
 
     /// Drops agents whose lease ended before `before`.
     pub fn forget_inactive(&mut self, before: DateTime<Utc>) {
-        self.agents
-            .retain(|_, a| a.state.is_live() || a.expires_at >= before);
+        let removed = &mut self.removed;
+        let dirty = &mut self.dirty;
+        self.agents.retain(|id, a| {
+            let keep = a.state.is_live() || a.expires_at >= before;
+            if !keep {
+                dirty.remove(id);
+                removed.insert(id.clone());
+            }
+            keep
+        });
     }
 
     /// The agent, if registered (in any state).
@@ -371,6 +469,80 @@ mod tests {
         assert_eq!(r.list(None, true).len(), 1);
         r.forget_inactive(t(100));
         assert!(r.get(&a.id).is_none());
+    }
+
+    #[test]
+    fn changes_rebuild_the_registry_and_a_restart_extends_live_leases() {
+        let mut r = Registry::new(Duration::from_secs(10));
+        let a = r.register(zone("raw"), reg(), 1, t(0)).clone();
+        let b = r.register(zone("application"), reg(), 1, t(0)).clone();
+        let c = r.register(zone("raw"), reg(), 1, t(0)).clone();
+        r.heartbeat(&a.id, a.lease_epoch, vec![held("1001")], false, t(5))
+            .expect("renewed");
+        r.deregister(&c.id, c.lease_epoch, t(5)).expect("ended");
+        // Persist everything, then change more: only the change is handed out.
+        let first = r.take_changes().expect("changes");
+        assert_eq!(first.upsert.len(), 3);
+        assert_eq!(first.next_epoch, 4);
+        assert_eq!(r.take_changes(), None, "nothing changed since");
+        r.mark_unsaved(&first);
+        assert_eq!(
+            r.take_changes().as_ref(),
+            Some(&first),
+            "a failed write comes back"
+        );
+        r.heartbeat(&b.id, b.lease_epoch, vec![], true, t(6))
+            .expect("renewed");
+        r.forget_inactive(t(100));
+        let second = r.take_changes().expect("changes");
+        assert_eq!(
+            second.upsert.iter().map(|a| &a.id).collect::<Vec<_>>(),
+            [&b.id]
+        );
+        assert_eq!(second.removed, vec![c.id.clone()]);
+        assert!(
+            r.heartbeat("agent-nope", 1, vec![], false, t(7)).is_err()
+                && r.take_changes().is_none(),
+            "a refused heartbeat changes nothing"
+        );
+
+        // A store applying both change sets holds a and b; the control plane restarts at 40,
+        // long after both leases would have run out.
+        let mut stored: BTreeMap<String, Agent> = BTreeMap::new();
+        for changes in [first, second] {
+            for agent in changes.upsert {
+                stored.insert(agent.id.clone(), agent);
+            }
+            for id in changes.removed {
+                stored.remove(&id);
+            }
+        }
+        let mut restored = Registry::restore(
+            Duration::from_secs(10),
+            stored.into_values().collect(),
+            4,
+            t(40),
+        );
+        assert_eq!(restored.list(None, true).len(), 2);
+        assert!(
+            restored.expire(t(49)).is_empty(),
+            "a full TTL from the restart"
+        );
+        let kept = restored
+            .heartbeat(&a.id, a.lease_epoch, vec![], false, t(45))
+            .expect("the old lease is honoured")
+            .clone();
+        assert_eq!(kept.zone, zone("raw"));
+        assert!(restored.is_live_in(&a.id, &zone("raw")));
+        assert_eq!(
+            restored.get(&b.id).map(|b| b.state),
+            Some(AgentState::Draining)
+        );
+        let d = restored.register(zone("raw"), reg(), 2, t(46)).clone();
+        assert_eq!(d.lease_epoch, 4, "epochs continue after the stored ones");
+        let lost = restored.expire(t(51));
+        assert_eq!(lost.len(), 1, "b was not renewed after the restart");
+        assert_eq!(lost[0].agent_id, b.id);
     }
 
     #[test]

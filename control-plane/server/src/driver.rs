@@ -692,6 +692,17 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
     }
 
     async fn restore(&mut self) -> Result<(), DriverError> {
+        let (agents, next_epoch) =
+            retry_port("load agent leases", || self.store.load_agents()).await?;
+        let registry = Registry::restore(self.settings.lease_ttl, agents, next_epoch, Utc::now());
+        let live = registry.list(None, false).len();
+        if live > 0 {
+            info!(
+                agents = live,
+                "agent leases restored; each runs a full TTL from now"
+            );
+        }
+        self.state.agents = registry;
         let mut active = retry_port("load active batches", || self.store.load_active()).await?;
         // Oldest first: where two batches hold the same object in flight, the older one's
         // release is the one that ran, and the newer one coalesces onto it again.
@@ -1288,6 +1299,13 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
             || !write.loaded.is_empty()
         {
             retry_port("persist step", || self.store.apply(&write)).await?;
+        }
+        if let Some(changes) = self.state.agents.take_changes()
+            && let Err(e) =
+                retry_port("persist agent leases", || self.store.save_agents(&changes)).await
+        {
+            self.state.agents.mark_unsaved(&changes);
+            return Err(e.into());
         }
         if !step.ready.is_empty() {
             let mut ready = std::mem::take(&mut step.ready);

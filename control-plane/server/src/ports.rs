@@ -13,6 +13,7 @@ use std::future::Future;
 
 use serde::{Deserialize, Serialize};
 use strata_core::Zone;
+use strata_core::agents::{Agent, RegistryChanges};
 use strata_core::machine::NodeRecord;
 use strata_proto::v1::{DeadLetter, ObjectReady, ObjectResult, StatusChanged};
 use tokio::sync::mpsc;
@@ -277,6 +278,14 @@ pub trait StateStore: Send + Sync + 'static {
         &self,
         object_ids: &[String],
     ) -> impl Future<Output = PortResult<Vec<Option<i64>>>> + Send;
+
+    /// Writes what changed in the agent registry (agents' leases and the next lease epoch), so
+    /// that a restarted control plane keeps them (DESIGN §1). Atomic.
+    fn save_agents(&self, changes: &RegistryChanges)
+    -> impl Future<Output = PortResult<()>> + Send;
+
+    /// Every stored agent and the next lease epoch (1 when none was stored).
+    fn load_agents(&self) -> impl Future<Output = PortResult<(Vec<Agent>, u64)>> + Send;
 
     /// Round-trip check for readiness.
     fn ping(&self) -> impl Future<Output = PortResult<()>> + Send;

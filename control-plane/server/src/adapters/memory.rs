@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use strata_core::Zone;
+use strata_core::agents::{Agent, RegistryChanges};
 use strata_core::machine::NodeRecord;
 use strata_proto::v1::{DeadLetter, ObjectReady, ObjectResult, StatusChanged};
 use tokio::sync::{broadcast, mpsc};
@@ -183,6 +184,9 @@ struct StoreInner {
     loaded: HashMap<String, i64>,
     /// (dead_at_ms, batch_id, node) → letter
     dead: BTreeMap<(i64, String, u32), StoredDeadLetter>,
+    /// agent id → agent, and the next lease epoch
+    agents: BTreeMap<String, Agent>,
+    next_agent_epoch: u64,
 }
 
 impl MemoryStore {
@@ -343,6 +347,26 @@ impl StateStore for MemoryStore {
             .iter()
             .map(|id| s.loaded.get(id).copied())
             .collect())
+    }
+
+    async fn save_agents(&self, changes: &RegistryChanges) -> PortResult<()> {
+        let mut s = self.lock();
+        for agent in &changes.upsert {
+            s.agents.insert(agent.id.clone(), agent.clone());
+        }
+        for id in &changes.removed {
+            s.agents.remove(id);
+        }
+        s.next_agent_epoch = changes.next_epoch;
+        Ok(())
+    }
+
+    async fn load_agents(&self) -> PortResult<(Vec<Agent>, u64)> {
+        let s = self.lock();
+        Ok((
+            s.agents.values().cloned().collect(),
+            s.next_agent_epoch.max(1),
+        ))
     }
 
     async fn ping(&self) -> PortResult<()> {

@@ -23,6 +23,8 @@
 //! | `{p}dlq` | zset | `{batch}:{node}`, score `dead_at_ms` (`list_dead_letters`) |
 //! | `{p}expiring` | zset | ids of finished batches, score = when their keys expire (pruning) |
 //! | `{p}loaded` | hash | object id → when it was last loaded (ms), by any batch (freshness; no TTL: one field per object ever loaded) |
+//! | `{p}agents` | hash | agent id → the agent's lease as JSON (`strata_core::agents::Agent`); ended leases are deleted an hour after they end |
+//! | `{p}agents:next_epoch` | string | the next lease epoch to hand out |
 //!
 //! # Finished batches
 //!
@@ -37,7 +39,7 @@
 //!
 //! `create_batch`, `apply`, `claim_due_retries`, `list_batches`, `list_dead_letters`, `ping`: 1.
 //! `last_loaded`: 1 (a pipeline of `HMGET`s of 10,000 fields each).
-//! `get_batch`: 2. `load_active`: 1, plus per active batch 2 + one per 10,000 node records (at
+//! `save_agents`, `load_agents`: 1 (a `MULTI` transaction, a pipeline). `get_batch`: 2. `load_active`: 1, plus per active batch 2 + one per 10,000 node records (at
 //! least one). After a Redis restart the first script call costs 2 more (`NOSCRIPT`, then the
 //! scripts are loaded again).
 //! [`RedisStore::round_trips`] counts them.
@@ -63,6 +65,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, ErrorKind, Pipeline, RedisError, ServerErrorKind, Value};
+use strata_core::agents::{Agent, RegistryChanges};
 use strata_core::machine::NodeRecord;
 use tracing::warn;
 
@@ -648,6 +651,63 @@ impl StateStore for RedisStore {
             ));
         }
         Ok(out)
+    }
+
+    async fn save_agents(&self, changes: &RegistryChanges) -> PortResult<()> {
+        let key = format!("{}agents", self.prefix);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let mut size = 0;
+        if !changes.upsert.is_empty() {
+            let cmd = pipe.cmd("HSET").arg(&key);
+            for agent in &changes.upsert {
+                let json = serde_json::to_vec(agent)
+                    .map_err(|e| rejected(format!("agent {} not encodable: {e}", agent.id)))?;
+                size += json.len() + ITEM_COST;
+                cmd.arg(&agent.id).arg(json);
+            }
+            cmd.ignore();
+        }
+        if !changes.removed.is_empty() {
+            pipe.cmd("HDEL").arg(&key).arg(&changes.removed).ignore();
+        }
+        pipe.cmd("SET")
+            .arg(format!("{key}:next_epoch"))
+            .arg(changes.next_epoch)
+            .ignore();
+        self.query_pipe("save agents", &pipe, size).await?;
+        Ok(())
+    }
+
+    async fn load_agents(&self) -> PortResult<(Vec<Agent>, u64)> {
+        let key = format!("{}agents", self.prefix);
+        let mut pipe = redis::pipe();
+        pipe.cmd("HGETALL")
+            .arg(&key)
+            .cmd("GET")
+            .arg(format!("{key}:next_epoch"));
+        let mut replies = self.query_pipe("load agents", &pipe, 0).await?.into_iter();
+        let fields = hash_map(replies.next().unwrap_or(Value::Nil))
+            .map_err(|d| corrupt("agent registry", d))?;
+        let next_epoch = match replies.next().unwrap_or(Value::Nil) {
+            Value::Nil => 1,
+            v => int(v)
+                .ok()
+                .and_then(|e| u64::try_from(e).ok())
+                .ok_or_else(|| corrupt("agent registry", "next lease epoch not a number".into()))?,
+        };
+        let mut agents = Vec::with_capacity(fields.len());
+        for (id, json) in fields {
+            match serde_json::from_slice::<Agent>(&json) {
+                Ok(agent) => agents.push(agent),
+                // One unreadable lease must not keep the control plane from starting; its agent
+                // is told to register again at its next heartbeat.
+                Err(e) => {
+                    warn!(agent_id = %String::from_utf8_lossy(&id), error = %e, "unreadable agent lease skipped")
+                }
+            }
+        }
+        Ok((agents, next_epoch))
     }
 
     async fn ping(&self) -> PortResult<()> {
