@@ -1,40 +1,43 @@
 //! Fault suite: the real `strata-control-plane` binary (a child process,
-//! [`strata_tests::control_plane::ControlPlane`]) on the real broker and Redis, with one minimal
-//! agent per zone in this process, driving a layered batch of 300 objects.
+//! [`strata_tests::control_plane::ControlPlane`]) on the real broker and Redis, with one real
+//! `strata-worker-agent` per zone (child processes, [`strata_tests::worker_agent::WorkerAgent`],
+//! `--processor exec`), driving a layered batch of 300 objects. No Kafka client runs in the test
+//! process itself: the agents' clients live and die with the agents' processes.
 //!
-//! 1. The control plane is `kill -9`ed mid-batch and started again on the same port: the batch
-//!    completes from the state in Redis, under the same batch id and idempotency key.
+//! 1. The control plane is `kill -9`ed mid-batch and started again on the same port, while the
+//!    agents keep running: the batch completes from the state in Redis, under the same batch id
+//!    and idempotency key.
 //! 2. The broker is restarted on its in-memory engine mid-batch (every topic, record and offset
-//!    gone): the topics come back, the Ready records that were in flight are published again, and
-//!    the batch completes. The control plane runs under a supervisor that restarts it whenever it
-//!    exits, because against Tansu it often does exit there (SIGSEGV inside librdkafka; see the
-//!    test); when it lives through the restart, it recovers by itself.
+//!    gone) while the agents keep running: the topics come back, the Ready records that were in
+//!    flight are published again, and the batch completes. The control plane and the agents run
+//!    under a supervisor that restarts whichever process exits, because against Tansu a
+//!    librdkafka consumer often dies there (SIGSEGV; see the test); every such exit is printed.
 //!
-//! Both check, from the agents' logs rather than timing, that no object was handed to an agent
-//! before its parents were answered Loaded, that nothing got a second attempt, and that nothing
-//! LOADED before the fault ran again. Faults are placed by progress (objects handled), never by
-//! sleeping; every wait is bounded; durations are printed, never asserted.
+//! The agents' processor is a `/bin/sh` script ([`SCRIPT`]) that appends `start` and `done` lines
+//! (nanosecond timestamp, object, attempt, agent) to a log shared by all agents. Both tests check,
+//! from that log rather than timing, that no object started before each of its parents was done,
+//! that nothing got a second attempt, and that nothing LOADED before the fault ran again. Faults
+//! are placed by progress (objects started), never by sleeping: the script waits at a gate
+//! (a file) once a given number of objects have started, until the test opens it. Every wait is
+//! bounded; durations are printed, never asserted.
 //!
-//! Needs the binary built (`cargo build -p strata-control-plane --bin strata-control-plane`, or
-//! `./tests/run.sh`, whose `--workspace` run builds it); see [`strata_tests::control_plane`].
+//! Needs both binaries built (`cargo build -p strata-control-plane -p strata-worker-agent`, or
+//! `./tests/run.sh`, whose `--workspace` run builds them); see [`strata_tests::control_plane`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::process::ExitStatusExt as _;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, ensure};
-use rdkafka::consumer::{BaseConsumer, Consumer as _};
-use strata_control_plane::adapters::kafka::all_topics;
-use strata_core::Zone;
-use strata_proto::kafka::DEFAULT_TOPIC_PREFIX;
+use anyhow::{Context as _, bail, ensure};
 use strata_proto::v1::orchestrator_client::OrchestratorClient;
 use strata_proto::v1::{self as pb};
-use strata_tests::agent::{Answer, Behaviour, Handled, TestAgent};
 use strata_tests::control_plane::{ControlPlane, control_plane_binary};
 use strata_tests::process::ServerProcess;
-use strata_tests::{KafkaBroker, RedisServer, blocking, within};
+use strata_tests::worker_agent::WorkerAgent;
+use strata_tests::{KafkaBroker, RedisServer, within};
+use tempfile::TempDir;
 use tonic::transport::Channel;
 
 const ZONES: [&str; 3] = ["raw", "standardized", "application"];
@@ -46,9 +49,30 @@ const APPLICATION: usize = 60;
 const TOTAL: usize = RAW + STANDARDIZED + APPLICATION;
 /// Bound on every wait (start-ups, a batch running to its end, a restart).
 const LONG: Duration = Duration::from_secs(120);
-/// Flags of the control plane under test (besides the broker, Redis and gRPC address).
-/// The in-process test agents do not register, so results are accepted without a lease.
-const CP_FLAGS: &[&str] = &["--topic-partitions", "2", "--require-agent-lease", "false"];
+/// Flags of the control plane under test (besides the broker, Redis and gRPC address). Results
+/// are only accepted from agents holding a live lease (the default). Agents heartbeat every
+/// second; a lease lives 30 s without one, far longer than the control plane is down in the
+/// kill -9 test, so no lease may expire because of the fault. An attempt that outlives the
+/// 20 s execution timeout comes back as a second attempt: the tests rule that out, and a short
+/// timeout makes such a failure show within the test's bounds instead of an hour later.
+const CP_FLAGS: &[&str] = &[
+    "--topic-partitions",
+    "2",
+    "--lease-ttl-secs",
+    "30",
+    "--heartbeat-interval-secs",
+    "1",
+    "--execution-timeout-secs",
+    "20",
+];
+/// Why the kill -9 test fails today (see tests/README.md, "Known failures and flakiness").
+const LEASES_NOTE: &str = "Leases live in the control plane's memory (strata_core::agents::Registry \
+     in the driver), not in Redis as DESIGN §1 has them: after the restart every agent's \
+     heartbeat is answered NOT_FOUND, the agent drops the attempts it holds and registers again, \
+     the results it published under its old lease are rejected (no_lease), and the attempts \
+     RUNNING across the restart come back only at their execution timeout, as attempt 2.";
+/// Concurrency of each agent.
+const AGENT_CONCURRENCY: &str = "4";
 
 // ------------------------------------------------------------------------------------------------
 // The catalogue
@@ -177,29 +201,14 @@ fn count(batch: &pb::Batch, state: pb::ObjectState) -> u32 {
     counts(batch).get(state.as_str_name()).copied().unwrap_or(0)
 }
 
-/// Polls `GetBatch` until the batch is terminal (bounded by [`LONG`]).
-async fn wait_terminal(
-    client: &mut OrchestratorClient<Channel>,
-    batch_id: &str,
-) -> anyhow::Result<pb::Batch> {
-    within(LONG, "the batch to reach a terminal state", async {
-        loop {
-            let batch = get_batch(client, batch_id).await?;
-            if batch.state() != pb::BatchState::Running {
-                return anyhow::Ok(batch);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await?
-}
-
 /// The batch succeeded with every object LOADED at its first attempt, per `GetBatch` counts and
-/// per `GetObject` of each object.
+/// per `GetObject` of each object; except the objects of `lost` (their first attempt may have died
+/// with the agent process running it: lost work, DESIGN §4), LOADED at their first or second.
 async fn assert_all_loaded_at_first_attempt(
     client: &mut OrchestratorClient<Channel>,
     batch: &pb::Batch,
     catalogue: &Catalogue,
+    lost: &BTreeSet<String>,
 ) -> anyhow::Result<()> {
     ensure!(
         batch.state() == pb::BatchState::Succeeded,
@@ -220,8 +229,9 @@ async fn assert_all_loaded_at_first_attempt(
         let object = within(LONG, "GetObject", client.get_object(request))
             .await??
             .into_inner();
+        let most = if lost.contains(id) { 2 } else { 1 };
         ensure!(
-            object.state() == pb::ObjectState::Loaded && object.attempt == 1,
+            object.state() == pb::ObjectState::Loaded && (1..=most).contains(&object.attempt),
             "object {id} is {:?} at attempt {}",
             object.state(),
             object.attempt
@@ -252,139 +262,379 @@ async fn loaded_among(
     Ok(loaded)
 }
 
-/// Fails if any of `done` (objects LOADED before the fault) was handed to an agent more than
-/// once: recovery resumes a batch, it does not run finished work again.
-fn assert_not_run_again(log: &[Handled], done: &BTreeSet<String>) -> anyhow::Result<()> {
+/// Objects of the catalogue not LOADED at attempt 1, with what `GetObject` says about them
+/// (state, attempt, agent, last error): the detail of a failed check.
+async fn not_first_attempt(
+    client: &mut OrchestratorClient<Channel>,
+    batch_id: &str,
+    catalogue: &Catalogue,
+) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for id in catalogue.parents.keys() {
+        let request = pb::GetObjectRequest {
+            batch_id: batch_id.into(),
+            object_id: id.clone(),
+        };
+        let o = within(LONG, "GetObject", client.get_object(request))
+            .await??
+            .into_inner();
+        if o.state() != pb::ObjectState::Loaded || o.attempt != 1 {
+            out.push(format!(
+                "{id}: {:?} at attempt {} (agent {:?}, last error {:?})",
+                o.state(),
+                o.attempt,
+                o.agent_id,
+                o.last_error
+            ));
+        }
+    }
+    Ok(out)
+}
+
+// ------------------------------------------------------------------------------------------------
+// The agents' processor and its log
+
+/// The processor of every agent (`--processor exec`). One line per event, appended to
+/// `$FAULT_LOG` (`O_APPEND` writes of a short line are atomic, so lines of concurrent scripts
+/// never mix): `start <ns> <object> <attempt> <agent>` first, `done <ns> <object> <attempt>
+/// <agent>` just before `exit 0` (the agent publishes Loaded after the exit). In between, the
+/// gate: the script whose `start` line is past the `$FAULT_LIMIT`-th `start` line of the log
+/// waits while the file `$FAULT_GATE` exists (its position, not the count when it looks, so
+/// that a slow early script is never held back by later ones).
+const SCRIPT: &str = r#"#!/bin/sh
+line="start $(date +%s%N) $STRATA_OBJECT_ID $STRATA_ATTEMPT $AGENT_NAME"
+echo "$line" >> "$FAULT_LOG"
+n=$(awk -v l="$line" '/^start /{n++} $0 == l {print n; exit}' "$FAULT_LOG")
+while [ "${n:-0}" -gt "$FAULT_LIMIT" ] && [ -e "$FAULT_GATE" ]; do
+    sleep 0.05
+done
+echo "done $(date +%s%N) $STRATA_OBJECT_ID $STRATA_ATTEMPT $AGENT_NAME" >> "$FAULT_LOG"
+exit 0
+"#;
+
+/// The script, its log and its gate, in a temp dir of the test. Dropping it opens the gate, so
+/// that no script stays blocked (a killed agent's scripts outlive it: they run in process groups
+/// of their own).
+struct Work {
+    script: PathBuf,
+    log: PathBuf,
+    gate: PathBuf,
+    limit: usize,
+    // Declared last: removed after the gate was opened.
+    _dir: TempDir,
+}
+
+impl Work {
+    /// The gate closes on every object started after the first `limit`.
+    fn new(limit: usize) -> anyhow::Result<Self> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = strata_tests::temp_dir("faults-work")?;
+        let script = dir.path().join("load.sh");
+        std::fs::write(&script, SCRIPT)?;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+        let log = dir.path().join("events.log");
+        std::fs::write(&log, "")?;
+        let gate = dir.path().join("gate");
+        std::fs::write(&gate, "")?;
+        Ok(Self {
+            script,
+            log,
+            gate,
+            limit,
+            _dir: dir,
+        })
+    }
+
+    fn open_gate(&self) {
+        let _ = std::fs::remove_file(&self.gate);
+    }
+
+    /// Every line of the log so far, in file order.
+    fn events(&self) -> anyhow::Result<Vec<Event>> {
+        let text = std::fs::read_to_string(&self.log)
+            .with_context(|| format!("read {}", self.log.display()))?;
+        text.lines().map(Event::parse).collect()
+    }
+
+    /// How many objects have started (with repetitions).
+    fn starts(&self) -> anyhow::Result<usize> {
+        Ok(self.events()?.iter().filter(|e| !e.done).count())
+    }
+}
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        self.open_gate();
+    }
+}
+
+/// One line of the script's log.
+#[derive(Debug, Clone)]
+struct Event {
+    done: bool,
+    at_ns: u128,
+    object_id: String,
+    attempt: u32,
+    agent: String,
+}
+
+impl Event {
+    fn parse(line: &str) -> anyhow::Result<Self> {
+        let f: Vec<&str> = line.split(' ').collect();
+        let [kind, at, object, attempt, agent] = f[..] else {
+            bail!("malformed log line {line:?}");
+        };
+        let done = match kind {
+            "start" => false,
+            "done" => true,
+            _ => bail!("malformed log line {line:?}"),
+        };
+        Ok(Self {
+            done,
+            at_ns: at.parse().with_context(|| format!("log line {line:?}"))?,
+            object_id: object.to_owned(),
+            attempt: attempt
+                .parse()
+                .with_context(|| format!("log line {line:?}"))?,
+            agent: agent.to_owned(),
+        })
+    }
+}
+
+/// Fails if any of `done` (objects LOADED before the fault) was started more than once:
+/// recovery resumes a batch, it does not run finished work again.
+fn assert_not_run_again(log: &[Event], done: &BTreeSet<String>) -> anyhow::Result<()> {
     let mut runs: BTreeMap<&str, usize> = BTreeMap::new();
-    for h in log.iter().filter(|h| done.contains(&h.object_id)) {
-        *runs.entry(h.object_id.as_str()).or_default() += 1;
+    for e in log
+        .iter()
+        .filter(|e| !e.done && done.contains(&e.object_id))
+    {
+        *runs.entry(e.object_id.as_str()).or_default() += 1;
     }
     let again: Vec<_> = runs.iter().filter(|(_, n)| **n > 1).collect();
     ensure!(
         again.is_empty(),
-        "objects LOADED before the fault were handed out again (object, times): {again:?}"
+        "objects LOADED before the fault were started again (object, times): {again:?}"
     );
     Ok(())
 }
 
-// ------------------------------------------------------------------------------------------------
-// Agents and what their logs must show
-
-fn spawn_agents(
-    broker: &KafkaBroker,
-    generation: &str,
-    behaviour: &Behaviour,
-) -> anyhow::Result<Vec<TestAgent>> {
-    ZONES
-        .iter()
-        .map(|zone| {
-            TestAgent::spawn(
-                &broker.bootstrap_servers(),
-                DEFAULT_TOPIC_PREFIX,
-                zone,
-                &format!("fault-agent-{zone}-{generation}"),
-                behaviour.clone(),
-            )
-        })
-        .collect()
-}
-
-fn handled(agents: &[TestAgent]) -> Vec<Handled> {
-    agents.iter().flat_map(TestAgent::handled).collect()
-}
-
-/// Checks the agents' logs (all generations of agents, in handling order), not timing:
-/// - every object of the catalogue was answered Loaded;
-/// - no object was handed to an agent before each of its parents had been answered Loaded;
-/// - every Ready handed out was attempt 1 (nothing was retried).
+/// Checks the script's log (every agent, in timestamp order), not timing:
+/// - every object of the catalogue was done (its script exited 0);
+/// - no object started before each of its parents was done;
+/// - every start was attempt 1 (nothing was retried), except attempt 2 of the objects of `lost`
+///   (see [`assert_all_loaded_at_first_attempt`]).
 ///
-/// Returns how many deliveries were duplicates (an object handed out again after a Loaded or
-/// unanswered delivery of the same attempt): allowed, delivery is at least once.
-fn check_logs(mut log: Vec<Handled>, catalogue: &Catalogue) -> anyhow::Result<usize> {
-    log.sort_by_key(|h| h.at);
-    let mut loaded: BTreeSet<&str> = BTreeSet::new();
+/// Returns how many starts were duplicates (an object started again at the same attempt):
+/// allowed, delivery is at least once.
+fn check_logs(
+    mut log: Vec<Event>,
+    catalogue: &Catalogue,
+    lost: &BTreeSet<String>,
+) -> anyhow::Result<usize> {
+    log.sort_by_key(|e| (e.at_ns, e.done));
+    let mut done: BTreeSet<&str> = BTreeSet::new();
     let mut seen: BTreeSet<&str> = BTreeSet::new();
-    let mut duplicates = 0;
-    for h in &log {
+    let mut duplicates = Vec::new();
+    for e in &log {
         let parents = catalogue
             .parents
-            .get(&h.object_id)
-            .with_context(|| format!("agent handled unknown object {}", h.object_id))?;
+            .get(&e.object_id)
+            .with_context(|| format!("agent {} ran unknown object {}", e.agent, e.object_id))?;
+        if e.done {
+            done.insert(e.object_id.as_str());
+            continue;
+        }
         for p in parents {
             ensure!(
-                loaded.contains(p.as_str()),
-                "{} handed to an agent before its parent {p} was answered Loaded",
-                h.object_id
+                done.contains(p.as_str()),
+                "{} started (by {}) before its parent {p} was done",
+                e.object_id,
+                e.agent
             );
         }
         ensure!(
-            h.attempt == 1,
-            "{} handed out for attempt {}: it was released again",
-            h.object_id,
-            h.attempt
+            e.attempt == 1 || (e.attempt == 2 && lost.contains(&e.object_id)),
+            "{} started (by {}) for attempt {}: it was released again",
+            e.object_id,
+            e.agent,
+            e.attempt
         );
-        if !seen.insert(h.object_id.as_str()) {
-            duplicates += 1;
-        }
-        if h.answer == Answer::Load {
-            loaded.insert(h.object_id.as_str());
+        if !seen.insert(e.object_id.as_str()) && e.attempt == 1 {
+            duplicates.push(format!("{}@{}", e.object_id, e.agent));
         }
     }
     ensure!(
-        loaded.len() == TOTAL,
-        "{} of {TOTAL} objects answered Loaded",
-        loaded.len()
+        done.len() == TOTAL,
+        "{} of {TOTAL} objects done",
+        done.len()
     );
-    Ok(duplicates)
+    if !duplicates.is_empty() {
+        eprintln!(
+            "duplicate starts (same attempt, at-least-once): {}",
+            duplicates.join(" ")
+        );
+    }
+    Ok(duplicates.len())
 }
 
-/// Blocks the agents' handling threads once `limit` Ready records have been handled, until
-/// opened: the fault happens while they wait, at a point chosen by progress.
-#[derive(Debug, Default)]
-struct Gate {
-    calls: AtomicUsize,
-    open: AtomicBool,
+// ------------------------------------------------------------------------------------------------
+// The agents
+
+/// One `strata-worker-agent` per zone running [`SCRIPT`], and the supervisor that restarts one
+/// that exited.
+struct Agents {
+    endpoint: String,
+    agents: Vec<WorkerAgent>,
+    /// How many processes were started per zone (names are `<zone>-<n>`).
+    started: BTreeMap<&'static str, usize>,
+    /// Exits the supervisor saw: `(agent, how, its log tail)`.
+    exits: Vec<(String, String)>,
 }
 
-impl Gate {
-    fn behaviour(self: &Arc<Self>, limit: usize) -> Behaviour {
-        let gate = self.clone();
-        Arc::new(move |_ready: &pb::ObjectReady| {
-            let n = gate.calls.fetch_add(1, Ordering::SeqCst) + 1;
-            // A plain blocking wait: the behaviour is synchronous (the test runtime has enough
-            // worker threads for one blocked agent per zone).
-            while n > limit && !gate.open.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(2));
+impl Agents {
+    /// Starts them and waits until each is ready (registered and consuming).
+    async fn start(cp: &ControlPlane, work: &Work) -> anyhow::Result<Self> {
+        let mut me = Self {
+            endpoint: cp.endpoint(),
+            agents: Vec::new(),
+            started: BTreeMap::new(),
+            exits: Vec::new(),
+        };
+        for zone in ZONES {
+            let agent = me.spawn(zone, work)?;
+            me.agents.push(agent);
+        }
+        for a in &mut me.agents {
+            a.wait_ready(LONG).await?;
+        }
+        Ok(me)
+    }
+
+    fn spawn(&mut self, zone: &'static str, work: &Work) -> anyhow::Result<WorkerAgent> {
+        let n = self.started.entry(zone).or_default();
+        *n += 1;
+        let name = format!("{zone}-{n}");
+        let script = work.script.display().to_string();
+        let (log, gate) = (
+            work.log.display().to_string(),
+            work.gate.display().to_string(),
+        );
+        let limit = work.limit.to_string();
+        WorkerAgent::start(
+            &name,
+            &self.endpoint,
+            zone,
+            &[
+                "--processor",
+                "exec",
+                "--exec-command",
+                &script,
+                "--concurrency",
+                AGENT_CONCURRENCY,
+                "--drain-grace-secs",
+                "5",
+            ],
+            &[
+                ("AGENT_NAME", &name),
+                ("FAULT_LOG", &log),
+                ("FAULT_GATE", &gate),
+                ("FAULT_LIMIT", &limit),
+            ],
+        )
+    }
+
+    /// Fails (with its log tail) if an agent has exited: where nothing should make one exit.
+    fn assert_alive(&mut self) -> anyhow::Result<()> {
+        for a in &mut self.agents {
+            if let Some(status) = a.exit_status()? {
+                bail!(
+                    "agent {} exited ({}); log tail:\n{}",
+                    a.name(),
+                    how(status),
+                    a.log_tail()
+                );
             }
-            Answer::Load
-        })
+        }
+        Ok(())
     }
 
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
+    /// What a process supervisor does: starts a new agent for the zone of each one that exited,
+    /// and says so. True if it did.
+    fn restart_exited(&mut self, work: &Work) -> anyhow::Result<bool> {
+        let mut restarted = false;
+        for (k, zone) in ZONES.into_iter().enumerate() {
+            let Some(status) = self.agents[k].exit_status()? else {
+                continue;
+            };
+            let how = how(status);
+            let name = self.agents[k].name().to_owned();
+            eprintln!(
+                "SUPERVISOR: agent {name} exited ({how}); starting another. Its log ended \
+                 with:\n{}",
+                self.agents[k].log_tail()
+            );
+            self.exits.push((name, how));
+            let agent = self.spawn(zone, work)?;
+            self.agents[k] = agent;
+            restarted = true;
+        }
+        Ok(restarted)
     }
 
-    fn open(&self) {
-        self.open.store(true, Ordering::SeqCst);
+    /// How many times each agent registered, and lost its lease, per its log.
+    fn lease_story(&self) -> String {
+        self.agents
+            .iter()
+            .map(|a| {
+                let log = a.log();
+                format!(
+                    "{}: {} registration(s), {} lease(s) lost, {} attempt(s) abandoned",
+                    a.name(),
+                    log.matches("agent registered").count(),
+                    log.matches("lease lost: dropping").count(),
+                    log.matches("attempt abandoned").count()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 }
 
-/// Opens the gate when the test ends however it ends, so no worker thread stays blocked.
-struct OpenOnDrop(Arc<Gate>);
-
-impl Drop for OpenOnDrop {
-    fn drop(&mut self) {
-        self.0.open();
+fn how(status: ExitStatus) -> String {
+    match status.signal() {
+        Some(signal) => format!("killed by signal {signal}"),
+        None => format!("{status}"),
     }
+}
+
+/// Objects with a `start` line, and objects with a `done` line.
+fn started_and_done(log: &[Event]) -> (BTreeSet<String>, BTreeSet<String>) {
+    let mut started = BTreeSet::new();
+    let mut done = BTreeSet::new();
+    for e in log {
+        if e.done {
+            done.insert(e.object_id.clone());
+        } else {
+            started.insert(e.object_id.clone());
+        }
+    }
+    (started, done)
+}
+
+/// The path of `p`, for messages.
+fn shown(p: &Path) -> String {
+    p.display().to_string()
 }
 
 // ------------------------------------------------------------------------------------------------
 // 1. kill -9 of the control plane
 
-/// Ready records handled before the control plane is killed (of [`TOTAL`]).
+/// Objects started before the control plane is killed (of [`TOTAL`]); later ones wait at the
+/// gate.
 const KILL_AFTER: usize = 100;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 6)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_control_plane_killed_mid_batch_finishes_it_after_a_restart() -> anyhow::Result<()> {
     let t0 = Instant::now();
     let catalogue = catalogue();
@@ -397,9 +647,9 @@ async fn a_control_plane_killed_mid_batch_finishes_it_after_a_restart() -> anyho
     )
     .await??;
     let mut client = connect(&cp).await?;
-    let gate = Arc::new(Gate::default());
-    let _open = OpenOnDrop(gate.clone());
-    let agents = spawn_agents(&broker, "1", &gate.behaviour(KILL_AFTER))?;
+    let work = Work::new(KILL_AFTER)?;
+    // Declared after `work`: the agents die first, then the gate opens for their scripts.
+    let mut agents = within(LONG, "start the agents", Agents::start(&cp, &work)).await??;
 
     let submitted = submit(&mut client, "faults-kill-9", &catalogue).await?;
     ensure!(submitted.created, "{submitted:?}");
@@ -407,15 +657,17 @@ async fn a_control_plane_killed_mid_batch_finishes_it_after_a_restart() -> anyho
     ensure!(planned == TOTAL as u32, "planned {planned} objects");
     let batch_id = submitted.batch_id;
 
-    // The fault: once the agents have handled KILL_AFTER Ready records (the next ones wait at
-    // the gate), kill -9, while results of the last ones may still be unconsumed.
-    within(LONG, "agents to handle the first objects", async {
-        while gate.calls() <= KILL_AFTER {
+    // The fault: once KILL_AFTER objects have started and the next one waits at the gate,
+    // kill -9, while results of the last ones may still be unconsumed.
+    within(LONG, "the agents to start the first objects", async {
+        while work.starts()? <= KILL_AFTER {
+            agents.assert_alive()?;
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        anyhow::Ok(())
     })
-    .await?;
-    let handed_out: BTreeSet<String> = handled(&agents).into_iter().map(|h| h.object_id).collect();
+    .await??;
+    let (handed_out, _) = started_and_done(&work.events()?);
     let loaded_before = loaded_among(&mut client, &batch_id, handed_out).await?;
     let before = get_batch(&mut client, &batch_id).await?;
     let killed = cp
@@ -430,13 +682,14 @@ async fn a_control_plane_killed_mid_batch_finishes_it_after_a_restart() -> anyho
         counts(&before)
     );
     eprintln!(
-        "killed after {} handled; the control plane had {:?}",
-        gate.calls(),
+        "killed after {} starts; the control plane had {:?}",
+        work.starts()?,
         counts(&before)
     );
 
-    // The agents go on while it is down; their results wait in the results topic.
-    gate.open();
+    // The agents go on while it is down (their heartbeats fail, their leases are far from
+    // expiring); their results wait in the results topic.
+    work.open_gate();
     let t = Instant::now();
     within(LONG, "start the control plane again", cp.start_again()).await??;
     eprintln!("restarted, serving after {:?}", t.elapsed());
@@ -451,20 +704,42 @@ async fn a_control_plane_killed_mid_batch_finishes_it_after_a_restart() -> anyho
         "resubmission after the restart gave {again:?}, not the existing batch {batch_id}"
     );
 
-    let done = wait_terminal(&mut client, &batch_id).await?;
-    assert_all_loaded_at_first_attempt(&mut client, &done, &catalogue).await?;
+    let done = within(LONG, "the batch to reach a terminal state", async {
+        loop {
+            agents.assert_alive()?;
+            let batch = get_batch(&mut client, &batch_id).await?;
+            if batch.state() != pb::BatchState::Running {
+                return anyhow::Ok(batch);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await??;
+    let leases = agents.lease_story();
+    eprintln!("agents: {leases}");
+    let none = BTreeSet::new();
+    let first = assert_all_loaded_at_first_attempt(&mut client, &done, &catalogue, &none).await;
+    if let Err(e) = first {
+        let detail = not_first_attempt(&mut client, &batch_id, &catalogue).await?;
+        bail!(
+            "{e:#}\nnot LOADED at attempt 1 ({}): {detail:#?}\nagents: {leases}\n{LEASES_NOTE}\n\
+             control plane log tail:\n{}",
+            detail.len(),
+            cp.log_tail()
+        );
+    }
     // After the restart, READY objects are published again with the same attempt and dispatch
     // epoch (their Ready may never have been produced), and results whose offsets were not yet
-    // committed are read again: an agent may get the same attempt twice (at-least-once), and the
-    // control plane counts the second result as a duplicate. What must not happen is a second
-    // attempt, or a child before its parents.
-    let log = handled(&agents);
+    // committed are read again: an agent may start the same attempt twice (at-least-once), and
+    // the control plane counts the second result as a duplicate. What must not happen is a
+    // second attempt, or a child before its parents.
+    let log = work.events()?;
     assert_not_run_again(&log, &loaded_before)?;
-    let deliveries = log.len();
-    let duplicates = check_logs(log, &catalogue)?;
+    let starts = log.iter().filter(|e| !e.done).count();
+    let duplicates =
+        check_logs(log, &catalogue, &none).with_context(|| format!("log {}", shown(&work.log)))?;
     eprintln!(
-        "batch {batch_id} succeeded; {deliveries} deliveries, {duplicates} duplicate(s); test \
-         took {:?}",
+        "batch {batch_id} succeeded; {starts} starts, {duplicates} duplicate(s); test took {:?}",
         t0.elapsed()
     );
     Ok(())
@@ -473,59 +748,9 @@ async fn a_control_plane_killed_mid_batch_finishes_it_after_a_restart() -> anyho
 // ------------------------------------------------------------------------------------------------
 // 2. the broker loses everything
 
-/// Ready records answered Loaded before the broker restart; the agents consume later ones without
-/// answering, so they are in flight (READY) when the broker loses them.
+/// Objects done before the broker restart; later ones wait at the gate (RUNNING), and the Ready
+/// records behind them are in flight (READY) when the broker loses them.
 const RESTART_AFTER: usize = 100;
-
-/// Answers Loaded to the first `limit` Ready records, then consumes the rest without answering
-/// (an agent that took them and died before publishing anything).
-#[derive(Debug, Default)]
-struct Pause {
-    calls: AtomicUsize,
-}
-
-impl Pause {
-    fn behaviour(self: &Arc<Self>, limit: usize) -> Behaviour {
-        let pause = self.clone();
-        Arc::new(move |_ready: &pb::ObjectReady| {
-            if pause.calls.fetch_add(1, Ordering::SeqCst) < limit {
-                Answer::Load
-            } else {
-                Answer::Nothing
-            }
-        })
-    }
-}
-
-/// Waits until no member is left in the agents' consumer groups: their consumers are closed (a
-/// dropped [`TestAgent`] closes its consumer on a runtime thread, some time after the drop).
-async fn wait_agents_left(broker: &KafkaBroker) -> anyhow::Result<()> {
-    let config = broker.consumer_config("fault-suite-group-probe");
-    blocking(
-        LONG,
-        "the agents to leave their consumer groups",
-        move || {
-            let probe: BaseConsumer = config.create()?;
-            loop {
-                let mut members = 0;
-                for zone in ZONES {
-                    let group = format!("{DEFAULT_TOPIC_PREFIX}.agents.{zone}");
-                    let list = probe.fetch_group_list(Some(&group), Duration::from_secs(5))?;
-                    members += list
-                        .groups()
-                        .iter()
-                        .map(|g| g.members().len())
-                        .sum::<usize>();
-                }
-                if members == 0 {
-                    return anyhow::Ok(());
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        },
-    )
-    .await?
-}
 
 /// What a process supervisor (systemd `Restart=on-failure`, a Kubernetes pod) does: if the
 /// control plane has exited, start it again (same flags, same port) and say so. True if it did.
@@ -533,10 +758,7 @@ async fn restart_if_exited(cp: &mut ControlPlane, exits: &mut Vec<String>) -> an
     let Some(status) = cp.exit_status()? else {
         return Ok(false);
     };
-    let how = match status.signal() {
-        Some(signal) => format!("killed by signal {signal}"),
-        None => format!("{status}"),
-    };
+    let how = how(status);
     eprintln!(
         "SUPERVISOR: the control plane exited ({how}); restarting it. Its log ended with:\n{}",
         cp.log_tail()
@@ -546,7 +768,7 @@ async fn restart_if_exited(cp: &mut ControlPlane, exits: &mut Vec<String>) -> an
     Ok(true)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 6)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_batch_completes_after_the_broker_lost_every_topic_mid_batch() -> anyhow::Result<()> {
     let t0 = Instant::now();
     let catalogue = catalogue();
@@ -559,33 +781,35 @@ async fn a_batch_completes_after_the_broker_lost_every_topic_mid_batch() -> anyh
     )
     .await??;
     let mut client = connect(&cp).await?;
-    let pause = Arc::new(Pause::default());
-    let agents = spawn_agents(&broker, "1", &pause.behaviour(RESTART_AFTER))?;
+    let work = Work::new(RESTART_AFTER)?;
+    let mut agents = within(LONG, "start the agents", Agents::start(&cp, &work)).await??;
     let submitted = submit(&mut client, "faults-broker-restart", &catalogue).await?;
     ensure!(submitted.created, "{submitted:?}");
     let batch_id = submitted.batch_id;
 
-    // The fault point, by progress: RESTART_AFTER objects answered Loaded and every one of those
-    // results applied (nothing RUNNING), later Ready records taken and left unanswered. Nothing
-    // may be RUNNING when the broker loses the results topic: an object whose Loaded vanished
-    // stays RUNNING until its execution timeout (an hour by default) and is then retried as a
-    // second attempt, which this test rules out.
-    let (before, loaded_before): (pb::Batch, BTreeSet<String>) =
+    // The fault point, by progress: RESTART_AFTER objects done and every one of those results
+    // applied (LOADED), the objects waiting at the gate RUNNING (their Started applied), later
+    // Ready records in flight. No result may be in the results topic unconsumed when the broker
+    // loses it: an object whose Loaded vanished stays RUNNING until its execution timeout and is
+    // then retried as a second attempt, which this test rules out.
+    let (before, loaded_before, held_at_fault) =
         within(LONG, "the first objects to be loaded", async {
             loop {
-                let loads: Vec<Handled> = handled(&agents)
-                    .into_iter()
-                    .filter(|h| h.answer == Answer::Load)
-                    .collect();
-                let answered: BTreeSet<&str> = loads.iter().map(|h| h.object_id.as_str()).collect();
-                let logged_loads = loads.len();
-                if logged_loads >= RESTART_AFTER {
+                agents.assert_alive()?;
+                let log = work.events()?;
+                let (started, done) = started_and_done(&log);
+                if done.len() >= RESTART_AFTER && started.len() > done.len() {
                     let batch = get_batch(&mut client, &batch_id).await?;
-                    if count(&batch, pb::ObjectState::Loaded) == answered.len() as u32
-                        && count(&batch, pb::ObjectState::Running) == 0
+                    // (object, agent) of those waiting at the gate.
+                    let waiting: Vec<(String, String)> = log
+                        .iter()
+                        .filter(|e| !e.done && !done.contains(&e.object_id))
+                        .map(|e| (e.object_id.clone(), e.agent.clone()))
+                        .collect();
+                    if count(&batch, pb::ObjectState::Loaded) == done.len() as u32
+                        && count(&batch, pb::ObjectState::Running) == waiting.len() as u32
                     {
-                        let answered = answered.into_iter().map(str::to_owned).collect();
-                        return anyhow::Ok((batch, answered));
+                        return anyhow::Ok((batch, done, waiting));
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -598,55 +822,32 @@ async fn a_batch_completes_after_the_broker_lost_every_topic_mid_batch() -> anyh
         counts(&before)
     );
 
-    // The agents' clients cannot live through the restart: a librdkafka 2.12 consumer that is
-    // fetching when Tansu comes back empty crashes its process (SIGSEGV; see
-    // `a_broker_that_lost_everything_is_usable_after_ensure_topics` in kafka_data_plane.rs), and
-    // their idempotent producers are fenced. So they stop first, and new ones start afterwards,
-    // as restarted agent processes would.
-    let mut log = handled(&agents);
-    drop(agents);
-    wait_agents_left(&broker).await?;
     within(LONG, "restart the broker", broker.restart()).await??;
     eprintln!(
-        "broker restarted empty after {:?}; the control plane had {:?}",
+        "broker restarted empty after {:?}; the control plane had {:?}; waiting at the gate \
+         (object, agent): {held_at_fault:?}",
         t0.elapsed(),
         counts(&before)
     );
 
-    // The control plane's own results consumer is live through the restart. Measured here: its
-    // process usually dies of that same librdkafka crash (SIGSEGV) within a second, not always.
-    // Nothing in this test assumes either: a supervisor restarts it whenever it has exited, and
-    // the test waits for what must happen either way. Restarted, it recreates the topics at
-    // start-up and publishes the Ready records of every READY object again (restart recovery).
-    // Alive, its topic check (every 5 s) finds the topics gone, creates them and publishes the
-    // same records again, replacing its producer, which the broker fenced.
-    let mut exits = Vec::new();
-    let topics = all_topics(
-        DEFAULT_TOPIC_PREFIX,
-        &ZONES.map(|z| Zone::parse(z).expect("zone")),
-    );
-    within(LONG, "the control plane's topics to exist again", async {
-        loop {
-            restart_if_exited(&mut cp, &mut exits).await?;
-            let listed = broker.topic_names().await?;
-            if topics.iter().all(|t| listed.contains(t)) {
-                return anyhow::Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await??;
-    let agents = spawn_agents(
-        &broker,
-        "2",
-        &(Arc::new(|_: &pb::ObjectReady| Answer::Load) as Behaviour),
-    )?;
-    let mut client = connect(&cp).await?;
+    // The control plane's results consumer and the agents' Ready consumers are live through the
+    // restart. A librdkafka 2.12 consumer that is fetching when Tansu comes back empty often
+    // crashes its process (SIGSEGV; see
+    // `a_broker_that_lost_everything_is_usable_after_ensure_topics` in kafka_data_plane.rs).
+    // Nothing in this test assumes either way: a supervisor restarts whichever process exited,
+    // and the test waits for what must happen either way. The control plane, restarted, creates
+    // the topics at start-up and publishes the Ready records of every READY object again
+    // (restart recovery); alive, its topic check (every 5 s) finds the topics gone, creates them
+    // and publishes the same records again. The scripts waiting at the gate go on now, and their
+    // agents deliver the results to the new results topic.
+    work.open_gate();
+    let mut cp_exits = Vec::new();
     let done = within(LONG, "the batch to reach a terminal state", async {
         loop {
-            if restart_if_exited(&mut cp, &mut exits).await? {
+            if restart_if_exited(&mut cp, &mut cp_exits).await? {
                 client = connect(&cp).await?;
             }
+            agents.restart_exited(&work)?;
             match get_batch(&mut client, &batch_id).await {
                 Ok(batch) if batch.state() != pb::BatchState::Running => return anyhow::Ok(batch),
                 Ok(_) => {}
@@ -658,20 +859,47 @@ async fn a_batch_completes_after_the_broker_lost_every_topic_mid_batch() -> anyh
         }
     })
     .await??;
-    assert_all_loaded_at_first_attempt(&mut client, &done, &catalogue).await?;
-    // The objects that were in flight were handed out again (same attempt) and answered then;
-    // those loaded before were not.
-    log.extend(handled(&agents));
+    let leases = agents.lease_story();
+    let agent_exits = agents.exits.clone();
+    eprintln!(
+        "control plane exits the supervisor restarted: {cp_exits:?}; agent exits: \
+         {agent_exits:?}; agents: {leases}"
+    );
+    // What the agents that died held when the broker went: the objects waiting at the gate then
+    // (their scripts outlive the agent and log `done`, but nobody publishes the result).
+    let log = work.events()?;
+    let dead: BTreeSet<&str> = agent_exits.iter().map(|(name, _)| name.as_str()).collect();
+    let lost: BTreeSet<String> = held_at_fault
+        .iter()
+        .filter(|(_, agent)| dead.contains(agent.as_str()))
+        .map(|(object, _)| object.clone())
+        .collect();
+    eprintln!(
+        "attempts that died with their agent ({}), retried as attempt 2: {lost:?}",
+        lost.len()
+    );
+    let first = assert_all_loaded_at_first_attempt(&mut client, &done, &catalogue, &lost).await;
+    if let Err(e) = first {
+        let detail = not_first_attempt(&mut client, &batch_id, &catalogue).await?;
+        bail!(
+            "{e:#}\nnot LOADED at attempt 1 ({}): {detail:#?}\ncontrol plane exits: \
+             {cp_exits:?}; agent exits: {agent_exits:?}; agents: {leases}",
+            detail.len()
+        );
+    }
+    // The objects that were in flight were handed out again (same attempt) and done then; those
+    // loaded before were not.
     assert_not_run_again(&log, &loaded_before)?;
-    let redeliveries = check_logs(log, &catalogue)?;
+    let redeliveries =
+        check_logs(log, &catalogue, &lost).with_context(|| format!("log {}", shown(&work.log)))?;
     let again = submit(&mut client, "faults-broker-restart", &catalogue).await?;
     ensure!(
         again.batch_id == batch_id && !again.created,
         "resubmission gave {again:?}, not the existing batch {batch_id}"
     );
     eprintln!(
-        "batch {batch_id} succeeded; {redeliveries} object(s) handed out again; control plane \
-         exits the supervisor restarted: {exits:?}; test took {:?}",
+        "batch {batch_id} succeeded; {redeliveries} object(s) started again; control plane exits \
+         the supervisor restarted: {cp_exits:?}; agent exits: {agent_exits:?}; test took {:?}",
         t0.elapsed()
     );
     Ok(())
