@@ -511,6 +511,15 @@ impl Agents {
         Ok(me)
     }
 
+    /// The end of every running agent's log.
+    fn log_tails(&self) -> String {
+        self.agents
+            .iter()
+            .map(|a| format!("agent {} log tail:\n{}", a.name(), a.log_tail()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     fn spawn(&mut self, zone: &'static str, work: &Work) -> anyhow::Result<WorkerAgent> {
         let n = self.started.entry(zone).or_default();
         *n += 1;
@@ -842,7 +851,7 @@ async fn a_batch_completes_after_the_broker_lost_every_topic_mid_batch() -> anyh
     // agents deliver the results to the new results topic.
     work.open_gate();
     let mut cp_exits = Vec::new();
-    let done = within(LONG, "the batch to reach a terminal state", async {
+    let finished = within(LONG, "the batch to reach a terminal state", async {
         loop {
             if restart_if_exited(&mut cp, &mut cp_exits).await? {
                 client = connect(&cp).await?;
@@ -858,21 +867,40 @@ async fn a_batch_completes_after_the_broker_lost_every_topic_mid_batch() -> anyh
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })
-    .await??;
+    .await;
+    let done = match finished {
+        Ok(Ok(batch)) => batch,
+        Ok(Err(e)) | Err(e) => {
+            let batch = get_batch(&mut client, &batch_id).await?;
+            let detail = not_first_attempt(&mut client, &batch_id, &catalogue).await?;
+            bail!(
+                "{e:#}\nthe batch: {:?}\nnot LOADED at attempt 1: {detail:#?}\ncontrol plane \
+                 exits: {cp_exits:?}; agent exits: {:?}\ncontrol plane log tail:\n{}\n{}",
+                counts(&batch),
+                agents.exits,
+                cp.log_tail(),
+                agents.log_tails()
+            );
+        }
+    };
     let leases = agents.lease_story();
     let agent_exits = agents.exits.clone();
     eprintln!(
         "control plane exits the supervisor restarted: {cp_exits:?}; agent exits: \
          {agent_exits:?}; agents: {leases}"
     );
-    // What the agents that died held when the broker went: the objects waiting at the gate then
-    // (their scripts outlive the agent and log `done`, but nobody publishes the result).
+    // What the agents that died held: every first attempt one of them started that was not
+    // LOADED before the fault. Those were waiting at the gate when the broker went (their agent
+    // may have taken more after `held_at_fault` was read, up to its concurrency); their scripts
+    // outlive the agent and log `done`, but nobody publishes the result, so the attempt comes
+    // back at its execution timeout (DESIGN §4: lost work).
     let log = work.events()?;
     let dead: BTreeSet<&str> = agent_exits.iter().map(|(name, _)| name.as_str()).collect();
-    let lost: BTreeSet<String> = held_at_fault
+    let lost: BTreeSet<String> = log
         .iter()
-        .filter(|(_, agent)| dead.contains(agent.as_str()))
-        .map(|(object, _)| object.clone())
+        .filter(|e| !e.done && e.attempt == 1 && dead.contains(e.agent.as_str()))
+        .filter(|e| !loaded_before.contains(&e.object_id))
+        .map(|e| e.object_id.clone())
         .collect();
     eprintln!(
         "attempts that died with their agent ({}), retried as attempt 2: {lost:?}",

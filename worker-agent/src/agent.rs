@@ -82,6 +82,8 @@ struct Held {
     ready: Arc<ObjectReady>,
     partition: i32,
     offset: i64,
+    /// The consumer the record came from (see `Agent::incarnation`).
+    incarnation: u64,
     started_at: Arc<OnceLock<DateTime<Utc>>>,
     who: Who,
     abort: AbortHandle,
@@ -94,6 +96,7 @@ struct Done {
     dispatch_epoch: u64,
     partition: i32,
     offset: i64,
+    incarnation: u64,
 }
 
 /// Runs the agent until `shutdown` resolves (then drains) or the control plane asks it to drain.
@@ -144,19 +147,9 @@ pub async fn run<P: Processor>(
         extra: options.kafka_properties.clone(),
         client_id: format!("strata-agent-{}", options.registration.zone),
     };
-    let consumer: ReadyConsumer = consumer_config(
-        &kafka,
-        &lease.consumer_group,
-        lease.execution_timeout + options.drain_grace,
-    )
-    .create_with_context(GroupContext {
-        health: health.clone(),
-        metrics: metrics.clone(),
-    })
-    .map_err(|e| AgentError::Kafka(format!("ready consumer: {e}")))?;
-    consumer
-        .subscribe(&[&lease.ready_topic])
-        .map_err(|e| AgentError::Kafka(format!("subscribe to {}: {e}", lease.ready_topic)))?;
+    let longest_stall = lease.execution_timeout + options.drain_grace;
+    let consumer = ready_consumer(0, &kafka, &lease, longest_stall, &health, &metrics)
+        .map_err(AgentError::Kafka)?;
     let publisher = ResultPublisher::new(&kafka, &lease.results_topic)
         .map_err(|e| AgentError::Kafka(format!("results producer: {e}")))?;
     info!(group = %lease.consumer_group, topic = %lease.ready_topic, brokers = %kafka.bootstrap_servers, "consuming");
@@ -166,8 +159,12 @@ pub async fn run<P: Processor>(
         capacity: options.registration.capacity as usize,
         registration: options.registration,
         registry,
+        topics_generation: lease.topics_generation,
         lease,
         consumer,
+        incarnation: 0,
+        kafka,
+        longest_stall,
         publisher,
         processor,
         metrics,
@@ -236,7 +233,14 @@ struct Agent<P> {
     registration: Registration,
     registry: Registry,
     lease: Lease,
+    /// The newest non-zero topics generation the control plane sent.
+    topics_generation: u64,
     consumer: ReadyConsumer,
+    /// Bumped whenever the consumer is replaced: offsets of records taken from an earlier one
+    /// belong to topics that no longer exist and are never stored.
+    incarnation: u64,
+    kafka: KafkaSettings,
+    longest_stall: Duration,
     publisher: ResultPublisher,
     processor: Arc<P>,
     metrics: Metrics,
@@ -357,6 +361,7 @@ impl<P: Processor> Agent<P> {
                 dispatch_epoch: ready.dispatch_epoch,
                 partition,
                 offset,
+                incarnation: self.incarnation,
             },
         ));
         self.held.insert(
@@ -365,6 +370,7 @@ impl<P: Processor> Agent<P> {
                 ready,
                 partition,
                 offset,
+                incarnation: self.incarnation,
                 started_at,
                 who,
                 abort,
@@ -390,10 +396,13 @@ impl<P: Processor> Agent<P> {
             self.held.remove(&done.key);
             self.metrics.in_flight.set(self.held.len() as i64);
         }
-        self.offset_done(done.partition, done.offset);
+        self.offset_done(done.partition, done.offset, done.incarnation);
     }
 
-    fn offset_done(&mut self, partition: i32, offset: i64) {
+    fn offset_done(&mut self, partition: i32, offset: i64, incarnation: u64) {
+        if incarnation != self.incarnation {
+            return;
+        }
         if let Some(store) = self.offsets.done(partition, offset) {
             self.store_offset(partition, store);
         }
@@ -421,7 +430,7 @@ impl<P: Processor> Agent<P> {
             self.metrics.abandoned.inc();
             self.metrics.in_flight.set(self.held.len() as i64);
             info!(batch_id = %key.batch_id, object_id = %key.object_id, attempt = h.ready.attempt, why, "attempt abandoned");
-            self.offset_done(h.partition, h.offset);
+            self.offset_done(h.partition, h.offset, h.incarnation);
         }
     }
 
@@ -473,6 +482,7 @@ impl<P: Processor> Agent<P> {
                 {
                     self.lease.heartbeat_interval = d;
                 }
+                self.follow_topics(r.topics_generation);
                 r.drain
             }
             Beat::Unavailable(e) => {
@@ -498,6 +508,7 @@ impl<P: Processor> Agent<P> {
                 let mut stop = Box::pin(stopped(self.stop.clone()));
                 match self.registry.register(&self.registration, &mut stop).await {
                     Ok(Some(lease)) => {
+                        self.follow_topics(lease.topics_generation);
                         self.lease = Lease {
                             // The Kafka clients stay as they are.
                             ready_topic: self.lease.ready_topic.clone(),
@@ -512,6 +523,55 @@ impl<P: Processor> Agent<P> {
                     Err(e) => warn!(error = %e, "registering again failed"),
                 }
                 false
+            }
+        }
+    }
+
+    /// Follows the control plane's topics generation: when it changed, the control plane
+    /// created the topics again (the broker had lost them) and a consumer subscribed before
+    /// would follow the old ones for ever, so it is replaced. Attempts in flight go on; their
+    /// records' offsets, in topics that no longer exist, are never stored.
+    fn follow_topics(&mut self, generation: u64) {
+        if generation == 0 || generation == self.topics_generation {
+            return;
+        }
+        let known = std::mem::replace(&mut self.topics_generation, generation);
+        if known == 0 {
+            return;
+        }
+        warn!(
+            topic = %self.lease.ready_topic,
+            "the control plane created the topics again; subscribing again"
+        );
+        match ready_consumer(
+            self.incarnation + 1,
+            &self.kafka,
+            &self.lease,
+            self.longest_stall,
+            &self.health,
+            &self.metrics,
+        ) {
+            Ok(fresh) => {
+                self.health.consuming.store(false, Ordering::Relaxed);
+                self.metrics.assigned_partitions.set(0);
+                let old = std::mem::replace(&mut self.consumer, fresh);
+                self.incarnation += 1;
+                self.offsets = OffsetTracker::default();
+                self.metrics.resubscriptions.inc();
+                let closing = self.incarnation - 1;
+                tokio::spawn(async move {
+                    close(old).await;
+                    info!(consumer = closing, "replaced ready consumer closed");
+                });
+            }
+            Err(e) => {
+                // Tried again at the next heartbeat.
+                self.topics_generation = known;
+                self.metrics
+                    .kafka_errors
+                    .with_label_values(&["subscribe"])
+                    .inc();
+                warn!(error = %e, "subscribing again failed");
             }
         }
     }
@@ -592,7 +652,7 @@ impl<P: Processor> Agent<P> {
         }
         futures::future::join_all(hand_backs).await;
         for (_, h) in &left {
-            self.offset_done(h.partition, h.offset);
+            self.offset_done(h.partition, h.offset, h.incarnation);
         }
         self.tasks.abort_all();
         if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
@@ -616,6 +676,28 @@ impl<P: Processor> Agent<P> {
         self.health.registered.store(false, Ordering::Relaxed);
         self.metrics.registered.set(0);
     }
+}
+
+/// A consumer of the lease's Ready topic in its group, subscribed.
+fn ready_consumer(
+    incarnation: u64,
+    kafka: &KafkaSettings,
+    lease: &Lease,
+    longest_stall: Duration,
+    health: &Arc<Health>,
+    metrics: &Metrics,
+) -> Result<ReadyConsumer, String> {
+    let consumer: ReadyConsumer = consumer_config(kafka, &lease.consumer_group, longest_stall)
+        .create_with_context(GroupContext {
+            health: health.clone(),
+            metrics: metrics.clone(),
+            incarnation,
+        })
+        .map_err(|e| format!("ready consumer: {e}"))?;
+    consumer
+        .subscribe(&[&lease.ready_topic])
+        .map_err(|e| format!("subscribe to {}: {e}", lease.ready_topic))?;
+    Ok(consumer)
 }
 
 /// The running heartbeat's answer; pending while none runs.

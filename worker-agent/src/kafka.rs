@@ -115,6 +115,9 @@ pub struct GroupContext {
     pub health: Arc<Health>,
     /// Where the assignment's size is recorded.
     pub metrics: Metrics,
+    /// Which consumer of the agent this is (0, then one more each time the agent subscribes
+    /// again), for the logs.
+    pub incarnation: u64,
 }
 
 impl ClientContext for GroupContext {}
@@ -128,11 +131,21 @@ impl ConsumerContext for GroupContext {
         }
         match rebalance {
             Rebalance::Assign(tpl) => {
-                info!(partitions = tpl.count(), "ready partitions assigned");
+                info!(
+                    partitions = tpl.count(),
+                    consumer = self.incarnation,
+                    "ready partitions assigned"
+                );
                 self.health.consuming.store(true, Ordering::Relaxed);
             }
-            Rebalance::Revoke(tpl) => info!(partitions = tpl.count(), "ready partitions revoked"),
-            Rebalance::Error(e) => warn!(error = %e, "consumer group rebalance failed"),
+            Rebalance::Revoke(tpl) => info!(
+                partitions = tpl.count(),
+                consumer = self.incarnation,
+                "ready partitions revoked"
+            ),
+            Rebalance::Error(e) => {
+                warn!(error = %e, consumer = self.incarnation, "consumer group rebalance failed")
+            }
         }
     }
 }

@@ -55,9 +55,11 @@ pub struct Metrics {
     pub registered: IntGauge,
     /// Registrations made (more than one = the lease was lost and renewed).
     pub registrations: prometheus::IntCounter,
+    /// Ready consumers replaced because the control plane created the topics again.
+    pub resubscriptions: prometheus::IntCounter,
     /// Heartbeats that failed, by kind: `unavailable` (no answer) or `lease_lost`.
     pub heartbeat_failures: IntCounterVec,
-    /// Kafka errors: `consume`, `deliver`, `store_offset`, `commit`.
+    /// Kafka errors: `consume`, `deliver`, `store_offset`, `subscribe`.
     pub kafka_errors: IntCounterVec,
     /// Processor run time per attempt, by outcome.
     pub processing_seconds: prometheus::HistogramVec,
@@ -105,6 +107,11 @@ impl Metrics {
             "Registrations with the control plane.",
         )
         .expect("valid");
+        let resubscriptions = prometheus::IntCounter::new(
+            "resubscriptions_total",
+            "Ready consumers replaced because the control plane created the topics again.",
+        )
+        .expect("valid");
         let heartbeat_failures = IntCounterVec::new(
             Opts::new("heartbeat_failures_total", "Failed heartbeats, by kind."),
             &["kind"],
@@ -146,6 +153,7 @@ impl Metrics {
             Box::new(capacity.clone()),
             Box::new(registered.clone()),
             Box::new(registrations.clone()),
+            Box::new(resubscriptions.clone()),
             Box::new(heartbeat_failures.clone()),
             Box::new(kafka_errors.clone()),
             Box::new(processing_seconds.clone()),
@@ -163,6 +171,7 @@ impl Metrics {
             capacity,
             registered,
             registrations,
+            resubscriptions,
             heartbeat_failures,
             kafka_errors,
             processing_seconds,

@@ -61,6 +61,8 @@ pub struct Lease {
     pub bootstrap_servers: Vec<String>,
     /// The zone's execution timeout for one attempt.
     pub execution_timeout: Duration,
+    /// Changes when the control plane created the topics again (0 = not known).
+    pub topics_generation: u64,
 }
 
 impl Lease {
@@ -80,6 +82,7 @@ impl Lease {
             consumer_group: r.consumer_group,
             bootstrap_servers: r.bootstrap_servers,
             execution_timeout: duration(r.execution_timeout, Duration::from_secs(3600)),
+            topics_generation: r.topics_generation,
         }
     }
 }

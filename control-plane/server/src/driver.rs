@@ -259,6 +259,17 @@ pub struct DriverState {
     pub coalescer: Coalescer<String>,
     /// Worker agents and their leases.
     pub agents: Registry,
+    /// Changes whenever this control plane created the topics (at start-up, or after the broker
+    /// lost them): agents that see it change subscribe again. 0 = it found them in place.
+    pub topics_generation: u64,
+}
+
+impl DriverState {
+    /// Records that the topics were just created: a new, non-zero generation.
+    fn topics_created(&mut self) {
+        let now = Utc::now().timestamp_millis().max(1) as u64;
+        self.topics_generation = now.max(self.topics_generation + 1);
+    }
 }
 
 impl DriverState {
@@ -447,6 +458,7 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                     counters: DriverCounters::default(),
                     coalescer: Coalescer::default(),
                     agents: Registry::new(lease_ttl),
+                    topics_generation: 0,
                 },
                 commands,
                 undelivered: Vec::new(),
@@ -535,10 +547,13 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
     async fn start_up(
         &mut self,
     ) -> Result<mpsc::Receiver<crate::ports::ResultRecord>, DriverError> {
-        retry_port("ensure topics", || {
+        let created = retry_port("ensure topics", || {
             self.data.ensure_topics(&self.settings.zones)
         })
         .await?;
+        if created > 0 {
+            self.state.topics_created();
+        }
         let results = self.data.subscribe_results()?;
         self.restore().await?;
         Ok(results)
@@ -883,6 +898,7 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                 None
             }
         };
+        self.state.topics_created();
         // Everything undelivered is READY and published below.
         self.undelivered.clear();
         let running: Vec<String> = self

@@ -46,7 +46,7 @@ class RegisterAgentRequest(_message.Message):
     def __init__(self, zone: _Optional[str] = ..., capacity: _Optional[int] = ..., version: _Optional[str] = ..., hostname: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class RegisterAgentResponse(_message.Message):
-    __slots__ = ("agent_id", "lease_epoch", "heartbeat_interval", "lease_ttl", "ready_topic", "results_topic", "consumer_group", "bootstrap_servers", "execution_timeout", "result_signing_key")
+    __slots__ = ("agent_id", "lease_epoch", "heartbeat_interval", "lease_ttl", "ready_topic", "results_topic", "consumer_group", "bootstrap_servers", "execution_timeout", "result_signing_key", "topics_generation")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_EPOCH_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +57,7 @@ class RegisterAgentResponse(_message.Message):
     BOOTSTRAP_SERVERS_FIELD_NUMBER: _ClassVar[int]
     EXECUTION_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     RESULT_SIGNING_KEY_FIELD_NUMBER: _ClassVar[int]
+    TOPICS_GENERATION_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     lease_epoch: int
     heartbeat_interval: _duration_pb2.Duration
@@ -67,7 +68,8 @@ class RegisterAgentResponse(_message.Message):
     bootstrap_servers: _containers.RepeatedScalarFieldContainer[str]
     execution_timeout: _duration_pb2.Duration
     result_signing_key: bytes
-    def __init__(self, agent_id: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., ready_topic: _Optional[str] = ..., results_topic: _Optional[str] = ..., consumer_group: _Optional[str] = ..., bootstrap_servers: _Optional[_Iterable[str]] = ..., execution_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., result_signing_key: _Optional[bytes] = ...) -> None: ...
+    topics_generation: int
+    def __init__(self, agent_id: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., ready_topic: _Optional[str] = ..., results_topic: _Optional[str] = ..., consumer_group: _Optional[str] = ..., bootstrap_servers: _Optional[_Iterable[str]] = ..., execution_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., result_signing_key: _Optional[bytes] = ..., topics_generation: _Optional[int] = ...) -> None: ...
 
 class InFlightAttempt(_message.Message):
     __slots__ = ("batch_id", "object_id", "attempt", "dispatch_epoch", "started_at")
@@ -96,16 +98,18 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., in_flight: _Optional[_Iterable[_Union[InFlightAttempt, _Mapping]]] = ..., draining: _Optional[bool] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("lease_expires_at", "drain", "abandon", "heartbeat_interval")
+    __slots__ = ("lease_expires_at", "drain", "abandon", "heartbeat_interval", "topics_generation")
     LEASE_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     DRAIN_FIELD_NUMBER: _ClassVar[int]
     ABANDON_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    TOPICS_GENERATION_FIELD_NUMBER: _ClassVar[int]
     lease_expires_at: _timestamp_pb2.Timestamp
     drain: bool
     abandon: _containers.RepeatedCompositeFieldContainer[InFlightAttempt]
     heartbeat_interval: _duration_pb2.Duration
-    def __init__(self, lease_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., drain: _Optional[bool] = ..., abandon: _Optional[_Iterable[_Union[InFlightAttempt, _Mapping]]] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    topics_generation: int
+    def __init__(self, lease_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., drain: _Optional[bool] = ..., abandon: _Optional[_Iterable[_Union[InFlightAttempt, _Mapping]]] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., topics_generation: _Optional[int] = ...) -> None: ...
 
 class DeregisterRequest(_message.Message):
     __slots__ = ("agent_id", "lease_epoch", "reason")

@@ -159,9 +159,12 @@ impl AgentRegistry for AgentRegistryService {
         };
         let nonce = self.nonce;
         let z = zone.clone();
-        let agent = self
+        let (agent, topics_generation) = self
             .handle
-            .mutate(move |s, _| s.agents.register(z, reg, nonce, Utc::now()).clone())
+            .mutate(move |s, _| {
+                let agent = s.agents.register(z, reg, nonce, Utc::now()).clone();
+                (agent, s.topics_generation)
+            })
             .await
             .map_err(ServiceError::from)?;
         info!(agent_id = %agent.id, zone = %agent.zone, capacity = agent.capacity, hostname = %agent.hostname, "agent registered");
@@ -183,6 +186,7 @@ impl AgentRegistry for AgentRegistryService {
                     .unwrap_or(self.settings.execution_timeout),
             )),
             result_signing_key: Vec::new(),
+            topics_generation,
         }))
     }
 
@@ -193,7 +197,7 @@ impl AgentRegistry for AgentRegistryService {
         let req = request.into_inner();
         let (id, epoch, draining) = (req.agent_id, req.lease_epoch, req.draining);
         let in_flight = req.in_flight;
-        let (expires, abandon) = self
+        let (expires, abandon, topics_generation) = self
             .handle
             .mutate(move |s, _| {
                 let reported = held(in_flight.clone());
@@ -218,7 +222,7 @@ impl AgentRegistry for AgentRegistryService {
                         })
                     })
                     .collect();
-                Ok::<_, ServiceError>((expires, abandon))
+                Ok::<_, ServiceError>((expires, abandon, s.topics_generation))
             })
             .await
             .map_err(ServiceError::from)??;
@@ -227,6 +231,7 @@ impl AgentRegistry for AgentRegistryService {
             drain: false,
             abandon,
             heartbeat_interval: None,
+            topics_generation,
         }))
     }
 
