@@ -65,12 +65,6 @@ const CP_FLAGS: &[&str] = &[
     "--execution-timeout-secs",
     "20",
 ];
-/// Why the kill -9 test fails today (see tests/README.md, "Known failures and flakiness").
-const LEASES_NOTE: &str = "Leases live in the control plane's memory (strata_core::agents::Registry \
-     in the driver), not in Redis as DESIGN §1 has them: after the restart every agent's \
-     heartbeat is answered NOT_FOUND, the agent drops the attempts it holds and registers again, \
-     the results it published under its old lease are rejected (no_lease), and the attempts \
-     RUNNING across the restart come back only at their execution timeout, as attempt 2.";
 /// Concurrency of each agent.
 const AGENT_CONCURRENCY: &str = "4";
 
@@ -731,7 +725,7 @@ async fn a_control_plane_killed_mid_batch_finishes_it_after_a_restart() -> anyho
     if let Err(e) = first {
         let detail = not_first_attempt(&mut client, &batch_id, &catalogue).await?;
         bail!(
-            "{e:#}\nnot LOADED at attempt 1 ({}): {detail:#?}\nagents: {leases}\n{LEASES_NOTE}\n\
+            "{e:#}\nnot LOADED at attempt 1 ({}): {detail:#?}\nagents: {leases}\n\
              control plane log tail:\n{}",
             detail.len(),
             cp.log_tail()
