@@ -314,6 +314,8 @@ cmd_up() {
         esac
     done
     load_settings env
+    [[ -n ${STRATA_BIN_DIR:-} || ${STRATA_PROFILE:-release} == release || ${STRATA_PROFILE:-} == debug ]] ||
+        die "STRATA_PROFILE=$STRATA_PROFILE: release or debug"
     mkdir -p "$PID_DIR"
     local name
     for name in "${ALL[@]}"; do
