@@ -54,6 +54,15 @@ impl PortError {
     pub fn retryable(&self) -> bool {
         matches!(self, PortError::Unavailable { .. })
     }
+
+    /// `kafka` or `redis`.
+    pub fn service(&self) -> &'static str {
+        match self {
+            PortError::Unavailable { service, .. }
+            | PortError::Rejected { service, .. }
+            | PortError::Corrupt { service, .. } => service,
+        }
+    }
 }
 
 /// Result alias of this module.
@@ -117,6 +126,9 @@ pub trait DataPlane: Send + Sync + 'static {
     /// Marks every record up to and including these positions as processed (their state changes
     /// are durable); the adapter commits them.
     fn store_positions(&self, positions: &[Position]) -> PortResult<()>;
+
+    /// Round-trip check for readiness: the broker answers a metadata request within `limit`.
+    fn ping(&self, limit: std::time::Duration) -> impl Future<Output = PortResult<()>> + Send;
 }
 
 /// A batch as stored: what is needed to rebuild it after a restart (the objects are planned

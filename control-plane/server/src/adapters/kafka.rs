@@ -1123,6 +1123,25 @@ impl DataPlane for KafkaDataPlane {
         Ok(rx)
     }
 
+    async fn ping(&self, limit: Duration) -> PortResult<()> {
+        let producer = self.producer()?;
+        let answered = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, limit)
+                .map(|m| m.brokers().len())
+        })
+        .await
+        .map_err(|e| unavailable(format!("metadata request task: {e}")))?;
+        match answered {
+            Ok(0) => Err(unavailable("the broker's metadata lists no broker".into())),
+            Ok(_) => Ok(()),
+            Err(e) => Err(unavailable(format!(
+                "no metadata from the broker within {limit:?}: {e}"
+            ))),
+        }
+    }
+
     fn store_positions(&self, positions: &[Position]) -> PortResult<()> {
         let mut highest: BTreeMap<i32, i64> = BTreeMap::new();
         for p in positions {
