@@ -267,3 +267,54 @@ async fn readiness_follows_redis_away_and_back() -> anyhow::Result<()> {
     wait_readiness(&stack, 200, ServingStatus::Serving).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn agents_report_their_consumer_lag() -> anyhow::Result<()> {
+    let mut stack = Stack::start(&[]).await?;
+    // One slow raw agent taking one object at a time: the zone's Ready records wait for it.
+    let mut agent = stack.agent(
+        "raw",
+        "raw",
+        &[
+            "--processor",
+            "simulate",
+            "--simulate-duration-ms",
+            "250",
+            "--concurrency",
+            "1",
+        ],
+        &[],
+    )?;
+    agent.wait_ready(STACK_WAIT).await?;
+    let sample = r#"strata_agent_consumer_lag{zone="raw"}"#;
+    let objects: Vec<pb::ObjectDefinition> =
+        (1000..1040).map(|id| object(&id.to_string(), &[])).collect();
+    let batch_id = stack.submit("observability-lag", objects).await?;
+    // librdkafka reports every 5 s; 40 objects take 10 s.
+    let mut lags = Vec::new();
+    let started = Instant::now();
+    loop {
+        lags.push(agent.metric(sample).await?);
+        let batch = stack.batch(&batch_id).await?;
+        if batch.state() != pb::BatchState::Running {
+            break;
+        }
+        ensure!(started.elapsed() < STACK_WAIT, "batch still running: {batch:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    ensure!(
+        lags.iter().any(|&l| l > 0.0),
+        "no lag seen while 40 records waited for one slow agent: {lags:?}"
+    );
+    // Once everything is consumed, the next report says so.
+    let started = Instant::now();
+    while agent.metric(sample).await? != 0.0 {
+        ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "lag not back to 0: {}",
+            agent.metric(sample).await?
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(())
+}

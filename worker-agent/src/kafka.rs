@@ -20,6 +20,9 @@ use tracing::{info, warn};
 use crate::admin::Health;
 use crate::metrics::Metrics;
 
+/// How often librdkafka reports the consumer's statistics (its lag).
+const STATISTICS_INTERVAL_MS: &str = "5000";
+
 /// How long one delivery may take before its report says it failed (then it is sent again).
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -82,6 +85,8 @@ pub fn consumer_config(
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky")
+        // Consumer lag per partition, for the `consumer_lag` gauge.
+        .set("statistics.interval.ms", STATISTICS_INTERVAL_MS)
         .set(
             "max.poll.interval.ms",
             poll_interval.as_millis().min(i32::MAX as u128).to_string(),
@@ -120,7 +125,26 @@ pub struct GroupContext {
     pub incarnation: u64,
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    /// The lag of the partitions this consumer fetches (`fetch_state` active), summed; -1 while
+    /// none is known.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let lags = statistics
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.values())
+            .filter(|p| p.partition >= 0 && p.fetch_state == "active" && p.consumer_lag >= 0)
+            .map(|p| p.consumer_lag);
+        let (mut total, mut known) = (0, false);
+        for lag in lags {
+            total += lag;
+            known = true;
+        }
+        self.metrics
+            .consumer_lag
+            .set(if known { total } else { -1 });
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
