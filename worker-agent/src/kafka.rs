@@ -48,7 +48,8 @@ fn base_config(settings: &KafkaSettings, role: &str) -> ClientConfig {
         .set("socket.connection.setup.timeout.ms", "10000")
         .set_log_level(
             if tracing::enabled!(target: "librdkafka", tracing::Level::DEBUG) {
-                RDKafkaLogLevel::Info
+                // With `--kafka-property debug=<contexts>`, librdkafka's debug lines too.
+                RDKafkaLogLevel::Debug
             } else {
                 RDKafkaLogLevel::Warning
             },
@@ -126,6 +127,26 @@ pub struct GroupContext {
 }
 
 impl ClientContext for GroupContext {
+    /// librdkafka's log lines, into `tracing` (target `librdkafka`).
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        let consumer = self.incarnation;
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error
+            | RDKafkaLogLevel::Warning => {
+                warn!(target: "librdkafka", consumer, facility, "{message}")
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                info!(target: "librdkafka", consumer, facility, "{message}")
+            }
+            RDKafkaLogLevel::Debug => {
+                tracing::debug!(target: "librdkafka", consumer, facility, "{message}")
+            }
+        }
+    }
+
     /// The lag of the partitions this consumer fetches (`fetch_state` active), summed; -1 while
     /// none is known.
     fn stats(&self, statistics: rdkafka::Statistics) {
