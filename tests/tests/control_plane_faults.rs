@@ -901,11 +901,27 @@ async fn a_batch_completes_after_the_broker_lost_every_topic_mid_batch() -> anyh
     // back at its execution timeout (DESIGN §4: lost work).
     let log = work.events()?;
     let dead: BTreeSet<&str> = agent_exits.iter().map(|(name, _)| name.as_str()).collect();
+    // An agent also reports `Started` while its processor starts: one that died in between
+    // leaves a RUNNING attempt 1 that no script logged. So when an agent died, an object whose
+    // first attempt no script ever started counts as lost with it too (a Ready lost with the
+    // broker is published again with the same attempt, and would have been started).
+    let started_first: BTreeSet<&str> = log
+        .iter()
+        .filter(|e| !e.done && e.attempt == 1)
+        .map(|e| e.object_id.as_str())
+        .collect();
     let lost: BTreeSet<String> = log
         .iter()
         .filter(|e| !e.done && e.attempt == 1 && dead.contains(e.agent.as_str()))
         .filter(|e| !loaded_before.contains(&e.object_id))
         .map(|e| e.object_id.clone())
+        .chain(
+            catalogue
+                .parents
+                .keys()
+                .filter(|id| !dead.is_empty() && !started_first.contains(id.as_str()))
+                .cloned(),
+        )
         .collect();
     eprintln!(
         "attempts that died with their agent ({}), retried as attempt 2: {lost:?}",
