@@ -555,6 +555,9 @@ impl<P: Processor> Agent<P> {
         if known == 0 {
             return;
         }
+        // The broker that lost its topics lost its producer ids too.
+        self.publisher
+            .renew("the control plane created the topics again");
         if !self.replace_consumer("the control plane created the topics again") {
             // Tried again at the next heartbeat.
             self.topics_generation = known;

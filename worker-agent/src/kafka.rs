@@ -301,6 +301,14 @@ impl ResultPublisher {
         Arc::clone(&self.producer.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// Replaces the producer now (a new producer id): the broker lost its producer state, as
+    /// when it lost its topics. An idempotent producer it no longer knows may see its records
+    /// acknowledged and never stored (seen against Tansu).
+    pub fn renew(&self, why: &str) {
+        let current = self.current();
+        self.replace(&current, why);
+    }
+
     /// Replaces `old` with a new producer, unless a concurrent send did already.
     fn replace(&self, old: &Arc<OwnedProducer>, why: &str) {
         let mut current = self.producer.lock().unwrap_or_else(|e| e.into_inner());

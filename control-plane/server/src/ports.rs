@@ -117,7 +117,8 @@ pub trait DataPlane: Send + Sync + 'static {
     fn subscribe_results(&self) -> PortResult<mpsc::Receiver<ResultRecord>>;
 
     /// Replaces the results subscription with a new one (after the broker lost the results
-    /// topic, a subscription made before does not reliably follow the re-created topic).
+    /// topic, a subscription made before does not reliably follow the re-created topic), and
+    /// the producer with a new one (the broker lost its producer state too).
     /// `None` when the adapter's subscription needs no renewal.
     fn resubscribe_results(
         &self,

@@ -1077,6 +1077,11 @@ impl DataPlane for KafkaDataPlane {
     }
 
     async fn resubscribe_results(&self) -> PortResult<Option<mpsc::Receiver<ResultRecord>>> {
+        // A broker that lost its topics lost its producer ids too: an idempotent producer it no
+        // longer knows may see records acknowledged and never stored (seen against Tansu).
+        if let Ok(producer) = self.producer() {
+            self.replace_producer(&producer, "the broker lost its topics");
+        }
         self.close().await;
         self.subscribe_results().map(Some)
     }
