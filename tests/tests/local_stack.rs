@@ -164,7 +164,12 @@ impl LocalStack {
             let admin = free_ports(3)?;
             let mut ports = vec![admin, admin + 1, admin + 2];
             let mut named = Vec::new();
-            for var in ["STRATA_GRPC_PORT", "STRATA_KAFKA_PORT", "STRATA_REDIS_PORT"] {
+            for var in [
+                "STRATA_GRPC_PORT",
+                "STRATA_ADMIN_PORT",
+                "STRATA_KAFKA_PORT",
+                "STRATA_REDIS_PORT",
+            ] {
                 let port = loop {
                     let p = free_port()?;
                     if !ports.contains(&p) {
