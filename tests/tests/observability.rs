@@ -287,8 +287,9 @@ async fn agents_report_their_consumer_lag() -> anyhow::Result<()> {
     )?;
     agent.wait_ready(STACK_WAIT).await?;
     let sample = r#"strata_agent_consumer_lag{zone="raw"}"#;
-    let objects: Vec<pb::ObjectDefinition> =
-        (1000..1040).map(|id| object(&id.to_string(), &[])).collect();
+    let objects: Vec<pb::ObjectDefinition> = (1000..1040)
+        .map(|id| object(&id.to_string(), &[]))
+        .collect();
     let batch_id = stack.submit("observability-lag", objects).await?;
     // librdkafka reports every 5 s; 40 objects take 10 s.
     let mut lags = Vec::new();
@@ -299,7 +300,10 @@ async fn agents_report_their_consumer_lag() -> anyhow::Result<()> {
         if batch.state() != pb::BatchState::Running {
             break;
         }
-        ensure!(started.elapsed() < STACK_WAIT, "batch still running: {batch:?}");
+        ensure!(
+            started.elapsed() < STACK_WAIT,
+            "batch still running: {batch:?}"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     ensure!(

@@ -40,8 +40,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use strata_proto::v1::agent_registry_client::AgentRegistryClient;
 use strata_proto::v1::{self as pb};
 use strata_tests::stack::Stack;
-use strata_tests::worker_agent::WorkerAgent;
 use strata_tests::within;
+use strata_tests::worker_agent::WorkerAgent;
 
 /// Bound on every wait (start-ups, a batch running to its end).
 const LONG: Duration = Duration::from_secs(120);
