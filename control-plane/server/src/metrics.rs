@@ -178,6 +178,17 @@ impl Metrics {
         }
     }
 
+    /// Creates the per-zone counters at 0 for `zones`, so that the first event of a zone is an
+    /// increase Prometheus can see (`increase()` ignores a series that starts above 0).
+    pub fn init_zones(&self, zones: &[strata_core::Zone]) {
+        for zone in zones {
+            let z = [zone.as_str()];
+            self.inner.ready_published.with_label_values(&z);
+            self.inner.retries_scheduled.with_label_values(&z);
+            self.inner.dead_letters.with_label_values(&z);
+        }
+    }
+
     /// Ready records of `zone` delivered.
     pub fn ready_published(&self, zone: &str, n: u64) {
         self.inner

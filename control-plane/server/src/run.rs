@@ -56,6 +56,7 @@ pub async fn run_with<D: DataPlane, S: StateStore>(
 ) -> Result<(), RunError> {
     let settings = driver_settings(config);
     let metrics = settings.metrics.clone();
+    metrics.init_zones(&config.zones);
     let (driver, handle) = Driver::new(data.clone(), store.clone(), settings);
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<()>();
