@@ -18,3 +18,4 @@ pub mod latency;
 pub mod ports;
 pub mod run;
 pub mod service;
+pub mod telemetry;
