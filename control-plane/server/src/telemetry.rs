@@ -19,7 +19,8 @@
 //!   final result applied, or lost, timed out, cancelled), with the object's new state as
 //!   `strata.outcome` (`loaded`, `retry_wait`, `dead`, `cancelled`, …). An attempt released before a restart is not ended by the new process (it
 //!   cannot end a span it did not start): its span was dropped with the old process, and the
-//!   agent's and `apply_result` spans still join the batch trace.
+//!   agent's and `apply_result` spans still join the batch trace. Attempt spans still open when
+//!   the driver stops (SIGTERM) end then, without an outcome, and are flushed with the rest.
 //! - `apply_result` — one per consumed result that carries a `traceparent`, a child of the agent's
 //!   `process` span, from consumption until the state change it caused is durable; attributes:
 //!   the result (`started`, `loaded`, `failed`), and whether the machine accepted it.
