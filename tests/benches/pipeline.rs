@@ -661,6 +661,13 @@ impl DataPlane for TimedData {
         self.calls.record("store_positions", t, positions.len());
         r
     }
+
+    async fn ping(&self, limit: Duration) -> PortResult<()> {
+        let t = Instant::now();
+        let r = self.inner.ping(limit).await;
+        self.calls.record("ping", t, 0);
+        r
+    }
 }
 
 async fn cp_stats(handle: &Handle, store: &TimedStore, data: &TimedData) -> anyhow::Result<Value> {

@@ -48,6 +48,7 @@ const PROBE_BATCH_ID: &str = "strata-tests-readiness-probe";
 pub struct ControlPlane {
     bin: PathBuf,
     port: u16,
+    admin_port: u16,
     args: Vec<String>,
     env: Vec<(String, String)>,
     process: Option<ServerProcess>,
@@ -91,11 +92,15 @@ impl ControlPlane {
         let mut last_error = None;
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port()?;
+            let admin_port = free_port()?;
+            let mut args = args.clone();
+            args.extend(["--admin-addr".to_owned(), format!("127.0.0.1:{admin_port}")]);
             match spawn_ready(&bin, port, &args, &env, dir.path(), 1).await {
                 Ok(process) => {
                     return Ok(Self {
                         bin,
                         port,
+                        admin_port,
                         args,
                         env,
                         process: Some(process),
@@ -120,6 +125,11 @@ impl ControlPlane {
     /// The gRPC port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The HTTP admin port (`/metrics`, `/health/...`; stable across restarts).
+    pub fn admin_port(&self) -> u16 {
+        self.admin_port
     }
 
     /// The pid of the running process, if any.

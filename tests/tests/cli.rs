@@ -384,3 +384,39 @@ async fn an_unreachable_endpoint_is_one_actionable_line_and_exit_3() -> anyhow::
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalogue_beyond_the_unary_message_limit_is_submitted_in_a_stream() -> anyhow::Result<()>
+{
+    let mut stack = Stack::start(&[]).await?;
+    let endpoint = stack.endpoint();
+    // About 20 MiB of seed records, above the 16 MiB limit of a unary SubmitBatch.
+    let description = "d".repeat(1200);
+    let records: Vec<Value> = (0..17_000)
+        .map(|i| {
+            serde_json::json!({
+                "IdObjet": 1000 + (i % 1000) + 10_000 * (i / 1000),
+                "NomObjet": format!("raw object {i}"),
+                "Zone": "raw",
+                "Description": description,
+            })
+        })
+        .collect();
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("big.json");
+    std::fs::write(&path, serde_json::to_vec(&records)?)?;
+    let size = std::fs::metadata(&path)?.len();
+    ensure!(size > 16 << 20, "the catalogue is only {size} bytes");
+    let path = path.display().to_string();
+    let run = strata(&["--endpoint", &endpoint, "submit", &path, "--all"]).await?;
+    ensure!(run.code == 0, "exit {}: {}", run.code, run.stderr);
+    let batch_id = batch_id_of(&run)?;
+    let batch = stack.batch(&batch_id).await?;
+    let planned: u32 = batch.counts.iter().map(|c| c.count).sum();
+    ensure!(
+        planned == 17_000,
+        "the batch holds {planned} objects: {:?}",
+        batch.counts
+    );
+    Ok(())
+}

@@ -101,6 +101,7 @@ async fn start_gated(behaviour: Behaviour, gate: watch::Receiver<bool>) -> anyho
             Arc::new(data),
             Arc::new(store),
             listener,
+            None,
             async move {
                 let _ = stopped.await;
             },

@@ -38,12 +38,10 @@ use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use strata_proto::v1::agent_registry_client::AgentRegistryClient;
-use strata_proto::v1::orchestrator_client::OrchestratorClient;
 use strata_proto::v1::{self as pb};
-use strata_tests::control_plane::ControlPlane;
+use strata_tests::stack::Stack;
+use strata_tests::within;
 use strata_tests::worker_agent::WorkerAgent;
-use strata_tests::{KafkaBroker, RedisServer, within};
-use tonic::transport::Channel;
 
 /// Bound on every wait (start-ups, a batch running to its end).
 const LONG: Duration = Duration::from_secs(120);
@@ -62,111 +60,26 @@ const CP_FLAGS: &[&str] = &[
     "100",
 ];
 
-/// A broker, a Redis and a control plane, and a gRPC client of it.
-struct Stack {
-    cp: ControlPlane,
-    client: OrchestratorClient<Channel>,
-    // Dropped after the control plane.
-    _redis: RedisServer,
-    broker: KafkaBroker,
+/// The shared [`Stack`] with this suite's control-plane flags ([`CP_FLAGS`], then `extra`).
+async fn start(extra: &[&str]) -> anyhow::Result<Stack> {
+    let flags: Vec<&str> = CP_FLAGS.iter().chain(extra).copied().collect();
+    Stack::start(&flags).await
 }
 
-impl Stack {
-    async fn start(extra_flags: &[&str]) -> anyhow::Result<Self> {
-        let broker = KafkaBroker::start().await?;
-        let redis = RedisServer::start().await?;
-        let flags: Vec<&str> = CP_FLAGS.iter().chain(extra_flags).copied().collect();
-        let cp = ControlPlane::start(&broker.bootstrap_servers(), &redis.url(), &flags).await?;
-        let client = OrchestratorClient::connect(cp.endpoint()).await?;
-        Ok(Self {
-            cp,
-            client,
-            _redis: redis,
-            broker,
-        })
-    }
-
-    /// Starts an agent for `zone` against this control plane.
-    fn agent(
-        &self,
-        name: &str,
-        zone: &str,
-        args: &[&str],
-        env: &[(&str, &str)],
-    ) -> anyhow::Result<WorkerAgent> {
-        WorkerAgent::start(name, &self.cp.endpoint(), zone, args, env)
-    }
-
-    /// Submits `objects` (every one a target) and returns the batch id.
-    async fn submit(
-        &mut self,
-        key: &str,
-        objects: Vec<pb::ObjectDefinition>,
-    ) -> anyhow::Result<String> {
-        let request = pb::SubmitBatchRequest {
-            idempotency_key: key.into(),
-            input: Some(pb::BatchInput {
-                source: Some(pb::batch_input::Source::Objects(pb::ObjectList { objects })),
-            }),
-            options: Some(pb::SubmitOptions {
-                all: true,
-                ..Default::default()
-            }),
-        };
-        let response = within(LONG, "submit", self.client.submit_batch(request))
-            .await??
-            .into_inner();
-        Ok(response.batch_id)
-    }
-
-    async fn batch(&mut self, batch_id: &str) -> anyhow::Result<pb::Batch> {
-        Ok(self
-            .client
-            .get_batch(pb::GetBatchRequest {
-                batch_id: batch_id.into(),
-            })
-            .await?
-            .into_inner())
-    }
-
-    /// Polls until the batch is terminal (bounded by [`LONG`]).
-    async fn wait_terminal(&mut self, batch_id: &str) -> anyhow::Result<pb::Batch> {
-        let started = Instant::now();
-        loop {
-            let batch = self.batch(batch_id).await?;
-            if batch.state() != pb::BatchState::Running {
-                println!(
-                    "batch {batch_id} {:?} after {:?}",
-                    batch.state(),
-                    started.elapsed()
-                );
-                return Ok(batch);
-            }
-            ensure!(
-                started.elapsed() < LONG,
-                "batch {batch_id} still running after {LONG:?}: {:?}; control plane log:\n{}",
-                batch.counts,
-                self.cp.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn object(
+/// What this suite asks of a [`Stack`] beyond the shared helpers.
+trait AgentStack {
+    async fn wait_object(
         &mut self,
         batch_id: &str,
         object_id: &str,
-    ) -> anyhow::Result<pb::ObjectStatus> {
-        Ok(self
-            .client
-            .get_object(pb::GetObjectRequest {
-                batch_id: batch_id.into(),
-                object_id: object_id.into(),
-            })
-            .await?
-            .into_inner())
-    }
+        what: &str,
+        done: impl Fn(&pb::ObjectStatus) -> bool,
+    ) -> anyhow::Result<pb::ObjectStatus>;
+    async fn agent_info(&self, name: &str) -> anyhow::Result<pb::AgentInfo>;
+    fn cp_log(&self) -> String;
+}
 
+impl AgentStack for Stack {
     /// Polls `GetObject` until `done` holds (bounded by [`LONG`]) and returns that status.
     async fn wait_object(
         &mut self,
@@ -308,7 +221,7 @@ fn labelled(name: &str, label: &str, value: &str, zone: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_agents_in_one_group_share_the_work_and_each_object_runs_once() -> anyhow::Result<()>
 {
-    let mut stack = Stack::start(&[]).await?;
+    let mut stack = start(&[]).await?;
     let sim = [
         "--processor",
         "simulate",
@@ -373,7 +286,7 @@ async fn three_agents_in_one_group_share_the_work_and_each_object_runs_once() ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_while_busy_drains_without_losing_work_and_exits_0() -> anyhow::Result<()> {
-    let mut stack = Stack::start(&[]).await?;
+    let mut stack = start(&[]).await?;
     // A slow agent stopped while busy, with a grace period far shorter than its work.
     let mut slow = stack.agent(
         "slow",
@@ -476,7 +389,7 @@ echo "loaded $STRATA_OBJECT_ID"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_mid_object_its_attempt_is_lost_and_another_agent_loads_it() -> anyhow::Result<()> {
-    let mut stack = Stack::start(&[]).await?;
+    let mut stack = start(&[]).await?;
     let work = strata_tests::temp_dir("kill-9-work")?;
     let runs = work.path().join("runs");
     let runs_env = runs.to_str().context("temp path is not UTF-8")?;
@@ -593,7 +506,7 @@ async fn kill_9_mid_object_its_attempt_is_lost_and_another_agent_loads_it() -> a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_agent_started_before_the_control_plane_registers_once_it_is_up() -> anyhow::Result<()> {
-    let mut stack = Stack::start(&[]).await?;
+    let mut stack = start(&[]).await?;
     // Nothing listens on the control plane's port until it is started again: the first run
     // only chose the port (an agent never touches Kafka before it registers).
     stack.cp.kill_9();
@@ -680,7 +593,7 @@ esac
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn exec_success_temp_failure_and_permanent_failure_as_an_operator_sees_them()
 -> anyhow::Result<()> {
-    let mut stack = Stack::start(&[]).await?;
+    let mut stack = start(&[]).await?;
     let work = strata_tests::temp_dir("exec-work")?;
     let work_env = work.path().to_str().context("temp path is not UTF-8")?;
     let exec = exec_script(work.path(), "load.sh", EXEC_SCRIPT)?;
@@ -926,7 +839,7 @@ async fn serve_one(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn http_2xx_loads_5xx_is_retried_and_4xx_is_dead() -> anyhow::Result<()> {
-    let mut stack = Stack::start(&[]).await?;
+    let mut stack = start(&[]).await?;
     let (port, seen) = http_server(|object_id, before| match (object_id, before) {
         ("4000", _) => (200, "rows=5\n"),
         ("4001", 0) => (503, "warehouse busy"),
@@ -1003,7 +916,7 @@ const REJECTED: &str = "result from an agent without a live lease for the object
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_result_forged_by_an_agent_of_another_zone_is_rejected() -> anyhow::Result<()> {
-    let mut stack = Stack::start(&[]).await?;
+    let mut stack = start(&[]).await?;
     let mut raw = stack.agent("raw-agent", "raw", &["--simulate-duration-ms", "10"], &[])?;
     raw.wait_ready(LONG).await?;
     let raw_lease = stack.agent_info("raw-agent").await?;

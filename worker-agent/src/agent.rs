@@ -42,6 +42,9 @@ use crate::telemetry::{self, ProcessSpan};
 
 /// Entries kept in the "newest release seen" memory before it is cleared.
 const MAX_SEEN: usize = 100_000;
+/// How long a consumer may go without an assignment, or without records while some wait for
+/// it, before it is replaced ([`Agent::watchdog`]).
+const STUCK_AFTER: Duration = Duration::from_secs(30);
 /// Bound on closing the consumer at exit (librdkafka's close can hang on a broker that is gone).
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long spans still queued at exit may take to be exported.
@@ -168,6 +171,8 @@ pub async fn run<P: Processor>(
         lease,
         consumer,
         incarnation: 0,
+        consumer_since: Instant::now(),
+        last_record_at: Instant::now(),
         kafka,
         longest_stall,
         publisher,
@@ -263,6 +268,9 @@ struct Agent<P> {
     /// Bumped whenever the consumer is replaced: offsets of records taken from an earlier one
     /// belong to topics that no longer exist and are never stored.
     incarnation: u64,
+    /// When the current consumer subscribed, and when it last handed over a record.
+    consumer_since: Instant,
+    last_record_at: Instant,
     kafka: KafkaSettings,
     longest_stall: Duration,
     publisher: ResultPublisher,
@@ -283,6 +291,8 @@ impl<P: Processor> Agent<P> {
     async fn serve(&mut self) -> &'static str {
         let mut tick = tokio::time::interval(self.lease.heartbeat_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut watchdog = tokio::time::interval(Duration::from_secs(5));
+        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stop = std::pin::pin!(stopped(self.stop.clone()));
         loop {
             tokio::select! {
@@ -299,8 +309,10 @@ impl<P: Processor> Agent<P> {
                     }
                 }
                 _ = tick.tick() => self.send_heartbeat(false),
+                _ = watchdog.tick() => self.watchdog(),
                 msg = self.consumer.recv(), if self.held.len() < self.capacity => match msg {
                     Ok(m) => {
+                        self.last_record_at = Instant::now();
                         let (partition, offset) = (m.partition(), m.offset());
                         let ready = decode_ready(m.headers(), m.payload());
                         self.received(partition, offset, ready);
@@ -424,6 +436,10 @@ impl<P: Processor> Agent<P> {
             .get(&done.key)
             .is_some_and(|h| h.ready.dispatch_epoch == done.dispatch_epoch)
         {
+            if self.held.len() == self.capacity {
+                // A slot frees now: the watchdog counts the wait for records from here.
+                self.last_record_at = Instant::now();
+            }
             self.held.remove(&done.key);
             self.metrics.in_flight.set(self.held.len() as i64);
         }
@@ -570,10 +586,21 @@ impl<P: Processor> Agent<P> {
         if known == 0 {
             return;
         }
-        warn!(
-            topic = %self.lease.ready_topic,
-            "the control plane created the topics again; subscribing again"
-        );
+        // The broker that lost its topics lost its producer ids too.
+        self.publisher
+            .renew("the control plane created the topics again");
+        if !self.replace_consumer("the control plane created the topics again") {
+            // Tried again at the next heartbeat.
+            self.topics_generation = known;
+        }
+    }
+
+    /// Replaces the Ready consumer with a new one subscribed to the same topic (`why` is logged);
+    /// false if it could not be created. Attempts in flight go on; offsets of records taken from
+    /// the old consumer are never stored (the new one reads again from the last commit, and
+    /// records of attempts still held are skipped as duplicates).
+    fn replace_consumer(&mut self, why: &str) -> bool {
+        warn!(topic = %self.lease.ready_topic, why, "subscribing again");
         match ready_consumer(
             self.incarnation + 1,
             &self.kafka,
@@ -585,8 +612,10 @@ impl<P: Processor> Agent<P> {
             Ok(fresh) => {
                 self.health.consuming.store(false, Ordering::Relaxed);
                 self.metrics.assigned_partitions.set(0);
+                self.metrics.consumer_lag.set(-1);
                 let old = std::mem::replace(&mut self.consumer, fresh);
                 self.incarnation += 1;
+                self.consumer_since = Instant::now();
                 self.offsets = OffsetTracker::default();
                 self.metrics.resubscriptions.inc();
                 let closing = self.incarnation - 1;
@@ -594,16 +623,35 @@ impl<P: Processor> Agent<P> {
                     close(old).await;
                     info!(consumer = closing, "replaced ready consumer closed");
                 });
+                true
             }
             Err(e) => {
-                // Tried again at the next heartbeat.
-                self.topics_generation = known;
                 self.metrics
                     .kafka_errors
                     .with_label_values(&["subscribe"])
                     .inc();
                 warn!(error = %e, "subscribing again failed");
+                false
             }
+        }
+    }
+
+    /// Replaces a consumer that is stuck: no assignment [`STUCK_AFTER`] after it subscribed, or
+    /// records waiting (lag) while the agent has room and none arrived for [`STUCK_AFTER`].
+    /// Seen against a broker that restarted empty: a consumer group that never assigns the new
+    /// member, a fetcher that never gets the re-created topic's records.
+    fn watchdog(&mut self) {
+        let now = Instant::now();
+        if now.duration_since(self.consumer_since) < STUCK_AFTER {
+            return;
+        }
+        if !self.health.consuming.load(Ordering::Relaxed) {
+            self.replace_consumer("no partitions assigned since the consumer subscribed");
+        } else if self.metrics.consumer_lag.get() > 0
+            && self.held.len() < self.capacity
+            && now.duration_since(self.last_record_at) >= STUCK_AFTER
+        {
+            self.replace_consumer("records wait for this agent but none arrived");
         }
     }
 

@@ -20,6 +20,9 @@ use tracing::{info, warn};
 use crate::admin::Health;
 use crate::metrics::Metrics;
 
+/// How often librdkafka reports the consumer's statistics (its lag).
+const STATISTICS_INTERVAL_MS: &str = "5000";
+
 /// How long one delivery may take before its report says it failed (then it is sent again).
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -45,7 +48,8 @@ fn base_config(settings: &KafkaSettings, role: &str) -> ClientConfig {
         .set("socket.connection.setup.timeout.ms", "10000")
         .set_log_level(
             if tracing::enabled!(target: "librdkafka", tracing::Level::DEBUG) {
-                RDKafkaLogLevel::Info
+                // With `--kafka-property debug=<contexts>`, librdkafka's debug lines too.
+                RDKafkaLogLevel::Debug
             } else {
                 RDKafkaLogLevel::Warning
             },
@@ -82,6 +86,8 @@ pub fn consumer_config(
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky")
+        // Consumer lag per partition, for the `consumer_lag` gauge.
+        .set("statistics.interval.ms", STATISTICS_INTERVAL_MS)
         .set(
             "max.poll.interval.ms",
             poll_interval.as_millis().min(i32::MAX as u128).to_string(),
@@ -120,7 +126,46 @@ pub struct GroupContext {
     pub incarnation: u64,
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    /// librdkafka's log lines, into `tracing` (target `librdkafka`).
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        let consumer = self.incarnation;
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error
+            | RDKafkaLogLevel::Warning => {
+                warn!(target: "librdkafka", consumer, facility, "{message}")
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                info!(target: "librdkafka", consumer, facility, "{message}")
+            }
+            RDKafkaLogLevel::Debug => {
+                tracing::debug!(target: "librdkafka", consumer, facility, "{message}")
+            }
+        }
+    }
+
+    /// The lag of the partitions this consumer fetches (`fetch_state` active), summed; -1 while
+    /// none is known.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let lags = statistics
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.values())
+            .filter(|p| p.partition >= 0 && p.fetch_state == "active" && p.consumer_lag >= 0)
+            .map(|p| p.consumer_lag);
+        let (mut total, mut known) = (0, false);
+        for lag in lags {
+            total += lag;
+            known = true;
+        }
+        self.metrics
+            .consumer_lag
+            .set(if known { total } else { -1 });
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -254,6 +299,14 @@ impl ResultPublisher {
 
     fn current(&self) -> Arc<OwnedProducer> {
         Arc::clone(&self.producer.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Replaces the producer now (a new producer id): the broker lost its producer state, as
+    /// when it lost its topics. An idempotent producer it no longer knows may see its records
+    /// acknowledged and never stored (seen against Tansu).
+    pub fn renew(&self, why: &str) {
+        let current = self.current();
+        self.replace(&current, why);
     }
 
     /// Replaces `old` with a new producer, unless a concurrent send did already.

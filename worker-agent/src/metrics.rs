@@ -51,6 +51,8 @@ pub struct Metrics {
     pub assigned_partitions: IntGauge,
     /// The agent's capacity.
     pub capacity: IntGauge,
+    /// Records of the zone's Ready topic not yet consumed by this agent (its partitions).
+    pub consumer_lag: IntGauge,
     /// 1 while the agent holds a lease.
     pub registered: IntGauge,
     /// Registrations made (more than one = the lease was lost and renewed).
@@ -100,6 +102,13 @@ impl Metrics {
         )
         .expect("valid");
         let capacity = IntGauge::new("capacity", "Most attempts run at once.").expect("valid");
+        let consumer_lag = IntGauge::new(
+            "consumer_lag",
+            "Records of the zone's Ready topic not yet consumed by this agent, over its \
+             partitions (librdkafka statistics, every 5 s; -1 until known).",
+        )
+        .expect("valid");
+        consumer_lag.set(-1);
         let registered =
             IntGauge::new("registered", "1 while the agent holds a lease.").expect("valid");
         let registrations = prometheus::IntCounter::new(
@@ -151,6 +160,7 @@ impl Metrics {
             Box::new(in_flight.clone()),
             Box::new(assigned_partitions.clone()),
             Box::new(capacity.clone()),
+            Box::new(consumer_lag.clone()),
             Box::new(registered.clone()),
             Box::new(registrations.clone()),
             Box::new(resubscriptions.clone()),
@@ -169,6 +179,7 @@ impl Metrics {
             in_flight,
             assigned_partitions,
             capacity,
+            consumer_lag,
             registered,
             registrations,
             resubscriptions,

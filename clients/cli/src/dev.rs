@@ -101,7 +101,9 @@ pub async fn run(args: DevArgs, output: Output) -> anyhow::Result<u8> {
     let zones: Vec<String> = config.zones.iter().map(Zone::to_string).collect();
     let server_stop = stopped(stop_rx.clone());
     let server =
-        tokio::spawn(async move { run_with(&config, data, store, listener, server_stop).await });
+        tokio::spawn(
+            async move { run_with(&config, data, store, listener, None, server_stop).await },
+        );
     let client = Client::connect(&endpoint, ClientOptions::default())?;
     wait_for_agents(&client, zones.len()).await?;
     if output == Output::Text {

@@ -240,9 +240,14 @@ impl Client {
             .map_err(|s| ClientError::from_status(&self.endpoint, s))
     }
 
-    /// `SubmitBatch`. Retried while unavailable only when `request.idempotency_key` is set (the
-    /// server answers a repeat with the same batch).
+    /// `SubmitBatch`, or `SubmitBatchStream` when the request is larger than
+    /// [`STREAM_ABOVE_BYTES`] (the unary call is limited to the server's message size, 16 MiB by
+    /// default): the same answer either way. Retried while unavailable only when
+    /// `request.idempotency_key` is set (the server answers a repeat with the same batch).
     pub async fn submit(&self, request: pb::SubmitBatchRequest) -> Result<pb::SubmitBatchResponse> {
+        if prost::Message::encoded_len(&request) > STREAM_ABOVE_BYTES {
+            return self.submit_stream(&request).await;
+        }
         if request.idempotency_key.is_empty() {
             self.once(self.orchestrator.clone().submit_batch(request))
                 .await
@@ -250,6 +255,29 @@ impl Client {
             self.idempotent(|mut c| {
                 let r = request.clone();
                 async move { c.submit_batch(r).await }
+            })
+            .await
+        }
+    }
+
+    /// `SubmitBatchStream` of `request`: its header, then its objects or catalogue bytes in
+    /// chunks of about [`STREAM_CHUNK_BYTES`]. Retried like [`Client::submit`].
+    pub async fn submit_stream(
+        &self,
+        request: &pb::SubmitBatchRequest,
+    ) -> Result<pb::SubmitBatchResponse> {
+        let messages = stream_messages(request);
+        if request.idempotency_key.is_empty() {
+            self.once(
+                self.orchestrator
+                    .clone()
+                    .submit_batch_stream(tokio_stream::iter(messages)),
+            )
+            .await
+        } else {
+            self.idempotent(|mut c| {
+                let m = messages.clone();
+                async move { c.submit_batch_stream(tokio_stream::iter(m)).await }
             })
             .await
         }
@@ -409,6 +437,59 @@ impl Client {
     }
 }
 
+/// Submissions larger than this (encoded) go through `SubmitBatchStream`.
+pub const STREAM_ABOVE_BYTES: usize = 15 << 20;
+/// About how much one message of a `SubmitBatchStream` call carries.
+pub const STREAM_CHUNK_BYTES: usize = 4 << 20;
+
+/// The messages of a `SubmitBatchStream` call equivalent to `request`.
+pub fn stream_messages(request: &pb::SubmitBatchRequest) -> Vec<pb::SubmitBatchStreamRequest> {
+    use pb::submit_batch_stream_request::Chunk;
+    let message = |chunk| pb::SubmitBatchStreamRequest { chunk: Some(chunk) };
+    let mut header = pb::SubmitBatchHeader {
+        idempotency_key: request.idempotency_key.clone(),
+        options: request.options.clone(),
+        ..Default::default()
+    };
+    let mut chunks = Vec::new();
+    match request.input.as_ref().and_then(|i| i.source.as_ref()) {
+        Some(pb::batch_input::Source::Catalogue(doc)) => {
+            // UNSPECIFIED in a header means "object chunks follow": name the format.
+            header.catalogue_format = match doc.format() {
+                pb::CatalogueFormat::Unspecified => pb::CatalogueFormat::Auto,
+                f => f,
+            } as i32;
+            for piece in doc.content.chunks(STREAM_CHUNK_BYTES) {
+                chunks.push(message(Chunk::Catalogue(pb::CatalogueChunk {
+                    content: piece.to_vec(),
+                })));
+            }
+        }
+        Some(pb::batch_input::Source::Objects(list)) => {
+            header.expected_object_count = list.objects.len() as u64;
+            let mut current = pb::ObjectList::default();
+            let mut size = 0;
+            for o in &list.objects {
+                let len = prost::Message::encoded_len(o);
+                if size + len > STREAM_CHUNK_BYTES && !current.objects.is_empty() {
+                    chunks.push(message(Chunk::Objects(std::mem::take(&mut current))));
+                    size = 0;
+                }
+                size += len;
+                current.objects.push(o.clone());
+            }
+            if !current.objects.is_empty() {
+                chunks.push(message(Chunk::Objects(current)));
+            }
+        }
+        None => {}
+    }
+    let mut messages = Vec::with_capacity(chunks.len() + 1);
+    messages.push(message(Chunk::Header(header)));
+    messages.extend(chunks);
+    messages
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -432,6 +513,80 @@ mod tests {
         assert!(text.contains(&format!("http://127.0.0.1:{port}")), "{text}");
         assert!(text.contains("strata dev"), "{text}");
         assert!(!text.contains('\n'), "one line: {text}");
+    }
+
+    #[test]
+    fn a_large_submission_is_cut_into_a_header_and_ordered_chunks() {
+        let objects: Vec<pb::ObjectDefinition> = (0..3000)
+            .map(|i| pb::ObjectDefinition {
+                id: (1000 + i).to_string(),
+                name: "x".repeat(4096),
+                ..Default::default()
+            })
+            .collect();
+        let request = pb::SubmitBatchRequest {
+            idempotency_key: "k".into(),
+            input: Some(pb::BatchInput {
+                source: Some(pb::batch_input::Source::Objects(pb::ObjectList {
+                    objects: objects.clone(),
+                })),
+            }),
+            options: Some(pb::SubmitOptions {
+                all: true,
+                ..Default::default()
+            }),
+        };
+        let messages = stream_messages(&request);
+        use pb::submit_batch_stream_request::Chunk;
+        let Some(Chunk::Header(header)) = &messages[0].chunk else {
+            panic!("first message is not the header: {:?}", messages[0]);
+        };
+        assert_eq!(header.expected_object_count, 3000);
+        assert_eq!(header.catalogue_format(), pb::CatalogueFormat::Unspecified);
+        assert!(header.options.as_ref().is_some_and(|o| o.all));
+        let mut sent = Vec::new();
+        for m in &messages[1..] {
+            assert!(prost::Message::encoded_len(m) <= STREAM_CHUNK_BYTES + 8192);
+            let Some(Chunk::Objects(list)) = &m.chunk else {
+                panic!("not an object chunk");
+            };
+            sent.extend(list.objects.iter().cloned());
+        }
+        assert!(
+            messages.len() > 3,
+            "12 MB in 4 MiB chunks: {}",
+            messages.len()
+        );
+        assert_eq!(sent, objects, "every object once, in order");
+
+        let document = vec![b'['; 9 << 20];
+        let request = pb::SubmitBatchRequest {
+            input: Some(pb::BatchInput {
+                source: Some(pb::batch_input::Source::Catalogue(pb::CatalogueDocument {
+                    format: pb::CatalogueFormat::Unspecified as i32,
+                    content: document.clone(),
+                })),
+            }),
+            ..Default::default()
+        };
+        let messages = stream_messages(&request);
+        let Some(Chunk::Header(header)) = &messages[0].chunk else {
+            panic!("no header");
+        };
+        assert_eq!(
+            header.catalogue_format(),
+            pb::CatalogueFormat::Auto,
+            "a header without a format would announce object chunks"
+        );
+        let joined: Vec<u8> = messages[1..]
+            .iter()
+            .flat_map(|m| match &m.chunk {
+                Some(Chunk::Catalogue(c)) => c.content.clone(),
+                other => panic!("not a catalogue chunk: {other:?}"),
+            })
+            .collect();
+        assert_eq!(messages.len(), 4, "9 MiB in 4 MiB chunks");
+        assert_eq!(joined, document);
     }
 
     #[test]

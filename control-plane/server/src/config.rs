@@ -45,6 +45,11 @@ pub struct Flags {
     #[arg(long, env = "STRATA_GRPC_ADDR")]
     pub grpc_addr: Option<SocketAddr>,
 
+    /// HTTP admin listen address: `/metrics` (Prometheus), `/health/liveness`,
+    /// `/health/readiness` (default 127.0.0.1:9464).
+    #[arg(long, env = "STRATA_ADMIN_ADDR")]
+    pub admin_addr: Option<SocketAddr>,
+
     /// Kafka bootstrap servers (comma-separated host:port).
     #[arg(long, env = "STRATA_KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
@@ -163,6 +168,8 @@ pub struct ZoneSettings {
 pub struct Config {
     /// gRPC listen address.
     pub grpc_addr: SocketAddr,
+    /// HTTP admin listen address.
+    pub admin_addr: SocketAddr,
     /// Kafka bootstrap servers.
     pub kafka_brokers: String,
     /// Extra Kafka client properties.
@@ -290,6 +297,10 @@ impl Flags {
                 .grpc_addr
                 .or(file.grpc_addr)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 50051))),
+            admin_addr: f
+                .admin_addr
+                .or(file.admin_addr)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9464))),
             kafka_brokers: f
                 .kafka_brokers
                 .or(file.kafka_brokers)
@@ -515,6 +526,7 @@ impl Config {
 #[derive(Serialize)]
 struct DisplayConfig {
     grpc_addr: String,
+    admin_addr: String,
     kafka_brokers: String,
     kafka_properties: Vec<String>,
     topic_prefix: String,
@@ -542,6 +554,7 @@ impl From<&Config> for DisplayConfig {
     fn from(c: &Config) -> Self {
         Self {
             grpc_addr: c.grpc_addr.to_string(),
+            admin_addr: c.admin_addr.to_string(),
             kafka_brokers: c.kafka_brokers.clone(),
             kafka_properties: c
                 .kafka_properties

@@ -45,6 +45,7 @@ use tracing::{debug, info, warn};
 use crate::batch::{BatchOptions, PlanContext, PreparedBatch, prepare};
 use crate::convert;
 use crate::latency::LatencyHistogram;
+use crate::metrics::Metrics;
 use crate::ports::{
     BatchHead, BatchWrite, CreateOutcome, DataPlane, PortError, Position, RetryEntry, StateStore,
     StepWrite, StoredBatch, StoredDeadLetter,
@@ -86,6 +87,8 @@ pub struct DriverSettings {
     /// How often the topics are checked (and re-created): a broker that lost them lost every
     /// Ready in flight, which the driver then publishes again.
     pub topic_check: Duration,
+    /// Where the driver counts what happens (Prometheus).
+    pub metrics: Metrics,
 }
 
 impl Default for DriverSettings {
@@ -105,6 +108,7 @@ impl Default for DriverSettings {
             watch_capacity: 1024,
             lease_ttl: Duration::from_secs(15),
             require_agent_lease: false,
+            metrics: Metrics::default(),
         }
     }
 }
@@ -550,7 +554,7 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
     async fn start_up(
         &mut self,
     ) -> Result<mpsc::Receiver<crate::ports::ResultRecord>, DriverError> {
-        let created = retry_port("ensure topics", || {
+        let created = retry_port(&self.settings.metrics, "ensure topics", || {
             self.data.ensure_topics(&self.settings.zones)
         })
         .await?;
@@ -643,7 +647,7 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
             .filter(|(_, r)| r.state != NodeState::Pending)
             .map(|(i, r)| (i as u32, r.clone()))
             .collect();
-        let created = retry_port("create batch", || {
+        let created = retry_port(&self.settings.metrics, "create batch", || {
             self.store.create_batch(&stored, &head, &initial)
         })
         .await?;
@@ -714,8 +718,10 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
     }
 
     async fn restore(&mut self) -> Result<(), DriverError> {
-        let (agents, next_epoch) =
-            retry_port("load agent leases", || self.store.load_agents()).await?;
+        let (agents, next_epoch) = retry_port(&self.settings.metrics, "load agent leases", || {
+            self.store.load_agents()
+        })
+        .await?;
         let registry = Registry::restore(self.settings.lease_ttl, agents, next_epoch, Utc::now());
         let live = registry.list(None, false).len();
         if live > 0 {
@@ -725,7 +731,10 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
             );
         }
         self.state.agents = registry;
-        let mut active = retry_port("load active batches", || self.store.load_active()).await?;
+        let mut active = retry_port(&self.settings.metrics, "load active batches", || {
+            self.store.load_active()
+        })
+        .await?;
         // Oldest first: where two batches hold the same object in flight, the older one's
         // release is the one that ran, and the newer one coalesces onto it again.
         active.sort_by_key(|r| r.batch.created_at_ms);
@@ -838,10 +847,12 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                 Ok(r) => r,
                 Err(reason) => {
                     self.state.counters.undecodable += 1;
+                    self.settings.metrics.result("undecodable");
                     warn!(partition = rec.position.partition, offset = rec.position.offset, %reason, "undecodable result record skipped");
                     continue;
                 }
             };
+            let (outcome, processed) = result_outcome(&result);
             let mut span = match (&self.traces, &rec.traceparent) {
                 (Some(t), Some(tp)) => t.result_consumed(tp, &result),
                 _ => None,
@@ -854,6 +865,7 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
             };
             let Some((batch_id, object_id, agent, event)) = to_event(result) else {
                 self.state.counters.undecodable += 1;
+                self.settings.metrics.result("undecodable");
                 warn!(
                     partition = rec.position.partition,
                     offset = rec.position.offset,
@@ -861,8 +873,10 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                 );
                 continue;
             };
+            self.settings.metrics.result(outcome);
             let Some(rt) = self.state.batches.get(&batch_id) else {
                 self.state.counters.unknown_batch += 1;
+                self.settings.metrics.result_ignored("unknown_batch");
                 debug!(%batch_id, "result for an unknown batch ignored");
                 decided(&mut span, Err("unknown_batch"));
                 continue;
@@ -877,13 +891,22 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                     .ignored
                     .entry(IgnoreReason::UnknownNode.as_str())
                     .or_default() += 1;
+                self.settings
+                    .metrics
+                    .result_ignored(IgnoreReason::UnknownNode.as_str());
                 decided(&mut span, Err(IgnoreReason::UnknownNode.as_str()));
                 continue;
             };
+            if let Some(seconds) = processed {
+                self.settings
+                    .metrics
+                    .processed(rt.object(node).zone.as_str(), seconds);
+            }
             if self.settings.require_agent_lease
                 && !self.state.agents.is_live_in(&agent, &rt.object(node).zone)
             {
                 self.state.counters.no_lease += 1;
+                self.settings.metrics.result_ignored("no_lease");
                 warn!(%batch_id, %object_id, agent_id = %agent, "result from an agent without a live lease for the object's zone rejected");
                 decided(&mut span, Err("no_lease"));
                 continue;
@@ -1121,6 +1144,7 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                     .ignored
                     .entry(reason.as_str())
                     .or_default() += 1;
+                self.settings.metrics.result_ignored(reason.as_str());
             }
         }
         self.absorb(step, batch_id, effects, false);
@@ -1142,6 +1166,13 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                     to,
                     attempt,
                 } => {
+                    if to == NodeState::Loaded && !resumed {
+                        let waited = (now - rt.created_at).to_std().unwrap_or_default();
+                        self.settings.metrics.object_loaded(
+                            rt.plan.object(&rt.objects, node).zone.as_str(),
+                            waited.as_secs_f64(),
+                        );
+                    }
                     step.changed
                         .entry(batch_id.to_owned())
                         .or_default()
@@ -1255,12 +1286,18 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                     node,
                     attempt,
                     due_at,
-                } => step.write.schedule.push(RetryEntry {
-                    batch_id: batch_id.to_owned(),
-                    node,
-                    attempt,
-                    due_ms: due_at.timestamp_millis(),
-                }),
+                } => {
+                    if !resumed {
+                        let zone = &rt.plan.object(&rt.objects, node).zone;
+                        self.settings.metrics.retry_scheduled(zone.as_str());
+                    }
+                    step.write.schedule.push(RetryEntry {
+                        batch_id: batch_id.to_owned(),
+                        node,
+                        attempt,
+                        due_ms: due_at.timestamp_millis(),
+                    });
+                }
                 Effect::DeadLetter {
                     node,
                     attempt: _,
@@ -1291,6 +1328,7 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                     });
                     // A resumed batch already produced its dead letters before the restart.
                     if !resumed {
+                        self.settings.metrics.dead_letter(&letter.zone);
                         step.dead.push(letter);
                     }
                 }
@@ -1345,11 +1383,16 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
             || !write.dead_letters.is_empty()
             || !write.loaded.is_empty()
         {
-            retry_port("persist step", || self.store.apply(&write)).await?;
+            retry_port(&self.settings.metrics, "persist step", || {
+                self.store.apply(&write)
+            })
+            .await?;
         }
         if let Some(changes) = self.state.agents.take_changes()
-            && let Err(e) =
-                retry_port("persist agent leases", || self.store.save_agents(&changes)).await
+            && let Err(e) = retry_port(&self.settings.metrics, "persist agent leases", || {
+                self.store.save_agents(&changes)
+            })
+            .await
         {
             self.state.agents.mark_unsaved(&changes);
             return Err(e.into());
@@ -1366,6 +1409,9 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                 .publish_dead_letters(std::mem::take(&mut step.dead))
                 .await
         {
+            self.settings
+                .metrics
+                .port_error("kafka", "publish dead letters");
             warn!(error = %e, "dead letters not produced to the dead-letter topic");
         }
         if !step.status.is_empty()
@@ -1434,13 +1480,20 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
         let n = report.ready.len() as u64;
         if let Some(latency) = report.latency {
             self.state.counters.release_latency.record_n(latency, n);
+            self.settings
+                .metrics
+                .release_latency(latency.as_secs_f64(), n);
         }
         match report.failed {
             None => {
                 self.state.counters.ready_published += n;
+                for r in &report.ready {
+                    self.settings.metrics.ready_published(&r.zone, 1);
+                }
                 self.redeliver_backoff = Duration::ZERO;
             }
             Some(e) => {
+                self.settings.metrics.port_error("kafka", "publish ready");
                 self.redeliver_backoff = (self.redeliver_backoff * 2)
                     .max(self.settings.tick)
                     .min(Duration::from_secs(5));
@@ -1628,6 +1681,20 @@ fn head_of(machine: &BatchMachine, finished_at: Option<DateTime<Utc>>) -> BatchH
 type EventFor = Box<dyn FnOnce(NodeIx) -> Event>;
 
 /// Splits a result into (batch, object, agent, event-for-node).
+/// The outcome label of a result record, and the processor run time it reports.
+fn result_outcome(result: &pb::ObjectResult) -> (&'static str, Option<f64>) {
+    let seconds = |d: &Option<prost_types::Duration>| {
+        d.and_then(|d| Duration::try_from(d).ok())
+            .map(|d| d.as_secs_f64())
+    };
+    match &result.result {
+        Some(object_result::Result::Started(_)) => ("started", None),
+        Some(object_result::Result::Loaded(l)) => ("loaded", seconds(&l.duration)),
+        Some(object_result::Result::Failed(f)) => ("failed", seconds(&f.duration)),
+        None => ("undecodable", None),
+    }
+}
+
 fn to_event(result: pb::ObjectResult) -> Option<(String, String, String, EventFor)> {
     Some(match result.result? {
         object_result::Result::Started(s) => {
@@ -1677,7 +1744,7 @@ fn to_event(result: pb::ObjectResult) -> Option<(String, String, String, EventFo
 
 /// Retries a store or broker call while it fails with a retryable error (bounded backoff, about
 /// a minute in all); a non-retryable error is returned at once.
-async fn retry_port<T, F, Fut>(what: &str, mut call: F) -> Result<T, PortError>
+async fn retry_port<T, F, Fut>(metrics: &Metrics, what: &str, mut call: F) -> Result<T, PortError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, PortError>>,
@@ -1688,12 +1755,16 @@ where
         match call().await {
             Ok(v) => return Ok(v),
             Err(e) if e.retryable() && tries < 20 => {
+                metrics.port_error(e.service(), what);
                 tries += 1;
                 warn!(error = %e, tries, "{what} failed; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                metrics.port_error(e.service(), what);
+                return Err(e);
+            }
         }
     }
 }

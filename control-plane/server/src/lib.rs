@@ -9,12 +9,14 @@
 //! wiring only.
 
 pub mod adapters;
+pub mod admin;
 pub mod batch;
 pub mod config;
 pub mod convert;
 pub mod driver;
 pub mod error;
 pub mod latency;
+pub mod metrics;
 pub mod ports;
 pub mod run;
 pub mod service;

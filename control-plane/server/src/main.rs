@@ -63,6 +63,11 @@ fn main() -> ExitCode {
         let listener = tokio::net::TcpListener::bind(config.grpc_addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.grpc_addr))?;
+        let admin = tokio::net::TcpListener::bind(config.admin_addr)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("cannot listen on {} (--admin-addr): {e}", config.admin_addr)
+            })?;
         let store = RedisStore::connect(&config.redis_url, &config.key_prefix, config.finished_ttl)
             .await
             .map_err(|e| anyhow::anyhow!("redis at {}: {e}", config.redis_url_masked()))?;
@@ -82,7 +87,15 @@ fn main() -> ExitCode {
             }
         };
         let data = Arc::new(data);
-        let served = run_with(&config, data.clone(), Arc::new(store), listener, shutdown).await;
+        let served = run_with(
+            &config,
+            data.clone(),
+            Arc::new(store),
+            listener,
+            Some(admin),
+            shutdown,
+        )
+        .await;
         // Commit the stored result offsets and leave the consumer group before exiting.
         data.close().await;
         served?;

@@ -54,6 +54,15 @@ impl PortError {
     pub fn retryable(&self) -> bool {
         matches!(self, PortError::Unavailable { .. })
     }
+
+    /// `kafka` or `redis`.
+    pub fn service(&self) -> &'static str {
+        match self {
+            PortError::Unavailable { service, .. }
+            | PortError::Rejected { service, .. }
+            | PortError::Corrupt { service, .. } => service,
+        }
+    }
 }
 
 /// Result alias of this module.
@@ -111,7 +120,8 @@ pub trait DataPlane: Send + Sync + 'static {
     fn subscribe_results(&self) -> PortResult<mpsc::Receiver<ResultRecord>>;
 
     /// Replaces the results subscription with a new one (after the broker lost the results
-    /// topic, a subscription made before does not reliably follow the re-created topic).
+    /// topic, a subscription made before does not reliably follow the re-created topic), and
+    /// the producer with a new one (the broker lost its producer state too).
     /// `None` when the adapter's subscription needs no renewal.
     fn resubscribe_results(
         &self,
@@ -120,6 +130,9 @@ pub trait DataPlane: Send + Sync + 'static {
     /// Marks every record up to and including these positions as processed (their state changes
     /// are durable); the adapter commits them.
     fn store_positions(&self, positions: &[Position]) -> PortResult<()>;
+
+    /// Round-trip check for readiness: the broker answers a metadata request within `limit`.
+    fn ping(&self, limit: std::time::Duration) -> impl Future<Output = PortResult<()>> + Send;
 }
 
 /// A batch as stored: what is needed to rebuild it after a restart (the objects are planned

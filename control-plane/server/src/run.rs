@@ -8,9 +8,11 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+use crate::admin::{self, Admin};
 use crate::config::Config;
 use crate::driver::{Driver, DriverError, DriverSettings};
 use crate::error::ServiceError;
+use crate::metrics::Metrics;
 use crate::ports::{DataPlane, StateStore};
 use crate::service::{ServiceSettings, grpc_services};
 
@@ -35,21 +37,26 @@ pub fn driver_settings(config: &Config) -> DriverSettings {
         zone_execution_timeouts: config.zone_execution_timeouts.clone(),
         lease_ttl: config.lease_ttl,
         require_agent_lease: config.require_agent_lease,
+        metrics: Metrics::default(),
         ..DriverSettings::default()
     }
 }
 
-/// Serves the control plane over the given adapters on `listener` until `shutdown` resolves:
-/// the gRPC server stops taking calls (watch streams end), then the driver stops between two
-/// steps. Everything acknowledged before is durable in the store.
+/// Serves the control plane over the given adapters, gRPC on `listener` and the HTTP admin port
+/// (metrics, health; [`crate::admin`]) on `admin` if given, until `shutdown` resolves: the gRPC
+/// server stops taking calls (watch streams end), then the driver stops between two steps.
+/// Everything acknowledged before is durable in the store.
 pub async fn run_with<D: DataPlane, S: StateStore>(
     config: &Config,
     data: Arc<D>,
     store: Arc<S>,
     listener: TcpListener,
+    admin: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
-    let (driver, handle) = Driver::new(data, store.clone(), driver_settings(config));
+    let settings = driver_settings(config);
+    let metrics = settings.metrics.clone();
+    let (driver, handle) = Driver::new(data.clone(), store.clone(), settings);
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<()>();
     let driver_task = tokio::spawn(async move {
@@ -61,8 +68,31 @@ pub async fn run_with<D: DataPlane, S: StateStore>(
         let _ = ended_tx.send(());
         r
     });
+    let admin_state = Admin {
+        handle: handle.clone(),
+        data,
+        store: store.clone(),
+        metrics,
+        zones: config.zones.clone(),
+    };
     let services = grpc_services(handle, store, ServiceSettings::from_config(config)).await?;
     info!(addr = ?listener.local_addr().ok(), "control plane serving gRPC");
+    let grpc_health = admin_state
+        .clone()
+        .keep_grpc_health(services.health.clone());
+    let (admin_stop_tx, admin_stop) = tokio::sync::oneshot::channel::<()>();
+    let admin_task = admin.map(|listener| {
+        info!(addr = ?listener.local_addr().ok(), "control plane serving /metrics and /health");
+        let router = admin_state.router();
+        tokio::spawn(async move {
+            let stopped = async move {
+                let _ = admin_stop.await;
+            };
+            if let Err(e) = admin::serve(listener, router, stopped).await {
+                warn!(error = %e, "admin port failed");
+            }
+        })
+    });
     // A driver that gave up (its store or broker refused it for good) ends the server too, so
     // the process exits and its supervisor can restart it.
     let shutdown = async move {
@@ -70,8 +100,14 @@ pub async fn run_with<D: DataPlane, S: StateStore>(
             () = shutdown => {}
             _ = ended_rx => warn!("the driver stopped; stopping the gRPC server"),
         }
+        // From now on the gRPC health says NOT_SERVING, whatever the checks find.
+        grpc_health.abort();
     };
     let served = services.serve(listener, shutdown).await;
+    let _ = admin_stop_tx.send(());
+    if let Some(task) = admin_task {
+        let _ = task.await;
+    }
     stop_tx.send_replace(true);
     let driven = match driver_task.await {
         Ok(r) => r,

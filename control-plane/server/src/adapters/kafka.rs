@@ -1078,6 +1078,11 @@ impl DataPlane for KafkaDataPlane {
     }
 
     async fn resubscribe_results(&self) -> PortResult<Option<mpsc::Receiver<ResultRecord>>> {
+        // A broker that lost its topics lost its producer ids too: an idempotent producer it no
+        // longer knows may see records acknowledged and never stored (seen against Tansu).
+        if let Ok(producer) = self.producer() {
+            self.replace_producer(&producer, "the broker lost its topics");
+        }
         self.close().await;
         self.subscribe_results().map(Some)
     }
@@ -1122,6 +1127,25 @@ impl DataPlane for KafkaDataPlane {
             task,
         });
         Ok(rx)
+    }
+
+    async fn ping(&self, limit: Duration) -> PortResult<()> {
+        let producer = self.producer()?;
+        let answered = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, limit)
+                .map(|m| m.brokers().len())
+        })
+        .await
+        .map_err(|e| unavailable(format!("metadata request task: {e}")))?;
+        match answered {
+            Ok(0) => Err(unavailable("the broker's metadata lists no broker".into())),
+            Ok(_) => Ok(()),
+            Err(e) => Err(unavailable(format!(
+                "no metadata from the broker within {limit:?}: {e}"
+            ))),
+        }
     }
 
     fn store_positions(&self, positions: &[Position]) -> PortResult<()> {

@@ -165,6 +165,10 @@ impl DataPlane for MemoryDataPlane {
     fn store_positions(&self, _positions: &[Position]) -> PortResult<()> {
         Ok(())
     }
+
+    async fn ping(&self, _limit: std::time::Duration) -> PortResult<()> {
+        Ok(())
+    }
 }
 
 /// An in-memory state store with the same atomicity as the Redis one.

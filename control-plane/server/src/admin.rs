@@ -1,0 +1,225 @@
+//! The control plane's HTTP admin port (DESIGN §1, §9): `/metrics` (Prometheus text),
+//! `/health/liveness` (the process answers), `/health/readiness` (200 when the broker answers a
+//! metadata request, Redis answers `PING` and the driver answers, each within
+//! [`CHECK_TIMEOUT`]; else 503 with the reasons in a JSON body).
+//!
+//! The same checks run every [`CHECK_INTERVAL`] in the background and keep the
+//! `grpc.health.v1` status of `strata.v1.Orchestrator`, `strata.v1.AgentRegistry` and the server
+//! (`""`) in step: `NOT_SERVING` while not ready.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+use strata_core::Zone;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tracing::{info, warn};
+
+use crate::driver::Handle;
+use crate::metrics::Metrics;
+use crate::ports::{DataPlane, StateStore};
+use crate::service::{REGISTRY_SERVICE_NAME, SERVICE_NAME};
+
+/// Bound on each readiness check.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the gRPC health status is brought in step.
+pub const CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// What the admin port serves from.
+pub struct Admin<D, S> {
+    /// The driver.
+    pub handle: Handle,
+    /// The data plane (broker check).
+    pub data: Arc<D>,
+    /// The state store (Redis check).
+    pub store: Arc<S>,
+    /// The metrics.
+    pub metrics: Metrics,
+    /// The configured zones (reported even when they have no agent).
+    pub zones: Vec<Zone>,
+}
+
+impl<D, S> std::fmt::Debug for Admin<D, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin")
+            .field("zones", &self.zones)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<D, S> Clone for Admin<D, S> {
+    fn clone(&self) -> Self {
+        Self {
+            handle: self.handle.clone(),
+            data: self.data.clone(),
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+            zones: self.zones.clone(),
+        }
+    }
+}
+
+/// The outcome of the readiness checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    /// What is not ready (empty = ready).
+    pub reasons: Vec<String>,
+    /// Configured zones without a live agent (informational: agents come and go).
+    pub zones_without_agents: Vec<String>,
+}
+
+impl<D: DataPlane, S: StateStore> Admin<D, S> {
+    /// Runs every check at once, each bounded by [`CHECK_TIMEOUT`].
+    pub async fn readiness(&self) -> Readiness {
+        let zones = self.zones.clone();
+        let (broker, redis, driver) = tokio::join!(
+            tokio::time::timeout(CHECK_TIMEOUT, self.data.ping(CHECK_TIMEOUT)),
+            tokio::time::timeout(CHECK_TIMEOUT, self.store.ping()),
+            tokio::time::timeout(
+                CHECK_TIMEOUT,
+                self.handle.read(move |s| {
+                    zones
+                        .iter()
+                        .filter(|z| s.agents.list(Some(z), false).is_empty())
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                })
+            ),
+        );
+        let mut reasons = Vec::new();
+        match broker {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => reasons.push(format!("kafka: {e}")),
+            Err(_) => reasons.push(format!("kafka: no answer within {CHECK_TIMEOUT:?}")),
+        }
+        match redis {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => reasons.push(format!("redis: {e}")),
+            Err(_) => reasons.push(format!("redis: no answer within {CHECK_TIMEOUT:?}")),
+        }
+        let zones_without_agents = match driver {
+            Ok(Ok(zones)) => zones,
+            Ok(Err(e)) => {
+                reasons.push(format!("driver: {e}"));
+                Vec::new()
+            }
+            Err(_) => {
+                reasons.push(format!("driver: busy, no answer within {CHECK_TIMEOUT:?}"));
+                Vec::new()
+            }
+        };
+        Readiness {
+            reasons,
+            zones_without_agents,
+        }
+    }
+
+    /// The admin routes.
+    pub fn router(self) -> Router {
+        let metrics = self.clone();
+        let ready = self;
+        Router::new()
+            .route(
+                "/metrics",
+                get(move || {
+                    let admin = metrics.clone();
+                    async move { admin.render_metrics().await }
+                }),
+            )
+            .route(
+                "/health/liveness",
+                get(|| async { axum::Json(json!({"status": "alive"})) }),
+            )
+            .route(
+                "/health/readiness",
+                get(move || {
+                    let admin = ready.clone();
+                    async move { readiness_response(&admin.readiness().await) }
+                }),
+            )
+    }
+
+    async fn render_metrics(&self) -> Response {
+        let (metrics, zones) = (self.metrics.clone(), self.zones.clone());
+        // The state gauges come from the driver; a driver too busy to answer leaves them as
+        // they were at the last scrape.
+        let observed = tokio::time::timeout(
+            CHECK_TIMEOUT,
+            self.handle.read(move |s| metrics.observe(s, &zones)),
+        )
+        .await;
+        if !matches!(observed, Ok(Ok(()))) {
+            warn!("metrics scrape: the driver did not answer; state gauges are stale");
+        }
+        (
+            [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+            self.metrics.render(),
+        )
+            .into_response()
+    }
+
+    /// Keeps the gRPC health status in step with readiness until aborted.
+    pub fn keep_grpc_health(self, reporter: HealthReporter) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut serving = true;
+            let mut tick = tokio::time::interval(CHECK_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let r = self.readiness().await;
+                let ready = r.reasons.is_empty();
+                if ready == serving {
+                    continue;
+                }
+                serving = ready;
+                let status = if ready {
+                    info!("ready again; gRPC health SERVING");
+                    ServingStatus::Serving
+                } else {
+                    warn!(reasons = ?r.reasons, "not ready; gRPC health NOT_SERVING");
+                    ServingStatus::NotServing
+                };
+                for service in [SERVICE_NAME, REGISTRY_SERVICE_NAME, ""] {
+                    reporter.set_service_status(service, status).await;
+                }
+            }
+        })
+    }
+}
+
+fn readiness_response(r: &Readiness) -> Response {
+    let body = |status: &str| {
+        json!({
+            "status": status,
+            "reasons": r.reasons,
+            "zones_without_agents": r.zones_without_agents,
+        })
+    };
+    if r.reasons.is_empty() {
+        (StatusCode::OK, axum::Json(body("ready"))).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(body("not ready")),
+        )
+            .into_response()
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

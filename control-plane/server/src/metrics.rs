@@ -1,0 +1,286 @@
+//! The control plane's Prometheus metrics (DESIGN §9): every name is declared here, in one
+//! registry per process, with the `strata_` prefix and bounded labels only (zone, state, outcome,
+//! reason, operation — never a batch or object id).
+//!
+//! Counters and histograms are updated where things happen (the driver); the gauges that describe
+//! the current state (objects and batches by state, live agents) are set from the driver's state
+//! just before each scrape ([`Metrics::observe`]).
+
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::driver::DriverState;
+
+/// Buckets of the release latency (result consumed → child Ready handed to the producer).
+const RELEASE_BUCKETS: &[f64] = &[
+    0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+/// Buckets of durations that follow the processors: an object's processing, and its whole life
+/// in a batch.
+const LONG_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 21600.0,
+];
+
+/// Every metric of the control plane. Cheap to clone (shared handles).
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    objects: IntGaugeVec,
+    batches: IntGaugeVec,
+    agents_live: IntGaugeVec,
+    ready_published: IntCounterVec,
+    results: IntCounterVec,
+    results_ignored: IntCounterVec,
+    retries_scheduled: IntCounterVec,
+    dead_letters: IntCounterVec,
+    kafka_errors: IntCounterVec,
+    redis_errors: IntCounterVec,
+    release_latency: Histogram,
+    object_latency: HistogramVec,
+    processing: HistogramVec,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+}
+
+fn gauge(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric")
+}
+
+fn histogram(name: &str, help: &str, buckets: &[f64], labels: &[&str]) -> HistogramVec {
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )
+    .expect("valid metric")
+}
+
+impl Metrics {
+    /// A new registry with every metric registered.
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("strata".into()), None).expect("valid prefix");
+        let inner = Inner {
+            objects: gauge(
+                "objects",
+                "Objects of the batches this control plane holds (running ones, and those \
+                 finished since it started), by zone and state.",
+                &["zone", "state"],
+            ),
+            batches: gauge(
+                "batches",
+                "Batches this control plane holds, by state.",
+                &["state"],
+            ),
+            agents_live: gauge(
+                "agents_live",
+                "Worker agents holding a live lease, by zone (draining ones included).",
+                &["zone"],
+            ),
+            ready_published: counter(
+                "ready_published_total",
+                "Ready records delivered to the broker, by zone.",
+                &["zone"],
+            ),
+            results: counter(
+                "results_total",
+                "Result records consumed, by outcome (started, loaded, failed, undecodable).",
+                &["outcome"],
+            ),
+            results_ignored: counter(
+                "results_ignored_total",
+                "Results that changed nothing, by reason (duplicates, stale attempts, no lease, \
+                 unknown batch, ...).",
+                &["reason"],
+            ),
+            retries_scheduled: counter(
+                "retries_scheduled_total",
+                "Retries scheduled after a retryable failure, by zone.",
+                &["zone"],
+            ),
+            dead_letters: counter(
+                "dead_letters_total",
+                "Objects dead-lettered, by zone.",
+                &["zone"],
+            ),
+            kafka_errors: counter(
+                "kafka_errors_total",
+                "Failed Kafka operations (each failed try), by operation.",
+                &["op"],
+            ),
+            redis_errors: counter(
+                "redis_errors_total",
+                "Failed Redis operations (each failed try), by operation.",
+                &["op"],
+            ),
+            release_latency: Histogram::with_opts(
+                HistogramOpts::new(
+                    "release_latency_seconds",
+                    "A result consumed until the Ready records it released are handed to the \
+                     producer (one sample per released Ready; the state write is inside it).",
+                )
+                .buckets(RELEASE_BUCKETS.to_vec()),
+            )
+            .expect("valid metric"),
+            object_latency: histogram(
+                "object_latency_seconds",
+                "Submission of its batch until an object is LOADED, by zone.",
+                LONG_BUCKETS,
+                &["zone"],
+            ),
+            processing: histogram(
+                "processing_seconds",
+                "Processor run time of an attempt as its agent reported it, by zone.",
+                LONG_BUCKETS,
+                &["zone"],
+            ),
+            registry,
+        };
+        for c in [
+            Box::new(inner.objects.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(inner.batches.clone()),
+            Box::new(inner.agents_live.clone()),
+            Box::new(inner.ready_published.clone()),
+            Box::new(inner.results.clone()),
+            Box::new(inner.results_ignored.clone()),
+            Box::new(inner.retries_scheduled.clone()),
+            Box::new(inner.dead_letters.clone()),
+            Box::new(inner.kafka_errors.clone()),
+            Box::new(inner.redis_errors.clone()),
+            Box::new(inner.release_latency.clone()),
+            Box::new(inner.object_latency.clone()),
+            Box::new(inner.processing.clone()),
+        ] {
+            inner.registry.register(c).expect("metric names are unique");
+        }
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Ready records of `zone` delivered.
+    pub fn ready_published(&self, zone: &str, n: u64) {
+        self.inner
+            .ready_published
+            .with_label_values(&[zone])
+            .inc_by(n);
+    }
+
+    /// A result record consumed (`started`, `loaded`, `failed`, `undecodable`).
+    pub fn result(&self, outcome: &str) {
+        self.inner.results.with_label_values(&[outcome]).inc();
+    }
+
+    /// A result that changed nothing.
+    pub fn result_ignored(&self, reason: &str) {
+        self.inner
+            .results_ignored
+            .with_label_values(&[reason])
+            .inc();
+    }
+
+    /// A retry scheduled in `zone`.
+    pub fn retry_scheduled(&self, zone: &str) {
+        self.inner
+            .retries_scheduled
+            .with_label_values(&[zone])
+            .inc();
+    }
+
+    /// An object of `zone` dead-lettered.
+    pub fn dead_letter(&self, zone: &str) {
+        self.inner.dead_letters.with_label_values(&[zone]).inc();
+    }
+
+    /// A failed try of an operation on `service` (`kafka` or `redis`).
+    pub fn port_error(&self, service: &str, op: &str) {
+        let counter = if service == "redis" {
+            &self.inner.redis_errors
+        } else {
+            &self.inner.kafka_errors
+        };
+        counter.with_label_values(&[op]).inc();
+    }
+
+    /// `n` releases that took `seconds` each.
+    pub fn release_latency(&self, seconds: f64, n: u64) {
+        for _ in 0..n {
+            self.inner.release_latency.observe(seconds);
+        }
+    }
+
+    /// An object of `zone` loaded `seconds` after its batch was submitted.
+    pub fn object_loaded(&self, zone: &str, seconds: f64) {
+        self.inner
+            .object_latency
+            .with_label_values(&[zone])
+            .observe(seconds);
+    }
+
+    /// An attempt of `zone` whose processor ran `seconds`.
+    pub fn processed(&self, zone: &str, seconds: f64) {
+        self.inner
+            .processing
+            .with_label_values(&[zone])
+            .observe(seconds);
+    }
+
+    /// Sets the state gauges from the driver's state (called on the driver, before a scrape).
+    pub fn observe(&self, state: &DriverState, zones: &[strata_core::Zone]) {
+        let inner = &self.inner;
+        inner.objects.reset();
+        inner.batches.reset();
+        inner.agents_live.reset();
+        for zone in zones {
+            inner.agents_live.with_label_values(&[zone.as_str()]).set(0);
+        }
+        for agent in state.agents.list(None, false) {
+            inner
+                .agents_live
+                .with_label_values(&[agent.zone.as_str()])
+                .inc();
+        }
+        for rt in state.batches.values() {
+            inner
+                .batches
+                .with_label_values(&[rt.machine.batch_state().as_str()])
+                .inc();
+            for (node, record) in rt.machine.records().iter().enumerate() {
+                let zone = &rt.object(node as u32).zone;
+                inner
+                    .objects
+                    .with_label_values(&[zone.as_str(), record.state.as_str()])
+                    .inc();
+            }
+        }
+    }
+
+    /// Every metric in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.inner.registry.gather(), &mut out)
+            .expect("the text encoding into memory cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
