@@ -72,9 +72,9 @@ cargo fmt --all --check
 step "cargo clippy --workspace --all-targets ${locked[*]} -- -D warnings"
 cargo clippy --workspace --all-targets "${locked[@]}" -- -D warnings
 
-step "purity: strata-core depends on no tokio, tonic, rdkafka or redis"
+step "purity: strata-core depends on no tokio, tonic, rdkafka, redis or opentelemetry"
 core_deps="$(cargo tree -p strata-core -e normal,build --prefix none "${locked[@]}")"
-offenders="$(grep -E '^(tokio|tonic|rdkafka|redis)([-_][A-Za-z0-9_-]*)? v' <<<"$core_deps" |
+offenders="$(grep -E '^(tokio|tonic|rdkafka|redis|opentelemetry)([-_][A-Za-z0-9_-]*)? v' <<<"$core_deps" |
     cut -d' ' -f1,2 | sort -u || true)"
 if [[ -n $offenders ]]; then
     printf 'strata-core must stay pure (DESIGN.md section 12), but depends on:\n%s\n' "$offenders" >&2

@@ -10,7 +10,8 @@
 //! before running, or point `STRATA_CONTROL_PLANE_BIN` at the one to test.
 //!
 //! It is configured by flags only, from an empty environment (nothing `STRATA_*` of the caller's
-//! leaks in): gRPC on `127.0.0.1:<free port>`, the given broker and Redis, plus any extra flags.
+//! leaks in, only `PATH`, the log level and what [`ControlPlane::start_with_env`] adds): gRPC on
+//! `127.0.0.1:<free port>`, the given broker and Redis, plus any extra flags.
 //! [`ControlPlane::start`] returns once gRPC answers a `GetBatch` (which the driver serves, so
 //! after the restart recovery has reloaded every active batch). Logs (`STRATA_LOG`, default
 //! `info`) go to `control-plane.log` in its temp dir.
@@ -49,6 +50,7 @@ pub struct ControlPlane {
     port: u16,
     admin_port: u16,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     process: Option<ServerProcess>,
     starts: usize,
     // Declared last: dropped after the process is dead.
@@ -64,7 +66,21 @@ impl ControlPlane {
         redis_url: &str,
         extra_args: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::start_with_env(kafka_brokers, redis_url, extra_args, &[]).await
+    }
+
+    /// [`Self::start`] with `env` added to the process's environment (every run, restarts too).
+    pub async fn start_with_env(
+        kafka_brokers: &str,
+        redis_url: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let bin = control_plane_binary()?;
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         let dir = temp_dir("control-plane")?;
         let mut args: Vec<String> = vec![
             "--kafka-brokers".into(),
@@ -79,13 +95,14 @@ impl ControlPlane {
             let admin_port = free_port()?;
             let mut args = args.clone();
             args.extend(["--admin-addr".to_owned(), format!("127.0.0.1:{admin_port}")]);
-            match spawn_ready(&bin, port, &args, dir.path(), 1).await {
+            match spawn_ready(&bin, port, &args, &env, dir.path(), 1).await {
                 Ok(process) => {
                     return Ok(Self {
                         bin,
                         port,
                         admin_port,
                         args,
+                        env,
                         process: Some(process),
                         starts: 1,
                         dir,
@@ -146,6 +163,32 @@ impl ControlPlane {
             .unwrap_or_else(|| "(not running)".into())
     }
 
+    /// `SIGTERM` (the shutdown path runs: the server and the driver stop, offsets are committed,
+    /// spans flushed); see [`Self::wait_exit`].
+    pub fn terminate(&self) -> anyhow::Result<()> {
+        match self.process.as_ref() {
+            Some(p) => p.terminate(),
+            None => bail!("the control plane is not running"),
+        }
+    }
+
+    /// Waits (bounded by `limit`) for the process to exit; the error shows the log tail.
+    pub async fn wait_exit(&mut self, limit: Duration) -> anyhow::Result<ExitStatus> {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.exit_status()? {
+                return Ok(status);
+            }
+            if started.elapsed() > limit {
+                bail!(
+                    "strata-control-plane did not exit within {limit:?}; log tail:\n{}",
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// `SIGKILL` (no shutdown path runs: no offset commit, no leaving the consumer group), and
     /// reaped. Returns how it ended: `None` if it had already exited by itself before.
     pub fn kill_9(&mut self) -> Option<ExitStatus> {
@@ -168,6 +211,7 @@ impl ControlPlane {
                 &self.bin,
                 self.port,
                 &self.args,
+                &self.env,
                 self.dir.path(),
                 self.starts,
             )
@@ -193,6 +237,7 @@ async fn spawn_ready(
     bin: &Path,
     port: u16,
     args: &[String],
+    env: &[(String, String)],
     dir: &Path,
     run: usize,
 ) -> anyhow::Result<ServerProcess> {
@@ -209,7 +254,8 @@ async fn spawn_ready(
         .env(
             "STRATA_LOG",
             std::env::var(CONTROL_PLANE_LOG_ENV).unwrap_or_else(|_| "info".into()),
-        );
+        )
+        .envs(env.iter().map(|(k, v)| (k, v)));
     let mut process = ServerProcess::spawn(
         &format!("strata-control-plane (run {run})"),
         command,

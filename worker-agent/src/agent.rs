@@ -38,6 +38,7 @@ use crate::processor::Processor;
 use crate::registry::{Beat, Lease, Registration, Registry, RegistryError};
 use crate::results::{self, Ending, Who, timestamp};
 use crate::stopped;
+use crate::telemetry::{self, ProcessSpan};
 
 /// Entries kept in the "newest release seen" memory before it is cleared.
 const MAX_SEEN: usize = 100_000;
@@ -46,6 +47,8 @@ const MAX_SEEN: usize = 100_000;
 const STUCK_AFTER: Duration = Duration::from_secs(30);
 /// Bound on closing the consumer at exit (librdkafka's close can hang on a broker that is gone).
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long spans still queued at exit may take to be exported.
+const TRACES_FLUSH: Duration = Duration::from_secs(5);
 
 /// How the agent is run.
 #[derive(Debug, Clone)]
@@ -90,6 +93,8 @@ struct Held {
     started_at: Arc<OnceLock<DateTime<Utc>>>,
     who: Who,
     abort: AbortHandle,
+    /// The `traceparent` its result records carry (see [`attempt`]).
+    traceparent: String,
 }
 
 /// What an attempt task reports when it ends.
@@ -191,11 +196,30 @@ pub async fn run<P: Processor>(
     Ok(())
 }
 
-/// Runs an agent as the binary does, from its command-line `args`, with `processor`: serves the
-/// admin port on `--admin-addr`, registers with the labels given plus `processor=<label>`, and
-/// runs until `shutdown` resolves (then drains). For custom agents (see the `custom_agent`
-/// example).
+/// Runs an agent as the binary does, from its command-line `args`, with `processor`: exports
+/// traces when the environment names an OTLP endpoint ([`telemetry`]; flushed before returning),
+/// serves the admin port on `--admin-addr`, registers with the labels given plus
+/// `processor=<label>`, and runs until `shutdown` resolves (then drains). For custom agents (see
+/// the `custom_agent` example).
 pub async fn run_from_args<P: Processor>(
+    args: &crate::config::AgentArgs,
+    processor: P,
+    processor_label: &str,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let traces = telemetry::install_from_env(telemetry::SERVICE_NAME)
+        .map_err(|e| anyhow::anyhow!("traces: {e}"))?;
+    if let Some(t) = &traces {
+        info!(endpoint = %t.endpoint(), "exporting traces over OTLP");
+    }
+    let served = serve_from_args(args, processor, processor_label, shutdown).await;
+    if let Some(t) = traces {
+        t.shutdown(TRACES_FLUSH).await;
+    }
+    served
+}
+
+async fn serve_from_args<P: Processor>(
     args: &crate::config::AgentArgs,
     processor: P,
     processor_label: &str,
@@ -360,6 +384,11 @@ impl<P: Processor> Agent<P> {
             .and_then(|d| Duration::try_from(d).ok())
             .filter(|d| !d.is_zero())
             .unwrap_or(self.lease.execution_timeout);
+        // Results carry the `process` span's context when traces are exported, else the Ready's.
+        let span = telemetry::tracer().map(|t| ProcessSpan::start(t, &ready, &who.agent_id));
+        let traceparent = span
+            .as_ref()
+            .map_or_else(|| traceparent_of(&ready), |s| s.traceparent().to_owned());
         let abort = self.tasks.spawn(attempt(
             self.processor.clone(),
             ready.clone(),
@@ -368,6 +397,7 @@ impl<P: Processor> Agent<P> {
             started_at.clone(),
             timeout,
             self.metrics.clone(),
+            (span, traceparent.clone()),
             Done {
                 key: key.clone(),
                 dispatch_epoch: ready.dispatch_epoch,
@@ -386,6 +416,7 @@ impl<P: Processor> Agent<P> {
                 started_at,
                 who,
                 abort,
+                traceparent,
             },
         );
         self.metrics.in_flight.set(self.held.len() as i64);
@@ -681,7 +712,7 @@ impl<P: Processor> Agent<P> {
             );
             let publisher = self.publisher.clone();
             let metrics = self.metrics.clone();
-            let (batch_id, traceparent) = (h.ready.batch_id.clone(), traceparent_of(&h.ready));
+            let (batch_id, traceparent) = (h.ready.batch_id.clone(), h.traceparent.clone());
             hand_backs.push(async move {
                 // Bounded: if it cannot be delivered, deregistration hands it back anyway.
                 for _ in 0..3 {
@@ -761,7 +792,9 @@ async fn poll_heartbeat(heartbeat: &mut Option<JoinHandle<Beat>>) -> Beat {
 }
 
 /// One attempt: `ObjectStarted` (delivered while the processor runs), the processor under the
-/// execution timeout, then `ObjectLoaded` or `ObjectFailed`, delivered before it returns.
+/// execution timeout, then `ObjectLoaded` or `ObjectFailed`, delivered before it returns. Both
+/// records carry `traceparent`; the `process` span, if any, ends after the final delivery (or as
+/// `abandoned` when the task is aborted).
 #[allow(clippy::too_many_arguments)]
 async fn attempt<P: Processor>(
     processor: Arc<P>,
@@ -771,11 +804,11 @@ async fn attempt<P: Processor>(
     started_at: Arc<OnceLock<DateTime<Utc>>>,
     timeout: Duration,
     metrics: Metrics,
+    (span, traceparent): (Option<ProcessSpan>, String),
     done: Done,
 ) -> Done {
     let start = Utc::now();
     let _ = started_at.set(start);
-    let traceparent = traceparent_of(&ready);
     let started = results::started(&ready, &who, start);
     let clock = Instant::now();
     let run = async {
@@ -816,6 +849,9 @@ async fn attempt<P: Processor>(
         &metrics,
     )
     .await;
+    if let Some(span) = span {
+        span.end(label);
+    }
     done
 }
 

@@ -31,7 +31,11 @@ pub enum ProcessorKind {
     after_help = "Examples:\n  strata-worker-agent --zone raw --processor simulate \
                   --simulate-duration-ms 50\n  strata-worker-agent --zone std --processor exec \
                   --exec-command ./load.sh --concurrency 8\n  strata-worker-agent --zone app \
-                  --processor http --http-url http://loader:8080/load"
+                  --processor http --http-url http://loader:8080/load\n\nTraces: set \
+                  OTEL_EXPORTER_OTLP_ENDPOINT (e.g. http://127.0.0.1:4317) to export a `process` \
+                  span per attempt over OTLP/gRPC, a child of the control plane's span named by \
+                  the Ready's traceparent; OTEL_SERVICE_NAME (default strata-worker-agent) and \
+                  the other standard OTEL_* variables apply."
 )]
 pub struct AgentArgs {
     /// The zone this agent serves (one of the control plane's zones, e.g. raw, std, app).

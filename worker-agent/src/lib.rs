@@ -23,6 +23,8 @@ pub mod offsets;
 pub mod processor;
 pub mod registry;
 pub mod results;
+#[cfg(feature = "runtime")]
+pub mod telemetry;
 
 /// Resolves once `stop` is (or becomes) true, or its sender is gone. (Holds no borrow of the
 /// channel's value across an await, so futures using it stay `Send`.)

@@ -19,7 +19,11 @@ use strata_core::retry::RetryPolicy;
     name = "strata-control-plane",
     version,
     about = "Strata control plane: plans batches of data objects and drives them to loaded through worker agents over Kafka, with state in Redis.",
-    long_about = None
+    long_about = None,
+    after_help = "Traces: set OTEL_EXPORTER_OTLP_ENDPOINT (e.g. http://127.0.0.1:4317) to export \
+                  OpenTelemetry traces over OTLP/gRPC (one trace per batch, one span per object \
+                  attempt); OTEL_SERVICE_NAME (default strata-control-plane) and the other \
+                  standard OTEL_* variables apply."
 )]
 #[serde(default, deny_unknown_fields)]
 pub struct Flags {

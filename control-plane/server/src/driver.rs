@@ -412,6 +412,8 @@ pub struct Driver<D, S> {
     /// dispatch epoch). Entries whose attempt ended are dropped when they come up.
     deadlines: BinaryHeap<Reverse<Deadline>>,
     rng: u64,
+    /// Spans, when traces are exported (`None` otherwise: nothing traced, nothing formatted).
+    traces: Option<crate::telemetry::DriverTraces>,
 }
 
 impl std::fmt::Debug for Command {
@@ -474,6 +476,7 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                 published_rx: Some(published_rx),
                 status_tx: None,
                 rng: seed | 1,
+                traces: crate::telemetry::DriverTraces::from_installed(),
             },
             Handle { tx },
         )
@@ -672,11 +675,15 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
         }
         info!(batch_id = %p.batch_id, objects = p.plan.len(), "batch submitted");
         let batch_id = p.batch_id.clone();
+        let (objects, submitted_at) = (p.plan.len(), p.created_at);
         self.install(p, machine);
         // The initial records are durable; perform the rest of start's effects.
         let mut step = Step::default();
         self.absorb(&mut step, &batch_id, effects, false);
         self.flush(step).await?;
+        if let Some(t) = &self.traces {
+            t.batch_submitted(&batch_id, objects, submitted_at.into());
+        }
         Ok(SubmitOutcome {
             batch_id,
             created: true,
@@ -832,6 +839,8 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
             consumed_at: Some(Instant::now()),
             ..Step::default()
         };
+        // `apply_result` spans, ended once the step is durable (traces exported only).
+        let mut spans = Vec::new();
         for rec in records {
             step.positions.push(rec.position);
             let result = match rec.result {
@@ -844,6 +853,16 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                 }
             };
             let (outcome, processed) = result_outcome(&result);
+            let mut span = match (&self.traces, &rec.traceparent) {
+                (Some(t), Some(tp)) => t.result_consumed(tp, &result),
+                _ => None,
+            };
+            let mut decided = |span: &mut Option<_>, d| {
+                if let Some(mut s) = span.take() {
+                    crate::telemetry::result_decided(&mut s, d);
+                    spans.push(s);
+                }
+            };
             let Some((batch_id, object_id, agent, event)) = to_event(result) else {
                 self.state.counters.undecodable += 1;
                 self.settings.metrics.result("undecodable");
@@ -859,6 +878,7 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                 self.state.counters.unknown_batch += 1;
                 self.settings.metrics.result_ignored("unknown_batch");
                 debug!(%batch_id, "result for an unknown batch ignored");
+                decided(&mut span, Err("unknown_batch"));
                 continue;
             };
             let Some(node) = ObjectId::parse(&object_id)
@@ -874,6 +894,7 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                 self.settings
                     .metrics
                     .result_ignored(IgnoreReason::UnknownNode.as_str());
+                decided(&mut span, Err(IgnoreReason::UnknownNode.as_str()));
                 continue;
             };
             if let Some(seconds) = processed {
@@ -887,10 +908,12 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                 self.state.counters.no_lease += 1;
                 self.settings.metrics.result_ignored("no_lease");
                 warn!(%batch_id, %object_id, agent_id = %agent, "result from an agent without a live lease for the object's zone rejected");
+                decided(&mut span, Err("no_lease"));
                 continue;
             }
             let event = event(node);
             let outcome = self.handle(&mut step, &batch_id, event);
+            decided(&mut span, Ok(outcome));
             if outcome.is_applied()
                 && !agent.is_empty()
                 && let Some(rt) = self.state.batches.get_mut(&batch_id)
@@ -901,6 +924,8 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
         if let Err(e) = self.flush(step).await {
             warn!(error = %e, "step not persisted");
         }
+        // Dropping a span ends it.
+        drop(spans);
     }
 
     /// The broker had lost topics (they were just created again): every Ready in flight is
@@ -1183,6 +1208,9 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                             epoch,
                         )));
                     }
+                    if let Some(t) = &mut self.traces {
+                        t.transition(batch_id, node, from, to, rt.machine.last_error(node));
+                    }
                     rt.history.entry(node).or_default().push(TransitionRecord {
                         from,
                         to,
@@ -1248,7 +1276,10 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                             &self.settings,
                             &o.zone,
                         ))),
-                        trace: None,
+                        trace: self.traces.as_mut().map(|t| {
+                            let (id, zone) = (o.id.as_str(), o.zone.as_str());
+                            t.released(batch_id, node, id, zone, attempt, dispatch_epoch)
+                        }),
                     });
                 }
                 Effect::ScheduleRetry {

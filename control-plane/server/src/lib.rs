@@ -20,3 +20,4 @@ pub mod metrics;
 pub mod ports;
 pub mod run;
 pub mod service;
+pub mod telemetry;

@@ -1,5 +1,6 @@
 //! `strata-control-plane`: the thin binary. Reads the configuration (flags, `STRATA_*`
 //! environment, optional TOML file), connects Kafka and Redis, and serves until SIGINT/SIGTERM.
+//! Exports traces over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (flushed at exit).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -9,7 +10,11 @@ use strata_control_plane::adapters::kafka::{KafkaDataPlane, KafkaSettings};
 use strata_control_plane::adapters::redis::RedisStore;
 use strata_control_plane::config::Flags;
 use strata_control_plane::run::run_with;
+use strata_control_plane::telemetry;
 use tokio::signal::unix::{SignalKind, signal};
+
+/// How long spans still queued at shutdown may take to be exported.
+const TRACES_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn main() -> ExitCode {
     let flags = Flags::parse();
@@ -41,6 +46,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Traces, when the environment names an OTLP endpoint (the exporter's gRPC channel lives on
+    // the runtime).
+    let traces =
+        match runtime.block_on(async { telemetry::install_from_env(telemetry::SERVICE_NAME) }) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("strata-control-plane: traces: {e}");
+                return ExitCode::from(2);
+            }
+        };
+    if let Some(t) = &traces {
+        tracing::info!(endpoint = %t.endpoint(), "exporting traces over OTLP");
+    }
     let result: anyhow::Result<()> = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.grpc_addr)
             .await
@@ -83,6 +101,11 @@ fn main() -> ExitCode {
         served?;
         Ok(())
     });
+    // Every span has ended (the driver has stopped): export what is queued, bounded. The runtime
+    // still runs the exporter's channel.
+    if let Some(t) = traces {
+        t.shutdown(TRACES_FLUSH);
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

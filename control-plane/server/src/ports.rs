@@ -86,6 +86,9 @@ pub struct ResultRecord {
     pub result: Result<ObjectResult, String>,
     /// Where it came from.
     pub position: Position,
+    /// The record's W3C `traceparent` header (the agent's span of the attempt), read only while
+    /// traces are exported ([`crate::telemetry::enabled`]); `None` otherwise.
+    pub traceparent: Option<String>,
 }
 
 /// The Kafka side, as the driver sees it.

@@ -26,7 +26,8 @@
 //! Owns the rdkafka client configuration of the control plane; the helpers
 //! ([`ready_topic`], [`producer_config`], [`results_consumer_config`], …) are public so that the
 //! test harness and tools build the same names and settings. Depends on nothing but the port
-//! types and the wire crate.
+//! types, the wire crate and whether traces are exported ([`crate::telemetry::enabled`]: a
+//! result's `traceparent` header is read only then).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -1224,9 +1225,19 @@ async fn consume_results(
                             position.partition, position.offset
                         )
                     });
+                // The agent's span of the attempt, only while traces are exported.
+                let traceparent = crate::telemetry::enabled()
+                    .then(|| header(&message, wire::HEADER_TRACEPARENT))
+                    .flatten()
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .map(str::to_owned);
                 // Never hold a message while waiting: the consumer cannot close while one lives.
                 drop(message);
-                ResultRecord { result, position }
+                ResultRecord {
+                    result,
+                    position,
+                    traceparent,
+                }
             }
             Err(e) => {
                 let key = format!("{:?}", e.rdkafka_error_code());

@@ -86,6 +86,7 @@ impl MemoryDataPlane {
                     partition: 0,
                     offset,
                 },
+                traceparent: None,
             })
             .await;
     }
