@@ -46,7 +46,7 @@ pub struct Flags {
     pub grpc_addr: Option<SocketAddr>,
 
     /// HTTP admin listen address: `/metrics` (Prometheus), `/health/liveness`,
-    /// `/health/readiness` (default 127.0.0.1:9464).
+    /// `/health/readiness` (default 127.0.0.1:9463; agents default to 9464).
     #[arg(long, env = "STRATA_ADMIN_ADDR")]
     pub admin_addr: Option<SocketAddr>,
 
@@ -300,7 +300,7 @@ impl Flags {
             admin_addr: f
                 .admin_addr
                 .or(file.admin_addr)
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9464))),
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9463))),
             kafka_brokers: f
                 .kafka_brokers
                 .or(file.kafka_brokers)
