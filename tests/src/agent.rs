@@ -19,7 +19,7 @@ use strata_proto::v1::{
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::kafka::{consumer_config, producer_config};
+use crate::kafka::{CloseOnThread, consumer_config, producer_config};
 
 /// What the agent answers for one Ready.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,7 +55,8 @@ pub struct Handled {
     pub answer: Answer,
 }
 
-/// A running test agent; stopped on drop.
+/// A running test agent; stopped on drop (its consumer leaves the group on a thread of its own:
+/// drop the agents before their broker, so that it can).
 #[derive(Debug)]
 pub struct TestAgent {
     task: JoinHandle<()>,
@@ -98,9 +99,11 @@ impl TestAgent {
         behaviour: Behaviour,
         mut gate: watch::Receiver<bool>,
     ) -> anyhow::Result<Self> {
-        let consumer: StreamConsumer =
+        // Closed on a thread of its own when the task is dropped: never on a runtime worker.
+        let consumer: CloseOnThread<StreamConsumer> = CloseOnThread::new(
             consumer_config(bootstrap_servers, &format!("{topic_prefix}.agents.{zone}"))
-                .create()?;
+                .create()?,
+        );
         let ready_topic = format!("{topic_prefix}.{}.{zone}", topics::READY_TOPIC);
         consumer.subscribe(&[&ready_topic])?;
         let producer: FutureProducer = producer_config(bootstrap_servers).create()?;

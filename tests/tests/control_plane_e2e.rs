@@ -42,13 +42,15 @@ fn sample_parents() -> BTreeMap<String, Vec<String>> {
         .collect()
 }
 
+/// Fields drop in order: agents (their consumers leave the group while the broker is up), the
+/// client, then the broker and Redis.
 struct Stack {
-    _redis: RedisServer,
-    broker: KafkaBroker,
+    agents: Vec<TestAgent>,
     client: OrchestratorClient<Channel>,
     stop: Option<oneshot::Sender<()>>,
-    agents: Vec<TestAgent>,
     config: Config,
+    broker: KafkaBroker,
+    _redis: RedisServer,
 }
 
 impl Drop for Stack {
@@ -132,12 +134,12 @@ async fn start_gated(behaviour: Behaviour, gate: watch::Receiver<bool>) -> anyho
     })
     .await?;
     Ok(Stack {
-        _redis: redis,
-        broker,
+        agents,
         client,
         stop: Some(stop),
-        agents,
         config,
+        broker,
+        _redis: redis,
     })
 }
 
@@ -171,13 +173,15 @@ async fn submit_targets(stack: &mut Stack, key: &str, targets: &[&str]) -> anyho
 
 /// Watches a batch to its terminal state (or the deadline) and returns it.
 async fn watch_to_end(stack: &mut Stack, batch_id: &str) -> anyhow::Result<pb::BatchState> {
-    let mut stream = stack
-        .client
-        .watch_batch(pb::WatchBatchRequest {
+    let mut stream = within(
+        LONG,
+        "watch batch",
+        stack.client.watch_batch(pb::WatchBatchRequest {
             batch_id: batch_id.into(),
-        })
-        .await?
-        .into_inner();
+        }),
+    )
+    .await??
+    .into_inner();
     let mut last = pb::BatchState::Running;
     within(LONG, "watch to the end", async {
         while let Some(msg) = stream.message().await? {
@@ -205,14 +209,7 @@ async fn object_states(
 ) -> anyhow::Result<BTreeMap<String, pb::ObjectState>> {
     let mut out = BTreeMap::new();
     for id in sample_parents().keys() {
-        let o = stack
-            .client
-            .get_object(pb::GetObjectRequest {
-                batch_id: batch_id.into(),
-                object_id: id.clone(),
-            })
-            .await?
-            .into_inner();
+        let o = get_object(stack, batch_id, id).await?;
         out.insert(id.clone(), o.state());
     }
     Ok(out)
@@ -323,23 +320,29 @@ async fn exhausted_retries_dead_letter_to_kafka_and_replay_loads_them() -> anyho
     strata_tests::kafka::close_consumer(consumer).await?;
 
     // Listed over RPC, then replayed once the source is back.
-    let listed = stack
-        .client
-        .list_dead_letters(pb::ListDeadLettersRequest {
+    let listed = within(
+        LONG,
+        "list dead letters",
+        stack.client.list_dead_letters(pb::ListDeadLettersRequest {
             batch_id: batch_id.clone(),
             ..Default::default()
-        })
-        .await?
-        .into_inner();
+        }),
+    )
+    .await??
+    .into_inner();
     assert_eq!(listed.dead_letters.len(), 1);
     healed.store(true, Ordering::SeqCst);
-    stack
-        .client
-        .replay_dead_letters(pb::ReplayDeadLettersRequest {
-            batch_id: batch_id.clone(),
-            ..Default::default()
-        })
-        .await?;
+    within(
+        LONG,
+        "replay dead letters",
+        stack
+            .client
+            .replay_dead_letters(pb::ReplayDeadLettersRequest {
+                batch_id: batch_id.clone(),
+                ..Default::default()
+            }),
+    )
+    .await??;
     assert_eq!(
         watch_to_end(&mut stack, &batch_id).await?,
         pb::BatchState::Succeeded
