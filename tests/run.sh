@@ -77,7 +77,7 @@ core_deps="$(cargo tree -p strata-core -e normal,build --prefix none "${locked[@
 offenders="$(grep -E '^(tokio|tonic|rdkafka|redis|opentelemetry)([-_][A-Za-z0-9_-]*)? v' <<<"$core_deps" |
     cut -d' ' -f1,2 | sort -u || true)"
 if [[ -n $offenders ]]; then
-    printf 'strata-core must stay pure (DESIGN.md section 12), but depends on:\n%s\n' "$offenders" >&2
+    printf 'strata-core must stay pure (docs/adr/0001-pure-core-effects-as-data.md), but depends on:\n%s\n' "$offenders" >&2
     while read -r name version; do
         printf '\nhow strata-core reaches %s %s:\n' "$name" "$version" >&2
         cargo tree -p strata-core -e normal,build -i "$name@${version#v}" "${locked[@]}" >&2 || true

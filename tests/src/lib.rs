@@ -8,7 +8,7 @@
 //! - [`KafkaBroker`]: the Tansu Kafka-protocol broker with its `memory://` engine, on a free
 //!   port, from an empty working directory; [`KafkaBroker::restart`] loses every topic, record
 //!   and committed offset (broker-restart fault tests rely on that).
-//! - Client configuration with the settings `shared/notes/kafka-broker.md` requires
+//! - Client configuration with the settings `docs/brokers.md` requires
 //!   ([`KafkaBroker::producer_config`], [`KafkaBroker::consumer_config`]) and idempotent topic
 //!   creation ([`KafkaBroker::create_topics`]).
 //!

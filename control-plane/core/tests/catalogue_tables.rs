@@ -330,13 +330,14 @@ fn the_unknown_parents_sample_is_rejected_with_them_unless_external() {
     assert_eq!(ids(&p.external_parents), ["2011", "2017", "2023", "2031"]);
 }
 
-/// The seed's own files load as they are. They stay out of the repository; CI lays `shared/`
-/// beside the checkout (override with `STRATA_SEED_DIR`).
+/// The seed's own files load as they are. They stay out of the repository: the environment names
+/// their folder with `STRATA_SEED_DIR` (unset: the test says so and checks nothing).
 #[test]
 fn the_seed_files_give_the_documented_outcome() {
-    let dir = std::env::var_os("STRATA_SEED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("../shared/seed"));
+    let Some(dir) = std::env::var_os("STRATA_SEED_DIR").map(PathBuf::from) else {
+        eprintln!("STRATA_SEED_DIR unset: the seed's own files are not checked");
+        return;
+    };
     let read = |name: &str| {
         std::fs::read(dir.join(name)).unwrap_or_else(|e| {
             panic!(
