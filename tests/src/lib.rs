@@ -19,7 +19,8 @@
 //! Every wait is bounded. Spawned servers are killed when their handle drops (also while a
 //! test panics); see [`process`] for what happens when the test process itself dies.
 //!
-//! This crate depends on nothing of Strata's own yet; later suites add the crates they drive.
+//! The library depends on no Strata crate but the wire contract (`strata-proto`); the suites add
+//! the crates they drive as dev-dependencies.
 
 pub mod agent;
 pub mod control_plane;
