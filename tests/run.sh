@@ -7,7 +7,8 @@
 #    clients suite) -- with deploy/local/provision.sh, which the local stack (deploy/local/stack.sh)
 #    shares;
 # 2. checks formatting and clippy (warnings are errors);
-# 3. checks that the pure core crate depends on no I/O crate;
+# 3. checks that the pure core crate depends on no I/O crate, and that no tracked file points
+#    outside the repository or to a document it does not have (tests/check_docs.sh);
 # 4. runs doc tests, then every test with cargo-nextest (or cargo test without it).
 #
 # Non-interactive and idempotent; works from any directory. CI runs it through .ci/run.
@@ -85,6 +86,10 @@ if [[ -n $offenders ]]; then
     die "purity check failed: strata-core depends on $(cut -d' ' -f1 <<<"$offenders" | paste -sd, -)"
 fi
 echo "ok: $(cut -d' ' -f1,2 <<<"$core_deps" | sort -u | wc -l) crates, none of them I/O"
+
+step "docs: no reference outside the repository"
+"$ROOT/tests/check_docs.sh" --self-test
+"$ROOT/tests/check_docs.sh"
 
 step "doc tests: cargo test --workspace --doc"
 cargo test --workspace --doc "${locked[@]}" -q
