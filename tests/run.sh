@@ -7,7 +7,8 @@
 #    clients suite) -- with deploy/local/provision.sh, which the local stack (deploy/local/stack.sh)
 #    shares;
 # 2. checks formatting and clippy (warnings are errors);
-# 3. checks that the pure core crate depends on no I/O crate;
+# 3. checks that the pure core crate depends on no I/O crate, and that no tracked file points
+#    outside the repository or to a document it does not have (tests/check_docs.sh);
 # 4. runs doc tests, then every test with cargo-nextest (provisioned like the rest: a hung test
 #    is killed after tests/nextest.toml's timeout and fails, where cargo test would wait for ever).
 #
@@ -79,7 +80,7 @@ core_deps="$(cargo tree -p strata-core -e normal,build --prefix none "${locked[@
 offenders="$(grep -E '^(tokio|tonic|rdkafka|redis|opentelemetry)([-_][A-Za-z0-9_-]*)? v' <<<"$core_deps" |
     cut -d' ' -f1,2 | sort -u || true)"
 if [[ -n $offenders ]]; then
-    printf 'strata-core must stay pure (DESIGN.md section 12), but depends on:\n%s\n' "$offenders" >&2
+    printf 'strata-core must stay pure (docs/adr/0001-pure-core-effects-as-data.md), but depends on:\n%s\n' "$offenders" >&2
     while read -r name version; do
         printf '\nhow strata-core reaches %s %s:\n' "$name" "$version" >&2
         cargo tree -p strata-core -e normal,build -i "$name@${version#v}" "${locked[@]}" >&2 || true
@@ -87,6 +88,10 @@ if [[ -n $offenders ]]; then
     die "purity check failed: strata-core depends on $(cut -d' ' -f1 <<<"$offenders" | paste -sd, -)"
 fi
 echo "ok: $(cut -d' ' -f1,2 <<<"$core_deps" | sort -u | wc -l) crates, none of them I/O"
+
+step "docs: no reference outside the repository"
+"$ROOT/tests/check_docs.sh" --self-test
+"$ROOT/tests/check_docs.sh"
 
 step "doc tests: cargo test --workspace --doc"
 cargo test --workspace --doc "${locked[@]}" -q

@@ -32,7 +32,7 @@ pub mod v1 {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/strata_v1_descriptor.bin"));
 
-/// The Kafka side of the contract (DESIGN §5): topic names, record header names and the values of
+/// The Kafka side of the contract (`docs/design.md#topics-and-records`): topic names, record header names and the values of
 /// the `strata-type` header.
 pub mod kafka {
     /// Default topic prefix. Topic names are `<prefix>.<name>`, with `<name>` one of the

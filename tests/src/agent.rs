@@ -1,5 +1,5 @@
-//! A minimal worker agent over the real topics, for the control plane's end-to-end suites until
-//! the real `strata-worker-agent` exists: it consumes one zone's ready topic in the zone's
+//! A scripted worker agent over the real topics, for the control plane's end-to-end suite
+//! (`tests/tests/control_plane_e2e.rs`), which chooses each answer: it consumes one zone's ready topic in the zone's
 //! consumer group, publishes `ObjectStarted` then `ObjectLoaded`/`ObjectFailed` to the results
 //! topic (delivery awaited), and stores its offset only after that. What it answers for each
 //! Ready is a closure; every record it handles is written to a shared log the tests inspect.

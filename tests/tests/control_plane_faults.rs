@@ -197,7 +197,7 @@ fn count(batch: &pb::Batch, state: pb::ObjectState) -> u32 {
 
 /// The batch succeeded with every object LOADED at its first attempt, per `GetBatch` counts and
 /// per `GetObject` of each object; except the objects of `lost` (their first attempt may have died
-/// with the agent process running it: lost work, DESIGN §4), LOADED at their first or second.
+/// with the agent process running it: lost work, `docs/design.md#lost-work`), LOADED at their first or second.
 async fn assert_all_loaded_at_first_attempt(
     client: &mut OrchestratorClient<Channel>,
     batch: &pb::Batch,
@@ -898,7 +898,7 @@ async fn a_batch_completes_after_the_broker_lost_every_topic_mid_batch() -> anyh
     // LOADED before the fault. Those were waiting at the gate when the broker went (their agent
     // may have taken more after `held_at_fault` was read, up to its concurrency); their scripts
     // outlive the agent and log `done`, but nobody publishes the result, so the attempt comes
-    // back at its execution timeout (DESIGN §4: lost work).
+    // back at its execution timeout (lost work: `docs/design.md#lost-work`).
     let log = work.events()?;
     let dead: BTreeSet<&str> = agent_exits.iter().map(|(name, _)| name.as_str()).collect();
     // An agent also reports `Started` while its processor starts: one that died in between

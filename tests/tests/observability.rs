@@ -1,4 +1,4 @@
-//! Observability of the real stack (DESIGN §9): the control plane's `/metrics` agree with what a
+//! Observability of the real stack (`docs/design.md#observability`): the control plane's `/metrics` agree with what a
 //! batch did, and its readiness (HTTP and `grpc.health.v1`) follows Redis going away and coming
 //! back. Real broker, real Redis, the real control-plane and agent binaries.
 

@@ -1,4 +1,4 @@
-//! Traces (DESIGN §9): the real `strata-control-plane` and `strata-worker-agent` binaries export
+//! Traces (`docs/design.md#observability`): the real `strata-control-plane` and `strata-worker-agent` binaries export
 //! OTLP/gRPC to a receiver inside this test process (the collector's `TraceService`, on a free
 //! loopback port), against the real broker and Redis.
 //!

@@ -1,4 +1,4 @@
-//! The agent's runtime (DESIGN §1, §4, §8): register, consume the zone's Ready topic, run up to
+//! The agent's runtime (`docs/design.md#agents-and-processors`): register, consume the zone's Ready topic, run up to
 //! `capacity` attempts at once, report each one, heartbeat, and drain on shutdown.
 //!
 //! One loop owns all state (the attempts in flight, the offset tracker, the lease); attempts run

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-/// The built-in processors (DESIGN §8).
+/// The built-in processors (`docs/design.md#agents-and-processors`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ProcessorKind {
     /// Sleeps per zone and fails by id suffix or rate (the seed's behaviour).

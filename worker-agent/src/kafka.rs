@@ -63,7 +63,7 @@ fn apply_extra(config: &mut ClientConfig, settings: &KafkaSettings) {
     }
 }
 
-/// The Ready consumer's configuration (`shared/notes/kafka-broker.md`): joins the group in about
+/// The Ready consumer's configuration (`docs/brokers.md`): joins the group in about
 /// 3 s (session 6 s, heartbeat 500 ms), fetches with 10 ms latency, starts at the earliest record
 /// when the group has no offset, stores offsets only when the agent says (after the result is
 /// delivered; auto-commit every second), cooperative-sticky assignment (a joining agent does not

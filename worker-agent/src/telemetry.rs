@@ -1,4 +1,4 @@
-//! OpenTelemetry traces of the agent (DESIGN §9): one `process` span per attempt run here, a
+//! OpenTelemetry traces of the agent (`docs/design.md#observability`): one `process` span per attempt run here, a
 //! child of the control plane's `attempt` span named by the Ready's `traceparent`.
 //!
 //! Nothing is installed unless the environment names an OTLP endpoint

@@ -1,4 +1,4 @@
-//! The agent registry (DESIGN §1, §4, §8): worker agents register for a zone and hold a lease by
+//! The agent registry (`docs/design.md#agents-and-processors`): worker agents register for a zone and hold a lease by
 //! heartbeating; an agent whose lease runs out is *lost*, and the attempts it held must be
 //! retried. Pure: time is an argument, nothing is read or written outside the value.
 //!
@@ -6,7 +6,7 @@
 //! so a result or heartbeat carrying an older epoch is recognisably stale. Expired and
 //! deregistered agents are kept (for listings) until [`Registry::forget_inactive`] drops them.
 //!
-//! Leases outlive the control plane (DESIGN §1: they are kept in Redis): every change is
+//! Leases outlive the control plane (`docs/design.md#redis`: they are kept in Redis): every change is
 //! recorded, [`Registry::take_changes`] hands the changed agents to whoever persists them, and
 //! [`Registry::restore`] rebuilds the registry after a restart — giving every live lease a full
 //! TTL from the restart, since its agent could not heartbeat while the control plane was down.

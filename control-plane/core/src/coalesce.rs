@@ -1,4 +1,4 @@
-//! Cross-batch dedup (DESIGN §4): an object id already in flight for one batch is not run again
+//! Cross-batch dedup (`docs/design.md#coalescing`): an object id already in flight for one batch is not run again
 //! for another; the later batch *coalesces* onto the running attempt and is released by its
 //! outcome.
 //!

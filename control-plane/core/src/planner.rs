@@ -1,4 +1,4 @@
-//! The planner (DESIGN §3): targets → ancestor closure → validation → topological order, waves,
+//! The planner (`docs/design.md#planning`): targets → ancestor closure → validation → topological order, waves,
 //! per-zone counts, critical path, shared-ancestor count and a `plan_hash` that ignores input
 //! order.
 //!

@@ -1,4 +1,4 @@
-//! Preflight rules (DESIGN §4): checks configured per zone that reject an object before it is
+//! Preflight rules (`docs/design.md#preflight`): checks configured per zone that reject an object before it is
 //! ever dispatched. A rejected object is `DEAD` with reason `preflight` and the rule's message as
 //! its last error; its descendants are `UPSTREAM_FAILED`.
 //!

@@ -34,7 +34,7 @@ pub struct RetryPolicy {
 }
 
 impl Default for RetryPolicy {
-    /// 3 attempts, 1 s × 2, capped at 5 min (DESIGN §4).
+    /// 3 attempts, 1 s × 2, capped at 5 min (`docs/design.md#retries`).
     fn default() -> Self {
         Self {
             max_attempts: 3,

@@ -330,13 +330,16 @@ fn the_unknown_parents_sample_is_rejected_with_them_unless_external() {
     assert_eq!(ids(&p.external_parents), ["2011", "2017", "2023", "2031"]);
 }
 
-/// The seed's own files load as they are. They stay out of the repository; CI lays `shared/`
-/// beside the checkout (override with `STRATA_SEED_DIR`).
+/// The seed's own files load as they are. They stay out of the repository, so this test is run
+/// on request, naming their folder: `STRATA_SEED_DIR=<folder> cargo test -p strata-core --test
+/// catalogue_tables -- --ignored`. The samples in `clients/samples` cover the same shapes in
+/// every run.
 #[test]
+#[ignore = "reads the seed's files, which are outside the repository: set STRATA_SEED_DIR"]
 fn the_seed_files_give_the_documented_outcome() {
     let dir = std::env::var_os("STRATA_SEED_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("../shared/seed"));
+        .expect("STRATA_SEED_DIR names the folder of the seed's catalogues");
     let read = |name: &str| {
         std::fs::read(dir.join(name)).unwrap_or_else(|e| {
             panic!(

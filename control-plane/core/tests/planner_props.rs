@@ -1,4 +1,4 @@
-//! Planner: every rejection of DESIGN §3, the derived numbers on small known graphs, and property
+//! Planner: every rejection of `docs/design.md#planning`, the derived numbers on small known graphs, and property
 //! tests on random DAGs (order, closure, cycles, hash).
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,4 +1,4 @@
-//! The control plane's HTTP admin port (DESIGN §1, §9): `/metrics` (Prometheus text),
+//! The control plane's HTTP admin port (`docs/design.md#observability`): `/metrics` (Prometheus text),
 //! `/health/liveness` (the process answers), `/health/readiness` (200 when the broker answers a
 //! metadata request, Redis answers `PING` and the driver answers, each within
 //! [`CHECK_TIMEOUT`]; else 503 with the reasons in a JSON body).

@@ -259,7 +259,7 @@ pub struct DriverState {
     pub batches: HashMap<String, BatchRuntime>,
     /// Counters.
     pub counters: DriverCounters,
-    /// Objects in flight across batches, and the releases waiting on them (DESIGN §4, dedup).
+    /// Objects in flight across batches, and the releases waiting on them (`docs/design.md#coalescing`).
     pub coalescer: Coalescer<String>,
     /// Worker agents and their leases.
     pub agents: Registry,

@@ -1,5 +1,5 @@
 //! The errors of the gRPC service and their mapping to `tonic::Status` — the one place where that
-//! mapping happens (STYLE: Quickwit's `quickwit-proto/src/error.rs`).
+//! mapping happens (as in Quickwit's `quickwit-proto/src/error.rs`).
 //!
 //! Messages are lowercase and name the ids involved. A planning rejection also carries its
 //! machine-readable detail: a `strata.v1.BatchRejection` packed in a `google.protobuf.Any` inside a

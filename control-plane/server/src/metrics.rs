@@ -1,4 +1,4 @@
-//! The control plane's Prometheus metrics (DESIGN §9): every name is declared here, in one
+//! The control plane's Prometheus metrics (`docs/design.md#observability`): every name is declared here, in one
 //! registry per process, with the `strata_` prefix and bounded labels only (zone, state, outcome,
 //! reason, operation — never a batch or object id).
 //!

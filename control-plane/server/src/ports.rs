@@ -296,7 +296,7 @@ pub trait StateStore: Send + Sync + 'static {
     ) -> impl Future<Output = PortResult<Vec<Option<i64>>>> + Send;
 
     /// Writes what changed in the agent registry (agents' leases and the next lease epoch), so
-    /// that a restarted control plane keeps them (DESIGN §1). Atomic.
+    /// that a restarted control plane keeps them (`docs/design.md#redis`). Atomic.
     fn save_agents(&self, changes: &RegistryChanges)
     -> impl Future<Output = PortResult<()>> + Send;
 

@@ -1,4 +1,4 @@
-//! OpenTelemetry traces (DESIGN §9): one trace per batch, one span per object attempt, carried
+//! OpenTelemetry traces (`docs/design.md#observability`): one trace per batch, one span per object attempt, carried
 //! to the agents through the Ready's `traceparent` and back through the results' header.
 //!
 //! Nothing is installed unless the environment names an OTLP endpoint

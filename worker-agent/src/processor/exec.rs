@@ -1,4 +1,4 @@
-//! The `exec` processor (DESIGN §8): see [`Exec`].
+//! The `exec` processor (`docs/design.md#agents-and-processors`): see [`Exec`].
 
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;

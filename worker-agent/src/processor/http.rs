@@ -1,4 +1,4 @@
-//! The `http` processor (DESIGN §8): see [`Http`].
+//! The `http` processor (`docs/design.md#agents-and-processors`): see [`Http`].
 
 use std::fmt;
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! Processors turn one `ObjectReady` into an outcome (DESIGN §8). A processor is the only part
+//! Processors turn one `ObjectReady` into an outcome (`docs/design.md#agents-and-processors`). A processor is the only part
 //! of an agent users replace: implement [`Processor`] to embed your own loading code.
 //! Built in: [`Simulate`] (the seed's behaviour), [`Exec`] (runs a command per object) and
 //! [`Http`] (POSTs each object); the last two hand user code the [`ready_json`] document.

@@ -1,4 +1,4 @@
-//! The seed's `simulate` processor (DESIGN §8): a per-zone sleep, then an outcome decided by the
+//! The seed's `simulate` processor (`docs/design.md#agents-and-processors`): a per-zone sleep, then an outcome decided by the
 //! object id and a reproducible draw.
 
 use std::collections::BTreeMap;

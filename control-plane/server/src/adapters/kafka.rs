@@ -1,7 +1,7 @@
 //! The Kafka [`DataPlane`]: Ready records out to `<prefix>.ready.<zone>`, results in from
 //! `<prefix>.results`, dead letters and status changes out to `<prefix>.dlq` / `<prefix>.status`
-//! (DESIGN §5). Works with any Kafka-protocol broker; nothing here relies on the test broker's
-//! quirks (see `shared/notes/kafka-broker.md`).
+//! (`docs/design.md#topics-and-records`). Works with any Kafka-protocol broker; nothing here relies on the test broker's
+//! quirks (see `docs/brokers.md`).
 //!
 //! What it guarantees:
 //! - **Produce = delivered.** One idempotent producer (`acks=all`); every publish awaits each

@@ -1,4 +1,4 @@
-//! The `strata.v1.Orchestrator` gRPC service (DESIGN §7), and the tonic services the control
+//! The `strata.v1.Orchestrator` gRPC service (`docs/design.md#grpc-api`), and the tonic services the control
 //! plane serves on its gRPC port: the orchestrator (with explicit message-size limits), gRPC
 //! health (`grpc.health.v1`) and server reflection (`grpc.reflection.v1` and `v1alpha`).
 //!
