@@ -1,0 +1,315 @@
+//! The effect interpreter: events fed to a batch's machine, and its effects turned into the
+//! step's writes, records, notifications and coalescer deliveries.
+
+use std::cmp::Reverse;
+
+use chrono::Utc;
+use strata_core::coalesce::{Claim, Delivery, Settlement, Ticket};
+use strata_core::machine::{BatchState, Effect, Event, IgnoreReason, NodeState, Outcome};
+use strata_proto::v1::{self as pb};
+use tracing::{debug, info};
+
+use super::Driver;
+use super::settings::execution_timeout;
+use super::state::TransitionRecord;
+use super::state::WatchEvent;
+use super::state::in_flight;
+use super::step::Step;
+use crate::convert;
+use crate::ports::{DataPlane, RetryEntry, StateStore, StoredDeadLetter};
+
+impl<D: DataPlane, S: StateStore> Driver<D, S> {
+    /// Feeds one event to a batch's machine and absorbs its effects into the step, then tells
+    /// the batches whose releases waited on what this event settled.
+    pub(super) fn handle(&mut self, step: &mut Step, batch_id: &str, event: Event) -> Outcome {
+        let outcome = self.handle_one(step, batch_id, event);
+        self.deliver(step);
+        outcome
+    }
+
+    /// Performs the step's pending deliveries (and those they cause) to waiting batches.
+    pub(super) fn deliver(&mut self, step: &mut Step) {
+        while let Some(delivery) = step.deliveries.pop() {
+            match delivery {
+                Delivery::Outcome {
+                    waiter,
+                    loaded,
+                    error,
+                } => {
+                    let event = Event::CoalescedOutcome {
+                        node: waiter.node,
+                        attempt: waiter.attempt,
+                        dispatch_epoch: waiter.dispatch_epoch,
+                        loaded,
+                        error,
+                    };
+                    self.handle_one(step, &waiter.batch, event);
+                }
+                Delivery::Rerelease(waiter) => {
+                    let still_waiting = self.state.batches.get(&waiter.batch).is_some_and(|rt| {
+                        rt.machine.record(waiter.node).is_some_and(|r| {
+                            r.state == NodeState::Ready
+                                && r.attempt == waiter.attempt
+                                && r.dispatch_epoch == waiter.dispatch_epoch
+                        })
+                    });
+                    if still_waiting {
+                        let effect = Effect::PublishReady {
+                            node: waiter.node,
+                            attempt: waiter.attempt,
+                            dispatch_epoch: waiter.dispatch_epoch,
+                        };
+                        self.absorb(step, &waiter.batch, vec![effect], false);
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn handle_one(&mut self, step: &mut Step, batch_id: &str, event: Event) -> Outcome {
+        let jitter = self.jitter();
+        let Some(rt) = self.state.batches.get_mut(batch_id) else {
+            return Outcome::Ignored(IgnoreReason::UnknownNode);
+        };
+        let mut effects = Vec::new();
+        let outcome = rt.machine.handle(event, Utc::now(), jitter, &mut effects);
+        match outcome {
+            Outcome::Applied => self.state.counters.applied += 1,
+            Outcome::Ignored(reason) => {
+                *self
+                    .state
+                    .counters
+                    .ignored
+                    .entry(reason.as_str())
+                    .or_default() += 1;
+                self.settings.metrics.result_ignored(reason.as_str());
+            }
+        }
+        self.absorb(step, batch_id, effects, false);
+        outcome
+    }
+
+    /// Turns machine effects into writes, records and notifications.
+    pub(super) fn absorb(
+        &mut self,
+        step: &mut Step,
+        batch_id: &str,
+        effects: Vec<Effect>,
+        resumed: bool,
+    ) {
+        let Some(rt) = self.state.batches.get_mut(batch_id) else {
+            return;
+        };
+        let now = Utc::now();
+        step.heads.insert(batch_id.to_owned(), ());
+        for effect in effects {
+            match effect {
+                Effect::Transition {
+                    node,
+                    from,
+                    to,
+                    attempt,
+                } => {
+                    if to == NodeState::Loaded && !resumed {
+                        let waited = (now - rt.created_at).to_std().unwrap_or_default();
+                        self.settings.metrics.object_loaded(
+                            rt.plan.object(&rt.objects, node).zone.as_str(),
+                            waited.as_secs_f64(),
+                        );
+                    }
+                    step.changed
+                        .entry(batch_id.to_owned())
+                        .or_default()
+                        .push(node);
+                    if in_flight(from) && !in_flight(to) {
+                        let settlement = match to {
+                            NodeState::Loaded => Settlement::Loaded,
+                            NodeState::Dead => Settlement::Failed {
+                                error: rt.machine.last_error(node).map(str::to_owned),
+                            },
+                            _ => Settlement::Abandoned,
+                        };
+                        let id = &rt.plan.object(&rt.objects, node).id;
+                        step.deliveries.extend(self.state.coalescer.settle(
+                            id,
+                            &rt.batch_id,
+                            node,
+                            settlement,
+                        ));
+                    }
+                    if to == NodeState::Loaded {
+                        let id = rt.plan.object(&rt.objects, node).id.to_string();
+                        step.write.loaded.push((id, now.timestamp_millis()));
+                    }
+                    if to == NodeState::Running {
+                        let zone = &rt.plan.object(&rt.objects, node).zone;
+                        let epoch = rt.machine.record(node).map_or(0, |r| r.dispatch_epoch);
+                        self.deadlines.push(Reverse((
+                            tokio::time::Instant::now() + execution_timeout(&self.settings, zone),
+                            batch_id.to_owned(),
+                            node,
+                            attempt,
+                            epoch,
+                        )));
+                    }
+                    if let Some(t) = &mut self.traces {
+                        t.transition(batch_id, node, from, to, rt.machine.last_error(node));
+                    }
+                    rt.history.entry(node).or_default().push(TransitionRecord {
+                        from,
+                        to,
+                        attempt,
+                        at: now,
+                    });
+                    let o = rt.plan.object(&rt.objects, node);
+                    step.status.push(pb::StatusChanged {
+                        batch_id: batch_id.to_owned(),
+                        object_id: o.id.to_string(),
+                        zone: o.zone.to_string(),
+                        from_state: convert::object_state(from) as i32,
+                        to_state: convert::object_state(to) as i32,
+                        batch_state: convert::batch_state(rt.machine.batch_state()) as i32,
+                        previous_batch_state: 0,
+                        attempt,
+                        at: Some(convert::timestamp(now)),
+                        reason: String::new(),
+                    });
+                    step.watch.push((
+                        batch_id.to_owned(),
+                        WatchEvent::Object {
+                            node,
+                            from,
+                            to,
+                            attempt,
+                            at: now,
+                        },
+                    ));
+                }
+                Effect::PublishReady {
+                    node,
+                    attempt,
+                    dispatch_epoch,
+                } => {
+                    let o = rt.plan.object(&rt.objects, node);
+                    let ticket = Ticket {
+                        batch: rt.batch_id.clone(),
+                        node,
+                        attempt,
+                        dispatch_epoch,
+                    };
+                    match self.state.coalescer.claim(&o.id, ticket) {
+                        Claim::Run => {
+                            rt.coalesced_onto.remove(&node);
+                        }
+                        Claim::Wait { onto } => {
+                            debug!(%batch_id, object = %o.id, %onto, "coalesced onto another batch's attempt");
+                            rt.coalesced_onto.insert(node, onto);
+                            continue;
+                        }
+                    }
+                    step.ready.push(pb::ObjectReady {
+                        batch_id: batch_id.to_owned(),
+                        object_id: o.id.to_string(),
+                        zone: o.zone.to_string(),
+                        attempt,
+                        max_attempts: rt.machine.policy(node).max_attempts,
+                        dispatch_epoch,
+                        object: Some(convert::object_definition(o)),
+                        released_at: Some(convert::timestamp(now)),
+                        execution_timeout: Some(convert::duration(execution_timeout(
+                            &self.settings,
+                            &o.zone,
+                        ))),
+                        trace: self.traces.as_mut().map(|t| {
+                            let (id, zone) = (o.id.as_str(), o.zone.as_str());
+                            t.released(batch_id, node, id, zone, attempt, dispatch_epoch)
+                        }),
+                    });
+                }
+                Effect::ScheduleRetry {
+                    node,
+                    attempt,
+                    due_at,
+                } => {
+                    if !resumed {
+                        let zone = &rt.plan.object(&rt.objects, node).zone;
+                        self.settings.metrics.retry_scheduled(zone.as_str());
+                    }
+                    step.write.schedule.push(RetryEntry {
+                        batch_id: batch_id.to_owned(),
+                        node,
+                        attempt,
+                        due_ms: due_at.timestamp_millis(),
+                    });
+                }
+                Effect::DeadLetter {
+                    node,
+                    attempt: _,
+                    attempts,
+                    last_error,
+                    reason,
+                } => {
+                    let o = rt.plan.object(&rt.objects, node);
+                    let error = last_error.unwrap_or_default();
+                    let letter = pb::DeadLetter {
+                        batch_id: batch_id.to_owned(),
+                        object_id: o.id.to_string(),
+                        zone: o.zone.to_string(),
+                        attempts,
+                        error_fingerprint: convert::fingerprint(&error),
+                        last_error: error,
+                        reason: convert::failure_reason(reason) as i32,
+                        dead_at: Some(convert::timestamp(now)),
+                        object: Some(convert::object_definition(o)),
+                        last_agent_id: rt.last_agent.get(&node).cloned().unwrap_or_default(),
+                        blocked_descendant_count: 0,
+                    };
+                    step.write.dead_letters.push(StoredDeadLetter {
+                        batch_id: batch_id.to_owned(),
+                        node,
+                        payload: prost::Message::encode_to_vec(&letter),
+                        dead_at_ms: now.timestamp_millis(),
+                    });
+                    // A resumed batch already produced its dead letters before the restart.
+                    if !resumed {
+                        self.settings.metrics.dead_letter(&letter.zone);
+                        step.dead.push(letter);
+                    }
+                }
+                Effect::BatchFinished { state } => {
+                    rt.finished_at = Some(now);
+                    info!(%batch_id, state = %state, "batch finished");
+                    step.watch.push((
+                        batch_id.to_owned(),
+                        WatchEvent::Batch {
+                            from: BatchState::Running,
+                            to: state,
+                            at: now,
+                        },
+                    ));
+                }
+                Effect::BatchReopened => {
+                    rt.finished_at = None;
+                    step.watch.push((
+                        batch_id.to_owned(),
+                        WatchEvent::Batch {
+                            from: BatchState::Failed,
+                            to: BatchState::Running,
+                            at: now,
+                        },
+                    ));
+                }
+            }
+        }
+    }
+
+    pub(super) fn jitter(&mut self) -> f64 {
+        // splitmix64: jitter needs no cryptographic quality.
+        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}

@@ -1,0 +1,115 @@
+//! The handle the gRPC service and the admin port reach the driver through, and the commands it
+//! sends.
+
+use strata_core::machine::{Event, Outcome};
+use tokio::sync::{mpsc, oneshot};
+
+use super::error::DriverError;
+use super::state::DriverState;
+use crate::batch::PreparedBatch;
+
+pub(super) type ReadFn = Box<dyn FnOnce(&DriverState) + Send>;
+/// A change to the driver's state; events it pushes (batch, event) are applied in the same step.
+pub(super) type MutateFn = Box<dyn FnOnce(&mut DriverState, &mut Vec<(String, Event)>) + Send>;
+
+pub(super) enum Command {
+    Submit(
+        Box<PreparedBatch>,
+        oneshot::Sender<Result<SubmitOutcome, DriverError>>,
+    ),
+    Event {
+        batch_id: String,
+        event: Event,
+        reply: oneshot::Sender<Result<Outcome, DriverError>>,
+    },
+    Read(ReadFn),
+    Mutate(MutateFn, oneshot::Sender<Result<(), DriverError>>),
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Command::Submit(..) => "Submit",
+            Command::Event { .. } => "Event",
+            Command::Read(_) => "Read",
+            Command::Mutate(..) => "Mutate",
+        })
+    }
+}
+
+/// What a submission became.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubmitOutcome {
+    /// Batch id.
+    pub batch_id: String,
+    /// False when an identical earlier submission was found.
+    pub created: bool,
+}
+
+/// A cheap-clone handle to the driver.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    pub(super) tx: mpsc::Sender<Command>,
+}
+
+impl Handle {
+    /// Submits a prepared batch; resolves once it is durable and its first objects released.
+    pub async fn submit(&self, prepared: PreparedBatch) -> Result<SubmitOutcome, DriverError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Submit(Box::new(prepared), reply))
+            .await?;
+        rx.await.map_err(|_| DriverError::ShuttingDown)?
+    }
+
+    /// Feeds a user event (cancel, retry-now, replay) to a batch's machine; resolves once its
+    /// effects are durable.
+    pub async fn event(&self, batch_id: &str, event: Event) -> Result<Outcome, DriverError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Event {
+            batch_id: batch_id.to_owned(),
+            event,
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| DriverError::ShuttingDown)?
+    }
+
+    /// Runs `f` on the driver's state, between two steps, and returns its result.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&DriverState) -> T + Send + 'static,
+    ) -> Result<T, DriverError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Read(Box::new(move |s| {
+            let _ = reply.send(f(s));
+        })))
+        .await?;
+        rx.await.map_err(|_| DriverError::ShuttingDown)
+    }
+
+    /// Runs `f` on the driver's state between two steps; the events it pushes are applied in one
+    /// step, and this resolves once their effects are durable.
+    pub async fn mutate<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut DriverState, &mut Vec<(String, Event)>) -> T + Send + 'static,
+    ) -> Result<T, DriverError> {
+        let (out_tx, out_rx) = oneshot::channel();
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Mutate(
+            Box::new(move |s, events| {
+                let _ = out_tx.send(f(s, events));
+            }),
+            reply,
+        ))
+        .await?;
+        rx.await.map_err(|_| DriverError::ShuttingDown)??;
+        out_rx.await.map_err(|_| DriverError::ShuttingDown)
+    }
+
+    async fn send(&self, cmd: Command) -> Result<(), DriverError> {
+        self.tx
+            .send(cmd)
+            .await
+            .map_err(|_| DriverError::ShuttingDown)
+    }
+}

@@ -1,0 +1,70 @@
+//! The driver's settings: limits, timeouts, zones, leases, and where it counts what happens.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use strata_core::Zone;
+
+use crate::metrics::Metrics;
+
+/// Settings of the driver.
+#[derive(Debug, Clone)]
+pub struct DriverSettings {
+    /// Largest accepted batch.
+    pub max_objects: usize,
+    /// Expected per-zone durations for the critical path, in ms.
+    pub zone_durations_ms: BTreeMap<Zone, u64>,
+    /// Zones whose topics exist from the start.
+    pub zones: Vec<Zone>,
+    /// Execution timeout put on each Ready.
+    pub execution_timeout: Duration,
+    /// Zones whose execution timeout differs.
+    pub zone_execution_timeouts: BTreeMap<Zone, Duration>,
+    /// How often due retries are claimed and undelivered Ready records re-published.
+    pub tick: Duration,
+    /// Steps a watcher may fall behind (each step's changes of a batch are one message) before
+    /// it gets a resync and a fresh snapshot.
+    pub watch_capacity: usize,
+    /// How long an agent's lease lives without a heartbeat.
+    pub lease_ttl: Duration,
+    /// Results only from agents with a live lease for the object's zone (others are counted
+    /// as `no_lease` and ignored). Off in [`DriverSettings::default`] (component tests drive
+    /// results by hand); the binary's configuration turns it on unless told otherwise.
+    pub require_agent_lease: bool,
+    /// How often the topics are checked (and re-created): a broker that lost them lost every
+    /// Ready in flight, which the driver then publishes again.
+    pub topic_check: Duration,
+    /// Where the driver counts what happens (Prometheus).
+    pub metrics: Metrics,
+}
+
+impl Default for DriverSettings {
+    fn default() -> Self {
+        Self {
+            max_objects: strata_core::planner::DEFAULT_MAX_OBJECTS,
+            zone_durations_ms: BTreeMap::new(),
+            zones: vec![
+                Zone::parse(Zone::RAW).expect("valid"),
+                Zone::parse(Zone::STANDARDIZED).expect("valid"),
+                Zone::parse(Zone::APPLICATION).expect("valid"),
+            ],
+            execution_timeout: Duration::from_secs(3600),
+            zone_execution_timeouts: BTreeMap::new(),
+            tick: Duration::from_millis(100),
+            topic_check: Duration::from_secs(5),
+            watch_capacity: 1024,
+            lease_ttl: Duration::from_secs(15),
+            require_agent_lease: false,
+            metrics: Metrics::default(),
+        }
+    }
+}
+
+/// The execution timeout of one attempt in `zone`.
+pub(super) fn execution_timeout(settings: &DriverSettings, zone: &Zone) -> Duration {
+    settings
+        .zone_execution_timeouts
+        .get(zone)
+        .copied()
+        .unwrap_or(settings.execution_timeout)
+}

@@ -1,0 +1,148 @@
+//! A step: the effects of one group of events, performed in order (persist → publish → dead
+//! letters → status → offsets → watch).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use strata_core::coalesce::Delivery;
+use strata_core::model::NodeIx;
+use strata_proto::v1::{self as pb};
+use tracing::{debug, warn};
+
+use super::Driver;
+use super::error::DriverError;
+use super::state::WatchEvent;
+use super::state::head_of;
+use crate::metrics::Metrics;
+use crate::ports::{BatchWrite, DataPlane, PortError, Position, StateStore, StepWrite};
+
+/// Per-step accumulation of effects.
+#[derive(Default)]
+pub(super) struct Step {
+    pub(super) write: StepWrite,
+    pub(super) ready: Vec<pb::ObjectReady>,
+    pub(super) dead: Vec<pb::DeadLetter>,
+    pub(super) status: Vec<pb::StatusChanged>,
+    pub(super) watch: Vec<(String, WatchEvent)>,
+    /// Changed nodes per batch (deduplicated at flush).
+    pub(super) changed: BTreeMap<String, Vec<NodeIx>>,
+    pub(super) heads: BTreeMap<String, ()>,
+    pub(super) positions: Vec<Position>,
+    /// When the results that drove this step were consumed (release latency).
+    pub(super) consumed_at: Option<Instant>,
+    /// Settled in-flight objects' waiters, still to be told.
+    pub(super) deliveries: Vec<Delivery<String>>,
+}
+
+impl<D: DataPlane, S: StateStore> Driver<D, S> {
+    /// Performs a step: persist, publish, commit, notify.
+    pub(super) async fn flush(&mut self, mut step: Step) -> Result<(), DriverError> {
+        for (batch_id, ()) in std::mem::take(&mut step.heads) {
+            let Some(rt) = self.state.batches.get(&batch_id) else {
+                continue;
+            };
+            let mut nodes = step.changed.remove(&batch_id).unwrap_or_default();
+            nodes.sort_unstable();
+            nodes.dedup();
+            step.write.batches.push(BatchWrite {
+                head: head_of(&rt.machine, rt.finished_at),
+                nodes: nodes
+                    .into_iter()
+                    .filter_map(|n| rt.machine.record(n).map(|r| (n, r.clone())))
+                    .collect(),
+                batch_id,
+            });
+        }
+        let write = std::mem::take(&mut step.write);
+        if !write.batches.is_empty()
+            || !write.schedule.is_empty()
+            || !write.dead_letters.is_empty()
+            || !write.loaded.is_empty()
+        {
+            retry_port(&self.settings.metrics, "persist step", || {
+                self.store.apply(&write)
+            })
+            .await?;
+        }
+        if let Some(changes) = self.state.agents.take_changes()
+            && let Err(e) = retry_port(&self.settings.metrics, "persist agent leases", || {
+                self.store.save_agents(&changes)
+            })
+            .await
+        {
+            self.state.agents.mark_unsaved(&changes);
+            return Err(e.into());
+        }
+        if !step.ready.is_empty() {
+            let mut ready = std::mem::take(&mut step.ready);
+            // Higher priority first among the objects released together.
+            ready.sort_by_key(|r| std::cmp::Reverse(r.object.as_ref().map_or(0, |o| o.priority)));
+            self.publish_ready(ready, step.consumed_at).await;
+        }
+        if !step.dead.is_empty()
+            && let Err(e) = self
+                .data
+                .publish_dead_letters(std::mem::take(&mut step.dead))
+                .await
+        {
+            self.settings
+                .metrics
+                .port_error("kafka", "publish dead letters");
+            warn!(error = %e, "dead letters not produced to the dead-letter topic");
+        }
+        if !step.status.is_empty()
+            && let Some(tx) = &self.status_tx
+            && tx.try_send(std::mem::take(&mut step.status)).is_err()
+        {
+            self.state.counters.status_dropped += 1;
+            debug!("status changes dropped: the status topic's producer is behind");
+        }
+        if !step.positions.is_empty()
+            && let Err(e) = self.data.store_positions(&step.positions)
+        {
+            warn!(error = %e, "result offsets not stored");
+        }
+        let mut by_batch: BTreeMap<String, Vec<WatchEvent>> = BTreeMap::new();
+        for (batch_id, ev) in step.watch {
+            by_batch.entry(batch_id).or_default().push(ev);
+        }
+        for (batch_id, events) in by_batch {
+            if let Some(rt) = self.state.batches.get(&batch_id) {
+                let _ = rt.watch.send(events.into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Retries a store or broker call while it fails with a retryable error (bounded backoff, about
+/// a minute in all); a non-retryable error is returned at once.
+pub(super) async fn retry_port<T, F, Fut>(
+    metrics: &Metrics,
+    what: &str,
+    mut call: F,
+) -> Result<T, PortError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, PortError>>,
+{
+    let mut delay = Duration::from_millis(50);
+    let mut tries = 0;
+    loop {
+        match call().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.retryable() && tries < 20 => {
+                metrics.port_error(e.service(), what);
+                tries += 1;
+                warn!(error = %e, tries, "{what} failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                metrics.port_error(e.service(), what);
+                return Err(e);
+            }
+        }
+    }
+}

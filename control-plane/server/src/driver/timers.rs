@@ -1,0 +1,120 @@
+//! Timers: execution deadlines, lease expiry, due retries and redelivery, run on every tick.
+
+use std::cmp::Reverse;
+
+use chrono::Utc;
+use strata_core::machine::{Event, LossReason, NodeState};
+use strata_core::model::NodeIx;
+use tracing::warn;
+
+use super::Driver;
+use super::agents::held_attempts_lost;
+use super::step::Step;
+use crate::ports::{DataPlane, RetryEntry, StateStore};
+
+/// When a RUNNING attempt outlives its zone's execution timeout: (deadline, batch, node,
+/// attempt, dispatch epoch).
+pub(super) type Deadline = (tokio::time::Instant, String, NodeIx, u32, u64);
+
+impl<D: DataPlane, S: StateStore> Driver<D, S> {
+    pub(super) async fn tick(&mut self) {
+        if !self.undelivered.is_empty() && tokio::time::Instant::now() >= self.redeliver_at {
+            let ready = std::mem::take(&mut self.undelivered);
+            self.publish_ready(ready, None).await;
+        }
+        self.expire_attempts().await;
+        self.expire_leases().await;
+        let now = Utc::now();
+        let due = match self
+            .store
+            .claim_due_retries(now.timestamp_millis(), 1024)
+            .await
+        {
+            Ok(d) => d,
+            Err(e) => {
+                warn!(error = %e, "claiming due retries failed");
+                return;
+            }
+        };
+        if due.is_empty() {
+            return;
+        }
+        let mut step = Step::default();
+        for RetryEntry {
+            batch_id,
+            node,
+            attempt,
+            ..
+        } in due
+        {
+            if self.state.batches.contains_key(&batch_id) {
+                self.handle(&mut step, &batch_id, Event::RetryDue { node, attempt });
+            }
+        }
+        if let Err(e) = self.flush(step).await {
+            warn!(error = %e, "retry step not persisted");
+        }
+    }
+
+    /// RUNNING attempts past their zone's execution timeout count as failed (retryable, reason
+    /// `timeout`); their late results are then ignored.
+    pub(super) async fn expire_attempts(&mut self) {
+        let now = tokio::time::Instant::now();
+        let mut step = Step::default();
+        while let Some(Reverse((at, ..))) = self.deadlines.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((_, batch_id, node, attempt, epoch))) = self.deadlines.pop() else {
+                break;
+            };
+            let running = self.state.batches.get(&batch_id).is_some_and(|rt| {
+                rt.machine.record(node).is_some_and(|r| {
+                    r.state == NodeState::Running
+                        && r.attempt == attempt
+                        && r.dispatch_epoch == epoch
+                })
+            });
+            if running {
+                warn!(%batch_id, node, attempt, "attempt exceeded its execution timeout");
+                let event = Event::AttemptLost {
+                    node,
+                    attempt,
+                    dispatch_epoch: epoch,
+                    reason: LossReason::Timeout,
+                };
+                self.handle(&mut step, &batch_id, event);
+            }
+        }
+        if !step.heads.is_empty()
+            && let Err(e) = self.flush(step).await
+        {
+            warn!(error = %e, "timed-out attempts not persisted");
+        }
+    }
+
+    /// Agents whose lease ran out are lost: every attempt they held (as they last reported, and
+    /// every RUNNING attempt they started) counts as failed with reason `agent_lost`.
+    pub(super) async fn expire_leases(&mut self) {
+        let now = Utc::now();
+        let lost = self.state.agents.expire(now);
+        if lost.is_empty() {
+            return;
+        }
+        // Ended leases stay listed for a while.
+        self.state
+            .agents
+            .forget_inactive(now - chrono::TimeDelta::hours(1));
+        let mut step = Step::default();
+        for agent in lost {
+            let events = held_attempts_lost(&self.state, &agent.agent_id, &agent.in_flight);
+            warn!(agent_id = %agent.agent_id, zone = %agent.zone, attempts = events.len(), "agent lease expired; its attempts are retried");
+            for (batch_id, event) in events {
+                self.handle(&mut step, &batch_id, event);
+            }
+        }
+        if let Err(e) = self.flush(step).await {
+            warn!(error = %e, "lost attempts not persisted");
+        }
+    }
+}
