@@ -706,7 +706,9 @@ fn count_shared_ancestors(dag: &Dag, targets: &[NodeIx]) -> u32 {
         if !is_target[i] && s {
             count += 1;
         }
-        if f == NONE {
+        // A node can be known shared before any single first target reached it (a shared
+        // child came first): it still passes that on.
+        if f == NONE && !s {
             continue;
         }
         for &p in dag.parents(node) {

@@ -187,6 +187,25 @@ fn targets_closure_waves_critical_path_and_shared_ancestors() {
 }
 
 #[test]
+fn a_node_made_shared_by_a_target_ancestor_passes_it_on() {
+    // 1001 -> 1002 -> {1003, 1004} -> 1005; targets 1004 and 1005. 1002 is shared (1004 and
+    // 1005 depend on it), and so is 1001 above it. 1004 is numbered after 1003, so the shared
+    // flag reaches 1002 before any single first target does: it was counted, but not passed up.
+    let objs = vec![
+        obj("1001", "raw", &[]),
+        obj("1002", "raw", &["1001"]),
+        obj("1003", "raw", &["1002"]),
+        obj("1004", "raw", &["1002"]),
+        obj("1005", "raw", &["1003", "1004"]),
+    ];
+    let req = PlanRequest {
+        targets: Targets::Ids(vec![oid("1004"), oid("1005")]),
+        ..PlanRequest::default()
+    };
+    assert_eq!(plan(&objs, &req).unwrap().shared_ancestors, 2);
+}
+
+#[test]
 fn a_100_000_deep_chain_plans_without_recursion() {
     let n = 100_000;
     let objs: Vec<ObjectDef> = (0..n)
