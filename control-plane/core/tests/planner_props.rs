@@ -485,7 +485,8 @@ proptest! {
         };
         let req = PlanRequest { targets, ..PlanRequest::default() };
         let hand = plan_with(&objs, &req, Engine::HAND_WRITTEN).unwrap();
-        prop_assert_eq!(&hand, &plan(&objs, &req).unwrap(), "plan uses the default engine");
+        // The default engine differs from the hand-written one only in the cycle report.
+        prop_assert_eq!(&hand, &plan(&objs, &req).unwrap());
         let expected = by_object(&hand, &objs);
         for engine in ENGINES {
             let p = plan_with(&objs, &req, engine).unwrap();
