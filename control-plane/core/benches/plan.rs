@@ -6,6 +6,7 @@
 //! ```sh
 //! cargo bench -p strata-core --bench plan -- [--sizes 10000,100000,1000000] [--runs N]
 //!     [--nx-runs N] [--data-dir DIR] [--out docs/benchmarks.md] [--skip-networkx]
+//!     [--compare-engines]
 //! ```
 //!
 //! Each measurement runs in a fresh child process (this binary re-executed with a hidden mode),
