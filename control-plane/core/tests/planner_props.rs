@@ -1,6 +1,5 @@
 //! Planner: every rejection of DESIGN §3, the derived numbers on small known graphs, and property
-//! tests on random DAGs (order, closure, cycles, hash), including the agreement of the
-//! hand-written and petgraph graph passes ([`Engine`]).
+//! tests on random DAGs (order, closure, cycles, hash).
 
 use std::collections::{BTreeMap, BTreeSet};
 
