@@ -6,6 +6,7 @@
 //! ```sh
 //! cargo bench -p strata-core --bench plan -- [--sizes 10000,100000,1000000] [--runs N]
 //!     [--nx-runs N] [--data-dir DIR] [--out docs/benchmarks.md] [--skip-networkx]
+//!     [--compare-engines]
 //! ```
 //!
 //! Each measurement runs in a fresh child process (this binary re-executed with a hidden mode),
@@ -19,6 +20,12 @@
 //!
 //! Without any argument (how `cargo test --benches` runs it; `cargo bench` always passes
 //! `--bench`) it is a smoke run: one 2,000-object catalogue, one run, networkx if installed.
+//!
+//! `--compare-engines` measures the planner's graph passes hand-written against petgraph's
+//! ([`strata_core::planner::Engine`]) instead: per size, one child parses the catalogue once and
+//! plans it with every engine in turn, `--runs` rounds (engines rotated each round), then
+//! injects a two-object cycle and times the rejection the same way. Every engine must agree on
+//! the plan (objects, edges, waves, hash) and reject the cycle, or the benchmark fails.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -27,13 +34,15 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 use strata_core::catalogue::read_catalogue;
-use strata_core::planner::{PlanRequest, plan};
+use strata_core::planner::{Engine, Pass, PlanError, PlanRequest, Violation, plan, plan_with};
 use strata_core::synth;
 
 /// Seed of the generated catalogues.
 const SEED: u64 = 20_251_128;
 /// Hidden first argument of a measuring child.
 const MEASURE: &str = "__strata-measure";
+/// Hidden first argument of an engine-comparing child.
+const COMPARE: &str = "__strata-compare";
 /// Targets of the issue, for the largest catalogue (1,000,000 objects).
 const TARGET_TOTAL_S: f64 = 2.0;
 const TARGET_PLAN_S: f64 = 0.6;
@@ -49,6 +58,12 @@ fn main() -> ExitCode {
         return match args.get(1) {
             Some(path) => measure(Path::new(path)),
             None => fail("measure: missing catalogue path"),
+        };
+    }
+    if args.first().map(String::as_str) == Some(COMPARE) {
+        return match (args.get(1), args.get(2).and_then(|r| r.parse().ok())) {
+            (Some(path), Some(rounds)) => compare(Path::new(path), rounds),
+            _ => fail("compare: needs a catalogue path and a round count"),
         };
     }
     if args.is_empty() {
@@ -119,6 +134,132 @@ fn measure(path: &Path) -> ExitCode {
     std::process::exit(0);
 }
 
+/// The engines compared on an acyclic catalogue: name, engine.
+const PLAN_ENGINES: [(&str, Engine); 4] = [
+    ("hand-written", Engine::HAND_WRITTEN),
+    ("petgraph: all passes", Engine::PETGRAPH),
+    (
+        "petgraph closure (Bfs), hand-written order",
+        Engine {
+            closure: Pass::Petgraph,
+            order: Pass::HandWritten,
+            cycles: Pass::HandWritten,
+        },
+    ),
+    (
+        "hand-written closure, petgraph order (toposort)",
+        Engine {
+            closure: Pass::HandWritten,
+            order: Pass::Petgraph,
+            cycles: Pass::Petgraph,
+        },
+    ),
+];
+
+/// The engines compared on the same catalogue with a cycle: name, engine.
+const CYCLE_ENGINES: [(&str, Engine); 3] = [
+    ("hand-written: Kahn + walk", Engine::HAND_WRITTEN),
+    (
+        "Kahn + petgraph kosaraju_scc (plan's default)",
+        Engine {
+            closure: Pass::HandWritten,
+            order: Pass::HandWritten,
+            cycles: Pass::Petgraph,
+        },
+    ),
+    ("petgraph: toposort + kosaraju_scc", Engine::PETGRAPH),
+];
+
+/// Child of `--compare-engines`: parses once, then times `plan_with` per engine, `rounds` times.
+fn compare(path: &Path, rounds: usize) -> ExitCode {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => return fail(&format!("cannot read {}: {e}", path.display())),
+    };
+    let mut catalogue = match read_catalogue(&bytes) {
+        Ok(c) => c,
+        Err(e) => return fail(&format!("{}: {e}", path.display())),
+    };
+    drop(bytes);
+    let request = PlanRequest::default();
+    let mut plan_s = vec![Vec::new(); PLAN_ENGINES.len()];
+    let mut plan_cpu_s = vec![Vec::new(); PLAN_ENGINES.len()];
+    let mut reference = None;
+    for round in 0..rounds {
+        for k in 0..PLAN_ENGINES.len() {
+            let e = (k + round) % PLAN_ENGINES.len();
+            let (name, engine) = PLAN_ENGINES[e];
+            let (c, t) = (cpu_ns(), Instant::now());
+            let planned = match plan_with(&catalogue.objects, &request, engine) {
+                Ok(p) => p,
+                Err(err) => return fail(&format!("{name}: {err}")),
+            };
+            plan_s[e].push(t.elapsed().as_secs_f64());
+            plan_cpu_s[e].push(cpu_ns().saturating_sub(c) as f64 / 1e9);
+            let summary = (
+                planned.len(),
+                planned.dag.edge_count(),
+                planned.wave_count,
+                planned.critical_path_cost_ms,
+                planned.shared_ancestors,
+                planned.plan_hash.clone(),
+            );
+            match &reference {
+                None => reference = Some(summary),
+                Some(r) if *r != summary => {
+                    return fail(&format!("{name} disagrees: {summary:?} vs {r:?}"));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    // Two raw objects (no parents) made each other's parent: a cycle with every descendant of
+    // either below it.
+    let roots: Vec<usize> = (0..catalogue.objects.len())
+        .filter(|&i| catalogue.objects[i].parents.is_empty())
+        .take(2)
+        .collect();
+    let &[a, b] = roots.as_slice() else {
+        return fail("no two parentless objects to make a cycle of");
+    };
+    let (id_a, id_b) = (
+        catalogue.objects[a].id.clone(),
+        catalogue.objects[b].id.clone(),
+    );
+    catalogue.objects[a].parents.push(id_b);
+    catalogue.objects[b].parents.push(id_a);
+    let mut cycle_s = vec![Vec::new(); CYCLE_ENGINES.len()];
+    let mut cycle_cpu_s = vec![Vec::new(); CYCLE_ENGINES.len()];
+    for round in 0..rounds {
+        for k in 0..CYCLE_ENGINES.len() {
+            let e = (k + round) % CYCLE_ENGINES.len();
+            let (name, engine) = CYCLE_ENGINES[e];
+            let (c, t) = (cpu_ns(), Instant::now());
+            let result = plan_with(&catalogue.objects, &request, engine);
+            cycle_s[e].push(t.elapsed().as_secs_f64());
+            cycle_cpu_s[e].push(cpu_ns().saturating_sub(c) as f64 / 1e9);
+            match result {
+                Err(PlanError::Invalid { violations }) if matches!(violations.as_slice(), [Violation::Cycle { path }] if path.len() == 2) =>
+                    {}
+                other => return fail(&format!("{name}: expected the 2-cycle, got {other:?}")),
+            }
+        }
+    }
+    println!(
+        "{}",
+        json!({
+            "objects": catalogue.objects.len(),
+            "plan_s": plan_s,
+            "cycle_s": cycle_s,
+            "plan_cpu_s": plan_cpu_s,
+            "cycle_cpu_s": cycle_cpu_s,
+            "planned": reference.as_ref().map(|r| r.0),
+            "edges": reference.as_ref().map(|r| r.1),
+        })
+    );
+    std::process::exit(0);
+}
+
 /// CPU time of the whole process, every thread included (user + system, from `/proc/self/stat`,
 /// in clock ticks of 10 ms; 0 where there is no procfs), in nanoseconds. Unlike wall time it
 /// does not grow while other processes hold the cores; the catalogue is read on several threads,
@@ -161,12 +302,14 @@ struct Options {
     data_dir: PathBuf,
     out: Option<PathBuf>,
     skip_networkx: bool,
+    /// Compare the planner's hand-written and petgraph graph passes instead.
+    compare_engines: bool,
     /// Smoke run: networkx only if it is installed.
     smoke: bool,
 }
 
 const USAGE: &str = "usage: cargo bench -p strata-core --bench plan -- [--sizes 10000,100000,1000000] \
-[--runs N] [--nx-runs N] [--data-dir DIR] [--out docs/benchmarks.md] [--skip-networkx]";
+[--runs N] [--nx-runs N] [--data-dir DIR] [--out docs/benchmarks.md] [--skip-networkx] [--compare-engines]";
 
 impl Options {
     fn parse(args: &[String]) -> Result<Option<Self>, String> {
@@ -177,6 +320,7 @@ impl Options {
             data_dir: default_data_dir(),
             out: None,
             skip_networkx: false,
+            compare_engines: false,
             smoke: false,
         };
         let mut it = args.iter();
@@ -211,6 +355,7 @@ impl Options {
                 "--data-dir" => options.data_dir = from_workspace(&value("--data-dir")?),
                 "--out" => options.out = Some(from_workspace(&value("--out")?)),
                 "--skip-networkx" => options.skip_networkx = true,
+                "--compare-engines" => options.compare_engines = true,
                 other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
             }
         }
@@ -227,6 +372,7 @@ impl Options {
             data_dir: default_data_dir(),
             out: None,
             skip_networkx: false,
+            compare_engines: false,
             smoke: true,
         }
     }
@@ -378,6 +524,9 @@ struct Row {
 }
 
 fn drive(options: &Options) -> ExitCode {
+    if options.compare_engines {
+        return compare_engines(options);
+    }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/networkx_plan.py");
     let python = python();
     let mut nx_versions = None;
@@ -483,6 +632,92 @@ fn drive(options: &Options) -> ExitCode {
     {
         return fail(&e);
     }
+    ExitCode::SUCCESS
+}
+
+/// `--compare-engines`: one comparing child per size; prints a table of every engine's times.
+fn compare_engines(options: &Options) -> ExitCode {
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => return fail(&format!("cannot find this executable: {e}")),
+    };
+    let load_before = load_average();
+    let mut s = String::new();
+    s.push_str(
+        "| objects | input | graph passes | wall median s | wall min–max s | wall median / hand-written \
+         | CPU median s | CPU median / hand-written |\n\
+         |---:|---|---|---:|---:|---:|---:|---:|\n",
+    );
+    let mut rounds_text = Vec::new();
+    for &n in &options.sizes {
+        let (path, _) = match catalogue_file(&options.data_dir, n) {
+            Ok(x) => x,
+            Err(e) => return fail(&e),
+        };
+        let rounds = options.runs.unwrap_or(if n >= 1_000_000 { 3 } else { 5 });
+        rounds_text.push(format!("{rounds} at {n}"));
+        let r = match run_json(
+            Command::new(&exe)
+                .arg(COMPARE)
+                .arg(&path)
+                .arg(rounds.to_string()),
+            &format!("compare engines on {n}"),
+        ) {
+            Ok(r) => r,
+            Err(e) => return fail(&e),
+        };
+        eprintln!("compare n={n}: {r}");
+        let times = |key: &str, e: usize| -> Vec<f64> {
+            r[key][e]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_f64).collect())
+                .unwrap_or_default()
+        };
+        for (key, cpu_key, input, names) in [
+            (
+                "plan_s",
+                "plan_cpu_s",
+                "acyclic (planned)",
+                PLAN_ENGINES.map(|(name, _)| name).to_vec(),
+            ),
+            (
+                "cycle_s",
+                "cycle_cpu_s",
+                "2-cycle (rejected)",
+                CYCLE_ENGINES.map(|(name, _)| name).to_vec(),
+            ),
+        ] {
+            let hand = median(times(key, 0));
+            let hand_cpu = median(times(cpu_key, 0));
+            for (e, name) in names.iter().enumerate() {
+                let t = times(key, e);
+                let lo = t.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = t.iter().copied().fold(0.0, f64::max);
+                let cpu = median(times(cpu_key, e));
+                // Below a few ticks the CPU ratio means nothing.
+                let cpu_ratio = if hand_cpu >= 0.05 {
+                    format!("{:.2}", cpu / hand_cpu)
+                } else {
+                    "–".into()
+                };
+                let _ = writeln!(
+                    s,
+                    "| {n} | {input} | {name} | {:.4} | {lo:.4}–{hi:.4} | {:.2} | {cpu:.2} | {cpu_ratio} |",
+                    median(t.clone()),
+                    median(t) / hand,
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\nRounds per engine: {}; engines rotated each round, one process per size (parsed once). \
+         CPU = process CPU time of the call, all threads (`plan_hash` runs on all cores from \
+         100,000 objects), 10 ms ticks. 1-minute load average {load_before} before, {} after.",
+        rounds_text.join(", "),
+        load_average()
+    );
+    println!("{s}");
     ExitCode::SUCCESS
 }
 

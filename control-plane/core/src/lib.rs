@@ -12,6 +12,7 @@ pub mod agents;
 pub mod catalogue;
 pub mod coalesce;
 pub mod freshness;
+pub mod graph;
 pub mod machine;
 pub mod model;
 pub mod planner;

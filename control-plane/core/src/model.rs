@@ -12,6 +12,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use smol_str::SmolStr;
 
+use crate::graph::Csr;
+
 /// A canonical object id.
 ///
 /// Numeric ids are canonicalised (`"01001"`, `1001` and `1001.0` are all `"1001"`); other ids are
@@ -403,6 +405,17 @@ impl Dag {
     pub fn children(&self, node: NodeIx) -> &[NodeIx] {
         let i = node as usize;
         &self.child_list[self.child_offsets[i] as usize..self.child_offsets[i + 1] as usize]
+    }
+
+    /// The graph as a petgraph-traversable view over these arrays (no copy): edges go from
+    /// parent to child.
+    pub fn graph(&self) -> Csr<'_> {
+        Csr::new(
+            &self.parent_offsets,
+            &self.parent_list,
+            &self.child_offsets,
+            &self.child_list,
+        )
     }
 }
 

@@ -4,11 +4,15 @@
 //!
 //! Pure and linear: ids are resolved once into dense positions (a flat table for compact numeric
 //! ids), the graph is kept in flat compressed-sparse-row arrays, and every pass — closure,
-//! Kahn's topological sort, renumbering, waves and critical path — is one iterative walk. A
+//! topological sort, renumbering, waves and critical path — is one iterative walk. A
 //! 100,000-deep chain plans without recursion, and 1,000,000 objects with ~2 parents each plan
-//! in about half a second on two cores (`docs/benchmarks.md`). petgraph was the first
-//! implementation of the order; on that benchmark its graph copy and DFS alone took longer than
-//! the whole budget, so the planner sorts its own flat arrays (see docs/ARCHITECTURE.md).
+//! in about half a second on two cores (`docs/benchmarks.md`).
+//!
+//! The three graph passes — the targets' ancestor closure, the topological order and the cycle
+//! report — exist twice: hand-written over the flat arrays, and as petgraph's algorithms (`Bfs`,
+//! `toposort`, `kosaraju_scc`) run on the same arrays through [`crate::graph::Csr`], without a
+//! copy. [`Engine`] picks them; [`plan`] uses [`Engine::default`], the faster of the two as
+//! measured on the planning benchmark (`docs/adr/0010-petgraph-over-the-csr-graph.md`).
 //!
 //! A rejected batch returns every violation found ([`PlanError`]), each naming the ids involved,
 //! so the API can answer `INVALID_ARGUMENT` with a precise, machine-readable detail.
@@ -16,10 +20,15 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use std::collections::VecDeque;
+
+use petgraph::algo::{kosaraju_scc, toposort};
+use petgraph::visit::{Bfs, NodeFiltered, Reversed, VisitMap, Visitable};
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::graph::Csr;
 use crate::model::{Dag, NodeIx, ObjectDef, ObjectId, Zone};
 
 /// The layer whose objects are the default targets (application).
@@ -263,8 +272,79 @@ impl Plan {
     }
 }
 
-/// Plans a batch. See the module documentation.
+/// Who runs one graph pass of the planner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// The planner's own loop over its flat arrays.
+    HandWritten,
+    /// petgraph's algorithm over the same arrays, through [`crate::graph::Csr`].
+    Petgraph,
+}
+
+/// Which implementation runs each graph pass of [`plan_with`].
+///
+/// Every combination accepts and rejects the same batches and gives the same plan up to the
+/// numbering of the nodes: Kahn's algorithm numbers them wave by wave, petgraph's `toposort` in
+/// depth-first finishing order; both are topological orders, and waves, critical path cost,
+/// zone counts, shared ancestors and `plan_hash` do not depend on which (tested). A rejected
+/// cycle is a real simple cycle either way; which one, when there are several, may differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Engine {
+    /// The targets' ancestor closure: a breadth-first walk over parent edges, or petgraph's
+    /// `Bfs` over the reversed view, started from every target at once.
+    pub closure: Pass,
+    /// The topological order: Kahn's algorithm (first in, first out), or petgraph's `toposort`
+    /// over the closure (a `NodeFiltered` view).
+    pub order: Pass,
+    /// The cycle report: a walk up the parents of the nodes Kahn's algorithm left, or one
+    /// strongly connected component of petgraph's `kosaraju_scc` (iterative; `tarjan_scc` is
+    /// recursive and a deep submitted chain would overflow the stack) and a walk inside it.
+    /// With petgraph's order there is no leftover to walk, so the cycle report is petgraph's too.
+    pub cycles: Pass,
+}
+
+impl Engine {
+    /// Every pass hand-written.
+    pub const HAND_WRITTEN: Engine = Engine {
+        closure: Pass::HandWritten,
+        order: Pass::HandWritten,
+        cycles: Pass::HandWritten,
+    };
+
+    /// Every pass petgraph's.
+    pub const PETGRAPH: Engine = Engine {
+        closure: Pass::Petgraph,
+        order: Pass::Petgraph,
+        cycles: Pass::Petgraph,
+    };
+}
+
+impl Default for Engine {
+    /// What [`plan`] uses, per pass the faster on the planning benchmark
+    /// (`docs/adr/0010-petgraph-over-the-csr-graph.md`): the hand-written closure and Kahn's
+    /// order (petgraph's `Bfs` and `toposort` cost 10–75 % more on a 1,000,000-object plan), and
+    /// petgraph's `kosaraju_scc` for the cycle report (no measurable difference).
+    fn default() -> Self {
+        Engine {
+            closure: Pass::HandWritten,
+            order: Pass::HandWritten,
+            cycles: Pass::Petgraph,
+        }
+    }
+}
+
+/// Plans a batch with [`Engine::default`]. See the module documentation.
 pub fn plan(objects: &[ObjectDef], request: &PlanRequest) -> Result<Plan, PlanError> {
+    plan_with(objects, request, Engine::default())
+}
+
+/// Plans a batch with the graph passes of `engine`: for the comparison benchmark and the tests
+/// that check both implementations agree. Use [`plan`].
+pub fn plan_with(
+    objects: &[ObjectDef],
+    request: &PlanRequest,
+    engine: Engine,
+) -> Result<Plan, PlanError> {
     if objects.is_empty() {
         return Err(PlanError::EmptyBatch);
     }
@@ -286,66 +366,51 @@ pub fn plan(objects: &[ObjectDef], request: &PlanRequest) -> Result<Plan, PlanEr
     }
     let n = objects.len();
 
-    // Ancestor closure of the targets, breadth first over parent edges.
-    let mut in_plan = vec![false; n];
-    let mut queue: Vec<u32> = Vec::with_capacity(targets.len());
-    for &t in &targets {
-        if !in_plan[t as usize] {
-            in_plan[t as usize] = true;
-            queue.push(t);
-        }
-    }
-    let mut head = 0;
-    while head < queue.len() {
-        let i = queue[head];
-        head += 1;
-        for &p in parents.of(i) {
-            if !in_plan[p as usize] {
-                in_plan[p as usize] = true;
-                queue.push(p);
-            }
-        }
-    }
-    drop(queue);
-    let excluded: Vec<u32> = (0..n as u32).filter(|&i| !in_plan[i as usize]).collect();
-
-    // Topological order of the closure: Kahn's algorithm over the flat graph, first in first
-    // out, so the order also runs wave by wave.
+    // Both directions of the submitted graph; petgraph walks them through the view.
     let children = parents.transpose(n);
-    let mut indegree = vec![0u32; n];
-    for i in 0..n as u32 {
-        if in_plan[i as usize] {
-            indegree[i as usize] = parents.of(i).len() as u32;
-        }
-    }
+    let graph = Csr::new(
+        &parents.offsets,
+        &parents.list,
+        &children.offsets,
+        &children.list,
+    );
+
+    // Ancestor closure of the targets.
+    let in_plan = match engine.closure {
+        Pass::HandWritten => ancestor_closure(&parents, &targets, n),
+        Pass::Petgraph => ancestor_closure_petgraph(graph, &targets),
+    };
+    let excluded: Vec<u32> = (0..n as u32).filter(|&i| !in_plan[i as usize]).collect();
     let planned = n - excluded.len();
-    let mut order: Vec<u32> = Vec::with_capacity(planned);
-    order.extend((0..n as u32).filter(|&i| in_plan[i as usize] && indegree[i as usize] == 0));
-    let mut head = 0;
-    while head < order.len() {
-        let i = order[head];
-        head += 1;
-        for &c in children.of(i) {
-            if in_plan[c as usize] {
-                let d = &mut indegree[c as usize];
-                *d -= 1;
-                if *d == 0 {
-                    order.push(c);
-                }
+
+    // Topological order of the closure, or the cycle that prevents one.
+    let order = match engine.order {
+        Pass::HandWritten => kahn(&parents, &children, &in_plan, planned).map_err(|indegree| {
+            // Every node left with a positive in-degree is on a cycle or below one.
+            let remaining = |i: u32| in_plan[i as usize] && indegree[i as usize] > 0;
+            match engine.cycles {
+                Pass::HandWritten => find_cycle(&parents, n, remaining),
+                Pass::Petgraph => find_cycle_scc(graph, remaining),
             }
+        }),
+        Pass::Petgraph => {
+            let closure = NodeFiltered::from_fn(graph, |i: u32| in_plan[i as usize]);
+            toposort(&closure, None)
+                .map_err(|_| find_cycle_scc(graph, |i: u32| in_plan[i as usize]))
         }
-    }
-    if order.len() < planned {
-        // Every node left with a positive in-degree is on a cycle or below one.
-        let path = find_cycle(&parents, &in_plan, &indegree)
-            .into_iter()
-            .map(|i| objects[i as usize].id.clone())
-            .collect();
-        return Err(PlanError::Invalid {
-            violations: vec![Violation::Cycle { path }],
-        });
-    }
-    drop(indegree);
+    };
+    let order = match order {
+        Ok(order) => order,
+        Err(cycle) => {
+            let path = cycle
+                .into_iter()
+                .map(|i| objects[i as usize].id.clone())
+                .collect();
+            return Err(PlanError::Invalid {
+                violations: vec![Violation::Cycle { path }],
+            });
+        }
+    };
     drop(children);
 
     // Renumber: node = position in topological order.
@@ -657,26 +722,135 @@ fn resolve_targets(
     }
 }
 
+/// The targets and all their ancestors (`true` = planned), breadth first over parent edges.
+fn ancestor_closure(parents: &Parents, targets: &[u32], n: usize) -> Vec<bool> {
+    let mut in_plan = vec![false; n];
+    let mut queue: Vec<u32> = Vec::with_capacity(targets.len());
+    for &t in targets {
+        if !in_plan[t as usize] {
+            in_plan[t as usize] = true;
+            queue.push(t);
+        }
+    }
+    let mut head = 0;
+    while head < queue.len() {
+        let i = queue[head];
+        head += 1;
+        for &p in parents.of(i) {
+            if !in_plan[p as usize] {
+                in_plan[p as usize] = true;
+                queue.push(p);
+            }
+        }
+    }
+    in_plan
+}
+
+/// [`ancestor_closure`] with petgraph: one `Bfs` over the reversed view, seeded with every
+/// target; its visit map is the membership table.
+fn ancestor_closure_petgraph(graph: Csr<'_>, targets: &[u32]) -> Vec<bool> {
+    let up = Reversed(graph);
+    let mut discovered = graph.visit_map();
+    let mut stack = VecDeque::with_capacity(targets.len());
+    for &t in targets {
+        if discovered.visit(t) {
+            stack.push_back(t);
+        }
+    }
+    let mut bfs = Bfs { stack, discovered };
+    while bfs.next(up).is_some() {}
+    bfs.discovered.into_inner()
+}
+
+/// Kahn's algorithm over the planned nodes, first in first out, so the order also runs wave by
+/// wave. On a cycle, the in-degrees left: every planned node still positive is on a cycle or
+/// below one.
+fn kahn(
+    parents: &Parents,
+    children: &Parents,
+    in_plan: &[bool],
+    planned: usize,
+) -> Result<Vec<u32>, Vec<u32>> {
+    let n = in_plan.len();
+    let mut indegree = vec![0u32; n];
+    for i in 0..n as u32 {
+        if in_plan[i as usize] {
+            indegree[i as usize] = parents.of(i).len() as u32;
+        }
+    }
+    let mut order: Vec<u32> = Vec::with_capacity(planned);
+    order.extend((0..n as u32).filter(|&i| in_plan[i as usize] && indegree[i as usize] == 0));
+    let mut head = 0;
+    while head < order.len() {
+        let i = order[head];
+        head += 1;
+        for &c in children.of(i) {
+            if in_plan[c as usize] {
+                let d = &mut indegree[c as usize];
+                *d -= 1;
+                if *d == 0 {
+                    order.push(c);
+                }
+            }
+        }
+    }
+    if order.len() < planned {
+        Err(indegree)
+    } else {
+        Ok(order)
+    }
+}
+
 /// One concrete cycle, found without recursion: after Kahn's algorithm, every planned node left
-/// with a positive in-degree keeps a parent that was not removed either, so walking such parents
-/// from any of them must revisit a node, and the walk between the two visits is a cycle.
-fn find_cycle(parents: &Parents, in_plan: &[bool], indegree: &[u32]) -> Vec<u32> {
-    let remaining = |i: u32| in_plan[i as usize] && indegree[i as usize] > 0;
-    let Some(start) = (0..in_plan.len() as u32).find(|&i| remaining(i)) else {
+/// with a positive in-degree (`remaining`) keeps a parent that was not removed either, so walking
+/// such parents from the first of them must revisit a node, and the walk between the two visits
+/// is a cycle.
+fn find_cycle(parents: &Parents, n: usize, remaining: impl Fn(u32) -> bool) -> Vec<u32> {
+    match (0..n as u32).find(|&i| remaining(i)) {
+        Some(start) => walk_to_cycle(|i| parents.of(i), start, remaining),
+        None => Vec::new(),
+    }
+}
+
+/// [`find_cycle`] with petgraph: the strongly connected components of the `suspect` nodes
+/// (`kosaraju_scc`, iterative), the one with two or more members and the lowest position
+/// (self-parents are rejected before planning, so a cycle has two or more), and a walk up its
+/// parents from that position: every member of such a component has a parent inside it.
+fn find_cycle_scc(graph: Csr<'_>, suspect: impl Fn(u32) -> bool) -> Vec<u32> {
+    let view = NodeFiltered::from_fn(graph, &suspect);
+    let Some(component) = kosaraju_scc(&view)
+        .into_iter()
+        .filter(|c| c.len() >= 2)
+        .min_by_key(|c| c.iter().copied().min())
+    else {
         return Vec::new();
     };
+    let start = component.iter().copied().min().unwrap_or_default();
+    let mut member = vec![false; graph.len()];
+    for &i in &component {
+        member[i as usize] = true;
+    }
+    walk_to_cycle(|i| graph.parents(i), start, |i| member[i as usize])
+}
+
+/// Walks from `start` to the first parent inside `keep`, until a node repeats; returns the loop,
+/// each node a parent of the next. Every node of `keep` must have a parent in `keep`.
+fn walk_to_cycle<'p>(
+    parents_of: impl Fn(u32) -> &'p [u32],
+    start: u32,
+    keep: impl Fn(u32) -> bool,
+) -> Vec<u32> {
     let mut seen_at: FxHashMap<u32, usize> = FxHashMap::default();
     let mut walk = Vec::new();
     let mut at = start;
     while !seen_at.contains_key(&at) {
         seen_at.insert(at, walk.len());
         walk.push(at);
-        at = parents
-            .of(at)
+        at = parents_of(at)
             .iter()
             .copied()
-            .find(|&p| remaining(p))
-            .expect("a node left by Kahn's algorithm keeps a remaining parent");
+            .find(|&p| keep(p))
+            .expect("every node walked keeps a parent in the set");
     }
     // The walk follows parent links; reversed, each node is a parent of the next.
     let mut cycle = walk[seen_at[&at]..].to_vec();
@@ -706,7 +880,9 @@ fn count_shared_ancestors(dag: &Dag, targets: &[NodeIx]) -> u32 {
         if !is_target[i] && s {
             count += 1;
         }
-        if f == NONE {
+        // A node can be known shared before any single first target reached it (a shared
+        // child came first): it still passes that on.
+        if f == NONE && !s {
             continue;
         }
         for &p in dag.parents(node) {

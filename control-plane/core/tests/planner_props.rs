@@ -4,7 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
-use strata_core::planner::{PlanError, PlanRequest, Targets, Violation, plan};
+use strata_core::planner::{
+    Engine, Pass, Plan, PlanError, PlanRequest, Targets, Violation, plan, plan_with,
+};
 use strata_core::{ObjectDef, ObjectId, Zone};
 
 fn obj(id: &str, zone: &str, parents: &[&str]) -> ObjectDef {
@@ -184,6 +186,25 @@ fn targets_closure_waves_critical_path_and_shared_ancestors() {
     .unwrap();
     assert_eq!(all.len(), 8);
     assert!(all.excluded.is_empty());
+}
+
+#[test]
+fn a_node_made_shared_by_a_target_ancestor_passes_it_on() {
+    // 1001 -> 1002 -> {1003, 1004} -> 1005; targets 1004 and 1005. 1002 is shared (1004 and
+    // 1005 depend on it), and so is 1001 above it. 1004 is numbered after 1003, so the shared
+    // flag reaches 1002 before any single first target does: it was counted, but not passed up.
+    let objs = vec![
+        obj("1001", "raw", &[]),
+        obj("1002", "raw", &["1001"]),
+        obj("1003", "raw", &["1002"]),
+        obj("1004", "raw", &["1002"]),
+        obj("1005", "raw", &["1003", "1004"]),
+    ];
+    let req = PlanRequest {
+        targets: Targets::Ids(vec![oid("1004"), oid("1005")]),
+        ..PlanRequest::default()
+    };
+    assert_eq!(plan(&objs, &req).unwrap().shared_ancestors, 2);
 }
 
 #[test]
@@ -370,5 +391,166 @@ proptest! {
         shuffled[0].attributes.insert("owner", "someone");
         let c = plan(&shuffled, &req).unwrap();
         prop_assert_ne!(&a.plan_hash, &c.plan_hash);
+    }
+}
+
+// --------------------------------------------------------------------------------------------
+// The hand-written and petgraph graph passes agree.
+// --------------------------------------------------------------------------------------------
+
+/// Every engine: all hand-written, all petgraph, and each petgraph pass alone.
+const ENGINES: [Engine; 4] = [
+    Engine::HAND_WRITTEN,
+    Engine::PETGRAPH,
+    Engine {
+        closure: Pass::Petgraph,
+        order: Pass::HandWritten,
+        cycles: Pass::HandWritten,
+    },
+    Engine {
+        closure: Pass::HandWritten,
+        order: Pass::HandWritten,
+        cycles: Pass::Petgraph,
+    },
+];
+
+/// What a plan says about each object, independent of the node numbering: per object id, its
+/// wave and its planned parents' ids.
+fn by_object(p: &Plan, objs: &[ObjectDef]) -> BTreeMap<String, (u32, BTreeSet<String>)> {
+    (0..p.len() as u32)
+        .map(|k| {
+            let parents = p
+                .dag
+                .parents(k)
+                .iter()
+                .map(|&q| p.object(objs, q).id.to_string())
+                .collect();
+            (
+                p.object(objs, k).id.to_string(),
+                (p.waves[k as usize], parents),
+            )
+        })
+        .collect()
+}
+
+/// `b` reachable from `a` over parent → child edges (`parents[c]` lists c's parents).
+fn reaches(parents: &[Vec<usize>], a: usize, b: usize) -> bool {
+    ancestors_of(parents, &[b]).contains(&a)
+}
+
+#[test]
+fn the_petgraph_engine_plans_and_rejects_a_100_000_deep_chain_without_recursion() {
+    let n = 100_000;
+    let mut objs: Vec<ObjectDef> = (0..n)
+        .map(|i| {
+            let parent = if i == 0 {
+                vec![]
+            } else {
+                vec![format!("n{}", i - 1)]
+            };
+            let parents: Vec<&str> = parent.iter().map(String::as_str).collect();
+            obj(&format!("n{i}"), "raw", &parents)
+        })
+        .collect();
+    let p = plan_with(&objs, &PlanRequest::default(), Engine::PETGRAPH).unwrap();
+    assert_eq!(p.wave_count as usize, n);
+    assert_eq!(p.critical_path.len(), n);
+    objs[0].parents.push(oid(&format!("n{}", n - 1)));
+    for engine in ENGINES {
+        let v = violations(plan_with(&objs, &PlanRequest::default(), engine).unwrap_err());
+        let [Violation::Cycle { path }] = v.as_slice() else {
+            panic!("{engine:?}: {v:?}")
+        };
+        assert_eq!(path.len(), n, "{engine:?}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn every_engine_gives_the_same_plan(
+        parents in dag_strategy(),
+        seed in any::<u64>(),
+        pick in proptest::collection::vec(any::<prop::sample::Index>(), 1..4),
+        all in any::<bool>(),
+    ) {
+        let n = parents.len();
+        let objs = to_objects(&parents, &permutation(n, seed));
+        let targets = if all {
+            Targets::All
+        } else {
+            Targets::Ids(pick.iter().map(|ix| oid(&format!("n{}", ix.index(n)))).collect())
+        };
+        let req = PlanRequest { targets, ..PlanRequest::default() };
+        let hand = plan_with(&objs, &req, Engine::HAND_WRITTEN).unwrap();
+        // The default engine differs from the hand-written one only in the cycle report.
+        prop_assert_eq!(&hand, &plan(&objs, &req).unwrap());
+        let expected = by_object(&hand, &objs);
+        for engine in ENGINES {
+            let p = plan_with(&objs, &req, engine).unwrap();
+            // A topological order: every parent numbered before its child.
+            for k in 0..p.len() as u32 {
+                for &q in p.dag.parents(k) {
+                    prop_assert!(q < k, "{:?}: parent {} after child {}", engine, q, k);
+                }
+            }
+            prop_assert_eq!(&by_object(&p, &objs), &expected, "{:?}", engine);
+            prop_assert_eq!(&p.excluded, &hand.excluded);
+            prop_assert_eq!(p.wave_count, hand.wave_count);
+            prop_assert_eq!(&p.zone_counts, &hand.zone_counts);
+            prop_assert_eq!(p.critical_path_cost_ms, hand.critical_path_cost_ms);
+            prop_assert_eq!(p.shared_ancestors, hand.shared_ancestors);
+            prop_assert_eq!(&p.plan_hash, &hand.plan_hash);
+            let targets = |p: &Plan| -> BTreeSet<String> {
+                p.targets.iter().map(|&t| p.object(&objs, t).id.to_string()).collect()
+            };
+            prop_assert_eq!(targets(&p), targets(&hand));
+        }
+    }
+
+    #[test]
+    fn every_engine_reports_a_cycle_of_the_same_strongly_connected_component(
+        parents in dag_strategy(),
+        a in any::<prop::sample::Index>(),
+        b in any::<prop::sample::Index>(),
+        seed in any::<u64>(),
+    ) {
+        let n = parents.len();
+        let v_ = b.index(n);
+        let ancestors: Vec<usize> = ancestors_of(&parents, &[v_]).into_iter().filter(|&x| x != v_).collect();
+        prop_assume!(!ancestors.is_empty());
+        // One back edge: `u` (an ancestor of `v`) gets `v` as a parent. The one component with
+        // a cycle is every node on a path from `u` to `v`.
+        let u = ancestors[a.index(ancestors.len())];
+        let mut with_cycle = parents.clone();
+        with_cycle[u].push(v_);
+        let component: BTreeSet<usize> = (0..n)
+            .filter(|&x| reaches(&parents, u, x) && reaches(&parents, x, v_))
+            .collect();
+        let inner_edges: usize = component
+            .iter()
+            .map(|&c| with_cycle[c].iter().filter(|p_| component.contains(p_)).count())
+            .sum();
+        let objs = to_objects(&with_cycle, &permutation(n, seed));
+        let req = PlanRequest { targets: Targets::All, ..PlanRequest::default() };
+        for engine in ENGINES {
+            let v = violations(plan_with(&objs, &req, engine).unwrap_err());
+            let [Violation::Cycle { path }] = v.as_slice() else {
+                return Err(TestCaseError::fail(format!("{engine:?}: {v:?}")));
+            };
+            let nodes: Vec<usize> = path.iter().map(node_number).collect();
+            let members: BTreeSet<usize> = nodes.iter().copied().collect();
+            prop_assert_eq!(members.len(), nodes.len(), "{:?}: a simple cycle", engine);
+            for i in 0..nodes.len() {
+                let (p_, c) = (nodes[i], nodes[(i + 1) % nodes.len()]);
+                prop_assert!(with_cycle[c].contains(&p_), "{:?}: n{} is not a parent of n{}", engine, p_, c);
+            }
+            prop_assert!(members.is_subset(&component), "{:?}: {:?} outside {:?}", engine, members, component);
+            if inner_edges == component.len() {
+                // The component is one simple cycle: every engine names exactly its members.
+                prop_assert_eq!(&members, &component, "{:?}", engine);
+            }
+        }
     }
 }
