@@ -674,7 +674,7 @@ async fn cp_stats(handle: &Handle, store: &TimedStore, data: &TimedData) -> anyh
     let c = within(
         START,
         "read the driver's counters",
-        handle.read(|s| s.counters.clone()),
+        handle.read(|s| s.counters().clone()),
     )
     .await??;
     Ok(json!({

@@ -87,7 +87,7 @@ impl<D: DataPlane, S: StateStore> Admin<D, S> {
                 self.handle.read(move |s| {
                     zones
                         .iter()
-                        .filter(|z| s.agents.list(Some(z), false).is_empty())
+                        .filter(|z| s.agents().list(Some(z), false).is_empty())
                         .map(ToString::to_string)
                         .collect::<Vec<_>>()
                 })
@@ -148,11 +148,14 @@ impl<D: DataPlane, S: StateStore> Admin<D, S> {
 
     async fn render_metrics(&self) -> Response {
         let (metrics, zones) = (self.metrics.clone(), self.zones.clone());
-        // The state gauges come from the driver; a driver too busy to answer leaves them as
-        // they were at the last scrape.
+        // The live agents come from the driver's registry; a driver too busy to answer leaves
+        // them as they were at the last scrape.
         let observed = tokio::time::timeout(
             CHECK_TIMEOUT,
-            self.handle.read(move |s| metrics.observe(s, &zones)),
+            self.handle.read(move |s| {
+                let live = s.agents().list(None, false);
+                metrics.set_agents_live(&zones, live.iter().map(|a| &a.zone));
+            }),
         )
         .await;
         if !matches!(observed, Ok(Ok(()))) {

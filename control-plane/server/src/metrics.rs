@@ -2,9 +2,9 @@
 //! registry per process, with the `strata_` prefix and bounded labels only (zone, state, outcome,
 //! reason, operation — never a batch or object id).
 //!
-//! Counters and histograms are updated where things happen (the driver); the gauges that describe
-//! the current state (objects and batches by state, live agents) are set from the driver's state
-//! just before each scrape ([`Metrics::observe`]).
+//! Everything is updated where things happen (the driver): counters and histograms as events
+//! occur, the objects and batches by state as they move (a scrape costs the number of series,
+//! not the number of objects), and the live agents per zone from the registry at each scrape.
 
 use std::sync::Arc;
 
@@ -12,8 +12,6 @@ use prometheus::{
     Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
-
-use crate::driver::DriverState;
 
 /// Buckets of the release latency (result consumed → child Ready handed to the producer).
 const RELEASE_BUCKETS: &[f64] = &[
@@ -256,33 +254,42 @@ impl Metrics {
             .observe(seconds);
     }
 
-    /// Sets the state gauges from the driver's state (called on the driver, before a scrape).
-    pub fn observe(&self, state: &DriverState, zones: &[strata_core::Zone]) {
-        let inner = &self.inner;
-        inner.objects.reset();
-        inner.batches.reset();
-        inner.agents_live.reset();
+    /// `n` objects of `zone` entered the driver in `state` (a batch installed).
+    pub fn objects_entered(&self, zone: &str, state: &str, n: i64) {
+        self.inner.objects.with_label_values(&[zone, state]).add(n);
+    }
+
+    /// An object of `zone` moved from one state to another.
+    pub fn object_moved(&self, zone: &str, from: &str, to: &str) {
+        self.inner.objects.with_label_values(&[zone, from]).dec();
+        self.inner.objects.with_label_values(&[zone, to]).inc();
+    }
+
+    /// A batch entered the driver in `state`.
+    pub fn batch_entered(&self, state: &str) {
+        self.inner.batches.with_label_values(&[state]).inc();
+    }
+
+    /// A batch moved from one state to another.
+    pub fn batch_moved(&self, from: &str, to: &str) {
+        self.inner.batches.with_label_values(&[from]).dec();
+        self.inner.batches.with_label_values(&[to]).inc();
+    }
+
+    /// Sets the live agents per zone: one zone per live agent in `live` (each of `zones` is
+    /// listed, 0 when none is live).
+    pub fn set_agents_live<'a>(
+        &self,
+        zones: &[strata_core::Zone],
+        live: impl IntoIterator<Item = &'a strata_core::Zone>,
+    ) {
+        let gauge = &self.inner.agents_live;
+        gauge.reset();
         for zone in zones {
-            inner.agents_live.with_label_values(&[zone.as_str()]).set(0);
+            gauge.with_label_values(&[zone.as_str()]).set(0);
         }
-        for agent in state.agents.list(None, false) {
-            inner
-                .agents_live
-                .with_label_values(&[agent.zone.as_str()])
-                .inc();
-        }
-        for rt in state.batches.values() {
-            inner
-                .batches
-                .with_label_values(&[rt.machine.batch_state().as_str()])
-                .inc();
-            for (node, record) in rt.machine.records().iter().enumerate() {
-                let zone = &rt.object(node as u32).zone;
-                inner
-                    .objects
-                    .with_label_values(&[zone.as_str(), record.state.as_str()])
-                    .inc();
-            }
+        for zone in live {
+            gauge.with_label_values(&[zone.as_str()]).inc();
         }
     }
 

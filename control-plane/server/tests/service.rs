@@ -420,7 +420,9 @@ async fn list_batches(client: &mut OrchestratorClient<Channel>) -> Vec<pb::Batch
 }
 
 async fn counters(handle: &Handle) -> DriverCounters {
-    t(handle.read(|s| s.counters.clone())).await.expect("read")
+    t(handle.read(|s| s.counters().clone()))
+        .await
+        .expect("read")
 }
 
 async fn get_object(

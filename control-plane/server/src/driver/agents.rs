@@ -1,25 +1,108 @@
-//! Agents: which attempts an agent held, declared lost when its lease ends or it deregisters.
+//! Agents: registration, heartbeats and deregistration with their rules (a heartbeat is told
+//! which attempts to abandon; a deregistered or expired agent's attempts are lost), applied to
+//! the registry the driver owns.
 
-use super::state::DriverState;
+use chrono::{DateTime, Utc};
+use strata_core::Zone;
+use strata_core::agents::{Agent, HeldAttempt, LeaseError, Registration};
 use strata_core::machine::{Event, LossReason, NodeState};
 use strata_core::model::NodeIx;
+
+use super::state::DriverState;
+
+/// What a heartbeat renewed, and what the agent should stop.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeartbeatReply {
+    /// When the renewed lease ends without another heartbeat.
+    pub lease_expires_at: DateTime<Utc>,
+    /// Attempts the agent reported that the control plane no longer waits for (they moved on,
+    /// or their batch or object is not driven here): the agent abandons them.
+    pub abandon: Vec<HeldAttempt>,
+    /// The topics' generation (agents subscribe again when it changes).
+    pub topics_generation: u64,
+}
+
+impl DriverState {
+    /// Registers an agent for `zone`: a new id and lease.
+    pub(super) fn register_agent(
+        &mut self,
+        zone: Zone,
+        registration: Registration,
+        nonce: u64,
+        now: DateTime<Utc>,
+    ) -> (Agent, u64) {
+        let agent = self.agents.register(zone, registration, nonce, now).clone();
+        (agent, self.topics_generation)
+    }
+
+    /// Renews agent `agent_id`'s lease `epoch`, recording the attempts it holds.
+    pub(super) fn heartbeat(
+        &mut self,
+        agent_id: &str,
+        epoch: u64,
+        held: Vec<HeldAttempt>,
+        draining: bool,
+        now: DateTime<Utc>,
+    ) -> Result<HeartbeatReply, LeaseError> {
+        let lease_expires_at = self
+            .agents
+            .heartbeat(agent_id, epoch, held.clone(), draining, now)?
+            .expires_at;
+        let abandon = held.into_iter().filter(|a| !self.awaits(a)).collect();
+        Ok(HeartbeatReply {
+            lease_expires_at,
+            abandon,
+            topics_generation: self.topics_generation,
+        })
+    }
+
+    /// Ends agent `agent_id`'s lease `epoch`; returns the events that hand back (reason
+    /// `drained`) the attempts it held.
+    pub(super) fn deregister(
+        &mut self,
+        agent_id: &str,
+        epoch: u64,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(String, Event)>, LeaseError> {
+        let reported = self.agents.deregister(agent_id, epoch, now)?;
+        Ok(held_attempts(
+            self,
+            agent_id,
+            &reported,
+            LossReason::Drained,
+        ))
+    }
+
+    /// Whether the control plane still waits for this attempt: its object is READY or RUNNING
+    /// with the same attempt and dispatch epoch.
+    fn awaits(&self, a: &HeldAttempt) -> bool {
+        let current = self
+            .node_of(&a.batch_id, &a.object_id)
+            .and_then(|n| self.batches.get(&a.batch_id)?.machine.record(n));
+        current.is_some_and(|r| {
+            matches!(r.state, NodeState::Ready | NodeState::Running)
+                && r.attempt == a.attempt
+                && r.dispatch_epoch == a.dispatch_epoch
+        })
+    }
+}
 
 /// The events that declare lost (reason `agent_lost`) the attempts agent `agent_id` held: those
 /// it last reported, and every RUNNING attempt it was the last to report on. The machine ignores
 /// any that moved on meanwhile.
-pub fn held_attempts_lost(
+pub(super) fn held_attempts_lost(
     state: &DriverState,
     agent_id: &str,
-    reported: &[strata_core::agents::HeldAttempt],
+    reported: &[HeldAttempt],
 ) -> Vec<(String, Event)> {
     held_attempts(state, agent_id, reported, LossReason::AgentLost)
 }
 
 /// Like [`held_attempts_lost`], with the loss `reason`.
-pub fn held_attempts(
+pub(super) fn held_attempts(
     state: &DriverState,
     agent_id: &str,
-    reported: &[strata_core::agents::HeldAttempt],
+    reported: &[HeldAttempt],
     reason: LossReason,
 ) -> Vec<(String, Event)> {
     let mut seen = std::collections::BTreeSet::new();

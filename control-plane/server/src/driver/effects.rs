@@ -117,6 +117,11 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                             waited.as_secs_f64(),
                         );
                     }
+                    self.settings.metrics.object_moved(
+                        rt.plan.object(&rt.objects, node).zone.as_str(),
+                        from.as_str(),
+                        to.as_str(),
+                    );
                     step.changed
                         .entry(batch_id.to_owned())
                         .or_default()
@@ -277,6 +282,9 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                     }
                 }
                 Effect::BatchFinished { state } => {
+                    self.settings
+                        .metrics
+                        .batch_moved(BatchState::Running.as_str(), state.as_str());
                     rt.finished_at = Some(now);
                     info!(%batch_id, state = %state, "batch finished");
                     step.watch.push((
@@ -289,6 +297,9 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                     ));
                 }
                 Effect::BatchReopened => {
+                    self.settings
+                        .metrics
+                        .batch_moved(BatchState::Failed.as_str(), BatchState::Running.as_str());
                     rt.finished_at = None;
                     step.watch.push((
                         batch_id.to_owned(),

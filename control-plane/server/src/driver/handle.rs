@@ -4,6 +4,11 @@
 use strata_core::machine::{Event, Outcome};
 use tokio::sync::{mpsc, oneshot};
 
+use chrono::Utc;
+use strata_core::Zone;
+use strata_core::agents::{Agent, HeldAttempt, LeaseError, Registration};
+
+use super::agents::HeartbeatReply;
 use super::error::DriverError;
 use super::state::DriverState;
 use crate::batch::PreparedBatch;
@@ -74,6 +79,45 @@ impl Handle {
         rx.await.map_err(|_| DriverError::ShuttingDown)?
     }
 
+    /// Registers an agent for `zone`; returns it with the topics' generation.
+    pub async fn register_agent(
+        &self,
+        zone: Zone,
+        registration: Registration,
+        nonce: u64,
+    ) -> Result<(Agent, u64), DriverError> {
+        self.mutate(move |s, _| s.register_agent(zone, registration, nonce, Utc::now()))
+            .await
+    }
+
+    /// Renews an agent's lease; the reply names the attempts it should abandon.
+    pub async fn heartbeat(
+        &self,
+        agent_id: String,
+        epoch: u64,
+        held: Vec<HeldAttempt>,
+        draining: bool,
+    ) -> Result<Result<HeartbeatReply, LeaseError>, DriverError> {
+        self.mutate(move |s, _| s.heartbeat(&agent_id, epoch, held, draining, Utc::now()))
+            .await
+    }
+
+    /// Ends an agent's lease; the attempts it held are handed back (reason `drained`) in the
+    /// same step. Returns how many.
+    pub async fn deregister(
+        &self,
+        agent_id: String,
+        epoch: u64,
+    ) -> Result<Result<u32, LeaseError>, DriverError> {
+        self.mutate(move |s, events| {
+            let lost = s.deregister(&agent_id, epoch, Utc::now())?;
+            let n = lost.len() as u32;
+            events.extend(lost);
+            Ok(n)
+        })
+        .await
+    }
+
     /// Runs `f` on the driver's state, between two steps, and returns its result.
     pub async fn read<T: Send + 'static>(
         &self,
@@ -89,7 +133,7 @@ impl Handle {
 
     /// Runs `f` on the driver's state between two steps; the events it pushes are applied in one
     /// step, and this resolves once their effects are durable.
-    pub async fn mutate<T: Send + 'static>(
+    async fn mutate<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut DriverState, &mut Vec<(String, Event)>) -> T + Send + 'static,
     ) -> Result<T, DriverError> {

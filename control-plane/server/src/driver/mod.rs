@@ -42,7 +42,7 @@ mod step;
 mod submit;
 mod timers;
 
-pub use agents::{held_attempts, held_attempts_lost};
+pub use agents::HeartbeatReply;
 pub use error::DriverError;
 pub use handle::{Handle, SubmitOutcome};
 pub use settings::DriverSettings;

@@ -97,7 +97,7 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
             prepared.batch_id = b.batch_id.clone();
             prepared.content_hash = b.content_hash;
             info!(batch_id = %b.batch_id, objects = n, "batch restored");
-            self.install(prepared, machine);
+            self.install(prepared, machine, false);
             resumed.push(b.batch_id);
         }
         // Attempts running or waiting for their retry own their objects again, before any

@@ -62,42 +62,121 @@ pub struct TransitionRecord {
 #[derive(Debug)]
 pub struct BatchRuntime {
     /// Batch id.
-    pub batch_id: String,
+    pub(super) batch_id: String,
     /// Idempotency key.
-    pub idempotency_key: String,
+    pub(super) idempotency_key: String,
     /// Content digest.
-    pub content_hash: String,
+    pub(super) content_hash: String,
     /// Options.
-    pub options: BatchOptions,
+    pub(super) options: BatchOptions,
     /// Submitted objects.
-    pub objects: Vec<ObjectDef>,
+    pub(super) objects: Vec<ObjectDef>,
     /// The plan.
-    pub plan: Plan,
+    pub(super) plan: Plan,
     /// Execution state.
-    pub machine: BatchMachine,
+    pub(super) machine: BatchMachine,
     /// Node of each planned object id.
-    pub node_of: FxHashMap<ObjectId, NodeIx>,
+    pub(super) node_of: FxHashMap<ObjectId, NodeIx>,
     /// Initial dispositions (fresh, preflight) as planned.
-    pub dispositions: Vec<InitialDisposition>,
+    pub(super) dispositions: Vec<InitialDisposition>,
     /// Per-node transitions seen by this process.
-    pub history: FxHashMap<NodeIx, Vec<TransitionRecord>>,
+    pub(super) history: FxHashMap<NodeIx, Vec<TransitionRecord>>,
     /// The agent that reported on each node last.
-    pub last_agent: FxHashMap<NodeIx, String>,
+    pub(super) last_agent: FxHashMap<NodeIx, String>,
     /// Nodes whose latest release coalesced onto another batch's attempt, with that batch
     /// (kept after the outcome arrives; dropped when the node is released to run itself).
-    pub coalesced_onto: FxHashMap<NodeIx, String>,
+    pub(super) coalesced_onto: FxHashMap<NodeIx, String>,
     /// Watchers: every step's changes of this batch, in order, as one message.
-    pub watch: broadcast::Sender<Arc<[WatchEvent]>>,
+    pub(super) watch: broadcast::Sender<Arc<[WatchEvent]>>,
     /// Submission time.
-    pub created_at: DateTime<Utc>,
+    pub(super) created_at: DateTime<Utc>,
     /// When it became terminal.
-    pub finished_at: Option<DateTime<Utc>>,
+    pub(super) finished_at: Option<DateTime<Utc>>,
 }
 
+/// Read-only: the driver changes a batch, everyone else reads it through [`super::Handle::read`].
 impl BatchRuntime {
     /// The object of a node.
     pub fn object(&self, node: NodeIx) -> &ObjectDef {
         self.plan.object(&self.objects, node)
+    }
+
+    /// Batch id.
+    pub fn batch_id(&self) -> &str {
+        &self.batch_id
+    }
+
+    /// Idempotency key.
+    pub fn idempotency_key(&self) -> &str {
+        &self.idempotency_key
+    }
+
+    /// Options.
+    pub fn options(&self) -> &BatchOptions {
+        &self.options
+    }
+
+    /// Submitted objects.
+    pub fn objects(&self) -> &[ObjectDef] {
+        &self.objects
+    }
+
+    /// The plan.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// Execution state.
+    pub fn machine(&self) -> &BatchMachine {
+        &self.machine
+    }
+
+    /// The node of a planned object id.
+    pub fn node_of(&self, id: &ObjectId) -> Option<NodeIx> {
+        self.node_of.get(id).copied()
+    }
+
+    /// Initial dispositions (fresh, preflight) as planned.
+    pub fn dispositions(&self) -> &[InitialDisposition] {
+        &self.dispositions
+    }
+
+    /// The node's transitions seen by this process, oldest first.
+    pub fn history(&self, node: NodeIx) -> &[TransitionRecord] {
+        self.history.get(&node).map_or(&[], Vec::as_slice)
+    }
+
+    /// The latest transition of any node seen by this process.
+    pub fn last_transition_at(&self) -> Option<DateTime<Utc>> {
+        self.history
+            .values()
+            .filter_map(|h| h.last().map(|t| t.at))
+            .max()
+    }
+
+    /// The agent that reported on the node last.
+    pub fn last_agent(&self, node: NodeIx) -> Option<&str> {
+        self.last_agent.get(&node).map(String::as_str)
+    }
+
+    /// The batch whose attempt the node's latest release coalesced onto.
+    pub fn coalesced_onto(&self, node: NodeIx) -> Option<&str> {
+        self.coalesced_onto.get(&node).map(String::as_str)
+    }
+
+    /// Every later step's changes of this batch, in order, one message per step.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<[WatchEvent]>> {
+        self.watch.subscribe()
+    }
+
+    /// Submission time.
+    pub fn created_at(&self) -> DateTime<Utc> {
+        self.created_at
+    }
+
+    /// When it became terminal.
+    pub fn finished_at(&self) -> Option<DateTime<Utc>> {
+        self.finished_at
     }
 }
 
@@ -124,20 +203,21 @@ pub struct DriverCounters {
     pub release_latency: LatencyHistogram,
 }
 
-/// Everything the driver owns; read through [`Handle::read`].
+/// Everything the driver owns. Only the driver changes it; the service and the admin port read
+/// it through [`super::Handle::read`] and the methods below.
 #[derive(Debug)]
 pub struct DriverState {
     /// Batches by id.
-    pub batches: HashMap<String, BatchRuntime>,
+    pub(super) batches: HashMap<String, BatchRuntime>,
     /// Counters.
-    pub counters: DriverCounters,
+    pub(super) counters: DriverCounters,
     /// Objects in flight across batches, and the releases waiting on them (`docs/design.md#coalescing`).
-    pub coalescer: Coalescer<String>,
+    pub(super) coalescer: Coalescer<String>,
     /// Worker agents and their leases.
-    pub agents: Registry,
+    pub(super) agents: Registry,
     /// Changes whenever this control plane created the topics (at start-up, or after the broker
     /// lost them): agents that see it change subscribe again. 0 = it found them in place.
-    pub topics_generation: u64,
+    pub(super) topics_generation: u64,
 }
 
 impl DriverState {
@@ -148,6 +228,7 @@ impl DriverState {
     }
 }
 
+/// Read-only queries.
 impl DriverState {
     /// The attempt of `batch_id`'s object `object_id` that an agent reported, as the machine's
     /// node, if that object is in the batch.
@@ -155,6 +236,36 @@ impl DriverState {
         let rt = self.batches.get(batch_id)?;
         let id = ObjectId::parse(object_id).ok()?;
         rt.node_of.get(&id).copied()
+    }
+
+    /// A batch this control plane drives.
+    pub fn batch(&self, batch_id: &str) -> Option<&BatchRuntime> {
+        self.batches.get(batch_id)
+    }
+
+    /// Every batch this control plane drives, in no order.
+    pub fn batches(&self) -> impl Iterator<Item = &BatchRuntime> {
+        self.batches.values()
+    }
+
+    /// What the driver counted.
+    pub fn counters(&self) -> &DriverCounters {
+        &self.counters
+    }
+
+    /// The worker agents and their leases.
+    pub fn agents(&self) -> &Registry {
+        &self.agents
+    }
+
+    /// Objects in flight across batches, each with the batch whose attempt runs it.
+    pub fn in_flight_owners(&self) -> impl Iterator<Item = (&ObjectId, &String)> {
+        self.coalescer.owners()
+    }
+
+    /// Changes whenever this control plane created the topics (0: it found them in place).
+    pub fn topics_generation(&self) -> u64 {
+        self.topics_generation
     }
 }
 

@@ -1,8 +1,11 @@
 //! Submission: a prepared batch made durable, installed and started.
 
+use std::collections::BTreeMap;
+
 use chrono::Utc;
 use rustc_hash::FxHashMap;
-use strata_core::machine::{BatchMachine, NodeRecord, NodeState};
+use strata_core::machine::{BatchMachine, BatchState, NodeRecord, NodeState};
+use strata_core::model::NodeIx;
 use tokio::sync::broadcast;
 use tracing::info;
 
@@ -84,7 +87,7 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
         info!(batch_id = %p.batch_id, objects = p.plan.len(), "batch submitted");
         let batch_id = p.batch_id.clone();
         let (objects, submitted_at) = (p.plan.len(), p.created_at);
-        self.install(p, machine);
+        self.install(p, machine, true);
         // The initial records are durable; perform the rest of start's effects.
         let mut step = Step::default();
         self.absorb(&mut step, &batch_id, effects, false);
@@ -98,7 +101,26 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
         })
     }
 
-    pub(super) fn install(&mut self, p: PreparedBatch, machine: BatchMachine) {
+    /// Installs a batch and counts its objects and itself in the state gauges: a `fresh` one
+    /// (just started) as if every object were still PENDING and the batch RUNNING, since the
+    /// effects of its start move them; a restored one as its records say, and RUNNING until its
+    /// resume's effects say otherwise.
+    pub(super) fn install(&mut self, p: PreparedBatch, machine: BatchMachine, fresh: bool) {
+        let metrics = &self.settings.metrics;
+        let mut entered: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+        for (node, record) in machine.records().iter().enumerate() {
+            let zone = p.plan.object(&p.objects, node as NodeIx).zone.as_str();
+            let state = if fresh {
+                NodeState::Pending
+            } else {
+                record.state
+            };
+            *entered.entry((zone, state.as_str())).or_default() += 1;
+        }
+        for ((zone, state), n) in entered {
+            metrics.objects_entered(zone, state, n);
+        }
+        metrics.batch_entered(BatchState::Running.as_str());
         let node_of = (0..p.plan.len() as u32)
             .map(|n| (p.plan.object(&p.objects, n).id.clone(), n))
             .collect();

@@ -6,16 +6,14 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use chrono::Utc;
 use strata_core::Zone;
 use strata_core::agents::{Agent, AgentState, HeldAttempt, LeaseError, Registration};
-use strata_core::machine::{LossReason, NodeState};
 use strata_proto::v1::{self as pb, agent_registry_server::AgentRegistry};
 use tonic::{Request, Response, Status};
 use tracing::info;
 
 use crate::convert;
-use crate::driver::{Handle, held_attempts};
+use crate::driver::Handle;
 use crate::error::ServiceError;
 
 /// What the registry tells agents besides their lease.
@@ -96,6 +94,13 @@ fn held(attempts: Vec<pb::InFlightAttempt>) -> Vec<HeldAttempt> {
         .collect()
 }
 
+fn same_attempt(h: &HeldAttempt, a: &pb::InFlightAttempt) -> bool {
+    h.batch_id == a.batch_id
+        && h.object_id == a.object_id
+        && h.attempt == a.attempt
+        && h.dispatch_epoch == a.dispatch_epoch
+}
+
 fn agent_info(a: &Agent) -> pb::AgentInfo {
     pb::AgentInfo {
         agent_id: a.id.clone(),
@@ -157,14 +162,9 @@ impl AgentRegistry for AgentRegistryService {
             hostname: req.hostname,
             labels: req.labels.into_iter().collect(),
         };
-        let nonce = self.nonce;
-        let z = zone.clone();
         let (agent, topics_generation) = self
             .handle
-            .mutate(move |s, _| {
-                let agent = s.agents.register(z, reg, nonce, Utc::now()).clone();
-                (agent, s.topics_generation)
-            })
+            .register_agent(zone.clone(), reg, self.nonce)
             .await
             .map_err(ServiceError::from)?;
         info!(agent_id = %agent.id, zone = %agent.zone, capacity = agent.capacity, hostname = %agent.hostname, "agent registered");
@@ -195,43 +195,28 @@ impl AgentRegistry for AgentRegistryService {
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let req = request.into_inner();
-        let (id, epoch, draining) = (req.agent_id, req.lease_epoch, req.draining);
         let in_flight = req.in_flight;
-        let (expires, abandon, topics_generation) = self
+        let reply = self
             .handle
-            .mutate(move |s, _| {
-                let reported = held(in_flight.clone());
-                let expires = s
-                    .agents
-                    .heartbeat(&id, epoch, reported, draining, Utc::now())
-                    .map_err(lease_error)?
-                    .expires_at;
-                // Attempts the agent holds that the control plane no longer waits for.
-                let abandon: Vec<pb::InFlightAttempt> = in_flight
-                    .into_iter()
-                    .filter(|a| {
-                        let current = s.node_of(&a.batch_id, &a.object_id).and_then(|n| {
-                            s.batches
-                                .get(&a.batch_id)
-                                .and_then(|rt| rt.machine.record(n))
-                        });
-                        !current.is_some_and(|r| {
-                            matches!(r.state, NodeState::Ready | NodeState::Running)
-                                && r.attempt == a.attempt
-                                && r.dispatch_epoch == a.dispatch_epoch
-                        })
-                    })
-                    .collect();
-                Ok::<_, ServiceError>((expires, abandon, s.topics_generation))
-            })
+            .heartbeat(
+                req.agent_id,
+                req.lease_epoch,
+                held(in_flight.clone()),
+                req.draining,
+            )
             .await
-            .map_err(ServiceError::from)??;
+            .map_err(ServiceError::from)?
+            .map_err(lease_error)?;
         Ok(Response::new(pb::HeartbeatResponse {
-            lease_expires_at: Some(convert::timestamp(expires)),
+            lease_expires_at: Some(convert::timestamp(reply.lease_expires_at)),
             drain: false,
-            abandon,
+            // The agent's own entries, as it reported them.
+            abandon: in_flight
+                .into_iter()
+                .filter(|a| reply.abandon.iter().any(|h| same_attempt(h, a)))
+                .collect(),
             heartbeat_interval: None,
-            topics_generation,
+            topics_generation: reply.topics_generation,
         }))
     }
 
@@ -240,23 +225,14 @@ impl AgentRegistry for AgentRegistryService {
         request: Request<pb::DeregisterRequest>,
     ) -> Result<Response<pb::DeregisterResponse>, Status> {
         let req = request.into_inner();
-        let (id, epoch) = (req.agent_id, req.lease_epoch);
+        let agent = req.agent_id.clone();
         let reason = req.reason;
-        let agent = id.clone();
         let handed_back = self
             .handle
-            .mutate(move |s, events| {
-                let reported = s
-                    .agents
-                    .deregister(&id, epoch, Utc::now())
-                    .map_err(lease_error)?;
-                let lost = held_attempts(s, &id, &reported, LossReason::Drained);
-                let n = lost.len() as u32;
-                events.extend(lost);
-                Ok::<_, ServiceError>(n)
-            })
+            .deregister(req.agent_id, req.lease_epoch)
             .await
-            .map_err(ServiceError::from)??;
+            .map_err(ServiceError::from)?
+            .map_err(lease_error)?;
         info!(agent_id = %agent, %reason, handed_back, "agent deregistered");
         Ok(Response::new(pb::DeregisterResponse {
             handed_back_count: handed_back,
@@ -279,7 +255,7 @@ impl AgentRegistry for AgentRegistryService {
         let agents = self
             .handle
             .read(move |s| {
-                s.agents
+                s.agents()
                     .list(zone.as_ref(), include)
                     .into_iter()
                     .map(agent_info)

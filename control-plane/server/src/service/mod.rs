@@ -543,8 +543,7 @@ impl<S: StateStore> OrchestratorService<S> {
         let map = self
             .handle
             .read(|s| {
-                s.coalescer
-                    .owners()
+                s.in_flight_owners()
                     .map(|(id, batch)| (id.clone(), batch.clone()))
                     .collect()
             })
@@ -598,7 +597,7 @@ impl<S: StateStore> OrchestratorService<S> {
     ) -> Result<Option<T>, ServiceError> {
         let id = batch_id.to_owned();
         self.handle
-            .read(move |s| s.batches.get(&id).map(f).transpose())
+            .read(move |s| s.batch(&id).map(f).transpose())
             .await?
     }
 
@@ -694,7 +693,7 @@ impl<S: StateStore> OrchestratorService<S> {
         let held = {
             let page = page.clone();
             self.with_batch(&batch_id, move |rt| {
-                Ok(page(&rt.objects, &rt.plan, &rt.dispositions))
+                Ok(page(rt.objects(), rt.plan(), rt.dispositions()))
             })
             .await?
         };
@@ -756,8 +755,7 @@ impl<S: StateStore> OrchestratorService<S> {
                     wanted
                         .iter()
                         .map(|id| {
-                            s.batches
-                                .get(id)
+                            s.batch(id)
                                 .map(|rt| wire::batch_of(rt, reasons.get(id).map(String::as_str)))
                         })
                         .collect()
@@ -837,11 +835,9 @@ impl<S: StateStore> OrchestratorService<S> {
 
     /// Resolves an object id of a held batch to its node.
     fn node_of(rt: &BatchRuntime, object_id: &ObjectId) -> Result<NodeIx, ServiceError> {
-        rt.node_of
-            .get(object_id)
-            .copied()
+        rt.node_of(object_id)
             .ok_or_else(|| ServiceError::ObjectNotFound {
-                batch: rt.batch_id.clone(),
+                batch: rt.batch_id().to_owned(),
                 object: object_id.to_string(),
             })
     }
@@ -857,11 +853,10 @@ impl<S: StateStore> OrchestratorService<S> {
         match self
             .handle
             .read(move |s| {
-                s.batches
-                    .get(&held)
+                s.batch(&held)
                     .map(|rt| {
                         let node = Self::node_of(rt, &id)?;
-                        let live = s.agents.active_in(&rt.object(node).zone) as u32;
+                        let live = s.agents().active_in(&rt.object(node).zone) as u32;
                         Ok::<_, ServiceError>(wire::object_status(rt, node, live))
                     })
                     .transpose()
@@ -887,7 +882,7 @@ impl<S: StateStore> OrchestratorService<S> {
             ))
         };
         let state = match self
-            .with_batch(&batch_id, |rt| Ok(rt.machine.batch_state()))
+            .with_batch(&batch_id, |rt| Ok(rt.machine().batch_state()))
             .await?
         {
             Some(s) => s,
@@ -927,7 +922,7 @@ impl<S: StateStore> OrchestratorService<S> {
             Outcome::Ignored(_) => {
                 // It finished (or was cancelled) between the check and the event.
                 let state = self
-                    .with_batch(&batch_id, |rt| Ok(rt.machine.batch_state()))
+                    .with_batch(&batch_id, |rt| Ok(rt.machine().batch_state()))
                     .await?
                     .unwrap_or(BatchState::Cancelled);
                 if state != BatchState::Cancelled {
@@ -972,25 +967,23 @@ impl<S: StateStore> OrchestratorService<S> {
             let batch_filter = batch_filter.clone();
             self.handle
                 .read(move |s| {
-                    let held = batch_filter
-                        .as_ref()
-                        .is_none_or(|b| s.batches.contains_key(b));
+                    let held = batch_filter.as_ref().is_none_or(|b| s.batch(b).is_some());
                     let mut rows: Vec<(i64, String, String, pb::RetryInfo)> = Vec::new();
-                    for rt in s.batches.values() {
-                        if batch_filter.as_ref().is_some_and(|b| *b != rt.batch_id)
-                            || rt.machine.counts().get(NodeState::RetryWait) == 0
+                    for rt in s.batches() {
+                        if batch_filter.as_ref().is_some_and(|b| *b != rt.batch_id())
+                            || rt.machine().counts().get(NodeState::RetryWait) == 0
                         {
                             continue;
                         }
-                        for node in rt.machine.nodes_in(NodeState::RetryWait) {
+                        for node in rt.machine().nodes_in(NodeState::RetryWait) {
                             let o = rt.object(node);
                             if zone.as_ref().is_some_and(|z| *z != o.zone) {
                                 continue;
                             }
-                            let due = wire::millis(rt.machine.next_retry_at(node));
+                            let due = wire::millis(rt.machine().next_retry_at(node));
                             rows.push((
                                 due,
-                                rt.batch_id.clone(),
+                                rt.batch_id().to_owned(),
                                 o.id.to_string(),
                                 wire::retry_info(rt, node),
                             ));
@@ -1130,9 +1123,9 @@ impl<S: StateStore> OrchestratorService<S> {
                 .read(move |s| {
                     decoded
                         .into_iter()
-                        .filter_map(|(node, mut l)| match s.batches.get(&l.batch_id) {
+                        .filter_map(|(node, mut l)| match s.batch(&l.batch_id) {
                             None => Some(l),
-                            Some(rt) => (rt.machine.state(node) == Some(NodeState::Dead)
+                            Some(rt) => (rt.machine().state(node) == Some(NodeState::Dead)
                                 && rt.object(node).id.as_str() == l.object_id)
                                 .then(|| {
                                     l.blocked_descendant_count =
@@ -1176,20 +1169,20 @@ impl<S: StateStore> OrchestratorService<S> {
         }
         let prepared = self
             .with_batch(&batch_id, move |rt| {
-                let batch_id = &rt.batch_id;
-                if rt.machine.batch_state() == BatchState::Cancelled {
+                let batch_id = &rt.batch_id();
+                if rt.machine().batch_state() == BatchState::Cancelled {
                     return Err(ServiceError::FailedPrecondition(format!(
                         "batch {batch_id} is CANCELLED: its dead objects cannot be replayed"
                     )));
                 }
-                let policy = rt.options.retry.max_attempts;
-                if budget != 0 && (budget != policy || !rt.machine.policies().is_uniform()) {
+                let policy = rt.options().retry.max_attempts;
+                if budget != 0 && (budget != policy || !rt.machine().policies().is_uniform()) {
                     return Err(ServiceError::Unsupported(format!(
                         "replaying with max_attempts {budget} is not supported: batch {batch_id} replays with its policies' attempts ({policy} outside the zones configured otherwise; send 0)"
                     )));
                 }
                 let nodes: Vec<NodeIx> = if ids.is_empty() {
-                    rt.machine.nodes_in(NodeState::Dead).collect()
+                    rt.machine().nodes_in(NodeState::Dead).collect()
                 } else {
                     let nodes = ids
                         .iter()
@@ -1198,7 +1191,7 @@ impl<S: StateStore> OrchestratorService<S> {
                     let not_dead: Vec<String> = nodes
                         .iter()
                         .filter_map(|&n| {
-                            let s = rt.machine.state(n).unwrap_or(NodeState::Pending);
+                            let s = rt.machine().state(n).unwrap_or(NodeState::Pending);
                             (s != NodeState::Dead).then(|| format!("{} ({s})", rt.object(n).id))
                         })
                         .collect();
@@ -1216,8 +1209,8 @@ impl<S: StateStore> OrchestratorService<S> {
                 Ok(Prepared {
                     names: nodes.iter().map(|&n| rt.object(n).id.to_string()).collect(),
                     nodes,
-                    upstream_before: rt.machine.counts().get(NodeState::UpstreamFailed),
-                    rx: rt.watch.subscribe(),
+                    upstream_before: rt.machine().counts().get(NodeState::UpstreamFailed),
+                    rx: rt.subscribe(),
                 })
             })
             .await?;
@@ -1284,7 +1277,7 @@ impl<S: StateStore> OrchestratorService<S> {
             // Too many changes to follow: the drop in UPSTREAM_FAILED objects.
             let after = self
                 .with_batch(&batch_id, |rt| {
-                    Ok(rt.machine.counts().get(NodeState::UpstreamFailed))
+                    Ok(rt.machine().counts().get(NodeState::UpstreamFailed))
                 })
                 .await?
                 .unwrap_or_default();

@@ -64,10 +64,10 @@ impl Watcher {
         let snap = self
             .handle
             .read(move |s| {
-                let rt = s.batches.get(&batch_id)?;
-                let rx = rt.watch.subscribe();
+                let rt = s.batch(&batch_id)?;
+                let rx = rt.subscribe();
                 let nodes = rt
-                    .machine
+                    .machine()
                     .records()
                     .iter()
                     .enumerate()
@@ -78,7 +78,7 @@ impl Watcher {
                     .collect();
                 Some(Snapshot {
                     batch: wire::batch_of(rt, reason.as_deref()),
-                    terminal: rt.machine.is_terminal(),
+                    terminal: rt.machine().is_terminal(),
                     nodes,
                     rx,
                 })
@@ -277,13 +277,13 @@ impl Watcher {
         let details = self
             .handle
             .read(move |s| {
-                let rt = s.batches.get(&batch_id);
+                let rt = s.batch(&batch_id);
                 wanted
                     .into_iter()
                     .map(|w| match (w, rt) {
                         (Some(node), Some(rt)) => Detail::Object {
-                            agent: rt.last_agent.get(&node).cloned(),
-                            record: rt.machine.record(node).cloned(),
+                            agent: rt.last_agent(node).map(str::to_owned),
+                            record: rt.machine().record(node).cloned(),
                         },
                         (Some(_), None) => Detail::Object {
                             agent: None,

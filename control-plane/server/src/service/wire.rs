@@ -22,7 +22,7 @@ use strata_proto::v1 as pb;
 
 use crate::batch::BatchOptions;
 use crate::convert;
-use crate::driver::{BatchRuntime, TransitionRecord};
+use crate::driver::BatchRuntime;
 use crate::error::ServiceError;
 use crate::ports::{BatchHead, StoredBatch};
 
@@ -292,7 +292,7 @@ fn max_attempts(policy: &RetryPolicy, rec: &NodeRecord) -> u32 {
 
 /// A batch held by the driver.
 pub(crate) fn batch_of(rt: &BatchRuntime, cancel_reason: Option<&str>) -> pb::Batch {
-    let machine = &rt.machine;
+    let machine = &rt.machine();
     let state = machine.batch_state();
     // Per zone (few) × state counts, in one pass.
     let mut per_zone: Vec<(&Zone, [u32; 9])> = Vec::new();
@@ -330,31 +330,26 @@ pub(crate) fn batch_of(rt: &BatchRuntime, cancel_reason: Option<&str>) -> pb::Ba
         BatchState::Failed => failed_reason(rt),
         BatchState::Running | BatchState::Succeeded => String::new(),
     };
-    let updated_at = rt
-        .history
-        .values()
-        .filter_map(|h| h.last().map(|t| t.at))
-        .max()
-        .unwrap_or(rt.created_at);
+    let updated_at = rt.last_transition_at().unwrap_or(rt.created_at());
     pb::Batch {
-        batch_id: rt.batch_id.clone(),
+        batch_id: rt.batch_id().to_owned(),
         state: convert::batch_state(state) as i32,
-        idempotency_key: rt.idempotency_key.clone(),
-        created_at: Some(convert::timestamp(rt.created_at)),
-        finished_at: rt.finished_at.map(convert::timestamp),
+        idempotency_key: rt.idempotency_key().to_owned(),
+        created_at: Some(convert::timestamp(rt.created_at())),
+        finished_at: rt.finished_at().map(convert::timestamp),
         summary: Some(plan_summary(
-            &rt.objects,
-            &rt.plan,
-            DispCounts::of_initial(&rt.dispositions),
+            rt.objects(),
+            rt.plan(),
+            DispCounts::of_initial(rt.dispositions()),
         )),
         counts,
         labels: rt
-            .options
+            .options()
             .labels
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
-        options: Some(submit_options(&rt.options)),
+        options: Some(submit_options(rt.options())),
         state_reason,
         updated_at: Some(convert::timestamp(updated_at)),
     }
@@ -369,9 +364,9 @@ fn state_index(s: NodeState) -> usize {
 
 fn failed_reason(rt: &BatchRuntime) -> String {
     const NAMED: usize = 5;
-    let counts = rt.machine.counts();
+    let counts = rt.machine().counts();
     let dead: Vec<String> = rt
-        .machine
+        .machine()
         .nodes_in(NodeState::Dead)
         .take(NAMED)
         .map(|n| rt.object(n).id.to_string())
@@ -500,17 +495,17 @@ pub(crate) fn detailed_reason(from: NodeState, to: NodeState, rec: Option<&NodeR
 pub(crate) fn retry_info(rt: &BatchRuntime, node: NodeIx) -> pb::RetryInfo {
     let o = rt.object(node);
     let rec = rt
-        .machine
+        .machine()
         .record(node)
         .cloned()
         .unwrap_or_else(NodeRecord::pending);
     let last_error = rec.last_error.clone().unwrap_or_default();
     pb::RetryInfo {
-        batch_id: rt.batch_id.clone(),
+        batch_id: rt.batch_id().to_owned(),
         object_id: o.id.to_string(),
         zone: o.zone.to_string(),
         attempt: rec.attempt,
-        max_attempts: max_attempts(rt.machine.policy(node), &rec),
+        max_attempts: max_attempts(rt.machine().policy(node), &rec),
         error_fingerprint: if last_error.is_empty() {
             String::new()
         } else {
@@ -530,12 +525,11 @@ pub(crate) fn retry_info(rt: &BatchRuntime, node: NodeIx) -> pb::RetryInfo {
 pub(crate) fn attempt_records(rt: &BatchRuntime, node: NodeIx) -> Vec<pb::AttemptRecord> {
     use NodeState as S;
     let rec = rt
-        .machine
+        .machine()
         .record(node)
         .cloned()
         .unwrap_or_else(NodeRecord::pending);
-    let empty = Vec::new();
-    let history: &Vec<TransitionRecord> = rt.history.get(&node).unwrap_or(&empty);
+    let history = rt.history(node);
     let mut out: Vec<pb::AttemptRecord> = Vec::new();
     for t in history {
         let ts = Some(convert::timestamp(t.at));
@@ -589,7 +583,7 @@ pub(crate) fn attempt_records(rt: &BatchRuntime, node: NodeIx) -> Vec<pb::Attemp
     if let Some(a) = out.last_mut().filter(|a| a.attempt == rec.attempt) {
         a.dispatch_epoch = rec.dispatch_epoch;
         if a.started_at.is_some() || a.outcome != pb::AttemptOutcome::InFlight as i32 {
-            a.agent_id = rt.last_agent.get(&node).cloned().unwrap_or_default();
+            a.agent_id = rt.last_agent(node).map(str::to_owned).unwrap_or_default();
         }
         if a.outcome == pb::AttemptOutcome::Failed as i32 {
             a.error = rec.last_error.clone().unwrap_or_default();
@@ -623,7 +617,7 @@ fn failure_reason_of(error: &str) -> pb::FailureReason {
 pub(crate) fn object_status(rt: &BatchRuntime, node: NodeIx, live_agents: u32) -> pb::ObjectStatus {
     use NodeState as S;
     let o = rt.object(node);
-    let machine = &rt.machine;
+    let machine = &rt.machine();
     let rec = machine
         .record(node)
         .cloned()
@@ -631,11 +625,11 @@ pub(crate) fn object_status(rt: &BatchRuntime, node: NodeIx, live_agents: u32) -
     let mut history = vec![pb::StateTransition {
         from_state: pb::ObjectState::Unspecified as i32,
         to_state: pb::ObjectState::Pending as i32,
-        at: Some(convert::timestamp(rt.created_at)),
+        at: Some(convert::timestamp(rt.created_at())),
         attempt: 0,
         reason: "planned".into(),
     }];
-    let records = rt.history.get(&node).map(Vec::as_slice).unwrap_or_default();
+    let records = rt.history(node);
     for (i, t) in records.iter().enumerate() {
         let last = i + 1 == records.len();
         history.push(pb::StateTransition {
@@ -692,11 +686,11 @@ pub(crate) fn object_status(rt: &BatchRuntime, node: NodeIx, live_agents: u32) -
                 ),
             })
         }
-        S::Ready if rt.coalesced_onto.contains_key(&node) => {
-            let onto = &rt.coalesced_onto[&node];
+        S::Ready if rt.coalesced_onto(node).is_some() => {
+            let onto = rt.coalesced_onto(node).unwrap_or_default();
             Some(pb::BlockedReason {
                 reason: Some(pb::blocked_reason::Reason::Coalesced(pb::Coalesced {
-                    batch_id: onto.clone(),
+                    batch_id: onto.to_owned(),
                 })),
                 summary: format!(
                     "object {} is already in flight for batch {onto}; this batch takes the \
@@ -747,7 +741,7 @@ pub(crate) fn object_status(rt: &BatchRuntime, node: NodeIx, live_agents: u32) -
         S::Running | S::Loaded | S::SkippedFresh | S::Dead | S::Cancelled => None,
     };
     pb::ObjectStatus {
-        batch_id: rt.batch_id.clone(),
+        batch_id: rt.batch_id().to_owned(),
         definition: Some(convert::object_definition(o)),
         zone: o.zone.to_string(),
         state: convert::object_state(rec.state) as i32,
@@ -758,12 +752,15 @@ pub(crate) fn object_status(rt: &BatchRuntime, node: NodeIx, live_agents: u32) -
             .then_some(rec.retry_due)
             .flatten()
             .map(convert::timestamp),
-        agent_id: rt.last_agent.get(&node).cloned().unwrap_or_default(),
+        agent_id: rt.last_agent(node).map(str::to_owned).unwrap_or_default(),
         history,
-        coalesced_onto_batch_id: rt.coalesced_onto.get(&node).cloned().unwrap_or_default(),
+        coalesced_onto_batch_id: rt
+            .coalesced_onto(node)
+            .map(str::to_owned)
+            .unwrap_or_default(),
         blocked,
         wave: rt
-            .plan
+            .plan()
             .waves
             .get(node as usize)
             .copied()
@@ -796,13 +793,13 @@ fn waiting_summary(parents: &[pb::ParentState]) -> String {
 
 /// How many `UPSTREAM_FAILED` descendants a `DEAD` node blocks (reached through such nodes).
 pub(crate) fn blocked_descendants(rt: &BatchRuntime, node: NodeIx) -> u32 {
-    let dag = rt.machine.dag();
+    let dag = rt.machine().dag();
     let mut seen = rustc_hash::FxHashSet::default();
     let mut stack = vec![node];
     let mut count = 0;
     while let Some(x) = stack.pop() {
         for &c in dag.children(x) {
-            if rt.machine.state(c) == Some(NodeState::UpstreamFailed) && seen.insert(c) {
+            if rt.machine().state(c) == Some(NodeState::UpstreamFailed) && seen.insert(c) {
                 count += 1;
                 stack.push(c);
             }
