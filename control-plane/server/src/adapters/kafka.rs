@@ -89,25 +89,8 @@ pub const PROTECTED_PROPERTIES: &[&str] = &[
     "allow.auto.create.topics",
 ];
 
-/// `<prefix>.ready.<zone>`: where Ready records of `zone` go (key = object id).
-pub fn ready_topic(prefix: &str, zone: &str) -> String {
-    format!("{prefix}.{}.{zone}", wire::READY_TOPIC)
-}
-
-/// `<prefix>.results`: where agents publish `ObjectResult` records (key = batch id).
-pub fn results_topic(prefix: &str) -> String {
-    format!("{prefix}.{}", wire::RESULTS_TOPIC)
-}
-
-/// `<prefix>.dlq`: dead letters (key = object id).
-pub fn dlq_topic(prefix: &str) -> String {
-    format!("{prefix}.{}", wire::DLQ_TOPIC)
-}
-
-/// `<prefix>.status`: status changes for external consumers (key = batch id).
-pub fn status_topic(prefix: &str) -> String {
-    format!("{prefix}.{}", wire::STATUS_TOPIC)
-}
+// The topic names are contract: the wire crate builds them.
+pub use strata_proto::kafka::{dlq_topic, ready_topic, results_topic, status_topic};
 
 /// Every topic the control plane needs for `zones`: one ready topic per zone, then results,
 /// dead letters and status. Sorted by zone, without duplicates.
