@@ -11,6 +11,7 @@ use strata_control_plane::adapters::redis::RedisStore;
 use strata_control_plane::config::Flags;
 use strata_control_plane::run::run_with;
 use strata_control_plane::telemetry;
+use strata_runtime::otlp;
 use tokio::signal::unix::{SignalKind, signal};
 
 /// How long spans still queued at shutdown may take to be exported.
@@ -48,14 +49,13 @@ fn main() -> ExitCode {
     };
     // Traces, when the environment names an OTLP endpoint (the exporter's gRPC channel lives on
     // the runtime).
-    let traces =
-        match runtime.block_on(async { telemetry::install_from_env(telemetry::SERVICE_NAME) }) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("strata-control-plane: traces: {e}");
-                return ExitCode::from(2);
-            }
-        };
+    let traces = match runtime.block_on(async { otlp::install_from_env(telemetry::SERVICE_NAME) }) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("strata-control-plane: traces: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if let Some(t) = &traces {
         tracing::info!(endpoint = %t.endpoint(), "exporting traces over OTLP");
     }
@@ -104,7 +104,7 @@ fn main() -> ExitCode {
     // Every span has ended (the driver has stopped): export what is queued, bounded. The runtime
     // still runs the exporter's channel.
     if let Some(t) = traces {
-        t.shutdown(TRACES_FLUSH);
+        t.shutdown_blocking(TRACES_FLUSH);
     }
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -26,7 +26,7 @@
 //! Owns the rdkafka client configuration of the control plane; the helpers
 //! ([`ready_topic`], [`producer_config`], [`results_consumer_config`], …) are public so that the
 //! test harness and tools build the same names and settings. Depends on nothing but the port
-//! types, the wire crate and whether traces are exported ([`crate::telemetry::enabled`]: a
+//! types, the wire crate and whether traces are exported ([`strata_runtime::otlp::enabled`]: a
 //! result's `traceparent` header is read only then).
 
 use std::collections::{BTreeMap, HashMap};
@@ -1209,7 +1209,7 @@ async fn consume_results(
                         )
                     });
                 // The agent's span of the attempt, only while traces are exported.
-                let traceparent = crate::telemetry::enabled()
+                let traceparent = strata_runtime::otlp::enabled()
                     .then(|| header(&message, wire::HEADER_TRACEPARENT))
                     .flatten()
                     .and_then(|v| std::str::from_utf8(v).ok())

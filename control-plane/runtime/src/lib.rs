@@ -1,0 +1,8 @@
+//! # strata-runtime
+//!
+//! The process runtime both Strata binaries (the control plane and the worker agent) share around
+//! their own logic, one module per job. What is contract (topic and consumer-group names, record
+//! headers) lives in the wire crate, not here; the pure core never depends on this crate.
+
+#[cfg(feature = "otlp")]
+pub mod otlp;
