@@ -4,5 +4,6 @@
 //! their own logic, one module per job. What is contract (topic and consumer-group names, record
 //! headers) lives in the wire crate, not here; the pure core never depends on this crate.
 
+pub mod admin;
 #[cfg(feature = "otlp")]
 pub mod otlp;
