@@ -15,6 +15,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use strata_client::{Client, ClientError, ClientOptions, DEFAULT_ENDPOINT};
 use strata_proto::v1 as pb;
+use strata_runtime::{executor, logs};
 use tonic::Code;
 
 use crate::render::{Output, print_json, table};
@@ -243,17 +244,8 @@ impl From<ClientError> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    logs::init("warn", std::io::stderr);
+    let runtime = match executor::build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("strata: cannot start the runtime: {e}");

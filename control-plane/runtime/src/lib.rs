@@ -5,5 +5,8 @@
 //! headers) lives in the wire crate, not here; the pure core never depends on this crate.
 
 pub mod admin;
+pub mod executor;
+pub mod logs;
 #[cfg(feature = "otlp")]
 pub mod otlp;
+pub mod shutdown;
