@@ -15,6 +15,7 @@ use rdkafka::message::{Header, Headers as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use strata_proto::kafka as wire;
 use strata_proto::v1::{ObjectReady, ObjectResult};
+use strata_runtime::detached::Detached;
 use tracing::{info, warn};
 
 use crate::admin::Health;
@@ -230,7 +231,7 @@ pub fn decode_ready(
 /// reporting only timeouts. A needless replacement costs a reconnect.
 #[derive(Clone)]
 pub struct ResultPublisher {
-    producer: Arc<Mutex<Arc<OwnedProducer>>>,
+    producer: Arc<Mutex<Arc<Detached<FutureProducer>>>>,
     settings: Arc<KafkaSettings>,
     topic: Arc<str>,
 }
@@ -240,31 +241,6 @@ impl std::fmt::Debug for ResultPublisher {
         f.debug_struct("ResultPublisher")
             .field("topic", &self.topic)
             .finish_non_exhaustive()
-    }
-}
-
-/// A producer destroyed on a thread of its own, whoever drops it last (destroying a
-/// librdkafka handle blocks: purge, flush, thread joins).
-struct OwnedProducer(Option<FutureProducer>);
-
-impl std::ops::Deref for OwnedProducer {
-    type Target = FutureProducer;
-
-    fn deref(&self) -> &FutureProducer {
-        self.0.as_ref().expect("present until dropped")
-    }
-}
-
-impl Drop for OwnedProducer {
-    fn drop(&mut self) {
-        if let Some(producer) = self.0.take() {
-            let spawned = std::thread::Builder::new()
-                .name("strata-agent-producer-drop".into())
-                .spawn(move || drop(producer));
-            if let Err(e) = spawned {
-                warn!(error = %e, "no thread to destroy the old producer on; destroyed inline");
-            }
-        }
     }
 }
 
@@ -289,7 +265,7 @@ fn needs_replacing(producer: &FutureProducer, error: &KafkaError) -> Option<&'st
 impl ResultPublisher {
     /// A publisher to `topic`.
     pub fn new(settings: &KafkaSettings, topic: &str) -> rdkafka::error::KafkaResult<Self> {
-        let producer = OwnedProducer(Some(producer_config(settings).create()?));
+        let producer = Detached::new(producer_config(settings).create()?);
         Ok(Self {
             producer: Arc::new(Mutex::new(Arc::new(producer))),
             settings: Arc::new(settings.clone()),
@@ -297,7 +273,7 @@ impl ResultPublisher {
         })
     }
 
-    fn current(&self) -> Arc<OwnedProducer> {
+    fn current(&self) -> Arc<Detached<FutureProducer>> {
         Arc::clone(&self.producer.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
@@ -310,7 +286,7 @@ impl ResultPublisher {
     }
 
     /// Replaces `old` with a new producer, unless a concurrent send did already.
-    fn replace(&self, old: &Arc<OwnedProducer>, why: &str) {
+    fn replace(&self, old: &Arc<Detached<FutureProducer>>, why: &str) {
         let mut current = self.producer.lock().unwrap_or_else(|e| e.into_inner());
         if !Arc::ptr_eq(&current, old) {
             return;
@@ -318,7 +294,7 @@ impl ResultPublisher {
         match producer_config(&self.settings).create() {
             Ok(fresh) => {
                 warn!(reason = why, "replacing the results producer");
-                *current = Arc::new(OwnedProducer(Some(fresh)));
+                *current = Arc::new(Detached::new(fresh));
             }
             Err(e) => warn!(error = %e, "results producer not replaced"),
         }

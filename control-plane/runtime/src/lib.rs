@@ -5,6 +5,7 @@
 //! headers) lives in the wire crate, not here; the pure core never depends on this crate.
 
 pub mod admin;
+pub mod detached;
 pub mod executor;
 pub mod logs;
 #[cfg(feature = "otlp")]

@@ -31,7 +31,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::ops::Deref;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -48,6 +47,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use strata_core::Zone;
 use strata_proto::kafka as wire;
 use strata_proto::v1::{DeadLetter, ObjectReady, ObjectResult, StatusChanged};
+use strata_runtime::detached::{Detached, NotDestroyed};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, trace, warn};
@@ -460,43 +460,6 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<i32> {
     tpl.elements().iter().map(|e| e.partition()).collect()
 }
 
-/// Owns a librdkafka handle whose destruction blocks (flush, leave group, thread joins) and
-/// destroys it on a thread of its own, whoever drops the last reference, so no async worker
-/// ever waits for it.
-struct Detached<T: Send + 'static>(Option<T>);
-
-impl<T: Send + 'static> Detached<T> {
-    fn new(inner: T) -> Self {
-        Self(Some(inner))
-    }
-
-    /// Takes the handle out, for a caller that destroys it itself (and waits for that).
-    fn into_inner(mut self) -> Option<T> {
-        self.0.take()
-    }
-}
-
-impl<T: Send + 'static> Deref for Detached<T> {
-    type Target = T;
-
-    fn deref(&self) -> &T {
-        self.0.as_ref().expect("present until dropped")
-    }
-}
-
-impl<T: Send + 'static> Drop for Detached<T> {
-    fn drop(&mut self) {
-        if let Some(inner) = self.0.take() {
-            let spawned = std::thread::Builder::new()
-                .name("strata-kafka-drop".into())
-                .spawn(move || drop(inner));
-            if let Err(e) = spawned {
-                warn!(error = %e, "no thread to destroy a kafka client on; destroying it inline");
-            }
-        }
-    }
-}
-
 // ------------------------------------------------------------------------------------------------
 // The adapter.
 
@@ -745,27 +708,18 @@ impl KafkaDataPlane {
         if tokio::time::timeout(CLOSE_TIMEOUT, sub.task).await.is_err() {
             warn!("results consumer task did not stop within {CLOSE_TIMEOUT:?}");
         }
-        let consumer = match Arc::try_unwrap(sub.consumer) {
-            Ok(detached) => detached.into_inner(),
-            // Someone is storing positions right now: their drop closes it in the background.
-            Err(_) => None,
-        };
-        let Some(consumer) = consumer else { return };
-        let started = Instant::now();
-        let (done_tx, done_rx) = oneshot::channel();
-        let spawned = std::thread::Builder::new()
-            .name("strata-kafka-close".into())
-            .spawn(move || {
-                drop(consumer);
-                let _ = done_tx.send(());
-            });
-        if let Err(e) = spawned {
-            warn!(error = %e, "no thread to close the results consumer on");
+        // Someone storing positions right now holds it too: their drop closes it in the background.
+        let Ok(consumer) = Arc::try_unwrap(sub.consumer) else {
             return;
-        }
-        match tokio::time::timeout(CLOSE_TIMEOUT, done_rx).await {
-            Ok(_) => debug!(elapsed = ?started.elapsed(), "results consumer closed"),
-            Err(_) => warn!("results consumer did not close within {CLOSE_TIMEOUT:?}"),
+        };
+        match consumer.destroy(CLOSE_TIMEOUT).await {
+            Ok(elapsed) => debug!(?elapsed, "results consumer closed"),
+            Err(NotDestroyed::NoThread(e)) => {
+                warn!(error = %e, "no thread to close the results consumer on");
+            }
+            Err(NotDestroyed::TimedOut) => {
+                warn!("results consumer did not close within {CLOSE_TIMEOUT:?}");
+            }
         }
     }
 
