@@ -16,6 +16,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use strata_proto::kafka as wire;
 use strata_proto::v1::{ObjectReady, ObjectResult};
 use strata_runtime::detached::Detached;
+use strata_runtime::kafka_logs::{self, Logged};
 use tracing::{info, warn};
 
 use crate::admin::Health;
@@ -47,14 +48,7 @@ fn base_config(settings: &KafkaSettings, role: &str) -> ClientConfig {
         .set("reconnect.backoff.ms", "100")
         .set("reconnect.backoff.max.ms", "2000")
         .set("socket.connection.setup.timeout.ms", "10000")
-        .set_log_level(
-            if tracing::enabled!(target: "librdkafka", tracing::Level::DEBUG) {
-                // With `--kafka-property debug=<contexts>`, librdkafka's debug lines too.
-                RDKafkaLogLevel::Debug
-            } else {
-                RDKafkaLogLevel::Warning
-            },
-        );
+        .set_log_level(kafka_logs::threshold());
     config
 }
 
@@ -127,25 +121,21 @@ pub struct GroupContext {
     pub incarnation: u64,
 }
 
+impl GroupContext {
+    /// The client name in log lines: `consumer-<incarnation>`.
+    fn client_name(&self) -> String {
+        format!("consumer-{}", self.incarnation)
+    }
+}
+
 impl ClientContext for GroupContext {
-    /// librdkafka's log lines, into `tracing` (target `librdkafka`).
+    /// librdkafka's log lines and errors, routed like every client's.
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        let consumer = self.incarnation;
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error
-            | RDKafkaLogLevel::Warning => {
-                warn!(target: "librdkafka", consumer, facility, "{message}")
-            }
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                info!(target: "librdkafka", consumer, facility, "{message}")
-            }
-            RDKafkaLogLevel::Debug => {
-                tracing::debug!(target: "librdkafka", consumer, facility, "{message}")
-            }
-        }
+        kafka_logs::log(&self.client_name(), level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        kafka_logs::client_error(&self.client_name(), &error, reason);
     }
 
     /// The lag of the partitions this consumer fetches (`fetch_state` active), summed; -1 while
@@ -231,7 +221,7 @@ pub fn decode_ready(
 /// reporting only timeouts. A needless replacement costs a reconnect.
 #[derive(Clone)]
 pub struct ResultPublisher {
-    producer: Arc<Mutex<Arc<Detached<FutureProducer>>>>,
+    producer: Arc<Mutex<Arc<Detached<FutureProducer<Logged>>>>>,
     settings: Arc<KafkaSettings>,
     topic: Arc<str>,
 }
@@ -245,7 +235,7 @@ impl std::fmt::Debug for ResultPublisher {
 }
 
 /// Why a failed delivery means the producer must be replaced, if it does.
-fn needs_replacing(producer: &FutureProducer, error: &KafkaError) -> Option<&'static str> {
+fn needs_replacing(producer: &FutureProducer<Logged>, error: &KafkaError) -> Option<&'static str> {
     if producer.client().fatal_error().is_some() {
         return Some("fatal error");
     }
@@ -265,7 +255,8 @@ fn needs_replacing(producer: &FutureProducer, error: &KafkaError) -> Option<&'st
 impl ResultPublisher {
     /// A publisher to `topic`.
     pub fn new(settings: &KafkaSettings, topic: &str) -> rdkafka::error::KafkaResult<Self> {
-        let producer = Detached::new(producer_config(settings).create()?);
+        let producer =
+            Detached::new(producer_config(settings).create_with_context(Logged("producer"))?);
         Ok(Self {
             producer: Arc::new(Mutex::new(Arc::new(producer))),
             settings: Arc::new(settings.clone()),
@@ -273,7 +264,7 @@ impl ResultPublisher {
         })
     }
 
-    fn current(&self) -> Arc<Detached<FutureProducer>> {
+    fn current(&self) -> Arc<Detached<FutureProducer<Logged>>> {
         Arc::clone(&self.producer.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
@@ -286,12 +277,12 @@ impl ResultPublisher {
     }
 
     /// Replaces `old` with a new producer, unless a concurrent send did already.
-    fn replace(&self, old: &Arc<Detached<FutureProducer>>, why: &str) {
+    fn replace(&self, old: &Arc<Detached<FutureProducer<Logged>>>, why: &str) {
         let mut current = self.producer.lock().unwrap_or_else(|e| e.into_inner());
         if !Arc::ptr_eq(&current, old) {
             return;
         }
-        match producer_config(&self.settings).create() {
+        match producer_config(&self.settings).create_with_context(Logged("producer")) {
             Ok(fresh) => {
                 warn!(reason = why, "replacing the results producer");
                 *current = Arc::new(Detached::new(fresh));

@@ -29,7 +29,7 @@
 //! types, the wire crate and whether traces are exported ([`strata_runtime::otlp::enabled`]: a
 //! result's `traceparent` header is read only then).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -48,9 +48,10 @@ use strata_core::Zone;
 use strata_proto::kafka as wire;
 use strata_proto::v1::{DeadLetter, ObjectReady, ObjectResult, StatusChanged};
 use strata_runtime::detached::{Detached, NotDestroyed};
+use strata_runtime::kafka_logs::{self, LogLimiter, Logged};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tracing::{debug, error, info, trace, warn};
+use tracing::{debug, info, trace, warn};
 
 use crate::ports::{DataPlane, PortError, PortResult, Position, ResultRecord};
 
@@ -70,8 +71,6 @@ pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub const RESULTS_CHANNEL_CAPACITY: usize = 4096;
 /// Bound on [`KafkaDataPlane::close`] (leaving the group, committing stored offsets).
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(15);
-/// Minimum interval between two log lines about the same recurring client error.
-const LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Pause after a consumer error before polling again.
 const CONSUMER_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
@@ -229,21 +228,8 @@ pub fn base_config(settings: &KafkaSettings, role: &str) -> ClientConfig {
         .set("reconnect.backoff.ms", "100")
         .set("reconnect.backoff.max.ms", "2000")
         .set("socket.connection.setup.timeout.ms", "10000")
-        .set_log_level(librdkafka_log_level());
+        .set_log_level(kafka_logs::threshold());
     config
-}
-
-/// librdkafka's own log threshold, from what the `tracing` subscriber wants of target
-/// `librdkafka` (its lines are logged there): warnings and errors by default, `Info` lines at
-/// `debug`, `Debug` lines (with a `debug` property in `extra`) at `trace`.
-fn librdkafka_log_level() -> RDKafkaLogLevel {
-    if tracing::enabled!(target: "librdkafka", tracing::Level::TRACE) {
-        RDKafkaLogLevel::Debug
-    } else if tracing::enabled!(target: "librdkafka", tracing::Level::DEBUG) {
-        RDKafkaLogLevel::Info
-    } else {
-        RDKafkaLogLevel::Warning
-    }
 }
 
 /// The producer's configuration: idempotent (no duplicates or reordering from internal
@@ -342,102 +328,37 @@ fn header<'a>(message: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> 
 }
 
 // ------------------------------------------------------------------------------------------------
-// librdkafka callbacks: logging only, rate-limited.
+// librdkafka callbacks: logging only, rate-limited (the producer and admin client: `Logged`).
 
-/// Logs a recurring condition at most once per [`LOG_INTERVAL`] per key, with the number of
-/// suppressed repeats.
-#[derive(Debug, Default)]
-struct LogLimiter {
-    seen: Mutex<HashMap<String, (Instant, u64)>>,
-}
-
-impl LogLimiter {
-    /// `Some(suppressed since the last line)` when a line for `key` should be logged now.
-    fn admit(&self, key: &str) -> Option<u64> {
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        if seen.len() > 256 {
-            seen.retain(|_, (at, _)| now.duration_since(*at) < LOG_INTERVAL);
-        }
-        match seen.get_mut(key) {
-            Some((at, suppressed)) if now.duration_since(*at) < LOG_INTERVAL => {
-                *suppressed += 1;
-                None
-            }
-            Some((at, suppressed)) => {
-                let n = std::mem::take(suppressed);
-                *at = now;
-                Some(n)
-            }
-            None => {
-                seen.insert(key.to_owned(), (now, 0));
-                Some(0)
-            }
-        }
-    }
-}
-
-/// The context of every client: routes librdkafka's logs and errors to `tracing`.
+/// The results consumer's context: its client lines routed like every client's, its rebalances
+/// and failed commits logged.
 #[derive(Debug)]
-struct Ctx {
-    role: &'static str,
-    limiter: LogLimiter,
-}
+struct ResultsContext;
 
-impl Ctx {
-    fn new(role: &'static str) -> Self {
-        Self {
-            role,
-            limiter: LogLimiter::default(),
-        }
-    }
-}
+const RESULTS_CLIENT: &str = "results";
 
-impl ClientContext for Ctx {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error
-            | RDKafkaLogLevel::Warning => {
-                if let Some(suppressed) = self.limiter.admit(fac) {
-                    warn!(target: "librdkafka", client = self.role, facility = fac, suppressed, "{log_message}");
-                }
-            }
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                debug!(target: "librdkafka", client = self.role, facility = fac, "{log_message}");
-            }
-            RDKafkaLogLevel::Debug => {
-                trace!(target: "librdkafka", client = self.role, facility = fac, "{log_message}");
-            }
-        }
+impl ClientContext for ResultsContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        kafka_logs::log(RESULTS_CLIENT, level, facility, message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        let code = error.rdkafka_error_code();
-        if code == Some(RDKafkaErrorCode::Fatal) {
-            error!(client = self.role, %error, reason, "kafka client hit a fatal error");
-            return;
-        }
-        let key = format!("error:{code:?}");
-        if let Some(suppressed) = self.limiter.admit(&key) {
-            warn!(client = self.role, %error, reason, suppressed, "kafka client error");
-        }
+        kafka_logs::client_error(RESULTS_CLIENT, &error, reason);
     }
 }
 
-impl ConsumerContext for Ctx {
+impl ConsumerContext for ResultsContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let client = RESULTS_CLIENT;
         match rebalance {
             Rebalance::Assign(tpl) => {
-                info!(client = self.role, partitions = ?partitions_of(tpl), "results partitions assigned");
+                info!(client, partitions = ?partitions_of(tpl), "results partitions assigned");
             }
             Rebalance::Revoke(tpl) => {
-                info!(client = self.role, partitions = ?partitions_of(tpl), "results partitions revoked");
+                info!(client, partitions = ?partitions_of(tpl), "results partitions revoked");
             }
             Rebalance::Error(e) => {
-                warn!(client = self.role, error = %e, "results consumer rebalance failed");
+                warn!(client, error = %e, "results consumer rebalance failed");
             }
         }
     }
@@ -448,8 +369,8 @@ impl ConsumerContext for Ctx {
             // An auto-commit with nothing new stored.
             Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::NoOffset) => {}
             Err(e) => {
-                if let Some(suppressed) = self.limiter.admit("commit") {
-                    warn!(client = self.role, error = %e, suppressed, "offset commit failed");
+                if let Some(suppressed) = kafka_logs::admit(RESULTS_CLIENT, "commit") {
+                    warn!(client = RESULTS_CLIENT, error = %e, suppressed, "offset commit failed");
                 }
             }
         }
@@ -463,8 +384,8 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<i32> {
 // ------------------------------------------------------------------------------------------------
 // The adapter.
 
-type Producer = FutureProducer<Ctx>;
-type ResultsConsumer = StreamConsumer<Ctx>;
+type Producer = FutureProducer<Logged>;
+type ResultsConsumer = StreamConsumer<ResultsContext>;
 
 /// The running results consumer.
 struct Subscription {
@@ -480,7 +401,7 @@ pub struct KafkaDataPlane {
     dlq_topic: String,
     status_topic: String,
     producer: Mutex<Arc<Detached<Producer>>>,
-    admin: Detached<AdminClient<Ctx>>,
+    admin: Detached<AdminClient<Logged>>,
     subscription: Mutex<Option<Subscription>>,
 }
 
@@ -652,7 +573,7 @@ fn rejected(detail: String) -> PortError {
 
 fn create_producer(settings: &KafkaSettings) -> PortResult<Producer> {
     producer_config(settings)
-        .create_with_context(Ctx::new("producer"))
+        .create_with_context(Logged("producer"))
         .map_err(|e| {
             rejected(format!(
                 "create producer for {}: {e}",
@@ -670,8 +591,8 @@ impl KafkaDataPlane {
     pub fn connect(settings: KafkaSettings) -> PortResult<Self> {
         settings.validate()?;
         let producer = create_producer(&settings)?;
-        let admin: AdminClient<Ctx> = admin_config(&settings)
-            .create_with_context(Ctx::new("admin"))
+        let admin: AdminClient<Logged> = admin_config(&settings)
+            .create_with_context(Logged("admin"))
             .map_err(|e| {
                 rejected(format!(
                     "create admin client for {}: {e}",
@@ -1034,7 +955,7 @@ impl DataPlane for KafkaDataPlane {
         // The stream consumer spawns its wake-up task on the current runtime.
         let _entered = runtime.enter();
         let consumer: ResultsConsumer = results_consumer_config(&self.settings)
-            .create_with_context(Ctx::new("results"))
+            .create_with_context(ResultsContext)
             .map_err(|e| {
                 rejected(format!(
                     "create results consumer in group {}: {e}",
@@ -1355,14 +1276,5 @@ mod tests {
         };
         let data = KafkaDataPlane::connect(settings).expect("SASL_SSL client");
         data.close().await;
-    }
-
-    #[test]
-    fn the_limiter_suppresses_repeats() {
-        let limiter = LogLimiter::default();
-        assert_eq!(limiter.admit("a"), Some(0));
-        assert_eq!(limiter.admit("a"), None);
-        assert_eq!(limiter.admit("a"), None);
-        assert_eq!(limiter.admit("b"), Some(0));
     }
 }
