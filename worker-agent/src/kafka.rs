@@ -16,6 +16,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use strata_proto::kafka as wire;
 use strata_proto::v1::{ObjectReady, ObjectResult};
 use strata_runtime::detached::Detached;
+use strata_runtime::kafka_config::{self, ClientSettings, DELIVERY_TIMEOUT};
 use strata_runtime::kafka_logs::{self, Logged};
 use tracing::{info, warn};
 
@@ -25,87 +26,28 @@ use crate::metrics::Metrics;
 /// How often librdkafka reports the consumer's statistics (its lag).
 const STATISTICS_INTERVAL_MS: &str = "5000";
 
-/// How long one delivery may take before its report says it failed (then it is sent again).
-const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Where the agent's clients connect, and with what (client ids `strata-agent-<zone>-<role>`).
+pub type KafkaSettings = ClientSettings;
 
-/// Where the agent's clients connect, and with what.
-#[derive(Debug, Clone)]
-pub struct KafkaSettings {
-    /// Bootstrap servers.
-    pub bootstrap_servers: String,
-    /// Extra librdkafka properties (security etc.), applied last.
-    pub extra: Vec<(String, String)>,
-    /// Client id prefix (`strata-agent-<zone>`).
-    pub client_id: String,
-}
-
-fn base_config(settings: &KafkaSettings, role: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &settings.bootstrap_servers)
-        .set("client.id", format!("{}-{role}", settings.client_id))
-        .set("allow.auto.create.topics", "false")
-        .set("reconnect.backoff.ms", "100")
-        .set("reconnect.backoff.max.ms", "2000")
-        .set("socket.connection.setup.timeout.ms", "10000")
-        .set_log_level(kafka_logs::threshold());
-    config
-}
-
-fn apply_extra(config: &mut ClientConfig, settings: &KafkaSettings) {
-    for (k, v) in &settings.extra {
-        config.set(k, v);
-    }
-}
-
-/// The Ready consumer's configuration (`shared/notes/kafka-broker.md`): joins the group in about
-/// 3 s (session 6 s, heartbeat 500 ms), fetches with 10 ms latency, starts at the earliest record
-/// when the group has no offset, stores offsets only when the agent says (after the result is
-/// delivered; auto-commit every second), cooperative-sticky assignment (a joining agent does not
-/// stop the others). `max.poll.interval.ms` covers an agent at capacity that stops fetching for
-/// up to `longest_stall` (its attempts are bounded by the execution timeout and the drain).
+/// The Ready consumer's configuration: a [`kafka_config::consumer`] in the zone's `group`, which
+/// also reports the consumer's statistics (its lag) every 5 s; `max.poll.interval.ms` covers an
+/// agent at capacity that stops fetching for up to `longest_stall` (its attempts are bounded by
+/// the execution timeout and the drain).
 pub fn consumer_config(
     settings: &KafkaSettings,
     group: &str,
     longest_stall: Duration,
 ) -> ClientConfig {
-    let mut config = base_config(settings, "consumer");
     let poll_interval = (longest_stall + Duration::from_secs(60)).max(Duration::from_secs(300));
-    config
-        .set("group.id", group)
-        .set("session.timeout.ms", "6000")
-        .set("heartbeat.interval.ms", "500")
-        .set("fetch.wait.max.ms", "10")
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        // Consumer lag per partition, for the `consumer_lag` gauge.
-        .set("statistics.interval.ms", STATISTICS_INTERVAL_MS)
-        .set(
-            "max.poll.interval.ms",
-            poll_interval.as_millis().min(i32::MAX as u128).to_string(),
-        );
-    apply_extra(&mut config, settings);
-    config
-}
-
-/// The results producer's configuration: idempotent, `acks=all`, 5 ms linger, every record's
-/// fate known within [`DELIVERY_TIMEOUT`].
-pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
-    let mut config = base_config(settings, "producer");
-    config
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set(
-            "message.timeout.ms",
-            DELIVERY_TIMEOUT.as_millis().to_string(),
-        )
-        .set("topic.metadata.propagation.max.ms", "5000");
-    apply_extra(&mut config, settings);
-    config
+    kafka_config::consumer(settings, "consumer", group, |config| {
+        config
+            // Consumer lag per partition, for the `consumer_lag` gauge.
+            .set("statistics.interval.ms", STATISTICS_INTERVAL_MS)
+            .set(
+                "max.poll.interval.ms",
+                poll_interval.as_millis().min(i32::MAX as u128).to_string(),
+            );
+    })
 }
 
 /// Marks the agent as consuming once the group gave it an assignment (an empty one counts: the
@@ -255,8 +197,9 @@ fn needs_replacing(producer: &FutureProducer<Logged>, error: &KafkaError) -> Opt
 impl ResultPublisher {
     /// A publisher to `topic`.
     pub fn new(settings: &KafkaSettings, topic: &str) -> rdkafka::error::KafkaResult<Self> {
-        let producer =
-            Detached::new(producer_config(settings).create_with_context(Logged("producer"))?);
+        let producer = Detached::new(
+            kafka_config::producer(settings).create_with_context(Logged("producer"))?,
+        );
         Ok(Self {
             producer: Arc::new(Mutex::new(Arc::new(producer))),
             settings: Arc::new(settings.clone()),
@@ -282,7 +225,7 @@ impl ResultPublisher {
         if !Arc::ptr_eq(&current, old) {
             return;
         }
-        match producer_config(&self.settings).create_with_context(Logged("producer")) {
+        match kafka_config::producer(&self.settings).create_with_context(Logged("producer")) {
             Ok(fresh) => {
                 warn!(reason = why, "replacing the results producer");
                 *current = Arc::new(Detached::new(fresh));

@@ -8,6 +8,8 @@ pub mod admin;
 pub mod detached;
 pub mod executor;
 #[cfg(feature = "kafka")]
+pub mod kafka_config;
+#[cfg(feature = "kafka")]
 pub mod kafka_logs;
 pub mod logs;
 #[cfg(feature = "otlp")]

@@ -23,9 +23,9 @@
 //!   group and commits) run on threads of their own ([`KafkaDataPlane::close`] awaits them).
 //!   librdkafka's callbacks only log (routed to `tracing`, rate-limited).
 //!
-//! Owns the rdkafka client configuration of the control plane; the helpers
-//! ([`ready_topic`], [`producer_config`], [`results_consumer_config`], …) are public so that the
-//! test harness and tools build the same names and settings. Depends on nothing but the port
+//! Client settings come from [`kafka_config`] (one function per role, `extra` applied last);
+//! the names ([`ready_topic`], …) and [`results_consumer_config`] are public so that the test
+//! harness and tools build the same names and settings. Depends on nothing but the port
 //! types, the wire crate and whether traces are exported ([`strata_runtime::otlp::enabled`]: a
 //! result's `traceparent` header is read only then).
 
@@ -48,6 +48,7 @@ use strata_core::Zone;
 use strata_proto::kafka as wire;
 use strata_proto::v1::{DeadLetter, ObjectReady, ObjectResult, StatusChanged};
 use strata_runtime::detached::{Detached, NotDestroyed};
+use strata_runtime::kafka_config::{self, ClientSettings};
 use strata_runtime::kafka_logs::{self, LogLimiter, Logged};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -61,7 +62,7 @@ const SERVICE: &str = "kafka";
 pub const DEFAULT_CONSUMER_GROUP: &str = "strata-control-plane";
 /// Bound on one record's delivery (`message.timeout.ms`): a publish resolves, delivered or
 /// failed, within about this long (plus [`DELIVERY_MARGIN`] as a backstop).
-pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+pub use strata_runtime::kafka_config::DELIVERY_TIMEOUT;
 /// Extra wait for a delivery report past [`DELIVERY_TIMEOUT`] before a publish gives up on it.
 pub const DELIVERY_MARGIN: Duration = Duration::from_secs(5);
 /// Bound on one admin request (topic creation).
@@ -191,101 +192,39 @@ impl KafkaSettings {
     }
 }
 
+impl KafkaSettings {
+    /// What every client of the control plane connects with (client ids
+    /// `strata-control-plane-<role>`).
+    pub fn clients(&self) -> ClientSettings {
+        ClientSettings {
+            bootstrap_servers: self.bootstrap_servers.clone(),
+            extra: self.extra.clone(),
+            client_id: "strata-control-plane".into(),
+        }
+    }
+}
+
 impl fmt::Debug for KafkaSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let extra: Vec<(&str, &str)> = self
-            .extra
-            .iter()
-            .map(|(k, v)| (k.as_str(), if is_secret(k) { "***" } else { v.as_str() }))
-            .collect();
         f.debug_struct("KafkaSettings")
             .field("bootstrap_servers", &self.bootstrap_servers)
             .field("topic_prefix", &self.topic_prefix)
             .field("partitions", &self.partitions)
             .field("replication_factor", &self.replication_factor)
             .field("consumer_group", &self.consumer_group)
-            .field("extra", &extra)
+            .field("extra", &kafka_config::masked(&self.extra))
             .finish()
     }
 }
 
-fn is_secret(key: &str) -> bool {
-    ["password", "secret", "key", "token", "jaas"]
-        .iter()
-        .any(|s| key.contains(s))
-}
-
-/// Settings every client of the control plane shares: bootstrap servers, a client id, no topic
-/// auto-creation (topics come from [`DataPlane::ensure_topics`] only, as on a broker with
-/// auto-creation off), reconnects within 2 s of a broker coming back. Without `extra`: the role
-/// builders below add it last.
-pub fn base_config(settings: &KafkaSettings, role: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &settings.bootstrap_servers)
-        .set("client.id", format!("strata-control-plane-{role}"))
-        .set("allow.auto.create.topics", "false")
-        .set("reconnect.backoff.ms", "100")
-        .set("reconnect.backoff.max.ms", "2000")
-        .set("socket.connection.setup.timeout.ms", "10000")
-        .set_log_level(kafka_logs::threshold());
-    config
-}
-
-/// The producer's configuration: idempotent (no duplicates or reordering from internal
-/// retries), `acks=all`, 5 ms linger (batches a step's records), and every record's fate known
-/// within [`DELIVERY_TIMEOUT`]. A topic unknown to the broker fails its records after at most
-/// 5 s (`topic.metadata.propagation.max.ms`, default 30 s, longer than the delivery timeout,
-/// which would report a missing topic as a bare timeout).
-pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
-    let mut config = base_config(settings, "producer");
-    config
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set(
-            "message.timeout.ms",
-            DELIVERY_TIMEOUT.as_millis().to_string(),
-        )
-        .set("topic.metadata.propagation.max.ms", "5000");
-    apply_extra(&mut config, settings);
-    config
-}
-
-/// The results consumer's configuration: the group (joins in ~3 s with a 6 s session and 500 ms
-/// heartbeats; the librdkafka default of 45 s takes ~23 s), low-latency fetches (10 ms), reading
-/// from the earliest record when the group has no offset, offsets stored by the application only
-/// (`enable.auto.offset.store=false`) and committed by auto-commit every second,
-/// cooperative-sticky assignment (a joining replica does not stop the others).
+/// The results consumer's configuration: a [`kafka_config::consumer`] in the configured group.
 pub fn results_consumer_config(settings: &KafkaSettings) -> ClientConfig {
-    let mut config = base_config(settings, "results");
-    config
-        .set("group.id", &settings.consumer_group)
-        .set("session.timeout.ms", "6000")
-        .set("heartbeat.interval.ms", "500")
-        .set("fetch.wait.max.ms", "10")
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", "cooperative-sticky");
-    apply_extra(&mut config, settings);
-    config
-}
-
-/// The admin client's configuration (topic creation).
-pub fn admin_config(settings: &KafkaSettings) -> ClientConfig {
-    let mut config = base_config(settings, "admin");
-    apply_extra(&mut config, settings);
-    config
-}
-
-/// `extra` wins over the adapter's defaults (e.g. a longer `message.timeout.ms`); protected keys
-/// are refused by [`KafkaSettings::validate`] before any client is built.
-fn apply_extra(config: &mut ClientConfig, settings: &KafkaSettings) {
-    for (key, value) in &settings.extra {
-        config.set(key.trim(), value);
-    }
+    kafka_config::consumer(
+        &settings.clients(),
+        "results",
+        &settings.consumer_group,
+        |_| {},
+    )
 }
 
 /// Decodes one results record: the `strata-type` header must be `strata.v1.ObjectResult`, the
@@ -572,7 +511,7 @@ fn rejected(detail: String) -> PortError {
 }
 
 fn create_producer(settings: &KafkaSettings) -> PortResult<Producer> {
-    producer_config(settings)
+    kafka_config::producer(&settings.clients())
         .create_with_context(Logged("producer"))
         .map_err(|e| {
             rejected(format!(
@@ -591,7 +530,7 @@ impl KafkaDataPlane {
     pub fn connect(settings: KafkaSettings) -> PortResult<Self> {
         settings.validate()?;
         let producer = create_producer(&settings)?;
-        let admin: AdminClient<Logged> = admin_config(&settings)
+        let admin: AdminClient<Logged> = kafka_config::admin(&settings.clients())
             .create_with_context(Logged("admin"))
             .map_err(|e| {
                 rejected(format!(
@@ -1218,7 +1157,7 @@ mod tests {
     fn extra_properties_win_over_role_defaults() {
         let mut settings = KafkaSettings::new("127.0.0.1:9092");
         settings.extra = vec![("message.timeout.ms".into(), "30000".into())];
-        let config = producer_config(&settings);
+        let config = kafka_config::producer(&settings.clients());
         assert_eq!(config.get("message.timeout.ms"), Some("30000"));
         assert_eq!(config.get("enable.idempotence"), Some("true"));
         let consumer = results_consumer_config(&settings);
