@@ -1,8 +1,8 @@
 //! The agent's Kafka clients: a consumer of the zone's Ready topic in the zone's group, and an
 //! idempotent producer of results whose every send awaits its delivery report.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prost::Message as _;
@@ -10,14 +10,14 @@ use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{Header, Headers as _, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use strata_proto::kafka as wire;
 use strata_proto::v1::{ObjectReady, ObjectResult};
-use strata_runtime::detached::Detached;
 use strata_runtime::kafka_config::{self, ClientSettings, DELIVERY_TIMEOUT};
 use strata_runtime::kafka_logs::{self, Logged};
+use strata_runtime::producer::{DeliveryFailures, ProducerSlot};
 use tracing::{info, warn};
 
 use crate::admin::Health;
@@ -154,16 +154,11 @@ pub fn decode_ready(
     ObjectReady::decode(payload).map_err(|e| format!("not an ObjectReady: {e}"))
 }
 
-/// Publishes results; every send waits for the broker's acknowledgement.
-///
-/// A producer that cannot deliver any more is replaced by a fresh one (a new producer id) right
-/// after the failed send, so that the caller's next try goes through it: one that hit a fatal
-/// error, one the broker fenced, and one whose records timed out — an idempotent producer whose
-/// broker restarted and lost its producer state can loop on an unknown producer id for ever,
-/// reporting only timeouts. A needless replacement costs a reconnect.
+/// Publishes results; every send waits for the broker's acknowledgement. A producer that cannot
+/// deliver any more is replaced right after the failed send ([`strata_runtime::producer`]).
 #[derive(Clone)]
 pub struct ResultPublisher {
-    producer: Arc<Mutex<Arc<Detached<FutureProducer<Logged>>>>>,
+    producer: Arc<ProducerSlot<Logged>>,
     settings: Arc<KafkaSettings>,
     topic: Arc<str>,
 }
@@ -176,62 +171,22 @@ impl std::fmt::Debug for ResultPublisher {
     }
 }
 
-/// Why a failed delivery means the producer must be replaced, if it does.
-fn needs_replacing(producer: &FutureProducer<Logged>, error: &KafkaError) -> Option<&'static str> {
-    if producer.client().fatal_error().is_some() {
-        return Some("fatal error");
-    }
-    match error.rdkafka_error_code() {
-        Some(RDKafkaErrorCode::MessageTimedOut) => Some("deliveries timed out"),
-        Some(
-            RDKafkaErrorCode::ProducerFenced
-            | RDKafkaErrorCode::InvalidProducerEpoch
-            | RDKafkaErrorCode::UnknownProducerId
-            | RDKafkaErrorCode::OutOfOrderSequenceNumber
-            | RDKafkaErrorCode::InvalidProducerIdMapping,
-        ) => Some("fenced by the broker"),
-        _ => None,
-    }
-}
-
 impl ResultPublisher {
     /// A publisher to `topic`.
     pub fn new(settings: &KafkaSettings, topic: &str) -> rdkafka::error::KafkaResult<Self> {
-        let producer = Detached::new(
-            kafka_config::producer(settings).create_with_context(Logged("producer"))?,
-        );
+        let producer = create_producer(settings)?;
         Ok(Self {
-            producer: Arc::new(Mutex::new(Arc::new(producer))),
+            producer: Arc::new(ProducerSlot::new("results producer", producer)),
             settings: Arc::new(settings.clone()),
             topic: topic.into(),
         })
-    }
-
-    fn current(&self) -> Arc<Detached<FutureProducer<Logged>>> {
-        Arc::clone(&self.producer.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Replaces the producer now (a new producer id): the broker lost its producer state, as
     /// when it lost its topics. An idempotent producer it no longer knows may see its records
     /// acknowledged and never stored (seen against Tansu).
     pub fn renew(&self, why: &str) {
-        let current = self.current();
-        self.replace(&current, why);
-    }
-
-    /// Replaces `old` with a new producer, unless a concurrent send did already.
-    fn replace(&self, old: &Arc<Detached<FutureProducer<Logged>>>, why: &str) {
-        let mut current = self.producer.lock().unwrap_or_else(|e| e.into_inner());
-        if !Arc::ptr_eq(&current, old) {
-            return;
-        }
-        match kafka_config::producer(&self.settings).create_with_context(Logged("producer")) {
-            Ok(fresh) => {
-                warn!(reason = why, "replacing the results producer");
-                *current = Arc::new(Detached::new(fresh));
-            }
-            Err(e) => warn!(error = %e, "results producer not replaced"),
-        }
+        self.producer.renew(why, || create_producer(&self.settings));
     }
 
     /// Sends `result` keyed by `batch_id` (with the attempt's `traceparent`, if any) once.
@@ -256,15 +211,20 @@ impl ResultPublisher {
             .key(batch_id)
             .payload(&payload)
             .headers(headers);
-        let producer = self.current();
+        let producer = self.producer.current();
         match producer.send(record, DELIVERY_TIMEOUT).await {
             Ok(_) => Ok(()),
             Err((e, _)) => {
-                if let Some(why) = needs_replacing(&producer, &e) {
-                    self.replace(&producer, why);
-                }
+                let mut failures = DeliveryFailures::default();
+                failures.note(&e);
+                self.producer
+                    .replace_if_failed(&producer, failures, || create_producer(&self.settings));
                 Err(e.to_string())
             }
         }
     }
+}
+
+fn create_producer(settings: &KafkaSettings) -> KafkaResult<FutureProducer<Logged>> {
+    kafka_config::producer(settings).create_with_context(Logged("producer"))
 }

@@ -14,4 +14,6 @@ pub mod kafka_logs;
 pub mod logs;
 #[cfg(feature = "otlp")]
 pub mod otlp;
+#[cfg(feature = "kafka")]
+pub mod producer;
 pub mod shutdown;

@@ -10,7 +10,8 @@
 //!   [`PortError::Unavailable`] naming the topic, so the driver can `ensure_topics` and retry
 //!   (which also refreshes the producer's metadata). A producer that hit a fatal error (e.g. an
 //!   out-of-order sequence after the broker lost its producer state) or whose deliveries timed
-//!   out (it may be looping on an unknown producer id) is replaced by a fresh one at once.
+//!   out (it may be looping on an unknown producer id) is replaced by a fresh one at once
+//!   ([`strata_runtime::producer`]).
 //! - **Offsets only after durability.** The results consumer runs with
 //!   `enable.auto.offset.store=false`; [`DataPlane::store_positions`] stores `offset + 1` of the
 //!   highest position per partition and auto-commit (every second, and on close or revocation)
@@ -50,6 +51,7 @@ use strata_proto::v1::{DeadLetter, ObjectReady, ObjectResult, StatusChanged};
 use strata_runtime::detached::{Detached, NotDestroyed};
 use strata_runtime::kafka_config::{self, ClientSettings};
 use strata_runtime::kafka_logs::{self, LogLimiter, Logged};
+use strata_runtime::producer::{DeliveryFailures, ProducerSlot};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, trace, warn};
@@ -339,7 +341,7 @@ pub struct KafkaDataPlane {
     results_topic: String,
     dlq_topic: String,
     status_topic: String,
-    producer: Mutex<Arc<Detached<Producer>>>,
+    producer: ProducerSlot<Logged>,
     admin: Detached<AdminClient<Logged>>,
     subscription: Mutex<Option<Subscription>>,
 }
@@ -390,31 +392,19 @@ impl Outgoing {
 struct Failures {
     /// topic → (records failed, first error, any permanent error)
     by_topic: BTreeMap<String, (usize, String, bool)>,
-    /// Some record's delivery timed out: the producer may be wedged (see [`KafkaDataPlane::produce`]).
-    timed_out: bool,
-    /// The broker no longer accepts this producer's id or epoch (it lost its producer state):
-    /// every later record fails the same way, whether or not librdkafka flags the client fatal.
-    fenced: bool,
+    /// What the failures say about the producer (whether it must be replaced).
+    delivery: DeliveryFailures,
 }
 
 impl Failures {
     fn add(&mut self, topic: &str, error: &KafkaError) {
-        let code = error.rdkafka_error_code();
-        self.timed_out |= code == Some(RDKafkaErrorCode::MessageTimedOut);
-        self.fenced |= matches!(
-            code,
-            Some(
-                RDKafkaErrorCode::ProducerFenced
-                    | RDKafkaErrorCode::InvalidProducerEpoch
-                    | RDKafkaErrorCode::UnknownProducerId
-                    | RDKafkaErrorCode::OutOfOrderSequenceNumber
-                    | RDKafkaErrorCode::InvalidProducerIdMapping
-            )
-        );
+        self.delivery.note(error);
         self.add_text(
             topic,
             error.to_string(),
-            code.is_some_and(is_permanent_produce_error),
+            error
+                .rdkafka_error_code()
+                .is_some_and(is_permanent_produce_error),
         );
     }
 
@@ -543,7 +533,7 @@ impl KafkaDataPlane {
             results_topic: results_topic(prefix),
             dlq_topic: dlq_topic(prefix),
             status_topic: status_topic(prefix),
-            producer: Mutex::new(Arc::new(Detached::new(producer))),
+            producer: ProducerSlot::new("kafka producer", producer),
             admin: Detached::new(admin),
             subscription: Mutex::new(None),
             settings,
@@ -589,31 +579,7 @@ impl KafkaDataPlane {
 
     /// The current producer; one that hit a fatal error is replaced by a new one first.
     fn producer(&self) -> PortResult<Arc<Detached<Producer>>> {
-        let mut current = self.producer.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((code, reason)) = current.client().fatal_error() {
-            warn!(
-                ?code,
-                reason, "kafka producer hit a fatal error; replacing it"
-            );
-            // The old one is destroyed on its own thread once its last user lets go.
-            *current = Arc::new(Detached::new(create_producer(&self.settings)?));
-        }
-        Ok(Arc::clone(&current))
-    }
-
-    /// Replaces `old` with a new producer, unless another call did already.
-    fn replace_producer(&self, old: &Arc<Detached<Producer>>, why: &str) {
-        let mut current = self.producer.lock().unwrap_or_else(|e| e.into_inner());
-        if !Arc::ptr_eq(&current, old) {
-            return;
-        }
-        match create_producer(&self.settings) {
-            Ok(fresh) => {
-                warn!(reason = why, "replacing the kafka producer");
-                *current = Arc::new(Detached::new(fresh));
-            }
-            Err(e) => warn!(error = %e, "kafka producer not replaced"),
-        }
+        self.producer.usable(|| create_producer(&self.settings))
     }
 
     /// Produces `records`, then awaits every delivery report (bounded); fails naming each
@@ -660,27 +626,16 @@ impl KafkaDataPlane {
             await_delivery(&records[j], delivery, deadline, &mut failures).await;
         }
         let total = records.len();
-        let (timed_out, fenced) = (failures.timed_out, failures.fenced);
+        let delivery = failures.delivery;
         match failures.into_error(total) {
             None => {
                 trace!(records = total, elapsed = ?started.elapsed(), "records delivered");
                 Ok(())
             }
             Some(e) => {
-                // Replaced now rather than on the next call, so that the successor is already
-                // connecting while the caller backs off: a producer with a fatal error (e.g.
-                // fenced after the broker lost its producer state), and one whose records timed
-                // out. An idempotent producer can also loop on UNKNOWN_PRODUCER_ID without ever
-                // failing fatally (a broker that lost its producer state and refuses the bumped
-                // epoch), reporting only timeouts; a fresh producer id ends that. The cost of a
-                // needless replacement is a reconnect.
-                if producer.client().fatal_error().is_some() {
-                    self.replace_producer(&producer, "fatal error");
-                } else if fenced {
-                    self.replace_producer(&producer, "fenced by the broker");
-                } else if timed_out {
-                    self.replace_producer(&producer, "deliveries timed out");
-                }
+                // Replaced now rather than on the next call (see `strata_runtime::producer`).
+                self.producer
+                    .replace_if_failed(&producer, delivery, || create_producer(&self.settings));
                 Err(e)
             }
         }
@@ -752,7 +707,7 @@ async fn await_delivery(
             );
         }
         Err(_elapsed) => {
-            failures.timed_out = true;
+            failures.delivery.timed_out = true;
             failures.add_text(
                 &record.topic,
                 format!(
@@ -877,9 +832,9 @@ impl DataPlane for KafkaDataPlane {
     async fn resubscribe_results(&self) -> PortResult<Option<mpsc::Receiver<ResultRecord>>> {
         // A broker that lost its topics lost its producer ids too: an idempotent producer it no
         // longer knows may see records acknowledged and never stored (seen against Tansu).
-        if let Ok(producer) = self.producer() {
-            self.replace_producer(&producer, "the broker lost its topics");
-        }
+        self.producer.renew("the broker lost its topics", || {
+            create_producer(&self.settings)
+        });
         self.close().await;
         self.subscribe_results().map(Some)
     }
@@ -1191,12 +1146,12 @@ mod tests {
             "strata.ready.raw",
             &KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut),
         );
-        assert!(failures.timed_out && !failures.fenced);
+        assert!(failures.delivery.timed_out && !failures.delivery.fenced);
         failures.add(
             "strata.ready.raw",
             &KafkaError::MessageProduction(RDKafkaErrorCode::ProducerFenced),
         );
-        assert!(failures.fenced);
+        assert!(failures.delivery.fenced);
         assert!(failures.into_error(2).unwrap().retryable());
     }
 
