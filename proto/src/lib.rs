@@ -48,6 +48,32 @@ pub mod kafka {
     /// Status topic `<prefix>.status`; key = batch id; value = `StatusChanged`.
     pub const STATUS_TOPIC: &str = "status";
 
+    /// `<prefix>.ready.<zone>`: where the Ready records of `zone` go.
+    pub fn ready_topic(prefix: &str, zone: &str) -> String {
+        format!("{prefix}.{READY_TOPIC}.{zone}")
+    }
+
+    /// `<prefix>.results`: where agents publish `ObjectResult` records.
+    pub fn results_topic(prefix: &str) -> String {
+        format!("{prefix}.{RESULTS_TOPIC}")
+    }
+
+    /// `<prefix>.dlq`: dead letters.
+    pub fn dlq_topic(prefix: &str) -> String {
+        format!("{prefix}.{DLQ_TOPIC}")
+    }
+
+    /// `<prefix>.status`: status changes for external consumers.
+    pub fn status_topic(prefix: &str) -> String {
+        format!("{prefix}.{STATUS_TOPIC}")
+    }
+
+    /// `<prefix>.agents.<zone>`: the consumer group of `zone`'s agents on its ready topic (the
+    /// `AgentRegistry` hands it out with the lease).
+    pub fn agent_group(prefix: &str, zone: &str) -> String {
+        format!("{prefix}.agents.{zone}")
+    }
+
     /// Header naming the record value's message type (one of the `TYPE_*` values).
     pub const HEADER_TYPE: &str = "strata-type";
     /// W3C trace-context header.

@@ -574,3 +574,12 @@ fn an_empty_object_result_decodes_with_no_outcome() {
     let back = ObjectResult::decode(&[][..]).expect("decodes");
     assert!(back.result.is_none());
 }
+
+#[test]
+fn kafka_topic_and_group_names_follow_the_contract() {
+    assert_eq!(kafka::ready_topic("strata", "raw"), "strata.ready.raw");
+    assert_eq!(kafka::results_topic("strata"), "strata.results");
+    assert_eq!(kafka::dlq_topic("strata"), "strata.dlq");
+    assert_eq!(kafka::status_topic("x"), "x.status");
+    assert_eq!(kafka::agent_group("strata", "raw"), "strata.agents.raw");
+}

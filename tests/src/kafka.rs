@@ -26,6 +26,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::types::RDKafkaErrorCode;
+use strata_runtime::kafka_config::{self, ClientSettings};
 use tempfile::TempDir;
 
 use crate::process::ServerProcess;
@@ -134,49 +135,43 @@ impl KafkaBroker {
     }
 }
 
-/// Settings every test client shares: the bootstrap address, no topic auto-creation, and fast
-/// reconnects (so a client survives [`KafkaBroker::restart`] within a second, not ten).
-pub fn base_config(bootstrap_servers: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", bootstrap_servers)
-        .set("allow.auto.create.topics", "false")
-        .set("reconnect.backoff.ms", "50")
-        .set("reconnect.backoff.max.ms", "1000")
-        .set("socket.connection.setup.timeout.ms", "5000");
-    config
+/// What every test client connects with: the production settings of each role
+/// ([`kafka_config`]), with faster reconnects (so a client survives [`KafkaBroker::restart`]
+/// within a second, not two).
+fn clients(bootstrap_servers: &str) -> ClientSettings {
+    ClientSettings {
+        bootstrap_servers: bootstrap_servers.to_owned(),
+        extra: [
+            ("reconnect.backoff.ms", "50"),
+            ("reconnect.backoff.max.ms", "1000"),
+            ("socket.connection.setup.timeout.ms", "5000"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect(),
+        client_id: "strata-tests".into(),
+    }
 }
 
-/// An idempotent producer (`acks=all`, linger 5 ms). A record that cannot be delivered fails
-/// its delivery report within `message.timeout.ms` = 10 s, so an awaited send never hangs.
-/// Producing to a missing topic is reported only there: always await delivery reports.
+/// An idempotent producer ([`kafka_config::producer`]: `acks=all`, linger 5 ms). A record that
+/// cannot be delivered fails its delivery report within `message.timeout.ms` = 10 s, so an
+/// awaited send never hangs. Producing to a missing topic is reported only there: always await
+/// delivery reports.
 pub fn producer_config(bootstrap_servers: &str) -> ClientConfig {
-    let mut config = base_config(bootstrap_servers);
-    config
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", "10000");
-    config
+    kafka_config::producer(&clients(bootstrap_servers))
 }
 
-/// A group consumer that joins in ~3 s (`session.timeout.ms=6000`, heartbeat 500 ms; the
-/// librdkafka default takes ~23 s), fetches with low latency, reads from the earliest offset
-/// when the group has none, and stores offsets only when told (`enable.auto.offset.store=false`:
-/// call `store_offset*` after the work is durable; stored offsets are auto-committed, or commit
-/// explicitly).
+/// A group consumer ([`kafka_config::consumer`]) that joins in ~3 s, fetches with low latency,
+/// reads from the earliest offset when the group has none, and stores offsets only when told
+/// (`enable.auto.offset.store=false`: call `store_offset*` after the work is durable; stored
+/// offsets are auto-committed, or commit explicitly).
 pub fn consumer_config(bootstrap_servers: &str, group_id: &str) -> ClientConfig {
-    let mut config = base_config(bootstrap_servers);
-    config
-        .set("group.id", group_id)
-        .set("session.timeout.ms", "6000")
-        .set("heartbeat.interval.ms", "500")
-        .set("fetch.wait.max.ms", "10")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.auto.commit", "true")
-        .set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", "cooperative-sticky");
-    config
+    kafka_config::consumer(&clients(bootstrap_servers), "consumer", group_id, |_| {})
+}
+
+/// An admin client's configuration (topic creation, metadata).
+fn admin_config(bootstrap_servers: &str) -> ClientConfig {
+    kafka_config::admin(&clients(bootstrap_servers))
 }
 
 /// Creates `topics` (idempotent: "already exists" is success) and waits until metadata lists
@@ -186,7 +181,7 @@ pub async fn create_topics(
     topics: &[&str],
     partitions: i32,
 ) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = base_config(bootstrap_servers)
+    let admin: AdminClient<DefaultClientContext> = admin_config(bootstrap_servers)
         .create()
         .context("create kafka admin client")?;
     let new_topics: Vec<NewTopic<'_>> = topics
@@ -297,7 +292,7 @@ pub async fn topic_names(bootstrap_servers: &str) -> anyhow::Result<Vec<String>>
 /// `(topic, partition count)` for every topic in the broker's metadata. The blocking librdkafka
 /// call runs on a thread of its own, bounded by [`REQUEST_TIMEOUT`].
 async fn fetch_topics(bootstrap_servers: &str) -> anyhow::Result<Vec<(String, usize)>> {
-    let config = base_config(bootstrap_servers);
+    let config = admin_config(bootstrap_servers);
     let bootstrap = bootstrap_servers.to_owned();
     crate::blocking(REQUEST_TIMEOUT * 2, "fetch metadata", move || {
         let admin: AdminClient<DefaultClientContext> =
@@ -401,7 +396,7 @@ async fn spawn_ready(bin: &Path, port: u16, dir: &Path) -> anyhow::Result<Server
 
 /// Ok once a metadata request to `bootstrap` lists a broker on `port`.
 async fn broker_listed(bootstrap: &str, port: u16) -> anyhow::Result<()> {
-    let config = base_config(bootstrap);
+    let config = admin_config(bootstrap);
     let bootstrap = bootstrap.to_owned();
     crate::blocking(Duration::from_secs(10), "fetch metadata", move || {
         let admin: AdminClient<DefaultClientContext> =

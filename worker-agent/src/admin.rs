@@ -6,11 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
-use serde_json::json;
-use tokio::net::TcpListener;
+use strata_runtime::admin::Readiness;
+pub use strata_runtime::admin::serve;
 
 use crate::metrics::Metrics;
 
@@ -48,44 +45,17 @@ impl Health {
 
 /// The admin routes.
 pub fn router(health: Arc<Health>, metrics: Metrics) -> Router {
-    Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let metrics = metrics.clone();
-                async move {
-                    (
-                        [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
-                        metrics.render(),
-                    )
-                }
-            }),
-        )
-        .route(
-            "/health/liveness",
-            get(|| async { axum::Json(json!({"status": "alive"})) }),
-        )
-        .route(
-            "/health/readiness",
-            get(move || {
-                let health = health.clone();
-                async move {
-                    match health.readiness() {
-                        Ok(()) => {
-                            (StatusCode::OK, axum::Json(json!({"status": "ready"}))).into_response()
-                        }
-                        Err(missing) => (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            axum::Json(json!({"status": "not ready", "reasons": missing})),
-                        )
-                            .into_response(),
-                    }
-                }
-            }),
-        )
-}
-
-/// Serves `router` on `listener` until the process ends.
-pub async fn serve(listener: TcpListener, router: Router) -> std::io::Result<()> {
-    axum::serve(listener, router).await
+    strata_runtime::admin::router(
+        move || std::future::ready(metrics.render()),
+        move || {
+            let mut details = serde_json::Map::new();
+            if let Err(missing) = health.readiness() {
+                details.insert("reasons".into(), missing.into());
+            }
+            std::future::ready(Readiness {
+                ready: details.is_empty(),
+                details,
+            })
+        },
+    )
 }

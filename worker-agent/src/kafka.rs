@@ -1,8 +1,8 @@
 //! The agent's Kafka clients: a consumer of the zone's Ready topic in the zone's group, and an
 //! idempotent producer of results whose every send awaits its delivery report.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prost::Message as _;
@@ -10,11 +10,14 @@ use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{Header, Headers as _, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use strata_proto::kafka as wire;
 use strata_proto::v1::{ObjectReady, ObjectResult};
+use strata_runtime::kafka_config::{self, ClientSettings, DELIVERY_TIMEOUT};
+use strata_runtime::kafka_logs::{self, Logged};
+use strata_runtime::producer::{DeliveryFailures, ProducerSlot};
 use tracing::{info, warn};
 
 use crate::admin::Health;
@@ -23,94 +26,28 @@ use crate::metrics::Metrics;
 /// How often librdkafka reports the consumer's statistics (its lag).
 const STATISTICS_INTERVAL_MS: &str = "5000";
 
-/// How long one delivery may take before its report says it failed (then it is sent again).
-const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Where the agent's clients connect, and with what (client ids `strata-agent-<zone>-<role>`).
+pub type KafkaSettings = ClientSettings;
 
-/// Where the agent's clients connect, and with what.
-#[derive(Debug, Clone)]
-pub struct KafkaSettings {
-    /// Bootstrap servers.
-    pub bootstrap_servers: String,
-    /// Extra librdkafka properties (security etc.), applied last.
-    pub extra: Vec<(String, String)>,
-    /// Client id prefix (`strata-agent-<zone>`).
-    pub client_id: String,
-}
-
-fn base_config(settings: &KafkaSettings, role: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &settings.bootstrap_servers)
-        .set("client.id", format!("{}-{role}", settings.client_id))
-        .set("allow.auto.create.topics", "false")
-        .set("reconnect.backoff.ms", "100")
-        .set("reconnect.backoff.max.ms", "2000")
-        .set("socket.connection.setup.timeout.ms", "10000")
-        .set_log_level(
-            if tracing::enabled!(target: "librdkafka", tracing::Level::DEBUG) {
-                // With `--kafka-property debug=<contexts>`, librdkafka's debug lines too.
-                RDKafkaLogLevel::Debug
-            } else {
-                RDKafkaLogLevel::Warning
-            },
-        );
-    config
-}
-
-fn apply_extra(config: &mut ClientConfig, settings: &KafkaSettings) {
-    for (k, v) in &settings.extra {
-        config.set(k, v);
-    }
-}
-
-/// The Ready consumer's configuration (`docs/brokers.md`): joins the group in about
-/// 3 s (session 6 s, heartbeat 500 ms), fetches with 10 ms latency, starts at the earliest record
-/// when the group has no offset, stores offsets only when the agent says (after the result is
-/// delivered; auto-commit every second), cooperative-sticky assignment (a joining agent does not
-/// stop the others). `max.poll.interval.ms` covers an agent at capacity that stops fetching for
-/// up to `longest_stall` (its attempts are bounded by the execution timeout and the drain).
+/// The Ready consumer's configuration: a [`kafka_config::consumer`] in the zone's `group`, which
+/// also reports the consumer's statistics (its lag) every 5 s; `max.poll.interval.ms` covers an
+/// agent at capacity that stops fetching for up to `longest_stall` (its attempts are bounded by
+/// the execution timeout and the drain).
 pub fn consumer_config(
     settings: &KafkaSettings,
     group: &str,
     longest_stall: Duration,
 ) -> ClientConfig {
-    let mut config = base_config(settings, "consumer");
     let poll_interval = (longest_stall + Duration::from_secs(60)).max(Duration::from_secs(300));
-    config
-        .set("group.id", group)
-        .set("session.timeout.ms", "6000")
-        .set("heartbeat.interval.ms", "500")
-        .set("fetch.wait.max.ms", "10")
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        // Consumer lag per partition, for the `consumer_lag` gauge.
-        .set("statistics.interval.ms", STATISTICS_INTERVAL_MS)
-        .set(
-            "max.poll.interval.ms",
-            poll_interval.as_millis().min(i32::MAX as u128).to_string(),
-        );
-    apply_extra(&mut config, settings);
-    config
-}
-
-/// The results producer's configuration: idempotent, `acks=all`, 5 ms linger, every record's
-/// fate known within [`DELIVERY_TIMEOUT`].
-pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
-    let mut config = base_config(settings, "producer");
-    config
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set(
-            "message.timeout.ms",
-            DELIVERY_TIMEOUT.as_millis().to_string(),
-        )
-        .set("topic.metadata.propagation.max.ms", "5000");
-    apply_extra(&mut config, settings);
-    config
+    kafka_config::consumer(settings, "consumer", group, |config| {
+        config
+            // Consumer lag per partition, for the `consumer_lag` gauge.
+            .set("statistics.interval.ms", STATISTICS_INTERVAL_MS)
+            .set(
+                "max.poll.interval.ms",
+                poll_interval.as_millis().min(i32::MAX as u128).to_string(),
+            );
+    })
 }
 
 /// Marks the agent as consuming once the group gave it an assignment (an empty one counts: the
@@ -126,25 +63,21 @@ pub struct GroupContext {
     pub incarnation: u64,
 }
 
+impl GroupContext {
+    /// The client name in log lines: `consumer-<incarnation>`.
+    fn client_name(&self) -> String {
+        format!("consumer-{}", self.incarnation)
+    }
+}
+
 impl ClientContext for GroupContext {
-    /// librdkafka's log lines, into `tracing` (target `librdkafka`).
+    /// librdkafka's log lines and errors, routed like every client's.
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        let consumer = self.incarnation;
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error
-            | RDKafkaLogLevel::Warning => {
-                warn!(target: "librdkafka", consumer, facility, "{message}")
-            }
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                info!(target: "librdkafka", consumer, facility, "{message}")
-            }
-            RDKafkaLogLevel::Debug => {
-                tracing::debug!(target: "librdkafka", consumer, facility, "{message}")
-            }
-        }
+        kafka_logs::log(&self.client_name(), level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        kafka_logs::client_error(&self.client_name(), &error, reason);
     }
 
     /// The lag of the partitions this consumer fetches (`fetch_state` active), summed; -1 while
@@ -221,16 +154,11 @@ pub fn decode_ready(
     ObjectReady::decode(payload).map_err(|e| format!("not an ObjectReady: {e}"))
 }
 
-/// Publishes results; every send waits for the broker's acknowledgement.
-///
-/// A producer that cannot deliver any more is replaced by a fresh one (a new producer id) right
-/// after the failed send, so that the caller's next try goes through it: one that hit a fatal
-/// error, one the broker fenced, and one whose records timed out — an idempotent producer whose
-/// broker restarted and lost its producer state can loop on an unknown producer id for ever,
-/// reporting only timeouts. A needless replacement costs a reconnect.
+/// Publishes results; every send waits for the broker's acknowledgement. A producer that cannot
+/// deliver any more is replaced right after the failed send ([`strata_runtime::producer`]).
 #[derive(Clone)]
 pub struct ResultPublisher {
-    producer: Arc<Mutex<Arc<OwnedProducer>>>,
+    producer: Arc<ProducerSlot<Logged>>,
     settings: Arc<KafkaSettings>,
     topic: Arc<str>,
 }
@@ -243,85 +171,22 @@ impl std::fmt::Debug for ResultPublisher {
     }
 }
 
-/// A producer destroyed on a thread of its own, whoever drops it last (destroying a
-/// librdkafka handle blocks: purge, flush, thread joins).
-struct OwnedProducer(Option<FutureProducer>);
-
-impl std::ops::Deref for OwnedProducer {
-    type Target = FutureProducer;
-
-    fn deref(&self) -> &FutureProducer {
-        self.0.as_ref().expect("present until dropped")
-    }
-}
-
-impl Drop for OwnedProducer {
-    fn drop(&mut self) {
-        if let Some(producer) = self.0.take() {
-            let spawned = std::thread::Builder::new()
-                .name("strata-agent-producer-drop".into())
-                .spawn(move || drop(producer));
-            if let Err(e) = spawned {
-                warn!(error = %e, "no thread to destroy the old producer on; destroyed inline");
-            }
-        }
-    }
-}
-
-/// Why a failed delivery means the producer must be replaced, if it does.
-fn needs_replacing(producer: &FutureProducer, error: &KafkaError) -> Option<&'static str> {
-    if producer.client().fatal_error().is_some() {
-        return Some("fatal error");
-    }
-    match error.rdkafka_error_code() {
-        Some(RDKafkaErrorCode::MessageTimedOut) => Some("deliveries timed out"),
-        Some(
-            RDKafkaErrorCode::ProducerFenced
-            | RDKafkaErrorCode::InvalidProducerEpoch
-            | RDKafkaErrorCode::UnknownProducerId
-            | RDKafkaErrorCode::OutOfOrderSequenceNumber
-            | RDKafkaErrorCode::InvalidProducerIdMapping,
-        ) => Some("fenced by the broker"),
-        _ => None,
-    }
-}
-
 impl ResultPublisher {
     /// A publisher to `topic`.
     pub fn new(settings: &KafkaSettings, topic: &str) -> rdkafka::error::KafkaResult<Self> {
-        let producer = OwnedProducer(Some(producer_config(settings).create()?));
+        let producer = create_producer(settings)?;
         Ok(Self {
-            producer: Arc::new(Mutex::new(Arc::new(producer))),
+            producer: Arc::new(ProducerSlot::new("results producer", producer)),
             settings: Arc::new(settings.clone()),
             topic: topic.into(),
         })
-    }
-
-    fn current(&self) -> Arc<OwnedProducer> {
-        Arc::clone(&self.producer.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Replaces the producer now (a new producer id): the broker lost its producer state, as
     /// when it lost its topics. An idempotent producer it no longer knows may see its records
     /// acknowledged and never stored (seen against Tansu).
     pub fn renew(&self, why: &str) {
-        let current = self.current();
-        self.replace(&current, why);
-    }
-
-    /// Replaces `old` with a new producer, unless a concurrent send did already.
-    fn replace(&self, old: &Arc<OwnedProducer>, why: &str) {
-        let mut current = self.producer.lock().unwrap_or_else(|e| e.into_inner());
-        if !Arc::ptr_eq(&current, old) {
-            return;
-        }
-        match producer_config(&self.settings).create() {
-            Ok(fresh) => {
-                warn!(reason = why, "replacing the results producer");
-                *current = Arc::new(OwnedProducer(Some(fresh)));
-            }
-            Err(e) => warn!(error = %e, "results producer not replaced"),
-        }
+        self.producer.renew(why, || create_producer(&self.settings));
     }
 
     /// Sends `result` keyed by `batch_id` (with the attempt's `traceparent`, if any) once.
@@ -346,15 +211,20 @@ impl ResultPublisher {
             .key(batch_id)
             .payload(&payload)
             .headers(headers);
-        let producer = self.current();
+        let producer = self.producer.current();
         match producer.send(record, DELIVERY_TIMEOUT).await {
             Ok(_) => Ok(()),
             Err((e, _)) => {
-                if let Some(why) = needs_replacing(&producer, &e) {
-                    self.replace(&producer, why);
-                }
+                let mut failures = DeliveryFailures::default();
+                failures.note(&e);
+                self.producer
+                    .replace_if_failed(&producer, failures, || create_producer(&self.settings));
                 Err(e.to_string())
             }
         }
     }
+}
+
+fn create_producer(settings: &KafkaSettings) -> KafkaResult<FutureProducer<Logged>> {
+    kafka_config::producer(settings).create_with_context(Logged("producer"))
 }

@@ -4,10 +4,10 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use strata_runtime::{executor, logs, shutdown};
 use strata_worker_agent::agent::run_from_args;
 use strata_worker_agent::builtin::BuiltIn;
 use strata_worker_agent::config::AgentArgs;
-use tokio::signal::unix::{SignalKind, signal};
 
 fn main() -> ExitCode {
     let args = AgentArgs::parse();
@@ -18,16 +18,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    logs::init("info", std::io::stdout);
+    let runtime = match executor::build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("strata-worker-agent: cannot start the runtime: {e}");
@@ -35,13 +27,7 @@ fn main() -> ExitCode {
         }
     };
     let result: anyhow::Result<()> = runtime.block_on(async {
-        let mut term = signal(SignalKind::terminate())?;
-        let shutdown = async move {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        };
+        let shutdown = shutdown::signal()?;
         let label = format!("{:?}", args.processor).to_lowercase();
         run_from_args(&args, processor, &label, shutdown).await
     });

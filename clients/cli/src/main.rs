@@ -15,9 +15,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use strata_client::{Client, ClientError, ClientOptions, DEFAULT_ENDPOINT};
 use strata_proto::v1 as pb;
+use strata_runtime::{executor, logs};
 use tonic::Code;
 
-use crate::render::{Output, print_json, table};
+use crate::render::{Output, print_json};
 
 /// Strata: gets a catalogue of layered data objects loaded in dependency order by worker agents.
 #[derive(Debug, Parser)]
@@ -243,17 +244,8 @@ impl From<ClientError> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    logs::init("warn", std::io::stderr);
+    let runtime = match executor::build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("strata: cannot start the runtime: {e}");
@@ -311,40 +303,30 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                     page_token: String::new(),
                 })
                 .await?;
-            if output == Output::Json {
-                print_json(&r);
-            } else if r.retries.is_empty() {
-                println!("no object is waiting for a retry");
-            } else {
-                let rows: Vec<Vec<String>> = r
-                    .retries
-                    .iter()
-                    .map(|x| {
-                        vec![
-                            x.batch_id.clone(),
-                            x.object_id.clone(),
-                            x.zone.clone(),
-                            format!("{}/{}", x.attempt, x.max_attempts),
-                            render::time(x.next_attempt_at.as_ref()),
-                            x.last_error.clone(),
-                        ]
-                    })
-                    .collect();
-                println!(
-                    "{}",
-                    table(
-                        &[
-                            "batch",
-                            "object",
-                            "zone",
-                            "attempt",
-                            "next attempt",
-                            "last error"
-                        ],
-                        &rows
-                    )
-                );
-            }
+            render::print_list(
+                output,
+                &r,
+                &r.retries,
+                "no object is waiting for a retry",
+                &[
+                    "batch",
+                    "object",
+                    "zone",
+                    "attempt",
+                    "next attempt",
+                    "last error",
+                ],
+                |x| {
+                    vec![
+                        x.batch_id.clone(),
+                        x.object_id.clone(),
+                        x.zone.clone(),
+                        format!("{}/{}", x.attempt, x.max_attempts),
+                        render::time(x.next_attempt_at.as_ref()),
+                        x.last_error.clone(),
+                    ]
+                },
+            );
             Ok(0)
         }
         Command::Dlq(DlqCommand::List { batch_id, zone }) => {
@@ -356,40 +338,30 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                     page_token: String::new(),
                 })
                 .await?;
-            if output == Output::Json {
-                print_json(&r);
-            } else if r.dead_letters.is_empty() {
-                println!("no dead letters");
-            } else {
-                let rows: Vec<Vec<String>> = r
-                    .dead_letters
-                    .iter()
-                    .map(|d| {
-                        vec![
-                            d.batch_id.clone(),
-                            d.object_id.clone(),
-                            d.zone.clone(),
-                            d.attempts.to_string(),
-                            d.blocked_descendant_count.to_string(),
-                            d.last_error.clone(),
-                        ]
-                    })
-                    .collect();
-                println!(
-                    "{}",
-                    table(
-                        &[
-                            "batch",
-                            "object",
-                            "zone",
-                            "attempts",
-                            "blocked",
-                            "last error"
-                        ],
-                        &rows
-                    )
-                );
-            }
+            render::print_list(
+                output,
+                &r,
+                &r.dead_letters,
+                "no dead letters",
+                &[
+                    "batch",
+                    "object",
+                    "zone",
+                    "attempts",
+                    "blocked",
+                    "last error",
+                ],
+                |d| {
+                    vec![
+                        d.batch_id.clone(),
+                        d.object_id.clone(),
+                        d.zone.clone(),
+                        d.attempts.to_string(),
+                        d.blocked_descendant_count.to_string(),
+                        d.last_error.clone(),
+                    ]
+                },
+            );
             Ok(0)
         }
         Command::Dlq(DlqCommand::Replay {
@@ -423,43 +395,33 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         }
         Command::Agents { zone, all } => {
             let r = client.list_agents(&zone.unwrap_or_default(), all).await?;
-            if output == Output::Json {
-                print_json(&r);
-            } else if r.agents.is_empty() {
-                println!("no agents registered");
-            } else {
-                let rows: Vec<Vec<String>> = r
-                    .agents
-                    .iter()
-                    .map(|a| {
-                        vec![
-                            a.zone.clone(),
-                            a.agent_id.clone(),
-                            a.state()
-                                .as_str_name()
-                                .trim_start_matches("AGENT_STATE_")
-                                .to_owned(),
-                            format!("{}/{}", a.in_flight, a.capacity),
-                            a.hostname.clone(),
-                            render::time(a.last_heartbeat_at.as_ref()),
-                        ]
-                    })
-                    .collect();
-                println!(
-                    "{}",
-                    table(
-                        &[
-                            "zone",
-                            "agent",
-                            "state",
-                            "in flight",
-                            "host",
-                            "last heartbeat"
-                        ],
-                        &rows
-                    )
-                );
-            }
+            render::print_list(
+                output,
+                &r,
+                &r.agents,
+                "no agents registered",
+                &[
+                    "zone",
+                    "agent",
+                    "state",
+                    "in flight",
+                    "host",
+                    "last heartbeat",
+                ],
+                |a| {
+                    vec![
+                        a.zone.clone(),
+                        a.agent_id.clone(),
+                        a.state()
+                            .as_str_name()
+                            .trim_start_matches("AGENT_STATE_")
+                            .to_owned(),
+                        format!("{}/{}", a.in_flight, a.capacity),
+                        a.hostname.clone(),
+                        render::time(a.last_heartbeat_at.as_ref()),
+                    ]
+                },
+            );
             Ok(0)
         }
         Command::Cancel { batch_id, reason } => {
@@ -594,30 +556,23 @@ async fn status(client: &Client, batch_id: Option<&str>, output: Output) -> anyh
                 ..Default::default()
             })
             .await?;
-        if output == Output::Json {
-            print_json(&r);
-        } else if r.batches.is_empty() {
-            println!("no batches");
-        } else {
-            let rows: Vec<Vec<String>> = r
-                .batches
-                .iter()
-                .map(|b| {
-                    let total: u32 = b.counts.iter().map(|c| c.count).sum();
-                    vec![
-                        b.batch_id.clone(),
-                        render::batch_state(b.state()).to_owned(),
-                        total.to_string(),
-                        render::time(b.created_at.as_ref()),
-                        render::time(b.finished_at.as_ref()),
-                    ]
-                })
-                .collect();
-            println!(
-                "{}",
-                table(&["batch", "state", "objects", "created", "finished"], &rows)
-            );
-        }
+        render::print_list(
+            output,
+            &r,
+            &r.batches,
+            "no batches",
+            &["batch", "state", "objects", "created", "finished"],
+            |b| {
+                let total: u32 = b.counts.iter().map(|c| c.count).sum();
+                vec![
+                    b.batch_id.clone(),
+                    render::batch_state(b.state()).to_owned(),
+                    total.to_string(),
+                    render::time(b.created_at.as_ref()),
+                    render::time(b.finished_at.as_ref()),
+                ]
+            },
+        );
         return Ok(());
     };
     let b = client.get_batch(batch_id).await?;

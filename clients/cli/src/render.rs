@@ -110,6 +110,26 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out.join("\n")
 }
 
+/// Prints a list reply: as JSON, else `empty` when it has no item, else a table of `header` with
+/// one `row` per item.
+pub fn print_list<M: prost::Message + prost::Name, T>(
+    output: Output,
+    reply: &M,
+    items: &[T],
+    empty: &str,
+    header: &[&str],
+    row: impl Fn(&T) -> Vec<String>,
+) {
+    if output == Output::Json {
+        print_json(reply);
+    } else if items.is_empty() {
+        println!("{empty}");
+    } else {
+        let rows: Vec<Vec<String>> = items.iter().map(row).collect();
+        println!("{}", table(header, &rows));
+    }
+}
+
 /// The plan summary in a few lines.
 pub fn summary(s: &pb::PlanSummary) -> String {
     let mut zones: Vec<(&String, &u32)> = s.objects_per_zone.iter().collect();

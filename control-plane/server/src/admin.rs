@@ -11,12 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use serde_json::json;
 use strata_core::Zone;
-use tokio::net::TcpListener;
+use strata_runtime::admin as runtime_admin;
 use tokio::task::JoinHandle;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -125,28 +122,19 @@ impl<D: DataPlane, S: StateStore> Admin<D, S> {
     pub fn router(self) -> Router {
         let metrics = self.clone();
         let ready = self;
-        Router::new()
-            .route(
-                "/metrics",
-                get(move || {
-                    let admin = metrics.clone();
-                    async move { admin.render_metrics().await }
-                }),
-            )
-            .route(
-                "/health/liveness",
-                get(|| async { axum::Json(json!({"status": "alive"})) }),
-            )
-            .route(
-                "/health/readiness",
-                get(move || {
-                    let admin = ready.clone();
-                    async move { readiness_response(&admin.readiness().await) }
-                }),
-            )
+        runtime_admin::router(
+            move || {
+                let admin = metrics.clone();
+                async move { admin.metrics_text().await }
+            },
+            move || {
+                let admin = ready.clone();
+                async move { admin.readiness().await.into_response() }
+            },
+        )
     }
 
-    async fn render_metrics(&self) -> Response {
+    async fn metrics_text(&self) -> String {
         let (metrics, zones) = (self.metrics.clone(), self.zones.clone());
         // The live agents come from the driver's registry; a driver too busy to answer leaves
         // them as they were at the last scrape.
@@ -161,11 +149,7 @@ impl<D: DataPlane, S: StateStore> Admin<D, S> {
         if !matches!(observed, Ok(Ok(()))) {
             warn!("metrics scrape: the driver did not answer; state gauges are stale");
         }
-        (
-            [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
-            self.metrics.render(),
-        )
-            .into_response()
+        self.metrics.render()
     }
 
     /// Keeps the gRPC health status in step with readiness until aborted.
@@ -197,32 +181,18 @@ impl<D: DataPlane, S: StateStore> Admin<D, S> {
     }
 }
 
-fn readiness_response(r: &Readiness) -> Response {
-    let body = |status: &str| {
-        json!({
-            "status": status,
-            "reasons": r.reasons,
-            "zones_without_agents": r.zones_without_agents,
-        })
-    };
-    if r.reasons.is_empty() {
-        (StatusCode::OK, axum::Json(body("ready"))).into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(body("not ready")),
-        )
-            .into_response()
+impl Readiness {
+    /// The `/health/readiness` answer: ready when nothing is missing; the body lists both.
+    fn into_response(self) -> runtime_admin::Readiness {
+        let mut details = serde_json::Map::new();
+        details.insert("reasons".into(), json!(self.reasons));
+        details.insert(
+            "zones_without_agents".into(),
+            json!(self.zones_without_agents),
+        );
+        runtime_admin::Readiness {
+            ready: self.reasons.is_empty(),
+            details,
+        }
     }
-}
-
-/// Serves `router` on `listener` until `shutdown` resolves.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
 }

@@ -11,7 +11,7 @@ use strata_control_plane::adapters::redis::RedisStore;
 use strata_control_plane::config::Flags;
 use strata_control_plane::run::run_with;
 use strata_control_plane::telemetry;
-use tokio::signal::unix::{SignalKind, signal};
+use strata_runtime::{executor, logs, otlp, shutdown};
 
 /// How long spans still queued at shutdown may take to be exported.
 const TRACES_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
@@ -30,16 +30,8 @@ fn main() -> ExitCode {
         print!("{}", config.to_display_toml());
         return ExitCode::SUCCESS;
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    logs::init("info", std::io::stdout);
+    let runtime = match executor::build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("strata-control-plane: cannot start the runtime: {e}");
@@ -48,14 +40,13 @@ fn main() -> ExitCode {
     };
     // Traces, when the environment names an OTLP endpoint (the exporter's gRPC channel lives on
     // the runtime).
-    let traces =
-        match runtime.block_on(async { telemetry::install_from_env(telemetry::SERVICE_NAME) }) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("strata-control-plane: traces: {e}");
-                return ExitCode::from(2);
-            }
-        };
+    let traces = match runtime.block_on(async { otlp::install_from_env(telemetry::SERVICE_NAME) }) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("strata-control-plane: traces: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if let Some(t) = &traces {
         tracing::info!(endpoint = %t.endpoint(), "exporting traces over OTLP");
     }
@@ -79,13 +70,7 @@ fn main() -> ExitCode {
             ..KafkaSettings::new(config.kafka_brokers.clone())
         })
         .map_err(|e| anyhow::anyhow!("kafka at {}: {e}", config.kafka_brokers))?;
-        let mut term = signal(SignalKind::terminate())?;
-        let shutdown = async move {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        };
+        let shutdown = shutdown::signal()?;
         let data = Arc::new(data);
         let served = run_with(
             &config,
@@ -104,7 +89,7 @@ fn main() -> ExitCode {
     // Every span has ended (the driver has stopped): export what is queued, bounded. The runtime
     // still runs the exporter's channel.
     if let Some(t) = traces {
-        t.shutdown(TRACES_FLUSH);
+        t.shutdown_blocking(TRACES_FLUSH);
     }
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -87,7 +87,7 @@ pub struct ResultRecord {
     /// Where it came from.
     pub position: Position,
     /// The record's W3C `traceparent` header (the agent's span of the attempt), read only while
-    /// traces are exported ([`crate::telemetry::enabled`]); `None` otherwise.
+    /// traces are exported ([`strata_runtime::otlp::enabled`]); `None` otherwise.
     pub traceparent: Option<String>,
 }
 

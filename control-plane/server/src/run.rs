@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::admin::{self, Admin};
+use crate::admin::Admin;
 use crate::config::Config;
 use crate::driver::{Driver, DriverError, DriverSettings};
 use crate::error::ServiceError;
@@ -89,7 +89,7 @@ pub async fn run_with<D: DataPlane, S: StateStore>(
             let stopped = async move {
                 let _ = admin_stop.await;
             };
-            if let Err(e) = admin::serve(listener, router, stopped).await {
+            if let Err(e) = strata_runtime::admin::serve_until(listener, router, stopped).await {
                 warn!(error = %e, "admin port failed");
             }
         })

@@ -5,9 +5,10 @@
 //! (`OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`; the other standard
 //! variables — `OTEL_SERVICE_NAME`, `OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_EXPORTER_OTLP_HEADERS`,
 //! `OTEL_BSP_*`, `OTEL_RESOURCE_ATTRIBUTES` — apply as usual; `OTEL_SDK_DISABLED=true` or
-//! `OTEL_TRACES_EXPORTER=none` turn it off). [`install_from_env`] then exports over OTLP/gRPC with
-//! a batch span processor and makes [`tracer`] return the tracer; otherwise [`tracer`] is `None`
-//! and the driver holds no [`DriverTraces`]: no span is created and no trace context formatted.
+//! `OTEL_TRACES_EXPORTER=none` turn it off). [`otlp::install_from_env`] then exports over
+//! OTLP/gRPC with a batch span processor and makes [`otlp::tracer`] return the tracer; otherwise
+//! [`otlp::tracer`] is `None` and the driver holds no [`DriverTraces`]: no span is created and no
+//! trace context formatted.
 //!
 //! The spans of the control plane (`strata-control-plane` service):
 //! - `batch` — the root of a batch's trace, emitted when the submission is durable and its
@@ -25,123 +26,23 @@
 //!   `process` span, from consumption until the state change it caused is durable; attributes:
 //!   the result (`started`, `loaded`, `failed`), and whether the machine accepted it.
 
-use std::cell::Cell;
-use std::sync::OnceLock;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use opentelemetry::trace::{
     Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceId,
-    TraceState, Tracer as _, TracerProvider as _,
+    TraceState, Tracer as _,
 };
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{
-    IdGenerator, RandomIdGenerator, SdkTracer, SdkTracerProvider, Span,
-};
+use opentelemetry_sdk::trace::{SdkTracer, Span};
 use rustc_hash::FxHashMap;
 use sha2::{Digest as _, Sha256};
 use strata_core::machine::{NodeState, Outcome};
 use strata_core::model::NodeIx;
 use strata_proto::v1::{self as pb, object_result};
+use strata_runtime::otlp::{self, parse_traceparent, traceparent};
 
 /// The service name when `OTEL_SERVICE_NAME` does not say otherwise.
 pub const SERVICE_NAME: &str = "strata-control-plane";
-
-static TRACER: OnceLock<SdkTracer> = OnceLock::new();
-
-/// The installed tracer, if traces are exported.
-pub fn tracer() -> Option<&'static SdkTracer> {
-    TRACER.get()
-}
-
-/// Whether traces are exported (one atomic load).
-pub fn enabled() -> bool {
-    TRACER.get().is_some()
-}
-
-/// The OTLP endpoint the environment asks traces to go to, if any (see the module doc).
-pub fn endpoint_from_env() -> Option<String> {
-    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-    if var("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
-        || var("OTEL_TRACES_EXPORTER").is_some_and(|v| v.trim().eq_ignore_ascii_case("none"))
-    {
-        return None;
-    }
-    var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"))
-}
-
-/// The exporting pipeline; [`TraceExport::shutdown`] flushes it.
-#[derive(Debug)]
-pub struct TraceExport {
-    provider: SdkTracerProvider,
-    endpoint: String,
-}
-
-impl TraceExport {
-    /// Where spans go.
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint
-    }
-
-    /// Exports what is still queued and stops, waiting at most `bound` (blocking: call it outside
-    /// async code, while the runtime that built the exporter still runs).
-    pub fn shutdown(self, bound: Duration) {
-        if let Err(e) = self.provider.shutdown_with_timeout(bound) {
-            tracing::warn!(error = %e, "spans not all exported at shutdown");
-        }
-    }
-}
-
-/// Installs the OTLP exporter when the environment names an endpoint (see the module doc);
-/// `Ok(None)` when it does not. Must run inside a Tokio runtime (the gRPC channel's tasks live
-/// there), once per process.
-pub fn install_from_env(default_service: &'static str) -> Result<Option<TraceExport>, String> {
-    let Some(endpoint) = endpoint_from_env() else {
-        return Ok(None);
-    };
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .build()
-        .map_err(|e| format!("OTLP trace exporter for {endpoint}: {e}"))?;
-    let mut resource = Resource::builder();
-    if std::env::var("OTEL_SERVICE_NAME").map_or(true, |v| v.trim().is_empty()) {
-        resource = resource.with_service_name(default_service);
-    }
-    let provider = SdkTracerProvider::builder()
-        .with_resource(resource.build())
-        .with_id_generator(BatchIds)
-        .with_batch_exporter(exporter)
-        .build();
-    TRACER
-        .set(provider.tracer("strata-control-plane"))
-        .map_err(|_| "traces were installed twice".to_owned())?;
-    Ok(Some(TraceExport { provider, endpoint }))
-}
-
-thread_local! {
-    /// Ids the next span built on this thread takes (see [`BatchIds`]).
-    static FORCED_IDS: Cell<Option<(TraceId, SpanId)>> = const { Cell::new(None) };
-}
-
-/// Random ids, except for the `batch` span, whose ids come from its batch id: the SDK takes a
-/// root span's ids from the generator only, so [`DriverTraces::batch_submitted`] puts them here
-/// for the one span it builds.
-#[derive(Debug)]
-struct BatchIds;
-
-impl IdGenerator for BatchIds {
-    fn new_trace_id(&self) -> TraceId {
-        FORCED_IDS
-            .get()
-            .map_or_else(|| RandomIdGenerator::default().new_trace_id(), |(t, _)| t)
-    }
-
-    fn new_span_id(&self) -> SpanId {
-        FORCED_IDS
-            .get()
-            .map_or_else(|| RandomIdGenerator::default().new_span_id(), |(_, s)| s)
-    }
-}
 
 /// The batch span's context, derived from the batch id alone: trace id = the first 16 bytes of
 /// SHA-256(batch id), span id = the next 8 (any all-zero part, which W3C forbids, becomes 1).
@@ -168,50 +69,6 @@ pub fn batch_context(batch_id: &str) -> SpanContext {
     )
 }
 
-/// The W3C `traceparent` of a span context.
-pub fn traceparent(sc: &SpanContext) -> String {
-    format!(
-        "00-{}-{}-{:02x}",
-        sc.trace_id(),
-        sc.span_id(),
-        sc.trace_flags().to_u8()
-    )
-}
-
-/// The remote span context of a W3C `traceparent` (version 00 layout; later versions are read
-/// by their first four fields, as the spec asks), if valid.
-pub fn parse_traceparent(value: &str) -> Option<SpanContext> {
-    let mut parts = value.trim().split('-');
-    let (version, trace, span, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let rest = parts.next();
-    if version.len() != 2
-        || version.eq_ignore_ascii_case("ff")
-        || (version == "00" && rest.is_some())
-        || trace.len() != 32
-        || span.len() != 16
-        || flags.len() != 2
-    {
-        return None;
-    }
-    u8::from_str_radix(version, 16).ok()?;
-    let hex = |s: &str| {
-        s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
-    if !hex(trace) || !hex(span) {
-        return None;
-    }
-    let sc = SpanContext::new(
-        TraceId::from_hex(trace).ok()?,
-        SpanId::from_hex(span).ok()?,
-        TraceFlags::new(u8::from_str_radix(flags, 16).ok()? & 1),
-        true,
-        TraceState::default(),
-    );
-    sc.is_valid().then_some(sc)
-}
-
 /// An attempt span still open, by (batch, node).
 #[derive(Debug)]
 struct OpenAttempt {
@@ -231,7 +88,7 @@ pub struct DriverTraces {
 impl DriverTraces {
     /// `Some` when traces are exported.
     pub fn from_installed() -> Option<Self> {
-        tracer().map(|t| Self {
+        otlp::tracer().map(|t| Self {
             tracer: t.clone(),
             open: FxHashMap::default(),
         })
@@ -239,19 +96,18 @@ impl DriverTraces {
 
     /// Emits the `batch` span of a submission made at `submitted_at`, ending now.
     pub fn batch_submitted(&self, batch_id: &str, objects: usize, submitted_at: SystemTime) {
-        let sc = batch_context(batch_id);
-        FORCED_IDS.set(Some((sc.trace_id(), sc.span_id())));
-        let mut span = self
-            .tracer
-            .span_builder("batch")
-            .with_kind(SpanKind::Internal)
-            .with_start_time(submitted_at)
-            .with_attributes([
-                KeyValue::new("strata.batch.id", batch_id.to_owned()),
-                KeyValue::new("strata.batch.objects", objects as i64),
-            ])
-            .start_with_context(&self.tracer, &Context::new());
-        FORCED_IDS.set(None);
+        // A root span: its ids follow from the batch id (see [`batch_context`]).
+        let mut span = otlp::with_ids(&batch_context(batch_id), || {
+            self.tracer
+                .span_builder("batch")
+                .with_kind(SpanKind::Internal)
+                .with_start_time(submitted_at)
+                .with_attributes([
+                    KeyValue::new("strata.batch.id", batch_id.to_owned()),
+                    KeyValue::new("strata.batch.objects", objects as i64),
+                ])
+                .start_with_context(&self.tracer, &Context::new())
+        });
         span.end();
     }
 
@@ -437,29 +293,10 @@ mod tests {
     }
 
     #[test]
-    fn invalid_traceparents_are_refused() {
-        let ok = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        assert!(parse_traceparent(ok).is_some());
-        for bad in [
-            "",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
-            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
-            "00-+bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        ] {
-            assert!(parse_traceparent(bad).is_none(), "{bad:?}");
-        }
-        assert!(parse_traceparent(&format!("01-{}-extra", &ok[3..])).is_some());
-    }
-
-    #[test]
     fn nothing_is_enabled_without_an_endpoint() {
         // The test process sets no OTLP variable.
-        if endpoint_from_env().is_none() {
-            assert!(!enabled() && DriverTraces::from_installed().is_none());
+        if otlp::endpoint_from_env().is_none() {
+            assert!(!otlp::enabled() && DriverTraces::from_installed().is_none());
         }
     }
 }

@@ -10,7 +10,8 @@
 //!   [`PortError::Unavailable`] naming the topic, so the driver can `ensure_topics` and retry
 //!   (which also refreshes the producer's metadata). A producer that hit a fatal error (e.g. an
 //!   out-of-order sequence after the broker lost its producer state) or whose deliveries timed
-//!   out (it may be looping on an unknown producer id) is replaced by a fresh one at once.
+//!   out (it may be looping on an unknown producer id) is replaced by a fresh one at once
+//!   ([`strata_runtime::producer`]).
 //! - **Offsets only after durability.** The results consumer runs with
 //!   `enable.auto.offset.store=false`; [`DataPlane::store_positions`] stores `offset + 1` of the
 //!   highest position per partition and auto-commit (every second, and on close or revocation)
@@ -23,15 +24,14 @@
 //!   group and commits) run on threads of their own ([`KafkaDataPlane::close`] awaits them).
 //!   librdkafka's callbacks only log (routed to `tracing`, rate-limited).
 //!
-//! Owns the rdkafka client configuration of the control plane; the helpers
-//! ([`ready_topic`], [`producer_config`], [`results_consumer_config`], …) are public so that the
-//! test harness and tools build the same names and settings. Depends on nothing but the port
-//! types, the wire crate and whether traces are exported ([`crate::telemetry::enabled`]: a
+//! Client settings come from [`kafka_config`] (one function per role, `extra` applied last);
+//! the names ([`ready_topic`], …) and [`results_consumer_config`] are public so that the test
+//! harness and tools build the same names and settings. Depends on nothing but the port
+//! types, the wire crate and whether traces are exported ([`strata_runtime::otlp::enabled`]: a
 //! result's `traceparent` header is read only then).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
-use std::ops::Deref;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -48,9 +48,13 @@ use rdkafka::types::RDKafkaErrorCode;
 use strata_core::Zone;
 use strata_proto::kafka as wire;
 use strata_proto::v1::{DeadLetter, ObjectReady, ObjectResult, StatusChanged};
+use strata_runtime::detached::{Detached, NotDestroyed};
+use strata_runtime::kafka_config::{self, ClientSettings};
+use strata_runtime::kafka_logs::{self, LogLimiter, Logged};
+use strata_runtime::producer::{DeliveryFailures, ProducerSlot};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tracing::{debug, error, info, trace, warn};
+use tracing::{debug, info, trace, warn};
 
 use crate::ports::{DataPlane, PortError, PortResult, Position, ResultRecord};
 
@@ -60,7 +64,7 @@ const SERVICE: &str = "kafka";
 pub const DEFAULT_CONSUMER_GROUP: &str = "strata-control-plane";
 /// Bound on one record's delivery (`message.timeout.ms`): a publish resolves, delivered or
 /// failed, within about this long (plus [`DELIVERY_MARGIN`] as a backstop).
-pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+pub use strata_runtime::kafka_config::DELIVERY_TIMEOUT;
 /// Extra wait for a delivery report past [`DELIVERY_TIMEOUT`] before a publish gives up on it.
 pub const DELIVERY_MARGIN: Duration = Duration::from_secs(5);
 /// Bound on one admin request (topic creation).
@@ -70,8 +74,6 @@ pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub const RESULTS_CHANNEL_CAPACITY: usize = 4096;
 /// Bound on [`KafkaDataPlane::close`] (leaving the group, committing stored offsets).
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(15);
-/// Minimum interval between two log lines about the same recurring client error.
-const LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Pause after a consumer error before polling again.
 const CONSUMER_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
@@ -89,25 +91,8 @@ pub const PROTECTED_PROPERTIES: &[&str] = &[
     "allow.auto.create.topics",
 ];
 
-/// `<prefix>.ready.<zone>`: where Ready records of `zone` go (key = object id).
-pub fn ready_topic(prefix: &str, zone: &str) -> String {
-    format!("{prefix}.{}.{zone}", wire::READY_TOPIC)
-}
-
-/// `<prefix>.results`: where agents publish `ObjectResult` records (key = batch id).
-pub fn results_topic(prefix: &str) -> String {
-    format!("{prefix}.{}", wire::RESULTS_TOPIC)
-}
-
-/// `<prefix>.dlq`: dead letters (key = object id).
-pub fn dlq_topic(prefix: &str) -> String {
-    format!("{prefix}.{}", wire::DLQ_TOPIC)
-}
-
-/// `<prefix>.status`: status changes for external consumers (key = batch id).
-pub fn status_topic(prefix: &str) -> String {
-    format!("{prefix}.{}", wire::STATUS_TOPIC)
-}
+// The topic names are contract: the wire crate builds them.
+pub use strata_proto::kafka::{dlq_topic, ready_topic, results_topic, status_topic};
 
 /// Every topic the control plane needs for `zones`: one ready topic per zone, then results,
 /// dead letters and status. Sorted by zone, without duplicates.
@@ -209,114 +194,39 @@ impl KafkaSettings {
     }
 }
 
+impl KafkaSettings {
+    /// What every client of the control plane connects with (client ids
+    /// `strata-control-plane-<role>`).
+    pub fn clients(&self) -> ClientSettings {
+        ClientSettings {
+            bootstrap_servers: self.bootstrap_servers.clone(),
+            extra: self.extra.clone(),
+            client_id: "strata-control-plane".into(),
+        }
+    }
+}
+
 impl fmt::Debug for KafkaSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let extra: Vec<(&str, &str)> = self
-            .extra
-            .iter()
-            .map(|(k, v)| (k.as_str(), if is_secret(k) { "***" } else { v.as_str() }))
-            .collect();
         f.debug_struct("KafkaSettings")
             .field("bootstrap_servers", &self.bootstrap_servers)
             .field("topic_prefix", &self.topic_prefix)
             .field("partitions", &self.partitions)
             .field("replication_factor", &self.replication_factor)
             .field("consumer_group", &self.consumer_group)
-            .field("extra", &extra)
+            .field("extra", &kafka_config::masked(&self.extra))
             .finish()
     }
 }
 
-fn is_secret(key: &str) -> bool {
-    ["password", "secret", "key", "token", "jaas"]
-        .iter()
-        .any(|s| key.contains(s))
-}
-
-/// Settings every client of the control plane shares: bootstrap servers, a client id, no topic
-/// auto-creation (topics come from [`DataPlane::ensure_topics`] only, as on a broker with
-/// auto-creation off), reconnects within 2 s of a broker coming back. Without `extra`: the role
-/// builders below add it last.
-pub fn base_config(settings: &KafkaSettings, role: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &settings.bootstrap_servers)
-        .set("client.id", format!("strata-control-plane-{role}"))
-        .set("allow.auto.create.topics", "false")
-        .set("reconnect.backoff.ms", "100")
-        .set("reconnect.backoff.max.ms", "2000")
-        .set("socket.connection.setup.timeout.ms", "10000")
-        .set_log_level(librdkafka_log_level());
-    config
-}
-
-/// librdkafka's own log threshold, from what the `tracing` subscriber wants of target
-/// `librdkafka` (its lines are logged there): warnings and errors by default, `Info` lines at
-/// `debug`, `Debug` lines (with a `debug` property in `extra`) at `trace`.
-fn librdkafka_log_level() -> RDKafkaLogLevel {
-    if tracing::enabled!(target: "librdkafka", tracing::Level::TRACE) {
-        RDKafkaLogLevel::Debug
-    } else if tracing::enabled!(target: "librdkafka", tracing::Level::DEBUG) {
-        RDKafkaLogLevel::Info
-    } else {
-        RDKafkaLogLevel::Warning
-    }
-}
-
-/// The producer's configuration: idempotent (no duplicates or reordering from internal
-/// retries), `acks=all`, 5 ms linger (batches a step's records), and every record's fate known
-/// within [`DELIVERY_TIMEOUT`]. A topic unknown to the broker fails its records after at most
-/// 5 s (`topic.metadata.propagation.max.ms`, default 30 s, longer than the delivery timeout,
-/// which would report a missing topic as a bare timeout).
-pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
-    let mut config = base_config(settings, "producer");
-    config
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set(
-            "message.timeout.ms",
-            DELIVERY_TIMEOUT.as_millis().to_string(),
-        )
-        .set("topic.metadata.propagation.max.ms", "5000");
-    apply_extra(&mut config, settings);
-    config
-}
-
-/// The results consumer's configuration: the group (joins in ~3 s with a 6 s session and 500 ms
-/// heartbeats; the librdkafka default of 45 s takes ~23 s), low-latency fetches (10 ms), reading
-/// from the earliest record when the group has no offset, offsets stored by the application only
-/// (`enable.auto.offset.store=false`) and committed by auto-commit every second,
-/// cooperative-sticky assignment (a joining replica does not stop the others).
+/// The results consumer's configuration: a [`kafka_config::consumer`] in the configured group.
 pub fn results_consumer_config(settings: &KafkaSettings) -> ClientConfig {
-    let mut config = base_config(settings, "results");
-    config
-        .set("group.id", &settings.consumer_group)
-        .set("session.timeout.ms", "6000")
-        .set("heartbeat.interval.ms", "500")
-        .set("fetch.wait.max.ms", "10")
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", "cooperative-sticky");
-    apply_extra(&mut config, settings);
-    config
-}
-
-/// The admin client's configuration (topic creation).
-pub fn admin_config(settings: &KafkaSettings) -> ClientConfig {
-    let mut config = base_config(settings, "admin");
-    apply_extra(&mut config, settings);
-    config
-}
-
-/// `extra` wins over the adapter's defaults (e.g. a longer `message.timeout.ms`); protected keys
-/// are refused by [`KafkaSettings::validate`] before any client is built.
-fn apply_extra(config: &mut ClientConfig, settings: &KafkaSettings) {
-    for (key, value) in &settings.extra {
-        config.set(key.trim(), value);
-    }
+    kafka_config::consumer(
+        &settings.clients(),
+        "results",
+        &settings.consumer_group,
+        |_| {},
+    )
 }
 
 /// Decodes one results record: the `strata-type` header must be `strata.v1.ObjectResult`, the
@@ -359,102 +269,37 @@ fn header<'a>(message: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> 
 }
 
 // ------------------------------------------------------------------------------------------------
-// librdkafka callbacks: logging only, rate-limited.
+// librdkafka callbacks: logging only, rate-limited (the producer and admin client: `Logged`).
 
-/// Logs a recurring condition at most once per [`LOG_INTERVAL`] per key, with the number of
-/// suppressed repeats.
-#[derive(Debug, Default)]
-struct LogLimiter {
-    seen: Mutex<HashMap<String, (Instant, u64)>>,
-}
-
-impl LogLimiter {
-    /// `Some(suppressed since the last line)` when a line for `key` should be logged now.
-    fn admit(&self, key: &str) -> Option<u64> {
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        if seen.len() > 256 {
-            seen.retain(|_, (at, _)| now.duration_since(*at) < LOG_INTERVAL);
-        }
-        match seen.get_mut(key) {
-            Some((at, suppressed)) if now.duration_since(*at) < LOG_INTERVAL => {
-                *suppressed += 1;
-                None
-            }
-            Some((at, suppressed)) => {
-                let n = std::mem::take(suppressed);
-                *at = now;
-                Some(n)
-            }
-            None => {
-                seen.insert(key.to_owned(), (now, 0));
-                Some(0)
-            }
-        }
-    }
-}
-
-/// The context of every client: routes librdkafka's logs and errors to `tracing`.
+/// The results consumer's context: its client lines routed like every client's, its rebalances
+/// and failed commits logged.
 #[derive(Debug)]
-struct Ctx {
-    role: &'static str,
-    limiter: LogLimiter,
-}
+struct ResultsContext;
 
-impl Ctx {
-    fn new(role: &'static str) -> Self {
-        Self {
-            role,
-            limiter: LogLimiter::default(),
-        }
-    }
-}
+const RESULTS_CLIENT: &str = "results";
 
-impl ClientContext for Ctx {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error
-            | RDKafkaLogLevel::Warning => {
-                if let Some(suppressed) = self.limiter.admit(fac) {
-                    warn!(target: "librdkafka", client = self.role, facility = fac, suppressed, "{log_message}");
-                }
-            }
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                debug!(target: "librdkafka", client = self.role, facility = fac, "{log_message}");
-            }
-            RDKafkaLogLevel::Debug => {
-                trace!(target: "librdkafka", client = self.role, facility = fac, "{log_message}");
-            }
-        }
+impl ClientContext for ResultsContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        kafka_logs::log(RESULTS_CLIENT, level, facility, message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        let code = error.rdkafka_error_code();
-        if code == Some(RDKafkaErrorCode::Fatal) {
-            error!(client = self.role, %error, reason, "kafka client hit a fatal error");
-            return;
-        }
-        let key = format!("error:{code:?}");
-        if let Some(suppressed) = self.limiter.admit(&key) {
-            warn!(client = self.role, %error, reason, suppressed, "kafka client error");
-        }
+        kafka_logs::client_error(RESULTS_CLIENT, &error, reason);
     }
 }
 
-impl ConsumerContext for Ctx {
+impl ConsumerContext for ResultsContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let client = RESULTS_CLIENT;
         match rebalance {
             Rebalance::Assign(tpl) => {
-                info!(client = self.role, partitions = ?partitions_of(tpl), "results partitions assigned");
+                info!(client, partitions = ?partitions_of(tpl), "results partitions assigned");
             }
             Rebalance::Revoke(tpl) => {
-                info!(client = self.role, partitions = ?partitions_of(tpl), "results partitions revoked");
+                info!(client, partitions = ?partitions_of(tpl), "results partitions revoked");
             }
             Rebalance::Error(e) => {
-                warn!(client = self.role, error = %e, "results consumer rebalance failed");
+                warn!(client, error = %e, "results consumer rebalance failed");
             }
         }
     }
@@ -465,8 +310,8 @@ impl ConsumerContext for Ctx {
             // An auto-commit with nothing new stored.
             Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::NoOffset) => {}
             Err(e) => {
-                if let Some(suppressed) = self.limiter.admit("commit") {
-                    warn!(client = self.role, error = %e, suppressed, "offset commit failed");
+                if let Some(suppressed) = kafka_logs::admit(RESULTS_CLIENT, "commit") {
+                    warn!(client = RESULTS_CLIENT, error = %e, suppressed, "offset commit failed");
                 }
             }
         }
@@ -477,48 +322,11 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<i32> {
     tpl.elements().iter().map(|e| e.partition()).collect()
 }
 
-/// Owns a librdkafka handle whose destruction blocks (flush, leave group, thread joins) and
-/// destroys it on a thread of its own, whoever drops the last reference, so no async worker
-/// ever waits for it.
-struct Detached<T: Send + 'static>(Option<T>);
-
-impl<T: Send + 'static> Detached<T> {
-    fn new(inner: T) -> Self {
-        Self(Some(inner))
-    }
-
-    /// Takes the handle out, for a caller that destroys it itself (and waits for that).
-    fn into_inner(mut self) -> Option<T> {
-        self.0.take()
-    }
-}
-
-impl<T: Send + 'static> Deref for Detached<T> {
-    type Target = T;
-
-    fn deref(&self) -> &T {
-        self.0.as_ref().expect("present until dropped")
-    }
-}
-
-impl<T: Send + 'static> Drop for Detached<T> {
-    fn drop(&mut self) {
-        if let Some(inner) = self.0.take() {
-            let spawned = std::thread::Builder::new()
-                .name("strata-kafka-drop".into())
-                .spawn(move || drop(inner));
-            if let Err(e) = spawned {
-                warn!(error = %e, "no thread to destroy a kafka client on; destroying it inline");
-            }
-        }
-    }
-}
-
 // ------------------------------------------------------------------------------------------------
 // The adapter.
 
-type Producer = FutureProducer<Ctx>;
-type ResultsConsumer = StreamConsumer<Ctx>;
+type Producer = FutureProducer<Logged>;
+type ResultsConsumer = StreamConsumer<ResultsContext>;
 
 /// The running results consumer.
 struct Subscription {
@@ -533,8 +341,8 @@ pub struct KafkaDataPlane {
     results_topic: String,
     dlq_topic: String,
     status_topic: String,
-    producer: Mutex<Arc<Detached<Producer>>>,
-    admin: Detached<AdminClient<Ctx>>,
+    producer: ProducerSlot<Logged>,
+    admin: Detached<AdminClient<Logged>>,
     subscription: Mutex<Option<Subscription>>,
 }
 
@@ -584,31 +392,19 @@ impl Outgoing {
 struct Failures {
     /// topic → (records failed, first error, any permanent error)
     by_topic: BTreeMap<String, (usize, String, bool)>,
-    /// Some record's delivery timed out: the producer may be wedged (see [`KafkaDataPlane::produce`]).
-    timed_out: bool,
-    /// The broker no longer accepts this producer's id or epoch (it lost its producer state):
-    /// every later record fails the same way, whether or not librdkafka flags the client fatal.
-    fenced: bool,
+    /// What the failures say about the producer (whether it must be replaced).
+    delivery: DeliveryFailures,
 }
 
 impl Failures {
     fn add(&mut self, topic: &str, error: &KafkaError) {
-        let code = error.rdkafka_error_code();
-        self.timed_out |= code == Some(RDKafkaErrorCode::MessageTimedOut);
-        self.fenced |= matches!(
-            code,
-            Some(
-                RDKafkaErrorCode::ProducerFenced
-                    | RDKafkaErrorCode::InvalidProducerEpoch
-                    | RDKafkaErrorCode::UnknownProducerId
-                    | RDKafkaErrorCode::OutOfOrderSequenceNumber
-                    | RDKafkaErrorCode::InvalidProducerIdMapping
-            )
-        );
+        self.delivery.note(error);
         self.add_text(
             topic,
             error.to_string(),
-            code.is_some_and(is_permanent_produce_error),
+            error
+                .rdkafka_error_code()
+                .is_some_and(is_permanent_produce_error),
         );
     }
 
@@ -705,8 +501,8 @@ fn rejected(detail: String) -> PortError {
 }
 
 fn create_producer(settings: &KafkaSettings) -> PortResult<Producer> {
-    producer_config(settings)
-        .create_with_context(Ctx::new("producer"))
+    kafka_config::producer(&settings.clients())
+        .create_with_context(Logged("producer"))
         .map_err(|e| {
             rejected(format!(
                 "create producer for {}: {e}",
@@ -724,8 +520,8 @@ impl KafkaDataPlane {
     pub fn connect(settings: KafkaSettings) -> PortResult<Self> {
         settings.validate()?;
         let producer = create_producer(&settings)?;
-        let admin: AdminClient<Ctx> = admin_config(&settings)
-            .create_with_context(Ctx::new("admin"))
+        let admin: AdminClient<Logged> = kafka_config::admin(&settings.clients())
+            .create_with_context(Logged("admin"))
             .map_err(|e| {
                 rejected(format!(
                     "create admin client for {}: {e}",
@@ -737,7 +533,7 @@ impl KafkaDataPlane {
             results_topic: results_topic(prefix),
             dlq_topic: dlq_topic(prefix),
             status_topic: status_topic(prefix),
-            producer: Mutex::new(Arc::new(Detached::new(producer))),
+            producer: ProducerSlot::new("kafka producer", producer),
             admin: Detached::new(admin),
             subscription: Mutex::new(None),
             settings,
@@ -762,27 +558,18 @@ impl KafkaDataPlane {
         if tokio::time::timeout(CLOSE_TIMEOUT, sub.task).await.is_err() {
             warn!("results consumer task did not stop within {CLOSE_TIMEOUT:?}");
         }
-        let consumer = match Arc::try_unwrap(sub.consumer) {
-            Ok(detached) => detached.into_inner(),
-            // Someone is storing positions right now: their drop closes it in the background.
-            Err(_) => None,
-        };
-        let Some(consumer) = consumer else { return };
-        let started = Instant::now();
-        let (done_tx, done_rx) = oneshot::channel();
-        let spawned = std::thread::Builder::new()
-            .name("strata-kafka-close".into())
-            .spawn(move || {
-                drop(consumer);
-                let _ = done_tx.send(());
-            });
-        if let Err(e) = spawned {
-            warn!(error = %e, "no thread to close the results consumer on");
+        // Someone storing positions right now holds it too: their drop closes it in the background.
+        let Ok(consumer) = Arc::try_unwrap(sub.consumer) else {
             return;
-        }
-        match tokio::time::timeout(CLOSE_TIMEOUT, done_rx).await {
-            Ok(_) => debug!(elapsed = ?started.elapsed(), "results consumer closed"),
-            Err(_) => warn!("results consumer did not close within {CLOSE_TIMEOUT:?}"),
+        };
+        match consumer.destroy(CLOSE_TIMEOUT).await {
+            Ok(elapsed) => debug!(?elapsed, "results consumer closed"),
+            Err(NotDestroyed::NoThread(e)) => {
+                warn!(error = %e, "no thread to close the results consumer on");
+            }
+            Err(NotDestroyed::TimedOut) => {
+                warn!("results consumer did not close within {CLOSE_TIMEOUT:?}");
+            }
         }
     }
 
@@ -792,31 +579,7 @@ impl KafkaDataPlane {
 
     /// The current producer; one that hit a fatal error is replaced by a new one first.
     fn producer(&self) -> PortResult<Arc<Detached<Producer>>> {
-        let mut current = self.producer.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((code, reason)) = current.client().fatal_error() {
-            warn!(
-                ?code,
-                reason, "kafka producer hit a fatal error; replacing it"
-            );
-            // The old one is destroyed on its own thread once its last user lets go.
-            *current = Arc::new(Detached::new(create_producer(&self.settings)?));
-        }
-        Ok(Arc::clone(&current))
-    }
-
-    /// Replaces `old` with a new producer, unless another call did already.
-    fn replace_producer(&self, old: &Arc<Detached<Producer>>, why: &str) {
-        let mut current = self.producer.lock().unwrap_or_else(|e| e.into_inner());
-        if !Arc::ptr_eq(&current, old) {
-            return;
-        }
-        match create_producer(&self.settings) {
-            Ok(fresh) => {
-                warn!(reason = why, "replacing the kafka producer");
-                *current = Arc::new(Detached::new(fresh));
-            }
-            Err(e) => warn!(error = %e, "kafka producer not replaced"),
-        }
+        self.producer.usable(|| create_producer(&self.settings))
     }
 
     /// Produces `records`, then awaits every delivery report (bounded); fails naming each
@@ -863,27 +626,16 @@ impl KafkaDataPlane {
             await_delivery(&records[j], delivery, deadline, &mut failures).await;
         }
         let total = records.len();
-        let (timed_out, fenced) = (failures.timed_out, failures.fenced);
+        let delivery = failures.delivery;
         match failures.into_error(total) {
             None => {
                 trace!(records = total, elapsed = ?started.elapsed(), "records delivered");
                 Ok(())
             }
             Some(e) => {
-                // Replaced now rather than on the next call, so that the successor is already
-                // connecting while the caller backs off: a producer with a fatal error (e.g.
-                // fenced after the broker lost its producer state), and one whose records timed
-                // out. An idempotent producer can also loop on UNKNOWN_PRODUCER_ID without ever
-                // failing fatally (a broker that lost its producer state and refuses the bumped
-                // epoch), reporting only timeouts; a fresh producer id ends that. The cost of a
-                // needless replacement is a reconnect.
-                if producer.client().fatal_error().is_some() {
-                    self.replace_producer(&producer, "fatal error");
-                } else if fenced {
-                    self.replace_producer(&producer, "fenced by the broker");
-                } else if timed_out {
-                    self.replace_producer(&producer, "deliveries timed out");
-                }
+                // Replaced now rather than on the next call (see `strata_runtime::producer`).
+                self.producer
+                    .replace_if_failed(&producer, delivery, || create_producer(&self.settings));
                 Err(e)
             }
         }
@@ -955,7 +707,7 @@ async fn await_delivery(
             );
         }
         Err(_elapsed) => {
-            failures.timed_out = true;
+            failures.delivery.timed_out = true;
             failures.add_text(
                 &record.topic,
                 format!(
@@ -1080,9 +832,9 @@ impl DataPlane for KafkaDataPlane {
     async fn resubscribe_results(&self) -> PortResult<Option<mpsc::Receiver<ResultRecord>>> {
         // A broker that lost its topics lost its producer ids too: an idempotent producer it no
         // longer knows may see records acknowledged and never stored (seen against Tansu).
-        if let Ok(producer) = self.producer() {
-            self.replace_producer(&producer, "the broker lost its topics");
-        }
+        self.producer.renew("the broker lost its topics", || {
+            create_producer(&self.settings)
+        });
         self.close().await;
         self.subscribe_results().map(Some)
     }
@@ -1097,7 +849,7 @@ impl DataPlane for KafkaDataPlane {
         // The stream consumer spawns its wake-up task on the current runtime.
         let _entered = runtime.enter();
         let consumer: ResultsConsumer = results_consumer_config(&self.settings)
-            .create_with_context(Ctx::new("results"))
+            .create_with_context(ResultsContext)
             .map_err(|e| {
                 rejected(format!(
                     "create results consumer in group {}: {e}",
@@ -1226,7 +978,7 @@ async fn consume_results(
                         )
                     });
                 // The agent's span of the attempt, only while traces are exported.
-                let traceparent = crate::telemetry::enabled()
+                let traceparent = strata_runtime::otlp::enabled()
                     .then(|| header(&message, wire::HEADER_TRACEPARENT))
                     .flatten()
                     .and_then(|v| std::str::from_utf8(v).ok())
@@ -1360,7 +1112,7 @@ mod tests {
     fn extra_properties_win_over_role_defaults() {
         let mut settings = KafkaSettings::new("127.0.0.1:9092");
         settings.extra = vec![("message.timeout.ms".into(), "30000".into())];
-        let config = producer_config(&settings);
+        let config = kafka_config::producer(&settings.clients());
         assert_eq!(config.get("message.timeout.ms"), Some("30000"));
         assert_eq!(config.get("enable.idempotence"), Some("true"));
         let consumer = results_consumer_config(&settings);
@@ -1394,12 +1146,12 @@ mod tests {
             "strata.ready.raw",
             &KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut),
         );
-        assert!(failures.timed_out && !failures.fenced);
+        assert!(failures.delivery.timed_out && !failures.delivery.fenced);
         failures.add(
             "strata.ready.raw",
             &KafkaError::MessageProduction(RDKafkaErrorCode::ProducerFenced),
         );
-        assert!(failures.fenced);
+        assert!(failures.delivery.fenced);
         assert!(failures.into_error(2).unwrap().retryable());
     }
 
@@ -1418,14 +1170,5 @@ mod tests {
         };
         let data = KafkaDataPlane::connect(settings).expect("SASL_SSL client");
         data.close().await;
-    }
-
-    #[test]
-    fn the_limiter_suppresses_repeats() {
-        let limiter = LogLimiter::default();
-        assert_eq!(limiter.admit("a"), Some(0));
-        assert_eq!(limiter.admit("a"), None);
-        assert_eq!(limiter.admit("a"), None);
-        assert_eq!(limiter.admit("b"), Some(0));
     }
 }
