@@ -15,6 +15,8 @@ pub mod config;
 pub mod convert;
 pub mod driver;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod latency;
 pub mod metrics;
 pub mod ports;

@@ -14,7 +14,7 @@
 
 pub mod agents;
 mod watch;
-mod wire;
+pub(crate) mod wire;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;

@@ -55,7 +55,7 @@
 //! - Re-running the exact same `create_batch` (same id, content hash and `created_at_ms`) after
 //!   an ambiguous failure (a timeout whose write did happen) answers `Created`, not `Existing`.
 
-mod codec;
+pub(crate) mod codec;
 mod scripts;
 
 use std::collections::HashMap;
