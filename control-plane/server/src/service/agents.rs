@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use strata_core::Zone;
 use strata_core::agents::{Agent, AgentState, HeldAttempt, LeaseError, Registration};
+use strata_proto::kafka;
 use strata_proto::v1::{self as pb, agent_registry_server::AgentRegistry};
 use tonic::{Request, Response, Status};
 use tracing::info;
@@ -174,9 +175,9 @@ impl AgentRegistry for AgentRegistryService {
             lease_epoch: agent.lease_epoch,
             heartbeat_interval: Some(convert::duration(self.settings.heartbeat_interval)),
             lease_ttl: Some(convert::duration(self.settings.lease_ttl)),
-            ready_topic: format!("{prefix}.{}.{zone}", strata_proto::kafka::READY_TOPIC),
-            results_topic: format!("{prefix}.{}", strata_proto::kafka::RESULTS_TOPIC),
-            consumer_group: format!("{prefix}.agents.{zone}"),
+            ready_topic: kafka::ready_topic(prefix, zone.as_str()),
+            results_topic: kafka::results_topic(prefix),
+            consumer_group: kafka::agent_group(prefix, zone.as_str()),
             bootstrap_servers: self.settings.bootstrap_servers.clone(),
             execution_timeout: Some(convert::duration(
                 self.settings
