@@ -22,11 +22,11 @@
 //! its machine and redoes what [`BatchMachine::resume`] says.
 //!
 //! One module per job:
-//! - [`run_loop`]: the loop itself; [`handle`]: the handle and its commands;
-//! - [`submit`], [`restore`], [`intake`] (results), [`timers`] (deadlines, leases, due retries);
-//! - [`effects`]: the effect interpreter; [`step`]: performing a step in order;
-//! - [`publish`]: Ready delivery and redelivery, status changes, topic checks;
-//! - [`agents`]: attempts held by agents; [`state`], [`settings`], [`error`]: the types.
+//! - `run_loop`: the loop itself; `handle`: the handle and its commands;
+//! - `submit`, `restore`, `intake` (results), `timers` (deadlines, leases, due retries);
+//! - `effects`: the effect interpreter; `step`: performing a step in order;
+//! - `publish`: Ready delivery and redelivery, status changes, topic checks;
+//! - `agents`: attempts held by agents; `state`, `settings`, `error`: the types.
 
 mod agents;
 mod effects;

@@ -21,10 +21,15 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tonic::Status;
 use tracing::debug;
 
+use super::OrchestratorService;
+use super::validate::required;
 use super::wire;
 use crate::convert;
 use crate::driver::{Handle, WatchEvent};
 use crate::error::ServiceError;
+use crate::ports::StateStore;
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::instrument;
 
 /// Most events handled per burst.
 const BURST: usize = 1024;
@@ -407,5 +412,53 @@ impl Out {
             }
         }
         true
+    }
+}
+
+impl<S: StateStore> OrchestratorService<S> {
+    #[instrument(skip_all, fields(batch_id = %req.batch_id))]
+    pub(super) async fn do_watch(
+        &self,
+        req: pb::WatchBatchRequest,
+    ) -> Result<ReceiverStream<Result<pb::WatchBatchResponse, Status>>, ServiceError> {
+        let batch_id = required("batch_id", &req.batch_id)?.to_owned();
+        let watcher = Watcher {
+            handle: self.handle.clone(),
+            batch_id: batch_id.clone(),
+            part_objects: self.settings.snapshot_part_objects,
+            cancel_reasons: self.cancel_reasons.clone(),
+            closing: self.closing.subscribe(),
+        };
+        let (tx, rx) = mpsc::channel(16);
+        match watcher.snapshot().await? {
+            Some(first) => {
+                tokio::spawn(watcher.run(first, tx));
+            }
+            None => {
+                // Not driven here: a finished batch yields its snapshot and ends.
+                let batch = self
+                    .stored_batch(&batch_id)
+                    .await?
+                    .ok_or_else(|| ServiceError::BatchNotFound(batch_id.clone()))?;
+                if batch.state() == pb::BatchState::Running {
+                    return Err(self
+                        .not_held(&batch_id, "watch it on the control plane that drives it")
+                        .await);
+                }
+                let snapshot = pb::WatchBatchResponse {
+                    sequence: 1,
+                    event: Some(pb::watch_batch_response::Event::Snapshot(
+                        pb::BatchSnapshot {
+                            batch: Some(batch),
+                            objects: Vec::new(),
+                            last_part: true,
+                        },
+                    )),
+                };
+                // The channel has room: this cannot wait.
+                let _ = tx.send(Ok(snapshot)).await;
+            }
+        }
+        Ok(ReceiverStream::new(rx))
     }
 }
