@@ -1,7 +1,7 @@
-//! The agent loop (DESIGN §1, §4, §8): register, consume the zone's Ready topic, run up to
-//! `capacity` attempts at once, report each one, heartbeat, and drain on shutdown. The one loop
-//! every agent runs — the deployed binary over Kafka, `strata dev` and the tests over the
-//! in-memory bus — written against the ports of [`crate::ports`]; only the processor differs.
+//! The agent loop: register, consume the zone's Ready topic, run up to `capacity` attempts at
+//! once, report each one, heartbeat, and drain on shutdown. The one loop every agent runs — the
+//! deployed binary over Kafka, `strata dev` and the tests over the in-memory bus — written
+//! against the ports of [`crate::ports`]; only the processor differs.
 //!
 //! One loop owns all state (the attempts in flight, the offset tracker, the lease); attempts run
 //! as tasks that report back, and the heartbeat call runs beside the loop so a slow control plane

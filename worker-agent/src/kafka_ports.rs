@@ -120,7 +120,25 @@ impl Transport for KafkaTransport {
     type Source = KafkaSource;
     type Sink = ResultPublisher;
 
+    /// Errors read `kafka: …`, as the agent has always reported them.
     fn subscribe(&self, to: Subscription<'_>) -> Result<KafkaSource, String> {
+        self.source(to).map_err(|e| format!("kafka: {e}"))
+    }
+
+    fn sink(&self, lease: &Lease) -> Result<ResultPublisher, String> {
+        let settings = self.settings(lease).map_err(|e| format!("kafka: {e}"))?;
+        ResultPublisher::new(&settings, &lease.results_topic)
+            .map_err(|e| format!("kafka: results producer: {e}"))
+    }
+
+    fn describe(&self, lease: &Lease) -> String {
+        self.settings(lease)
+            .map_or_else(|e| e, |s| format!("kafka {}", s.bootstrap_servers))
+    }
+}
+
+impl KafkaTransport {
+    fn source(&self, to: Subscription<'_>) -> Result<KafkaSource, String> {
         let settings = self.settings(to.lease)?;
         let consumer: ReadyConsumer =
             consumer_config(&settings, &to.lease.consumer_group, to.longest_stall)
@@ -137,15 +155,5 @@ impl Transport for KafkaTransport {
             consumer,
             topic: to.lease.ready_topic.clone(),
         })
-    }
-
-    fn sink(&self, lease: &Lease) -> Result<ResultPublisher, String> {
-        ResultPublisher::new(&self.settings(lease)?, &lease.results_topic)
-            .map_err(|e| format!("results producer: {e}"))
-    }
-
-    fn describe(&self, lease: &Lease) -> String {
-        self.settings(lease)
-            .map_or_else(|e| e, |s| format!("kafka {}", s.bootstrap_servers))
     }
 }

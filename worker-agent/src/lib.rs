@@ -1,6 +1,6 @@
 //! # strata-worker-agent
 //!
-//! What users deploy per zone (DESIGN §1, §8): an agent registers with the control plane's
+//! What users deploy per zone: an agent registers with the control plane's
 //! `AgentRegistry` ([`registry`]), consumes its zone's Ready topic in the zone's consumer group,
 //! runs a [`processor::Processor`] for each object (up to its capacity at once), reports
 //! `ObjectStarted` then `ObjectLoaded` or `ObjectFailed` ([`kafka`]), stores a Ready's offset only
