@@ -1205,15 +1205,6 @@ fn peak_between(samples: &[(Instant, u64)], from: Instant, to: Instant) -> u64 {
         .unwrap_or(0)
 }
 
-/// A catalogue of `n` objects from the generator, every object enabled (the generator disables
-/// ~3 % of them, which preflight would reject and whose descendants would fail the batch).
-fn catalogue(n: usize, seed: u64) -> Vec<u8> {
-    let doc = synth::seed_catalogue(n, seed);
-    let text = String::from_utf8(doc).expect("the generator writes UTF-8");
-    text.replace("\"EtatObjet\":\"inactif\"", "\"EtatObjet\":\"actif\"")
-        .into_bytes()
-}
-
 /// The messages of a `SubmitBatchStream` call for `doc`, built before the clock starts.
 fn submission(
     key: &str,
@@ -1453,7 +1444,7 @@ impl E2e {
 async fn run_e2e(o: &Options) -> anyhow::Result<E2e> {
     let load_before = loadavg();
     eprintln!("[e2e] generating {} objects", o.objects);
-    let doc = catalogue(o.objects, SEED);
+    let doc = strata_tests::runnable_catalogue(o.objects, SEED);
     let doc_mb = doc.len() as f64 / 1e6;
     let edges = strata_core::catalogue::read_catalogue(&doc)
         .map(|c| c.objects.iter().map(|x| x.parents.len()).sum())
@@ -1461,7 +1452,7 @@ async fn run_e2e(o: &Options) -> anyhow::Result<E2e> {
     let messages = submission("bench-e2e", doc, o.input, o.chunk_bytes)?;
     let warmup = submission(
         "bench-warmup",
-        catalogue(WARMUP_OBJECTS, WARMUP_SEED),
+        strata_tests::runnable_catalogue(WARMUP_OBJECTS, WARMUP_SEED),
         o.input,
         o.chunk_bytes,
     )?;
@@ -1578,7 +1569,7 @@ struct Big {
 async fn run_big(o: &Options) -> anyhow::Result<Big> {
     let load_before = loadavg();
     eprintln!("[big] generating {} objects", o.big_objects);
-    let doc = catalogue(o.big_objects, SEED);
+    let doc = strata_tests::runnable_catalogue(o.big_objects, SEED);
     let doc_mb = doc.len() as f64 / 1e6;
     let messages = submission("bench-big", doc, o.input, o.chunk_bytes)?;
     eprintln!("[big] starting redis, broker, control plane (no agents)");

@@ -201,11 +201,10 @@ async fn dev_mode_runs_a_generated_catalogue_at_zero_processing_time_to_success(
         .unwrap_or(DEV_OBJECTS);
     let dir = tempfile::tempdir()?;
     let catalogue = dir.path().join("catalogue.json");
-    // Every object enabled, as the pipeline benchmark does (the generator disables ~3 %, which
-    // preflight rejects and whose descendants fail the batch).
-    let doc = String::from_utf8(strata_core::synth::seed_catalogue(objects, 20_251_128))?
-        .replace("\"EtatObjet\":\"inactif\"", "\"EtatObjet\":\"actif\"");
-    std::fs::write(&catalogue, doc)?;
+    std::fs::write(
+        &catalogue,
+        strata_tests::runnable_catalogue(objects, 20_251_128),
+    )?;
     let catalogue = catalogue.to_str().context("a UTF-8 temporary path")?;
     let addr = format!("127.0.0.1:{}", free_port()?);
     let args = [
