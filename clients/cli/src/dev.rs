@@ -82,7 +82,9 @@ pub async fn run(args: DevArgs, output: Output) -> anyhow::Result<u8> {
     let data = Arc::new(MemoryDataPlane::new());
     let store = Arc::new(MemoryStore::new());
     let endpoint = format!("http://{}", listener.local_addr()?);
-    let (stop_tx, stop_rx) = watch::channel(false);
+    // The agents stop first (they drain and deregister while the control plane still serves).
+    let (stop_agents, agents_stopped) = watch::channel(false);
+    let (stop_server, server_stopped) = watch::channel(false);
 
     let processor = Arc::new(Simulate {
         durations: Default::default(),
@@ -98,11 +100,11 @@ pub async fn run(args: DevArgs, output: Output) -> anyhow::Result<u8> {
             &data,
             processor.clone(),
             args.concurrency,
-            stop_rx.clone(),
+            agents_stopped.clone(),
         )));
     }
     let zones: Vec<String> = config.zones.iter().map(Zone::to_string).collect();
-    let server_stop = stopped(stop_rx.clone());
+    let server_stop = stopped(server_stopped);
     let server =
         tokio::spawn(
             async move { run_with(&config, data, store, listener, None, server_stop).await },
@@ -135,10 +137,11 @@ pub async fn run(args: DevArgs, output: Output) -> anyhow::Result<u8> {
             0
         }
     };
-    stop_tx.send_replace(true);
+    stop_agents.send_replace(true);
     for a in agents {
         let _ = a.await;
     }
+    stop_server.send_replace(true);
     server
         .await
         .context("control plane task")?
