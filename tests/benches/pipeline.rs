@@ -21,11 +21,12 @@
 //!   VmHWM, CPU); on stdin EOF or SIGTERM it prints the final JSON line, shuts down and exits;
 //!   on `exit` it prints that line and exits at once, its batches still in memory (so that a heap
 //!   profiler put in front of it with `STRATA_BENCH_CP_WRAP` reports them as not freed).
-//! - `--role agents`: no-op agents for every zone that behave like real agents on the wire: each
-//!   consumes its zone's ready topic in the zone's consumer group, publishes `ObjectStarted` then
-//!   `ObjectLoaded` to the results topic keyed by batch id (pipelined, delivery awaited in order),
-//!   and stores the Ready's offset only once both are delivered. Prints `ready` once every ready
-//!   partition is assigned; answers `stats` like the control plane.
+//! - `--role agents`: the worker agent's own loop (`agent::run` over Kafka) for every zone, with
+//!   a zero-time `simulate` processor and a capacity of 4,096 attempts: each consumes its zone's
+//!   ready topic in the zone's consumer group, publishes `ObjectStarted` then `ObjectLoaded` to
+//!   the results topic keyed by batch id (delivery awaited), and stores the Ready's offset only
+//!   once its result is delivered. Prints `ready` once every ready partition is assigned; answers
+//!   `stats` like the control plane.
 //!
 //! Phases: (1) `--objects` objects (default 100,000) end to end, after a small warm-up batch that
 //! proves the consumer groups have joined; (2) `--big-objects` (default 1,000,000) submitted to a
@@ -39,18 +40,10 @@ use std::fmt::Write as _;
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use prost::Message as _;
-use rdkafka::Message as _;
-use rdkafka::consumer::{Consumer as _, StreamConsumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
-use rdkafka::types::RDKafkaErrorCode;
 use serde_json::{Value, json};
 use strata_control_plane::adapters::kafka::{
     KafkaDataPlane, KafkaSettings, all_topics, ready_topic, results_topic,
@@ -72,10 +65,18 @@ use strata_core::{Zone, synth};
 use strata_proto::kafka as wire;
 use strata_proto::v1::orchestrator_client::OrchestratorClient;
 use strata_proto::v1::{
-    self as pb, DeadLetter, ObjectReady, ObjectResult, StatusChanged,
-    submit_batch_stream_request::Chunk, watch_batch_response,
+    self as pb, DeadLetter, ObjectReady, StatusChanged, submit_batch_stream_request::Chunk,
+    watch_batch_response,
 };
 use strata_tests::{KafkaBroker, RedisServer, within};
+use strata_worker_agent::admin::Health;
+use strata_worker_agent::agent::{self, AgentOptions};
+use strata_worker_agent::kafka_ports::KafkaTransport;
+use strata_worker_agent::metrics::Metrics;
+use strata_worker_agent::ports::FixedLease;
+use strata_worker_agent::processor::Simulate;
+use strata_worker_agent::registry::Registration;
+use strata_worker_agent::stopped;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::StreamExt as _;
 use tonic::transport::{Channel, Endpoint};
@@ -89,8 +90,8 @@ const PREFIX: &str = wire::DEFAULT_TOPIC_PREFIX;
 const ZONES: [&str; 3] = ["raw", "standardized", "application"];
 /// Bound on starting a server, a child, or a small call.
 const START: Duration = Duration::from_secs(90);
-/// Readies an agent holds at most before it waits for their results to be delivered.
-const AGENT_IN_FLIGHT: usize = 4096;
+/// Attempts an agent runs at once (its capacity).
+const AGENT_IN_FLIGHT: u32 = 4096;
 /// How often the orchestrator samples the children's `/proc`.
 const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 /// Targets of the issue.
@@ -793,195 +794,42 @@ async fn control_plane(o: &Options) -> anyhow::Result<()> {
 // Role: no-op agents.
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Debug, Default)]
-struct AgentCounters {
-    /// Readies whose results were delivered and offset stored.
-    handled: AtomicU64,
-    /// Results delivered at the first try.
-    delivered: AtomicU64,
-    /// Results sent again after a failed delivery.
-    resent: AtomicU64,
-    undecodable: AtomicU64,
-    recv_errors: AtomicU64,
-}
-
-impl AgentCounters {
-    fn json(&self) -> Value {
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        json!({
-            "handled": get(&self.handled),
-            "delivered": get(&self.delivered),
-            "resent": get(&self.resent),
-            "undecodable": get(&self.undecodable),
-            "recv_errors": get(&self.recv_errors),
-        })
-    }
-}
-
-/// One Ready being answered: its position and its results (payload, delivery; `None` = to be
-/// sent again).
-struct InFlight {
-    partition: i32,
-    offset: i64,
-    key: String,
-    sends: Vec<(Vec<u8>, Option<DeliveryFuture>)>,
-}
-
-fn result_headers() -> OwnedHeaders {
-    OwnedHeaders::new().insert(Header {
-        key: wire::HEADER_TYPE,
-        value: Some(wire::TYPE_OBJECT_RESULT),
-    })
-}
-
-/// `ObjectStarted` and `ObjectLoaded` for a Ready, as a real agent with an instant processor
-/// sends them (no signature: the control plane does not verify results yet).
-fn answers(ready: &ObjectReady, agent_id: &str) -> [Vec<u8>; 2] {
-    let now = chrono::Utc::now();
-    let started = pb::ObjectStarted {
-        batch_id: ready.batch_id.clone(),
-        object_id: ready.object_id.clone(),
-        zone: ready.zone.clone(),
-        attempt: ready.attempt,
-        dispatch_epoch: ready.dispatch_epoch,
-        agent_id: agent_id.to_owned(),
-        started_at: Some(convert::timestamp(now)),
-        ..Default::default()
-    };
-    let loaded = pb::ObjectLoaded {
-        batch_id: ready.batch_id.clone(),
-        object_id: ready.object_id.clone(),
-        zone: ready.zone.clone(),
-        attempt: ready.attempt,
-        dispatch_epoch: ready.dispatch_epoch,
-        agent_id: agent_id.to_owned(),
-        started_at: Some(convert::timestamp(now)),
-        finished_at: Some(convert::timestamp(now)),
-        duration: Some(convert::duration(Duration::ZERO)),
-        ..Default::default()
-    };
-    [
-        ObjectResult {
-            result: Some(pb::object_result::Result::Started(started)),
-        }
-        .encode_to_vec(),
-        ObjectResult {
-            result: Some(pb::object_result::Result::Loaded(loaded)),
-        }
-        .encode_to_vec(),
-    ]
-}
-
+/// One agent: the worker agent's loop ([`agent::run`]) over Kafka with a zero-time processor.
 struct ZoneAgent {
     zone: &'static str,
-    consumer: Arc<StreamConsumer>,
-    counters: Arc<AgentCounters>,
+    metrics: Metrics,
     task: tokio::task::JoinHandle<()>,
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_agent(
-    consumer: Arc<StreamConsumer>,
-    producer: FutureProducer,
-    agent_id: String,
-    ready_topic: String,
-    results_topic: String,
-    counters: Arc<AgentCounters>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let (tx, mut rx) = mpsc::channel::<InFlight>(AGENT_IN_FLIGHT);
-    let acker = {
-        let consumer = consumer.clone();
-        let producer = producer.clone();
-        let results_topic = results_topic.clone();
-        let counters = counters.clone();
-        tokio::spawn(async move {
-            while let Some(f) = rx.recv().await {
-                for (payload, delivery) in f.sends {
-                    let delivered = match delivery {
-                        Some(d) => matches!(d.await, Ok(Ok(_))),
-                        None => false,
-                    };
-                    if delivered {
-                        counters.delivered.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    loop {
-                        let record = FutureRecord::to(&results_topic)
-                            .key(&f.key)
-                            .payload(&payload)
-                            .headers(result_headers());
-                        if producer.send(record, Duration::from_secs(5)).await.is_ok() {
-                            counters.resent.fetch_add(1, Ordering::Relaxed);
-                            break;
-                        }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-                // Both results are delivered: the Ready is done.
-                let _ = consumer.store_offset(&ready_topic, f.partition, f.offset);
-                counters.handled.fetch_add(1, Ordering::Relaxed);
-            }
+impl ZoneAgent {
+    /// Its counters, from its metrics: Readies answered (`handled`), results delivered, results
+    /// that needed another send (`resent`), undecodable Readies, consume errors.
+    fn json(&self) -> Value {
+        let m = &self.metrics;
+        let results = |label: &str| m.results.with_label_values(&[label]).get();
+        let errors = |label: &str| m.kafka_errors.with_label_values(&[label]).get();
+        json!({
+            "handled": results("loaded"),
+            "delivered": results("started") + results("loaded"),
+            "resent": errors("deliver"),
+            "undecodable": m.readies.with_label_values(&["undecodable"]).get(),
+            "recv_errors": errors("consume"),
         })
-    };
-    loop {
-        let received = tokio::select! {
-            biased;
-            _ = stop.changed() => break,
-            m = consumer.recv() => m,
-        };
-        // The message is dropped at the end of this statement (it borrows the consumer).
-        let (partition, offset, ready) = match received {
-            Ok(m) => (
-                m.partition(),
-                m.offset(),
-                m.payload().map(ObjectReady::decode),
-            ),
-            Err(_) => {
-                counters.recv_errors.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let mut flight = InFlight {
-            partition,
-            offset,
-            key: String::new(),
-            sends: Vec::with_capacity(2),
-        };
-        if let Some(Ok(ready)) = ready {
-            flight.key = ready.batch_id.clone();
-            for payload in answers(&ready, &agent_id) {
-                let delivery = loop {
-                    let record = FutureRecord::to(&results_topic)
-                        .key(&flight.key)
-                        .payload(&payload)
-                        .headers(result_headers());
-                    match producer.send_result(record) {
-                        Ok(d) => break Some(d),
-                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                            tokio::time::sleep(Duration::from_millis(1)).await;
-                        }
-                        Err(_) => break None,
-                    }
-                };
-                flight.sends.push((payload, delivery));
-            }
-        } else {
-            counters.undecodable.fetch_add(1, Ordering::Relaxed);
-        }
-        if tx.send(flight).await.is_err() {
-            break;
-        }
     }
-    drop(tx);
-    let _ = acker.await;
 }
 
 fn agents_json(agents: &[ZoneAgent]) -> Value {
     let mut zones = serde_json::Map::new();
-    for a in agents {
-        zones.insert(a.zone.to_owned(), a.counters.json());
+    for zone in ZONES {
+        let mut sum = BTreeMap::<String, u64>::new();
+        for a in agents.iter().filter(|a| a.zone == zone) {
+            if let Value::Object(fields) = a.json() {
+                for (k, v) in fields {
+                    *sum.entry(k).or_default() += v.as_u64().unwrap_or(0);
+                }
+            }
+        }
+        zones.insert(zone.to_owned(), json!(sum));
     }
     json!({
         "zones": zones,
@@ -991,51 +839,71 @@ fn agents_json(agents: &[ZoneAgent]) -> Value {
 }
 
 async fn agents(o: &Options) -> anyhow::Result<()> {
-    let producer: FutureProducer = strata_tests::kafka::producer_config(&o.kafka)
-        .create()
-        .context("create the agents' producer")?;
-    let results_topic = results_topic(PREFIX);
     let (stop_tx, stop_rx) = watch::channel(false);
+    let processor = Arc::new(Simulate {
+        durations: BTreeMap::new(),
+        default_duration: Duration::ZERO,
+        fail_suffixes: Vec::new(),
+        fail_rate: 0.0,
+    });
     let mut agents = Vec::new();
     for zone in ZONES {
         for i in 0..o.agents_per_zone {
-            let group = format!("{PREFIX}.agents.{zone}");
-            let consumer: StreamConsumer = strata_tests::kafka::consumer_config(&o.kafka, &group)
-                .create()
-                .context("create an agent consumer")?;
-            let topic = ready_topic(PREFIX, zone);
-            consumer.subscribe(&[&topic])?;
-            let consumer = Arc::new(consumer);
-            let counters = Arc::new(AgentCounters::default());
-            let task = tokio::spawn(run_agent(
-                consumer.clone(),
-                producer.clone(),
-                format!("bench-agent-{zone}-{i}"),
-                topic,
-                results_topic.clone(),
-                counters.clone(),
-                stop_rx.clone(),
-            ));
+            // The control plane of this bench does not require leases.
+            let lease = FixedLease::new(
+                &format!("bench-agent-{zone}-{i}"),
+                &ready_topic(PREFIX, zone),
+                &format!("{PREFIX}.agents.{zone}"),
+                &results_topic(PREFIX),
+            );
+            let transport = KafkaTransport {
+                brokers: Some(o.kafka.clone()),
+                properties: Vec::new(),
+                zone: zone.to_owned(),
+            };
+            let options = AgentOptions {
+                registration: Registration {
+                    zone: zone.to_owned(),
+                    capacity: AGENT_IN_FLIGHT,
+                    hostname: "bench".into(),
+                    labels: Default::default(),
+                },
+                drain_grace: Duration::from_secs(10),
+            };
+            let metrics = Metrics::new(zone);
+            let run = agent::run(
+                options,
+                lease,
+                transport,
+                processor.clone(),
+                metrics.clone(),
+                Arc::new(Health::default()),
+                stopped(stop_rx.clone()),
+            );
+            let task = tokio::spawn(async move {
+                if let Err(e) = run.await {
+                    eprintln!("agent of {zone} stopped: {e}");
+                }
+            });
             agents.push(ZoneAgent {
                 zone,
-                consumer,
-                counters,
+                metrics,
                 task,
             });
         }
     }
     // Ready once every partition of every zone's ready topic is assigned to a consumer.
-    let assigned = |zone: &str| -> usize {
+    let assigned = |zone: &str| -> i64 {
         agents
             .iter()
             .filter(|a| a.zone == zone)
-            .map(|a| a.consumer.assignment().map_or(0, |tpl| tpl.count()))
+            .map(|a| a.metrics.assigned_partitions.get())
             .sum()
     };
     within(START, "agents' partition assignment", async {
         while !ZONES
             .iter()
-            .all(|z| assigned(z) >= usize::try_from(o.partitions).unwrap_or(1))
+            .all(|z| assigned(z) >= i64::from(o.partitions.max(1)))
         {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -1337,15 +1205,6 @@ fn peak_between(samples: &[(Instant, u64)], from: Instant, to: Instant) -> u64 {
         .unwrap_or(0)
 }
 
-/// A catalogue of `n` objects from the generator, every object enabled (the generator disables
-/// ~3 % of them, which preflight would reject and whose descendants would fail the batch).
-fn catalogue(n: usize, seed: u64) -> Vec<u8> {
-    let doc = synth::seed_catalogue(n, seed);
-    let text = String::from_utf8(doc).expect("the generator writes UTF-8");
-    text.replace("\"EtatObjet\":\"inactif\"", "\"EtatObjet\":\"actif\"")
-        .into_bytes()
-}
-
 /// The messages of a `SubmitBatchStream` call for `doc`, built before the clock starts.
 fn submission(
     key: &str,
@@ -1585,7 +1444,7 @@ impl E2e {
 async fn run_e2e(o: &Options) -> anyhow::Result<E2e> {
     let load_before = loadavg();
     eprintln!("[e2e] generating {} objects", o.objects);
-    let doc = catalogue(o.objects, SEED);
+    let doc = strata_tests::runnable_catalogue(o.objects, SEED);
     let doc_mb = doc.len() as f64 / 1e6;
     let edges = strata_core::catalogue::read_catalogue(&doc)
         .map(|c| c.objects.iter().map(|x| x.parents.len()).sum())
@@ -1593,7 +1452,7 @@ async fn run_e2e(o: &Options) -> anyhow::Result<E2e> {
     let messages = submission("bench-e2e", doc, o.input, o.chunk_bytes)?;
     let warmup = submission(
         "bench-warmup",
-        catalogue(WARMUP_OBJECTS, WARMUP_SEED),
+        strata_tests::runnable_catalogue(WARMUP_OBJECTS, WARMUP_SEED),
         o.input,
         o.chunk_bytes,
     )?;
@@ -1710,7 +1569,7 @@ struct Big {
 async fn run_big(o: &Options) -> anyhow::Result<Big> {
     let load_before = loadavg();
     eprintln!("[big] generating {} objects", o.big_objects);
-    let doc = catalogue(o.big_objects, SEED);
+    let doc = strata_tests::runnable_catalogue(o.big_objects, SEED);
     let doc_mb = doc.len() as f64 / 1e6;
     let messages = submission("bench-big", doc, o.input, o.chunk_bytes)?;
     eprintln!("[big] starting redis, broker, control plane (no agents)");

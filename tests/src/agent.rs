@@ -1,25 +1,25 @@
-//! A scripted worker agent over the real topics, for the control plane's end-to-end suite
-//! (`tests/tests/control_plane_e2e.rs`), which chooses each answer: it consumes one zone's ready topic in the zone's
-//! consumer group, publishes `ObjectStarted` then `ObjectLoaded`/`ObjectFailed` to the results
-//! topic (delivery awaited), and stores its offset only after that. What it answers for each
-//! Ready is a closure; every record it handles is written to a shared log the tests inspect.
+//! An in-process worker agent over the real topics, for the control plane's end-to-end suites
+//! that run without the agent registry (`require_agent_lease = false`): the worker agent's own
+//! loop ([`agent::run`] over Kafka, with a [`FixedLease`]) and a processor that answers each Ready
+//! as a closure says, one attempt at a time. Every Ready it handles is written to a shared log
+//! the tests inspect.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use prost::Message as _;
-use rdkafka::Message as _;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use strata_proto::kafka as topics;
-use strata_proto::v1::{
-    ObjectFailed, ObjectLoaded, ObjectReady, ObjectResult, ObjectStarted, object_result,
-};
+use strata_proto::v1::{ObjectReady, ObjectResult, object_result};
+use strata_worker_agent::admin::Health;
+use strata_worker_agent::agent::{self, AgentOptions};
+use strata_worker_agent::kafka::ResultPublisher;
+use strata_worker_agent::kafka_ports::KafkaTransport;
+use strata_worker_agent::metrics::Metrics;
+use strata_worker_agent::ports::{FixedLease, GatedTransport, ResultSink, Subscription, Transport};
+use strata_worker_agent::processor::{Outcome, Processor};
+use strata_worker_agent::registry::{Lease, Registration};
+use strata_worker_agent::stopped;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
-
-use crate::kafka::{CloseOnThread, consumer_config, producer_config};
 
 /// What the agent answers for one Ready.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,7 +33,7 @@ pub enum Answer {
         /// The error text.
         error: String,
     },
-    /// Publish nothing (the agent "crashed" on it).
+    /// No final result (the agent "crashed" on it once it had started).
     Nothing,
 }
 
@@ -55,18 +55,118 @@ pub struct Handled {
     pub answer: Answer,
 }
 
-/// A running test agent; stopped on drop (its consumer leaves the group on a thread of its own:
-/// drop the agents before their broker, so that it can).
+/// A running test agent; stopped (drained) on drop.
 #[derive(Debug)]
 pub struct TestAgent {
-    task: JoinHandle<()>,
+    stop: watch::Sender<bool>,
     /// Every Ready handled, shared with the task.
     pub log: Arc<Mutex<Vec<Handled>>>,
 }
 
 impl Drop for TestAgent {
     fn drop(&mut self) {
-        self.task.abort();
+        self.stop.send_replace(true);
+    }
+}
+
+/// Attempts answered [`Answer::Nothing`]: (batch, object, attempt).
+type Silenced = Arc<Mutex<HashSet<(String, String, u32)>>>;
+
+/// Answers with the behaviour and logs what it handled.
+struct Behave {
+    behaviour: Behaviour,
+    log: Arc<Mutex<Vec<Handled>>>,
+    silenced: Silenced,
+}
+
+impl Processor for Behave {
+    async fn process(&self, ready: &ObjectReady) -> Outcome {
+        let answer = (self.behaviour)(ready);
+        self.log.lock().expect("log").push(Handled {
+            at: Instant::now(),
+            batch_id: ready.batch_id.clone(),
+            object_id: ready.object_id.clone(),
+            attempt: ready.attempt,
+            answer: answer.clone(),
+        });
+        match answer {
+            Answer::Load => Outcome::Loaded {
+                info: String::new(),
+            },
+            Answer::Fail { retryable, error } => Outcome::Failed { retryable, error },
+            Answer::Nothing => {
+                self.silenced.lock().expect("silenced").insert((
+                    ready.batch_id.clone(),
+                    ready.object_id.clone(),
+                    ready.attempt,
+                ));
+                Outcome::Loaded {
+                    info: String::new(),
+                }
+            }
+        }
+    }
+}
+
+/// The results producer, withholding the final result of silenced attempts.
+#[derive(Debug, Clone)]
+struct Withholding {
+    inner: ResultPublisher,
+    silenced: Silenced,
+}
+
+impl ResultSink for Withholding {
+    async fn send(
+        &self,
+        batch_id: &str,
+        traceparent: &str,
+        result: &ObjectResult,
+    ) -> Result<(), String> {
+        let last = match &result.result {
+            Some(object_result::Result::Loaded(l)) => Some((&l.object_id, l.attempt)),
+            Some(object_result::Result::Failed(f)) => Some((&f.object_id, f.attempt)),
+            _ => None,
+        };
+        if let Some((object_id, attempt)) = last
+            && self.silenced.lock().expect("silenced").contains(&(
+                batch_id.to_owned(),
+                object_id.clone(),
+                attempt,
+            ))
+        {
+            return Ok(());
+        }
+        self.inner.send(batch_id, traceparent, result).await
+    }
+
+    fn renew(&self, why: &str) {
+        self.inner.renew(why);
+    }
+}
+
+/// Kafka, with the [`Withholding`] sink.
+struct TestTransport {
+    kafka: KafkaTransport,
+    silenced: Silenced,
+}
+
+impl Transport for TestTransport {
+    type Source = <KafkaTransport as Transport>::Source;
+    type Sink = Withholding;
+
+    fn subscribe(&self, to: Subscription<'_>) -> Result<Self::Source, String> {
+        self.kafka.subscribe(to)
+    }
+
+    fn sink(&self, lease: &Lease) -> Result<Withholding, String> {
+        Ok(Withholding {
+            inner: self.kafka.sink(lease)?,
+            silenced: self.silenced.clone(),
+        })
+    }
+
+    fn describe(&self, lease: &Lease) -> String {
+        self.kafka.describe(lease)
     }
 }
 
@@ -89,106 +189,67 @@ impl TestAgent {
         )
     }
 
-    /// Like [`TestAgent::spawn`], but each Ready it receives waits until `gate` is (or becomes)
-    /// true before it is handled (and logged): the test decides when work may proceed.
+    /// Like [`TestAgent::spawn`], but it takes Ready records only while `gate` is true (they
+    /// wait in the topic, unhandled and unlogged, meanwhile): the test decides when work may
+    /// proceed.
     pub fn spawn_gated(
         bootstrap_servers: &str,
         topic_prefix: &str,
         zone: &str,
         agent_id: &str,
         behaviour: Behaviour,
-        mut gate: watch::Receiver<bool>,
+        gate: watch::Receiver<bool>,
     ) -> anyhow::Result<Self> {
-        // Closed on a thread of its own when the task is dropped: never on a runtime worker.
-        let consumer: CloseOnThread<StreamConsumer> = CloseOnThread::new(
-            consumer_config(bootstrap_servers, &format!("{topic_prefix}.agents.{zone}"))
-                .create()?,
+        let lease = FixedLease::new(
+            agent_id,
+            &topics::ready_topic(topic_prefix, zone),
+            &topics::agent_group(topic_prefix, zone),
+            &topics::results_topic(topic_prefix),
         );
-        let ready_topic = format!("{topic_prefix}.{}.{zone}", topics::READY_TOPIC);
-        consumer.subscribe(&[&ready_topic])?;
-        let producer: FutureProducer = producer_config(bootstrap_servers).create()?;
-        let results_topic = format!("{topic_prefix}.{}", topics::RESULTS_TOPIC);
         let log = Arc::new(Mutex::new(Vec::new()));
-        let task_log = log.clone();
-        let agent_id = agent_id.to_owned();
-        let task = tokio::spawn(async move {
-            loop {
-                let msg = match consumer.recv().await {
-                    Ok(m) => m,
-                    Err(_) => {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let Some(Ok(ready)) = msg.payload().map(ObjectReady::decode) else {
-                    let _ = consumer.store_offset_from_message(&msg);
-                    continue;
-                };
-                if gate.wait_for(|open| *open).await.is_err() {
-                    return;
-                }
-                let answer = behaviour(&ready);
-                task_log.lock().expect("log").push(Handled {
-                    at: Instant::now(),
-                    batch_id: ready.batch_id.clone(),
-                    object_id: ready.object_id.clone(),
-                    attempt: ready.attempt,
-                    answer: answer.clone(),
-                });
-                let mut results = vec![object_result::Result::Started(ObjectStarted {
-                    batch_id: ready.batch_id.clone(),
-                    object_id: ready.object_id.clone(),
-                    zone: ready.zone.clone(),
-                    attempt: ready.attempt,
-                    dispatch_epoch: ready.dispatch_epoch,
-                    agent_id: agent_id.clone(),
-                    ..Default::default()
-                })];
-                match &answer {
-                    Answer::Load => results.push(object_result::Result::Loaded(ObjectLoaded {
-                        batch_id: ready.batch_id.clone(),
-                        object_id: ready.object_id.clone(),
-                        zone: ready.zone.clone(),
-                        attempt: ready.attempt,
-                        dispatch_epoch: ready.dispatch_epoch,
-                        agent_id: agent_id.clone(),
-                        ..Default::default()
-                    })),
-                    Answer::Fail { retryable, error } => {
-                        results.push(object_result::Result::Failed(ObjectFailed {
-                            batch_id: ready.batch_id.clone(),
-                            object_id: ready.object_id.clone(),
-                            zone: ready.zone.clone(),
-                            attempt: ready.attempt,
-                            dispatch_epoch: ready.dispatch_epoch,
-                            agent_id: agent_id.clone(),
-                            retryable: *retryable,
-                            error: error.clone(),
-                            ..Default::default()
-                        }));
-                    }
-                    Answer::Nothing => results.clear(),
-                }
-                for r in results {
-                    let payload = ObjectResult { result: Some(r) }.encode_to_vec();
-                    loop {
-                        let record = FutureRecord::to(&results_topic)
-                            .key(&ready.batch_id)
-                            .payload(&payload)
-                            .headers(OwnedHeaders::new().insert(Header {
-                                key: topics::HEADER_TYPE,
-                                value: Some(topics::TYPE_OBJECT_RESULT),
-                            }));
-                        match producer.send(record, Duration::from_secs(5)).await {
-                            Ok(_) => break,
-                            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                        }
-                    }
-                }
-                let _ = consumer.store_offset_from_message(&msg);
+        let silenced = Silenced::default();
+        let processor = Arc::new(Behave {
+            behaviour,
+            log: log.clone(),
+            silenced: silenced.clone(),
+        });
+        let transport = GatedTransport {
+            inner: TestTransport {
+                kafka: KafkaTransport {
+                    brokers: Some(bootstrap_servers.to_owned()),
+                    properties: Vec::new(),
+                    zone: zone.to_owned(),
+                },
+                silenced,
+            },
+            open: gate,
+        };
+        let options = AgentOptions {
+            registration: Registration {
+                zone: zone.to_owned(),
+                capacity: 1,
+                hostname: "strata-tests".into(),
+                labels: Default::default(),
+            },
+            drain_grace: Duration::from_secs(1),
+        };
+        let (stop, stop_rx) = watch::channel(false);
+        let ran = agent::run(
+            options,
+            lease,
+            transport,
+            processor,
+            Metrics::new(zone),
+            Arc::new(Health::default()),
+            stopped(stop_rx),
+        );
+        let zone = zone.to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = ran.await {
+                eprintln!("test agent of {zone} stopped: {e}");
             }
         });
-        Ok(Self { task, log })
+        Ok(Self { stop, log })
     }
 
     /// The handled Ready records so far.

@@ -243,43 +243,6 @@ pub async fn close_consumer<C: Send + 'static>(consumer: C) -> anyhow::Result<()
     .await
 }
 
-/// A Kafka client that is destroyed on a thread of its own when this drops, never on the thread
-/// that drops it.
-///
-/// Destroying a group consumer closes it (rdkafka's `Drop` polls until librdkafka says it left
-/// the group), and that can take seconds, or for ever once its broker is gone. Dropped inside a
-/// task on a tokio worker, it blocked the runtime's shutdown: a test whose body had passed hung
-/// at its end (measured: 8 s of test, then 12 s or more in the drop of an in-process agent's
-/// consumer, after the test's broker had been killed). Wrap every consumer a spawned task owns.
-#[derive(Debug)]
-pub struct CloseOnThread<C: Send + 'static>(Option<C>);
-
-impl<C: Send + 'static> CloseOnThread<C> {
-    /// Wraps `client`.
-    pub fn new(client: C) -> Self {
-        Self(Some(client))
-    }
-}
-
-impl<C: Send + 'static> std::ops::Deref for CloseOnThread<C> {
-    type Target = C;
-
-    fn deref(&self) -> &C {
-        self.0.as_ref().expect("present until dropped")
-    }
-}
-
-impl<C: Send + 'static> Drop for CloseOnThread<C> {
-    fn drop(&mut self) {
-        if let Some(client) = self.0.take() {
-            // A thread that cannot be spawned leaves the client to be destroyed here.
-            let _ = std::thread::Builder::new()
-                .name("strata-tests: close kafka client".into())
-                .spawn(move || drop(client));
-        }
-    }
-}
-
 /// Names of all topics the broker at `bootstrap_servers` lists now.
 pub async fn topic_names(bootstrap_servers: &str) -> anyhow::Result<Vec<String>> {
     Ok(fetch_topics(bootstrap_servers)

@@ -19,8 +19,8 @@
 //! Every wait is bounded. Spawned servers are killed when their handle drops (also while a
 //! test panics); see [`process`] for what happens when the test process itself dies.
 //!
-//! The library depends on no Strata crate but the wire contract (`strata-proto`); the suites add
-//! the crates they drive as dev-dependencies.
+//! Strata's own crates it uses: the wire contract, the worker agent (its loop runs in process as
+//! [`agent::TestAgent`]) and the core's catalogue generator ([`runnable_catalogue`]).
 
 pub mod agent;
 pub mod control_plane;
@@ -160,4 +160,15 @@ pub(crate) fn on_path(name: &str) -> Vec<PathBuf> {
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).map(|d| d.join(name)).collect())
         .unwrap_or_default()
+}
+
+/// A generated seed catalogue of `objects` objects ([`strata_core::synth`]) in which every object
+/// is enabled: the generator disables ~3 % of them, which preflight would reject and whose
+/// descendants would fail the batch. What the benchmark and the large dev-mode run submit.
+pub fn runnable_catalogue(objects: usize, seed: u64) -> Vec<u8> {
+    let doc = strata_core::synth::seed_catalogue(objects, seed);
+    String::from_utf8(doc)
+        .expect("the generator writes UTF-8")
+        .replace("\"EtatObjet\":\"inactif\"", "\"EtatObjet\":\"actif\"")
+        .into_bytes()
 }

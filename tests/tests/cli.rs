@@ -183,6 +183,71 @@ async fn the_readme_quick_start_runs_the_sample_to_success_in_dev_mode() -> anyh
     Ok(())
 }
 
+/// Objects of the generated catalogue `strata dev` runs at zero processing time
+/// (`STRATA_DEV_OBJECTS` overrides it; timings in `docs/benchmarks.md`).
+const DEV_OBJECTS: usize = 200_000;
+/// Bound on that run.
+const DEV_WAIT: Duration = Duration::from_secs(300);
+
+/// `strata dev` with zero processing time and 256 attempts per agent: the control plane releases
+/// far faster than the agents take records, and every Ready still reaches an agent (the
+/// in-memory topics drop nothing): the batch succeeds with every object loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_runs_a_generated_catalogue_at_zero_processing_time_to_success()
+-> anyhow::Result<()> {
+    let objects = std::env::var("STRATA_DEV_OBJECTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEV_OBJECTS);
+    let dir = tempfile::tempdir()?;
+    let catalogue = dir.path().join("catalogue.json");
+    std::fs::write(
+        &catalogue,
+        strata_tests::runnable_catalogue(objects, 20_251_128),
+    )?;
+    let catalogue = catalogue.to_str().context("a UTF-8 temporary path")?;
+    let addr = format!("127.0.0.1:{}", free_port()?);
+    let args = [
+        "dev",
+        "--addr",
+        &addr,
+        "--simulate-duration-ms",
+        "0",
+        "--concurrency",
+        "256",
+        "--submit",
+        catalogue,
+    ];
+    let started = std::time::Instant::now();
+    let out = within(
+        DEV_WAIT,
+        &format!("strata dev with {objects} objects"),
+        cli()?.args(args).output(),
+    )
+    .await??;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    println!(
+        "strata dev with {objects} objects: exit {:?} after {:.1} s\n{stdout}",
+        out.status.code(),
+        started.elapsed().as_secs_f64()
+    );
+    ensure!(out.status.success(), "{stdout}\n{stderr}");
+    ensure!(stdout.contains("SUCCEEDED"), "{stdout}");
+    let all = stdout
+        .lines()
+        .find(|l| l.starts_with("all "))
+        .context("a per-zone summary with an `all` row")?;
+    let cells: Vec<&str> = all.split_whitespace().collect();
+    ensure!(
+        cells[1] == objects.to_string() && cells[2] == objects.to_string(),
+        "every one of the {objects} objects loaded: {all}"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_submit_watch_object_and_dead_letter_replay_on_the_real_stack() -> anyhow::Result<()> {
     let mut stack = Stack::start(&["--topic-partitions", "2"]).await?;

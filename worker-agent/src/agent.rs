@@ -1,9 +1,13 @@
-//! The agent's runtime (`docs/design.md#agents-and-processors`): register, consume the zone's Ready topic, run up to
-//! `capacity` attempts at once, report each one, heartbeat, and drain on shutdown.
+//! The agent loop: register, consume the zone's Ready topic, run up to `capacity` attempts at
+//! once, report each one, heartbeat, and drain on shutdown. The one loop every agent runs — the
+//! deployed binary over Kafka, `strata dev` and the tests over the in-memory bus — written
+//! against the ports of [`crate::ports`]; only the processor differs.
 //!
 //! One loop owns all state (the attempts in flight, the offset tracker, the lease); attempts run
 //! as tasks that report back, and the heartbeat call runs beside the loop so a slow control plane
-//! never stalls consumption.
+//! never stalls consumption. What a Ready record comes to is decided by
+//! [`Releases`] (stale, duplicate, superseding), when its offset may be stored by
+//! [`OffsetTracker`]: both pure.
 //!
 //! Guarantees:
 //! - a Ready's offset is stored only after its final result was delivered (or the attempt was
@@ -21,33 +25,26 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::FutureExt as _;
-use rdkafka::Message as _;
-use rdkafka::consumer::{CommitMode, Consumer as _};
 use strata_proto::v1::{InFlightAttempt, ObjectReady, ObjectResult};
 use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
 use crate::admin::Health;
-use crate::kafka::{
-    GroupContext, KafkaSettings, ReadyConsumer, ResultPublisher, consumer_config, decode_ready,
-};
+use crate::admission::{Admission, Key, Releases};
 use crate::metrics::{Metrics, ReadyVerdict};
 use crate::offsets::OffsetTracker;
+use crate::ports::{Delivery, Leases, ReadySource as _, ResultSink, Subscription, Transport};
 use crate::processor::Processor;
-use crate::registry::{Beat, Lease, Registration, Registry, RegistryError};
+use crate::registry::{Beat, Lease, Registration, RegistryError};
 use crate::results::{self, Ending, Who, timestamp};
 use crate::stopped;
-use crate::telemetry::{self, ProcessSpan};
 
-/// Entries kept in the "newest release seen" memory before it is cleared.
-const MAX_SEEN: usize = 100_000;
 /// How long a consumer may go without an assignment, or without records while some wait for
 /// it, before it is replaced ([`Agent::watchdog`]).
 const STUCK_AFTER: Duration = Duration::from_secs(30);
-/// Bound on closing the consumer at exit (librdkafka's close can hang on a broker that is gone).
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long spans still queued at exit may take to be exported.
+#[cfg(feature = "runtime")]
 const TRACES_FLUSH: Duration = Duration::from_secs(5);
 
 /// How the agent is run.
@@ -55,12 +52,6 @@ const TRACES_FLUSH: Duration = Duration::from_secs(5);
 pub struct AgentOptions {
     /// What it registers as.
     pub registration: Registration,
-    /// The control plane's gRPC endpoint.
-    pub control_plane: String,
-    /// Bootstrap servers overriding the ones the control plane sends.
-    pub kafka_brokers: Option<String>,
-    /// Extra librdkafka properties.
-    pub kafka_properties: Vec<(String, String)>,
     /// How long in-flight attempts may still run once the drain started.
     pub drain_grace: Duration,
 }
@@ -71,15 +62,9 @@ pub enum AgentError {
     /// The control plane cannot be used (bad endpoint, registration refused).
     #[error(transparent)]
     Registry(#[from] RegistryError),
-    /// Kafka clients could not be created or subscribed.
-    #[error("kafka: {0}")]
-    Kafka(String),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Key {
-    batch_id: String,
-    object_id: String,
+    /// The transport's clients could not be created or subscribed.
+    #[error("{0}")]
+    Transport(String),
 }
 
 /// An attempt this agent holds.
@@ -107,10 +92,14 @@ struct Done {
     incarnation: u64,
 }
 
-/// Runs the agent until `shutdown` resolves (then drains) or the control plane asks it to drain.
-/// Returns `Ok` after a clean drain and deregistration, or when stopped before it registered.
-pub async fn run<P: Processor>(
+/// Runs the agent until `shutdown` resolves (then drains) or the control plane asks it to drain:
+/// its lease from `leases`, its Ready records and results over `transport`, each Ready processed
+/// by `processor`. Returns `Ok` after a clean drain and deregistration, or when stopped before it
+/// registered.
+pub async fn run<P: Processor, L: Leases, T: Transport>(
     options: AgentOptions,
+    leases: L,
+    transport: T,
     processor: Arc<P>,
     metrics: Metrics,
     health: Arc<Health>,
@@ -121,11 +110,10 @@ pub async fn run<P: Processor>(
         shutdown.await;
         stop_tx.send_replace(true);
     });
-    let registry = Registry::new(&options.control_plane)?;
     metrics
         .capacity
         .set(i64::from(options.registration.capacity));
-    let Some(lease) = registry
+    let Some(lease) = leases
         .register(
             &options.registration,
             &mut Box::pin(stopped(stop_rx.clone())),
@@ -139,48 +127,38 @@ pub async fn run<P: Processor>(
     metrics.registered.set(1);
     health.registered.store(true, Ordering::Relaxed);
 
-    let bootstrap_servers = options
-        .kafka_brokers
-        .clone()
-        .filter(|b| !b.is_empty())
-        .or_else(|| Some(lease.bootstrap_servers.join(",")).filter(|b| !b.is_empty()))
-        .ok_or_else(|| {
-            AgentError::Kafka(
-                "no Kafka bootstrap servers: the control plane sent none; set --kafka-brokers"
-                    .into(),
-            )
-        })?;
-    let kafka = KafkaSettings {
-        bootstrap_servers,
-        extra: options.kafka_properties.clone(),
-        client_id: format!("strata-agent-{}", options.registration.zone),
-    };
     let longest_stall = lease.execution_timeout + options.drain_grace;
-    let consumer = ready_consumer(0, &kafka, &lease, longest_stall, &health, &metrics)
-        .map_err(AgentError::Kafka)?;
-    let publisher = ResultPublisher::new(&kafka, &lease.results_topic)
-        .map_err(|e| AgentError::Kafka(format!("results producer: {e}")))?;
-    info!(group = %lease.consumer_group, topic = %lease.ready_topic, brokers = %kafka.bootstrap_servers, "consuming");
+    let source = transport
+        .subscribe(Subscription {
+            lease: &lease,
+            incarnation: 0,
+            longest_stall,
+            health: &health,
+            metrics: &metrics,
+        })
+        .map_err(AgentError::Transport)?;
+    let sink = transport.sink(&lease).map_err(AgentError::Transport)?;
+    info!(group = %lease.consumer_group, topic = %lease.ready_topic, via = %transport.describe(&lease), "consuming");
 
     let mut agent = Agent {
         zone: options.registration.zone.clone(),
         capacity: options.registration.capacity as usize,
         registration: options.registration,
-        registry,
+        leases,
         topics_generation: lease.topics_generation,
         lease,
-        consumer,
+        source,
         incarnation: 0,
         consumer_since: Instant::now(),
         last_record_at: Instant::now(),
-        kafka,
+        transport,
         longest_stall,
-        publisher,
+        sink,
         processor,
         metrics,
         health,
         held: HashMap::new(),
-        newest: HashMap::new(),
+        releases: Releases::default(),
         offsets: OffsetTracker::default(),
         tasks: JoinSet::new(),
         heartbeat: None,
@@ -188,25 +166,25 @@ pub async fn run<P: Processor>(
     };
     let reason = agent.serve().await;
     agent.drain(options.drain_grace, reason).await;
-    let Agent {
-        consumer, health, ..
-    } = agent;
+    let Agent { source, health, .. } = agent;
     health.consuming.store(false, Ordering::Relaxed);
-    close(consumer).await;
+    source.close().await;
     Ok(())
 }
 
 /// Runs an agent as the binary does, from its command-line `args`, with `processor`: exports
-/// traces when the environment names an OTLP endpoint ([`telemetry`]; flushed before returning),
+/// traces when the environment names an OTLP endpoint ([`crate::telemetry`]; flushed before returning),
 /// serves the admin port on `--admin-addr`, registers with the labels given plus
 /// `processor=<label>`, and runs until `shutdown` resolves (then drains). For custom agents (see
 /// the `custom_agent` example).
+#[cfg(feature = "runtime")]
 pub async fn run_from_args<P: Processor>(
     args: &crate::config::AgentArgs,
     processor: P,
     processor_label: &str,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    use crate::telemetry;
     let traces = telemetry::install_from_env(telemetry::SERVICE_NAME)
         .map_err(|e| anyhow::anyhow!("traces: {e}"))?;
     if let Some(t) = &traces {
@@ -219,6 +197,7 @@ pub async fn run_from_args<P: Processor>(
     served
 }
 
+#[cfg(feature = "runtime")]
 async fn serve_from_args<P: Processor>(
     args: &crate::config::AgentArgs,
     processor: P,
@@ -247,46 +226,58 @@ async fn serve_from_args<P: Processor>(
                 .chain([("processor".to_owned(), processor_label.to_owned())])
                 .collect(),
         },
-        control_plane: args.control_plane.clone(),
-        kafka_brokers: args.kafka_brokers.clone(),
-        kafka_properties: args.kafka_properties.clone(),
         drain_grace: args.drain_grace(),
     };
-    run(options, Arc::new(processor), metrics, health, shutdown).await?;
+    let transport = crate::kafka_ports::KafkaTransport {
+        brokers: args.kafka_brokers.clone(),
+        properties: args.kafka_properties.clone(),
+        zone: args.zone.clone(),
+    };
+    let registry = crate::registry::Registry::new(&args.control_plane)?;
+    run(
+        options,
+        registry,
+        transport,
+        Arc::new(processor),
+        metrics,
+        health,
+        shutdown,
+    )
+    .await?;
     Ok(())
 }
 
-struct Agent<P> {
+struct Agent<P, L, T: Transport> {
     zone: String,
     capacity: usize,
     registration: Registration,
-    registry: Registry,
+    leases: L,
     lease: Lease,
     /// The newest non-zero topics generation the control plane sent.
     topics_generation: u64,
-    consumer: ReadyConsumer,
+    source: T::Source,
     /// Bumped whenever the consumer is replaced: offsets of records taken from an earlier one
     /// belong to topics that no longer exist and are never stored.
     incarnation: u64,
     /// When the current consumer subscribed, and when it last handed over a record.
     consumer_since: Instant,
     last_record_at: Instant,
-    kafka: KafkaSettings,
+    transport: T,
     longest_stall: Duration,
-    publisher: ResultPublisher,
+    sink: T::Sink,
     processor: Arc<P>,
     metrics: Metrics,
     health: Arc<Health>,
     held: HashMap<Key, Held>,
-    /// The newest dispatch epoch seen per object: an older release arriving later is stale.
-    newest: HashMap<Key, u64>,
+    /// The newest release seen per object: an older one arriving later is stale.
+    releases: Releases,
     offsets: OffsetTracker,
     tasks: JoinSet<Done>,
     heartbeat: Option<JoinHandle<Beat>>,
     stop: watch::Receiver<bool>,
 }
 
-impl<P: Processor> Agent<P> {
+impl<P: Processor, L: Leases, T: Transport> Agent<P, L, T> {
     /// Consumes and processes until shutdown or a drain request; returns why it stopped.
     async fn serve(&mut self) -> &'static str {
         let mut tick = tokio::time::interval(self.lease.heartbeat_interval);
@@ -310,11 +301,9 @@ impl<P: Processor> Agent<P> {
                 }
                 _ = tick.tick() => self.send_heartbeat(false),
                 _ = watchdog.tick() => self.watchdog(),
-                msg = self.consumer.recv(), if self.held.len() < self.capacity => match msg {
-                    Ok(m) => {
+                msg = self.source.recv(), if self.held.len() < self.capacity => match msg {
+                    Ok(Delivery { partition, offset, ready }) => {
                         self.last_record_at = Instant::now();
-                        let (partition, offset) = (m.partition(), m.offset());
-                        let ready = decode_ready(m.headers(), m.payload());
                         self.received(partition, offset, ready);
                     }
                     Err(e) => {
@@ -344,26 +333,19 @@ impl<P: Processor> Agent<P> {
             batch_id: ready.batch_id.clone(),
             object_id: ready.object_id.clone(),
         };
-        if self
-            .newest
-            .get(&key)
-            .is_some_and(|&e| e > ready.dispatch_epoch)
-        {
-            debug!(object_id = %key.object_id, epoch = ready.dispatch_epoch, "stale release skipped");
-            return self.skip(partition, offset, ReadyVerdict::Stale);
-        }
-        if let Some(h) = self.held.get(&key) {
-            if h.ready.dispatch_epoch == ready.dispatch_epoch {
+        let held = self.held.get(&key).map(|h| h.ready.dispatch_epoch);
+        match self.releases.admit(&key, ready.dispatch_epoch, held) {
+            Admission::Start => {}
+            Admission::Stale => {
+                debug!(object_id = %key.object_id, epoch = ready.dispatch_epoch, "stale release skipped");
+                return self.skip(partition, offset, ReadyVerdict::Stale);
+            }
+            Admission::Duplicate => {
                 debug!(object_id = %key.object_id, "redelivered ready of an attempt in flight skipped");
                 return self.skip(partition, offset, ReadyVerdict::Duplicate);
             }
-            // A newer release supersedes the attempt running here: its result would be stale.
-            self.abandon(&key, "superseded by a newer release");
+            Admission::Supersede => self.abandon(&key, "superseded by a newer release"),
         }
-        if self.newest.len() >= MAX_SEEN {
-            self.newest.clear();
-        }
-        self.newest.insert(key.clone(), ready.dispatch_epoch);
         self.metrics.ready(ReadyVerdict::Accepted);
         if let Some(released) = ready
             .released_at
@@ -384,16 +366,12 @@ impl<P: Processor> Agent<P> {
             .and_then(|d| Duration::try_from(d).ok())
             .filter(|d| !d.is_zero())
             .unwrap_or(self.lease.execution_timeout);
-        // Results carry the `process` span's context when traces are exported, else the Ready's.
-        let span = telemetry::tracer().map(|t| ProcessSpan::start(t, &ready, &who.agent_id));
-        let traceparent = span
-            .as_ref()
-            .map_or_else(|| traceparent_of(&ready), |s| s.traceparent().to_owned());
+        let (span, traceparent) = process_span(&ready, &who.agent_id);
         let abort = self.tasks.spawn(attempt(
             self.processor.clone(),
             ready.clone(),
             who.clone(),
-            self.publisher.clone(),
+            self.sink.clone(),
             started_at.clone(),
             timeout,
             self.metrics.clone(),
@@ -455,11 +433,8 @@ impl<P: Processor> Agent<P> {
         }
     }
 
-    fn store_offset(&self, partition: i32, offset: i64) {
-        if let Err(e) = self
-            .consumer
-            .store_offset(&self.lease.ready_topic, partition, offset)
-        {
+    fn store_offset(&mut self, partition: i32, offset: i64) {
+        if let Err(e) = self.source.store(partition, offset) {
             // Expected after a rebalance took the partition away: its new owner reads again
             // from the last commit, and the control plane fences the duplicate results.
             self.metrics
@@ -500,10 +475,10 @@ impl<P: Processor> Agent<P> {
         if self.heartbeat.is_some() {
             return;
         }
-        let (registry, lease, in_flight) =
-            (self.registry.clone(), self.lease.clone(), self.in_flight());
+        let (leases, lease, in_flight) =
+            (self.leases.clone(), self.lease.clone(), self.in_flight());
         self.heartbeat = Some(tokio::spawn(async move {
-            registry.heartbeat(&lease, in_flight, draining).await
+            leases.heartbeat(&lease, in_flight, draining).await
         }));
     }
 
@@ -553,11 +528,11 @@ impl<P: Processor> Agent<P> {
                     self.abandon(&k, "lease lost");
                 }
                 let mut stop = Box::pin(stopped(self.stop.clone()));
-                match self.registry.register(&self.registration, &mut stop).await {
+                match self.leases.register(&self.registration, &mut stop).await {
                     Ok(Some(lease)) => {
                         self.follow_topics(lease.topics_generation);
                         self.lease = Lease {
-                            // The Kafka clients stay as they are.
+                            // The transport's clients stay as they are.
                             ready_topic: self.lease.ready_topic.clone(),
                             results_topic: self.lease.results_topic.clone(),
                             ..lease
@@ -587,7 +562,7 @@ impl<P: Processor> Agent<P> {
             return;
         }
         // The broker that lost its topics lost its producer ids too.
-        self.publisher
+        self.sink
             .renew("the control plane created the topics again");
         if !self.replace_consumer("the control plane created the topics again") {
             // Tried again at the next heartbeat.
@@ -601,26 +576,25 @@ impl<P: Processor> Agent<P> {
     /// records of attempts still held are skipped as duplicates).
     fn replace_consumer(&mut self, why: &str) -> bool {
         warn!(topic = %self.lease.ready_topic, why, "subscribing again");
-        match ready_consumer(
-            self.incarnation + 1,
-            &self.kafka,
-            &self.lease,
-            self.longest_stall,
-            &self.health,
-            &self.metrics,
-        ) {
+        match self.transport.subscribe(Subscription {
+            lease: &self.lease,
+            incarnation: self.incarnation + 1,
+            longest_stall: self.longest_stall,
+            health: &self.health,
+            metrics: &self.metrics,
+        }) {
             Ok(fresh) => {
                 self.health.consuming.store(false, Ordering::Relaxed);
                 self.metrics.assigned_partitions.set(0);
                 self.metrics.consumer_lag.set(-1);
-                let old = std::mem::replace(&mut self.consumer, fresh);
+                let old = std::mem::replace(&mut self.source, fresh);
                 self.incarnation += 1;
                 self.consumer_since = Instant::now();
                 self.offsets = OffsetTracker::default();
                 self.metrics.resubscriptions.inc();
                 let closing = self.incarnation - 1;
                 tokio::spawn(async move {
-                    close(old).await;
+                    old.close().await;
                     info!(consumer = closing, "replaced ready consumer closed");
                 });
                 true
@@ -710,13 +684,13 @@ impl<P: Processor> Agent<P> {
                     grace.as_secs()
                 ),
             );
-            let publisher = self.publisher.clone();
+            let sink = self.sink.clone();
             let metrics = self.metrics.clone();
             let (batch_id, traceparent) = (h.ready.batch_id.clone(), h.traceparent.clone());
             hand_backs.push(async move {
                 // Bounded: if it cannot be delivered, deregistration hands it back anyway.
                 for _ in 0..3 {
-                    match publisher.send(&batch_id, &traceparent, &result).await {
+                    match sink.send(&batch_id, &traceparent, &result).await {
                         Ok(()) => {
                             metrics.results.with_label_values(&["drained"]).inc();
                             return;
@@ -734,7 +708,7 @@ impl<P: Processor> Agent<P> {
             self.offset_done(h.partition, h.offset, h.incarnation);
         }
         self.tasks.abort_all();
-        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
+        if let Err(e) = self.source.commit() {
             // Nothing stored since the last auto-commit, or the broker is gone: the records
             // are delivered again to the group, and results of finished ones are ignored.
             debug!(error = %e, "final commit");
@@ -742,7 +716,7 @@ impl<P: Processor> Agent<P> {
         if let Some(h) = self.heartbeat.take() {
             h.abort();
         }
-        match self.registry.deregister(&self.lease, reason).await {
+        match self.leases.deregister(&self.lease, reason).await {
             Ok(n) => info!(
                 agent_id = %self.lease.agent_id,
                 handed_back_by_control_plane = n,
@@ -755,28 +729,6 @@ impl<P: Processor> Agent<P> {
         self.health.registered.store(false, Ordering::Relaxed);
         self.metrics.registered.set(0);
     }
-}
-
-/// A consumer of the lease's Ready topic in its group, subscribed.
-fn ready_consumer(
-    incarnation: u64,
-    kafka: &KafkaSettings,
-    lease: &Lease,
-    longest_stall: Duration,
-    health: &Arc<Health>,
-    metrics: &Metrics,
-) -> Result<ReadyConsumer, String> {
-    let consumer: ReadyConsumer = consumer_config(kafka, &lease.consumer_group, longest_stall)
-        .create_with_context(GroupContext {
-            health: health.clone(),
-            metrics: metrics.clone(),
-            incarnation,
-        })
-        .map_err(|e| format!("ready consumer: {e}"))?;
-    consumer
-        .subscribe(&[&lease.ready_topic])
-        .map_err(|e| format!("subscribe to {}: {e}", lease.ready_topic))?;
-    Ok(consumer)
 }
 
 /// The running heartbeat's answer; pending while none runs.
@@ -796,15 +748,15 @@ async fn poll_heartbeat(heartbeat: &mut Option<JoinHandle<Beat>>) -> Beat {
 /// records carry `traceparent`; the `process` span, if any, ends after the final delivery (or as
 /// `abandoned` when the task is aborted).
 #[allow(clippy::too_many_arguments)]
-async fn attempt<P: Processor>(
+async fn attempt<P: Processor, S: ResultSink>(
     processor: Arc<P>,
     ready: Arc<ObjectReady>,
     who: Who,
-    publisher: ResultPublisher,
+    publisher: S,
     started_at: Arc<OnceLock<DateTime<Utc>>>,
     timeout: Duration,
     metrics: Metrics,
-    (span, traceparent): (Option<ProcessSpan>, String),
+    (span, traceparent): (Option<Span>, String),
     done: Done,
 ) -> Done {
     let start = Utc::now();
@@ -858,7 +810,7 @@ async fn attempt<P: Processor>(
 /// Sends `result` until the broker acknowledges it (backing off; the task is aborted if the
 /// attempt is abandoned meanwhile).
 async fn deliver(
-    publisher: &ResultPublisher,
+    publisher: &impl ResultSink,
     batch_id: &str,
     traceparent: &str,
     result: &ObjectResult,
@@ -890,17 +842,31 @@ fn traceparent_of(ready: &ObjectReady) -> String {
         .unwrap_or_default()
 }
 
-/// Closes the consumer (leaving the group) on a thread of its own, waiting at most
-/// [`CLOSE_TIMEOUT`].
-async fn close(consumer: ReadyConsumer) {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let spawned = std::thread::Builder::new()
-        .name("strata-agent-close".into())
-        .spawn(move || {
-            drop(consumer);
-            let _ = tx.send(());
-        });
-    if spawned.is_ok() && tokio::time::timeout(CLOSE_TIMEOUT, rx).await.is_err() {
-        warn!("the Kafka consumer did not close within {CLOSE_TIMEOUT:?}; exiting anyway");
-    }
+#[cfg(feature = "runtime")]
+type Span = crate::telemetry::ProcessSpan;
+
+/// Without the runtime, no traces are exported.
+#[cfg(not(feature = "runtime"))]
+#[derive(Debug)]
+struct Span;
+
+#[cfg(not(feature = "runtime"))]
+impl Span {
+    fn end(self, _outcome: &'static str) {}
+}
+
+/// The attempt's `process` span, if traces are exported, and the `traceparent` its results
+/// carry: the span's context, else the Ready's.
+#[cfg(feature = "runtime")]
+fn process_span(ready: &ObjectReady, agent_id: &str) -> (Option<Span>, String) {
+    let span = crate::telemetry::tracer().map(|t| Span::start(t, ready, agent_id));
+    let traceparent = span
+        .as_ref()
+        .map_or_else(|| traceparent_of(ready), |s| s.traceparent().to_owned());
+    (span, traceparent)
+}
+
+#[cfg(not(feature = "runtime"))]
+fn process_span(ready: &ObjectReady, _agent_id: &str) -> (Option<Span>, String) {
+    (None, traceparent_of(ready))
 }

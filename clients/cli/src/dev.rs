@@ -1,7 +1,9 @@
 //! `strata dev`: the control plane and one simulated agent per zone in one process, on the
-//! in-memory data plane and store (no Kafka, no Redis), serving the real gRPC API. The agents
-//! register over gRPC like real ones, so leases, heartbeats and zone checks are the real ones;
-//! only the transport of Ready records and results is in memory.
+//! in-memory data plane and store (no Kafka, no Redis), serving the real gRPC API. The agents are
+//! the worker agent's own loop ([`agent::run`]) with the `simulate` processor: they register over
+//! gRPC like real ones (leases, heartbeats, zone checks, dedup, offsets and drain are the real
+//! ones); only the topics are in memory, with Kafka's semantics (nothing is dropped when an
+//! agent falls behind).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -10,22 +12,25 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use chrono::Utc;
 use strata_client::{Client, ClientOptions};
 use strata_control_plane::adapters::memory::{MemoryDataPlane, MemoryStore};
 use strata_control_plane::config::Flags;
 use strata_control_plane::run::run_with;
 use strata_core::Zone;
-use strata_proto::v1::ObjectReady;
-use strata_worker_agent::processor::{Processor, Simulate};
+use strata_worker_agent::admin::Health;
+use strata_worker_agent::agent::{self, AgentOptions};
+use strata_worker_agent::memory::MemoryTransport;
+use strata_worker_agent::metrics::Metrics;
+use strata_worker_agent::processor::Simulate;
 use strata_worker_agent::registry::{Registration, Registry};
-use strata_worker_agent::results::{self, Ending, Who};
 use strata_worker_agent::stopped;
-use tokio::sync::{Semaphore, broadcast, watch};
-use tracing::{info, warn};
+use tokio::sync::watch;
 
 use crate::SubmitArgs;
 use crate::render::Output;
+
+/// How long the dev agents' attempts may still run once dev mode stops.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 /// `strata dev` options.
 #[derive(Debug, Clone, clap::Args)]
@@ -77,9 +82,10 @@ pub async fn run(args: DevArgs, output: Output) -> anyhow::Result<u8> {
     let data = Arc::new(MemoryDataPlane::new());
     let store = Arc::new(MemoryStore::new());
     let endpoint = format!("http://{}", listener.local_addr()?);
-    let (stop_tx, stop_rx) = watch::channel(false);
+    // The agents stop first (they drain and deregister while the control plane still serves).
+    let (stop_agents, agents_stopped) = watch::channel(false);
+    let (stop_server, server_stopped) = watch::channel(false);
 
-    // Agents subscribe before anything can be released, so no Ready is missed.
     let processor = Arc::new(Simulate {
         durations: Default::default(),
         default_duration: Duration::from_millis(args.simulate_duration_ms),
@@ -89,17 +95,16 @@ pub async fn run(args: DevArgs, output: Output) -> anyhow::Result<u8> {
     let mut agents = Vec::new();
     for zone in &config.zones {
         agents.push(tokio::spawn(dev_agent(
-            endpoint.clone(),
+            Registry::new(&endpoint)?,
             zone.clone(),
-            data.clone(),
-            data.subscribe_ready(zone),
+            &data,
             processor.clone(),
             args.concurrency,
-            stop_rx.clone(),
+            agents_stopped.clone(),
         )));
     }
     let zones: Vec<String> = config.zones.iter().map(Zone::to_string).collect();
-    let server_stop = stopped(stop_rx.clone());
+    let server_stop = stopped(server_stopped);
     let server =
         tokio::spawn(
             async move { run_with(&config, data, store, listener, None, server_stop).await },
@@ -132,10 +137,11 @@ pub async fn run(args: DevArgs, output: Output) -> anyhow::Result<u8> {
             0
         }
     };
-    stop_tx.send_replace(true);
+    stop_agents.send_replace(true);
     for a in agents {
         let _ = a.await;
     }
+    stop_server.send_replace(true);
     server
         .await
         .context("control plane task")?
@@ -160,77 +166,39 @@ async fn wait_for_agents(client: &Client, zones: usize) -> anyhow::Result<()> {
     }
 }
 
-/// One zone's simulated agent over the in-memory data plane: registers and heartbeats over gRPC,
-/// runs up to `concurrency` objects at once, reports Started then Loaded/Failed, deregisters
-/// when stopped.
-async fn dev_agent(
-    endpoint: String,
+/// One zone's simulated agent: [`agent::run`] over the zone's in-memory topics, until `stop`
+/// (then it drains and deregisters).
+fn dev_agent(
+    registry: Registry,
     zone: Zone,
-    data: Arc<MemoryDataPlane>,
-    mut readies: broadcast::Receiver<ObjectReady>,
+    data: &MemoryDataPlane,
     processor: Arc<Simulate>,
     concurrency: usize,
     stop: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    let registry = Registry::new(&endpoint)?;
-    let registration = Registration {
-        zone: zone.to_string(),
-        capacity: concurrency as u32,
-        hostname: "strata-dev".into(),
-        labels: HashMap::from([
-            ("processor".to_owned(), "simulate".to_owned()),
-            ("mode".to_owned(), "dev".to_owned()),
-        ]),
+) -> impl Future<Output = Result<(), agent::AgentError>> + Send + 'static {
+    let options = AgentOptions {
+        registration: Registration {
+            zone: zone.to_string(),
+            capacity: u32::try_from(concurrency.max(1)).unwrap_or(u32::MAX),
+            hostname: "strata-dev".into(),
+            labels: HashMap::from([
+                ("processor".to_owned(), "simulate".to_owned()),
+                ("mode".to_owned(), "dev".to_owned()),
+            ]),
+        },
+        drain_grace: DRAIN_GRACE,
     };
-    let Some(lease) = registry
-        .register(&registration, &mut Box::pin(stopped(stop.clone())))
-        .await?
-    else {
-        return Ok(());
+    let transport = MemoryTransport {
+        ready: data.ready_topic(&zone),
+        results: data.results_topic(),
     };
-    let who = Who {
-        agent_id: lease.agent_id.clone(),
-        lease_epoch: lease.epoch,
-    };
-    let slots = Arc::new(Semaphore::new(concurrency.max(1)));
-    let mut beat = tokio::time::interval(lease.heartbeat_interval);
-    let mut stop = std::pin::pin!(stopped(stop));
-    loop {
-        tokio::select! {
-            () = &mut stop => break,
-            _ = beat.tick() => {
-                // In flight is not reported: a lost lease is not expected in one process.
-                let _ = registry.heartbeat(&lease, Vec::new(), false).await;
-            }
-            ready = readies.recv() => match ready {
-                Ok(ready) => {
-                    let permit = slots.clone().acquire_owned().await?;
-                    let (data, processor, who) = (data.clone(), processor.clone(), who.clone());
-                    tokio::spawn(async move {
-                        let start = Utc::now();
-                        let clock = Instant::now();
-                        data.send_result(results::started(&ready, &who, start)).await;
-                        let outcome = processor.process(&ready).await;
-                        let (result, _) = results::finished(
-                            &ready,
-                            &who,
-                            start,
-                            Utc::now(),
-                            clock.elapsed(),
-                            Ending::Processed(outcome),
-                        );
-                        data.send_result(result).await;
-                        drop(permit);
-                    });
-                }
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    warn!(%zone, missed = n, "dev agent fell behind; objects stay READY");
-                }
-                Err(broadcast::error::RecvError::Closed) => break,
-            },
-        }
-    }
-    let _ = registry.deregister(&lease, "dev mode stopping").await;
-    info!(%zone, "dev agent stopped");
-    Ok(())
+    agent::run(
+        options,
+        registry,
+        transport,
+        processor,
+        Metrics::new(zone.as_str()),
+        Arc::new(Health::default()),
+        stopped(stop),
+    )
 }

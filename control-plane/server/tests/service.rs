@@ -1,8 +1,9 @@
 //! Component tests of the `strata.v1.Orchestrator` service: a real tonic server on a 127.0.0.1
 //! port-0 listener (with health and reflection), a real generated client, the real driver over the
-//! in-memory data plane and store, and agents simulated on the in-memory ready topics.
+//! in-memory data plane and store, and the worker agent's loop on the in-memory topics with a
+//! simulated processor.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,6 +17,14 @@ use strata_core::Zone;
 use strata_proto::v1::agent_registry_client::AgentRegistryClient;
 use strata_proto::v1::orchestrator_client::OrchestratorClient;
 use strata_proto::v1::{self as pb, object_result, watch_batch_response};
+use strata_worker_agent::admin::Health;
+use strata_worker_agent::agent::{self, AgentOptions};
+use strata_worker_agent::memory::{MemorySink, MemoryTransport};
+use strata_worker_agent::metrics::Metrics;
+use strata_worker_agent::ports::{FixedLease, GatedTransport, ResultSink, Subscription, Transport};
+use strata_worker_agent::processor::{Outcome, Processor};
+use strata_worker_agent::registry::{Lease, Registration};
+use strata_worker_agent::stopped;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tonic::transport::Channel;
@@ -135,10 +144,11 @@ enum Answer {
     Hang,
 }
 
-/// Agents of every zone. They take Ready records from now on, and answer only while the gate is
-/// open.
+/// Agents of every zone: the worker agent's loop ([`agent::run`]) on the in-memory topics, one
+/// attempt at a time, taking Ready records only while the gate is open; stopped when dropped.
 struct Agents {
     gate: watch::Sender<bool>,
+    _stop: watch::Sender<bool>,
 }
 
 impl Agents {
@@ -147,59 +157,146 @@ impl Agents {
     }
 }
 
+/// Answers as `decide` says; the attempts it answers [`Answer::Hang`] for are noted for
+/// [`DropHung`].
+struct Decide<F> {
+    decide: F,
+    hung: Arc<Mutex<HashSet<(String, String, u32)>>>,
+}
+
+impl<F: Fn(&str, u32) -> Answer + Send + Sync + 'static> Processor for Decide<F> {
+    async fn process(&self, r: &pb::ObjectReady) -> Outcome {
+        match (self.decide)(&r.object_id, r.attempt) {
+            Answer::Load => Outcome::Loaded {
+                info: String::new(),
+            },
+            Answer::Fail { retryable } => Outcome::Failed {
+                retryable,
+                error: format!("simulated failure of attempt {}", r.attempt),
+            },
+            Answer::Hang => {
+                self.hung.lock().expect("hung").insert((
+                    r.batch_id.clone(),
+                    r.object_id.clone(),
+                    r.attempt,
+                ));
+                Outcome::Loaded {
+                    info: String::new(),
+                }
+            }
+        }
+    }
+}
+
+/// Delivers every result but the final one of a hung attempt (its agent hangs, or its result
+/// is lost).
+#[derive(Clone)]
+struct DropHung {
+    inner: MemorySink,
+    hung: Arc<Mutex<HashSet<(String, String, u32)>>>,
+}
+
+impl ResultSink for DropHung {
+    async fn send(
+        &self,
+        batch_id: &str,
+        traceparent: &str,
+        result: &pb::ObjectResult,
+    ) -> Result<(), String> {
+        let last = match &result.result {
+            Some(object_result::Result::Loaded(l)) => Some((&l.object_id, l.attempt)),
+            Some(object_result::Result::Failed(f)) => Some((&f.object_id, f.attempt)),
+            _ => None,
+        };
+        if let Some((object_id, attempt)) = last
+            && self.hung.lock().expect("hung").contains(&(
+                batch_id.to_owned(),
+                object_id.clone(),
+                attempt,
+            ))
+        {
+            return Ok(());
+        }
+        self.inner.send(batch_id, traceparent, result).await
+    }
+}
+
+/// [`MemoryTransport`] with [`DropHung`] as its sink.
+struct Simulated {
+    inner: MemoryTransport,
+    hung: Arc<Mutex<HashSet<(String, String, u32)>>>,
+}
+
+impl Transport for Simulated {
+    type Source = <MemoryTransport as Transport>::Source;
+    type Sink = DropHung;
+
+    fn subscribe(&self, to: Subscription<'_>) -> Result<Self::Source, String> {
+        self.inner.subscribe(to)
+    }
+
+    fn sink(&self, lease: &Lease) -> Result<DropHung, String> {
+        Ok(DropHung {
+            inner: self.inner.sink(lease)?,
+            hung: self.hung.clone(),
+        })
+    }
+
+    fn describe(&self, lease: &Lease) -> String {
+        self.inner.describe(lease)
+    }
+}
+
 fn agents(
     data: &Arc<MemoryDataPlane>,
     open: bool,
     decide: impl Fn(&str, u32) -> Answer + Send + Sync + 'static,
 ) -> Agents {
-    let decide = Arc::new(decide);
+    let hung = Arc::new(Mutex::new(HashSet::new()));
+    let processor = Arc::new(Decide {
+        decide,
+        hung: hung.clone(),
+    });
     let (gate, _) = watch::channel(open);
+    let (stop, _) = watch::channel(false);
     for zone in ZONES {
-        let mut ready = data.subscribe_ready(&Zone::parse(zone).expect("zone"));
-        let mut gate = gate.subscribe();
-        let data = data.clone();
-        let decide = decide.clone();
-        tokio::spawn(async move {
-            while let Ok(r) = ready.recv().await {
-                if gate.wait_for(|g| *g).await.is_err() {
-                    return;
-                }
-                let agent_id = format!("agent-{}", r.zone);
-                data.send_result(pb::ObjectResult {
-                    result: Some(object_result::Result::Started(pb::ObjectStarted {
-                        batch_id: r.batch_id.clone(),
-                        object_id: r.object_id.clone(),
-                        zone: r.zone.clone(),
-                        attempt: r.attempt,
-                        dispatch_epoch: r.dispatch_epoch,
-                        agent_id: agent_id.clone(),
-                        ..Default::default()
-                    })),
-                })
-                .await;
-                let result = match decide(&r.object_id, r.attempt) {
-                    Answer::Hang => continue,
-                    Answer::Load => object_result::Result::Loaded(loaded(&r, &agent_id)),
-                    Answer::Fail { retryable } => object_result::Result::Failed(pb::ObjectFailed {
-                        batch_id: r.batch_id.clone(),
-                        object_id: r.object_id.clone(),
-                        zone: r.zone.clone(),
-                        attempt: r.attempt,
-                        dispatch_epoch: r.dispatch_epoch,
-                        agent_id,
-                        retryable,
-                        error: format!("simulated failure of attempt {}", r.attempt),
-                        ..Default::default()
-                    }),
-                };
-                data.send_result(pb::ObjectResult {
-                    result: Some(result),
-                })
-                .await;
-            }
-        });
+        let z = Zone::parse(zone).expect("zone");
+        let lease = FixedLease::new(
+            &format!("agent-{zone}"),
+            &format!("ready.{zone}"),
+            &format!("agents.{zone}"),
+            "results",
+        );
+        let transport = GatedTransport {
+            inner: Simulated {
+                inner: MemoryTransport {
+                    ready: data.ready_topic(&z),
+                    results: data.results_topic(),
+                },
+                hung: hung.clone(),
+            },
+            open: gate.subscribe(),
+        };
+        let options = AgentOptions {
+            registration: Registration {
+                zone: zone.to_owned(),
+                capacity: 1,
+                hostname: "test".into(),
+                labels: HashMap::new(),
+            },
+            drain_grace: Duration::from_secs(1),
+        };
+        tokio::spawn(agent::run(
+            options,
+            lease,
+            transport,
+            processor.clone(),
+            Metrics::new(zone),
+            Arc::new(Health::default()),
+            stopped(stop.subscribe()),
+        ));
     }
-    Agents { gate }
+    Agents { gate, _stop: stop }
 }
 
 fn loaded(r: &pb::ObjectReady, agent_id: &str) -> pb::ObjectLoaded {

@@ -1,11 +1,14 @@
 //! In-memory twins of the ports, for dev mode (`strata dev`) and component tests: the same
 //! semantics as Kafka and Redis (delivery awaited, atomic steps, atomic retry claims), nothing
-//! durable. Never used by the end-to-end suites, which run on the real broker and Redis.
+//! durable beyond the process. Ready records and results travel over in-memory topics
+//! ([`strata_bus`]) that behave like Kafka's (offsets, consumer groups, nothing dropped when a
+//! consumer is slow): agents consume them with the worker agent's own loop. Never used by the
+//! end-to-end suites, which run on the real broker and Redis.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, Ordering};
 
+use strata_bus::Topic;
 use strata_core::Zone;
 use strata_core::agents::{Agent, RegistryChanges};
 use strata_core::machine::NodeRecord;
@@ -17,19 +20,25 @@ use crate::ports::{
     RetryEntry, StateStore, StepWrite, StoredBatch, StoredDeadLetter,
 };
 
-/// Capacity of each in-memory topic channel.
+/// Capacity of the status and Ready broadcast channels (taps for tests and watchers; the Ready
+/// records agents consume are on the topics, which drop nothing) and of the driver's results
+/// channel.
 const TOPIC_CAPACITY: usize = 65_536;
+/// The consumer group the driver reads the results topic in.
+const RESULTS_GROUP: &str = "control-plane";
 
-/// An in-memory data plane: Ready records fan out per zone to subscribed agents; results come
-/// back through [`MemoryDataPlane::results_sender`].
+/// An in-memory data plane: one Ready topic per zone ([`MemoryDataPlane::ready_topic`]) and a
+/// results topic ([`MemoryDataPlane::results_topic`]), the driver consuming the latter.
 #[derive(Debug)]
 pub struct MemoryDataPlane {
-    ready: Mutex<HashMap<Zone, broadcast::Sender<ObjectReady>>>,
+    ready: Mutex<HashMap<Zone, Topic<ObjectReady>>>,
+    /// Every Ready published, from the moment of subscribing (for tests' logs).
+    ready_tap: Mutex<HashMap<Zone, broadcast::Sender<ObjectReady>>>,
+    results: Topic<ObjectResult>,
     /// Topics that "exist" (for `ensure_topics`'s count; see [`MemoryDataPlane::lose_topics`]).
     topics: Mutex<BTreeSet<String>>,
     results_tx: mpsc::Sender<ResultRecord>,
     results_rx: Mutex<Option<mpsc::Receiver<ResultRecord>>>,
-    next_offset: AtomicI64,
     dead_letters: Mutex<Vec<DeadLetter>>,
     status: broadcast::Sender<StatusChanged>,
 }
@@ -39,10 +48,11 @@ impl Default for MemoryDataPlane {
         let (results_tx, results_rx) = mpsc::channel(TOPIC_CAPACITY);
         Self {
             ready: Mutex::new(HashMap::new()),
+            ready_tap: Mutex::new(HashMap::new()),
+            results: Topic::new(1),
             topics: Mutex::new(BTreeSet::new()),
             results_tx,
             results_rx: Mutex::new(Some(results_rx)),
-            next_offset: AtomicI64::new(0),
             dead_letters: Mutex::new(Vec::new()),
             status: broadcast::channel(TOPIC_CAPACITY).0,
         }
@@ -55,40 +65,42 @@ impl MemoryDataPlane {
         Self::default()
     }
 
-    fn zone_sender(&self, zone: &Zone) -> broadcast::Sender<ObjectReady> {
+    /// The Ready topic of `zone` (one partition): what its agents consume, in their zone's
+    /// consumer group.
+    pub fn ready_topic(&self, zone: &Zone) -> Topic<ObjectReady> {
         self.ready
             .lock()
             .expect("ready map poisoned")
+            .entry(zone.clone())
+            .or_insert_with(|| Topic::new(1))
+            .clone()
+    }
+
+    /// The results topic (one partition): where agents publish.
+    pub fn results_topic(&self) -> Topic<ObjectResult> {
+        self.results.clone()
+    }
+
+    fn ready_tap(&self, zone: &Zone) -> broadcast::Sender<ObjectReady> {
+        self.ready_tap
+            .lock()
+            .expect("ready tap poisoned")
             .entry(zone.clone())
             .or_insert_with(|| broadcast::channel(TOPIC_CAPACITY).0)
             .clone()
     }
 
-    /// Receives the Ready records of a zone published from now on (what an agent consumes).
+    /// Receives the Ready records of a zone published from now on: a tap for tests that log
+    /// what was released (bounded: a receiver that falls behind misses records). Agents consume
+    /// [`MemoryDataPlane::ready_topic`] instead.
     pub fn subscribe_ready(&self, zone: &Zone) -> broadcast::Receiver<ObjectReady> {
-        self.zone_sender(zone).subscribe()
+        self.ready_tap(zone).subscribe()
     }
 
     /// Publishes a result as an agent would.
     pub async fn send_result(&self, result: ObjectResult) {
-        self.send_raw(Ok(result)).await;
-    }
-
-    /// Publishes a result record as it would arrive, possibly undecodable.
-    pub async fn send_raw(&self, result: Result<ObjectResult, String>) {
-        let offset = self.next_offset.fetch_add(1, Ordering::Relaxed);
-        // The receiver lives as long as the driver; a closed channel means shutdown.
-        let _ = self
-            .results_tx
-            .send(ResultRecord {
-                result,
-                position: Position {
-                    partition: 0,
-                    offset,
-                },
-                traceparent: None,
-            })
-            .await;
+        let key = batch_of(&result);
+        self.results.publish(key.as_bytes(), result);
     }
 
     /// Every dead letter produced so far.
@@ -97,7 +109,7 @@ impl MemoryDataPlane {
     }
 
     /// Forgets which topics exist, as a broker that lost its data would (records already
-    /// delivered to subscribers stay delivered): the next `ensure_topics` reports them missing.
+    /// published stay where they are): the next `ensure_topics` reports them missing.
     pub fn lose_topics(&self) {
         self.topics.lock().expect("topics poisoned").clear();
     }
@@ -105,6 +117,43 @@ impl MemoryDataPlane {
     /// Receives status changes published from now on.
     pub fn subscribe_status(&self) -> broadcast::Receiver<StatusChanged> {
         self.status.subscribe()
+    }
+}
+
+/// The batch a result is keyed by.
+fn batch_of(result: &ObjectResult) -> String {
+    use strata_proto::v1::object_result::Result as R;
+    match &result.result {
+        Some(R::Started(r)) => r.batch_id.clone(),
+        Some(R::Loaded(r)) => r.batch_id.clone(),
+        Some(R::Failed(r)) => r.batch_id.clone(),
+        None => String::new(),
+    }
+}
+
+/// Moves the results topic's records into the driver's channel, in the driver's consumer
+/// group, until the driver is gone. Offsets are stored as records are handed over: nothing in
+/// memory survives the process, so there is nothing to read again after a crash.
+async fn forward_results(topic: Topic<ObjectResult>, tx: mpsc::Sender<ResultRecord>) {
+    let mut consumer = topic.subscribe(RESULTS_GROUP);
+    loop {
+        let r = tokio::select! {
+            () = tx.closed() => return,
+            r = consumer.recv() => r,
+        };
+        let position = Position {
+            partition: r.partition,
+            offset: r.offset,
+        };
+        let record = ResultRecord {
+            result: Ok(r.value),
+            position,
+            traceparent: None,
+        };
+        if tx.send(record).await.is_err() {
+            return;
+        }
+        let _ = consumer.store(position.partition, position.offset);
     }
 }
 
@@ -120,7 +169,7 @@ impl DataPlane for MemoryDataPlane {
             created += usize::from(topics.insert(name.to_owned()));
         }
         for z in zones {
-            self.zone_sender(z);
+            self.ready_topic(z);
             created += usize::from(topics.insert(format!("ready.{z}")));
         }
         Ok(created)
@@ -130,8 +179,12 @@ impl DataPlane for MemoryDataPlane {
         for r in ready.iter().cloned() {
             let zone = Zone::parse(&r.zone)
                 .unwrap_or_else(|| Zone::default_for_layer(1).expect("layer 1 has a default zone"));
-            // No subscriber yet is like a topic nobody consumes: the record is dropped.
-            let _ = self.zone_sender(&zone).send(r);
+            let tap = self.ready_tap(&zone);
+            if tap.receiver_count() > 0 {
+                let _ = tap.send(r.clone());
+            }
+            let key = r.batch_id.clone();
+            self.ready_topic(&zone).publish(key.as_bytes(), r);
         }
         Ok(())
     }
@@ -152,14 +205,20 @@ impl DataPlane for MemoryDataPlane {
     }
 
     fn subscribe_results(&self) -> PortResult<mpsc::Receiver<ResultRecord>> {
-        self.results_rx
+        let rx = self
+            .results_rx
             .lock()
             .expect("results poisoned")
             .take()
             .ok_or_else(|| crate::ports::PortError::Rejected {
                 service: "memory",
                 detail: "results already subscribed".into(),
-            })
+            })?;
+        tokio::spawn(forward_results(
+            self.results.clone(),
+            self.results_tx.clone(),
+        ));
+        Ok(rx)
     }
 
     fn store_positions(&self, _positions: &[Position]) -> PortResult<()> {
