@@ -4,20 +4,18 @@
 //! as a closure says, one attempt at a time. Every Ready it handles is written to a shared log
 //! the tests inspect.
 
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use strata_proto::kafka as topics;
-use strata_proto::v1::{ObjectReady, ObjectResult, object_result};
+use strata_proto::v1::ObjectReady;
 use strata_worker_agent::admin::Health;
 use strata_worker_agent::agent::{self, AgentOptions};
-use strata_worker_agent::kafka::ResultPublisher;
 use strata_worker_agent::kafka_ports::KafkaTransport;
 use strata_worker_agent::metrics::Metrics;
-use strata_worker_agent::ports::{FixedLease, GatedTransport, ResultSink, Subscription, Transport};
+use strata_worker_agent::ports::{FixedLease, GatedTransport, Withheld, WithholdingTransport};
 use strata_worker_agent::processor::{Outcome, Processor};
-use strata_worker_agent::registry::{Lease, Registration};
+use strata_worker_agent::registry::Registration;
 use strata_worker_agent::stopped;
 use tokio::sync::watch;
 
@@ -70,7 +68,7 @@ impl Drop for TestAgent {
 }
 
 /// Attempts answered [`Answer::Nothing`]: (batch, object, attempt).
-type Silenced = Arc<Mutex<HashSet<(String, String, u32)>>>;
+type Silenced = Withheld;
 
 /// Answers with the behaviour and logs what it handled.
 struct Behave {
@@ -105,68 +103,6 @@ impl Processor for Behave {
                 }
             }
         }
-    }
-}
-
-/// The results producer, withholding the final result of silenced attempts.
-#[derive(Debug, Clone)]
-struct Withholding {
-    inner: ResultPublisher,
-    silenced: Silenced,
-}
-
-impl ResultSink for Withholding {
-    async fn send(
-        &self,
-        batch_id: &str,
-        traceparent: &str,
-        result: &ObjectResult,
-    ) -> Result<(), String> {
-        let last = match &result.result {
-            Some(object_result::Result::Loaded(l)) => Some((&l.object_id, l.attempt)),
-            Some(object_result::Result::Failed(f)) => Some((&f.object_id, f.attempt)),
-            _ => None,
-        };
-        if let Some((object_id, attempt)) = last
-            && self.silenced.lock().expect("silenced").contains(&(
-                batch_id.to_owned(),
-                object_id.clone(),
-                attempt,
-            ))
-        {
-            return Ok(());
-        }
-        self.inner.send(batch_id, traceparent, result).await
-    }
-
-    fn renew(&self, why: &str) {
-        self.inner.renew(why);
-    }
-}
-
-/// Kafka, with the [`Withholding`] sink.
-struct TestTransport {
-    kafka: KafkaTransport,
-    silenced: Silenced,
-}
-
-impl Transport for TestTransport {
-    type Source = <KafkaTransport as Transport>::Source;
-    type Sink = Withholding;
-
-    fn subscribe(&self, to: Subscription<'_>) -> Result<Self::Source, String> {
-        self.kafka.subscribe(to)
-    }
-
-    fn sink(&self, lease: &Lease) -> Result<Withholding, String> {
-        Ok(Withholding {
-            inner: self.kafka.sink(lease)?,
-            silenced: self.silenced.clone(),
-        })
-    }
-
-    fn describe(&self, lease: &Lease) -> String {
-        self.kafka.describe(lease)
     }
 }
 
@@ -214,13 +150,13 @@ impl TestAgent {
             silenced: silenced.clone(),
         });
         let transport = GatedTransport {
-            inner: TestTransport {
-                kafka: KafkaTransport {
+            inner: WithholdingTransport {
+                inner: KafkaTransport {
                     brokers: Some(bootstrap_servers.to_owned()),
                     properties: Vec::new(),
                     zone: zone.to_owned(),
                 },
-                silenced,
+                withheld: silenced,
             },
             open: gate,
         };

@@ -253,3 +253,74 @@ impl<T: Transport> Transport for GatedTransport<T> {
         self.inner.describe(lease)
     }
 }
+
+/// Attempts whose final result is withheld: (batch, object, attempt).
+pub type Withheld = Arc<std::sync::Mutex<std::collections::HashSet<(String, String, u32)>>>;
+
+/// A transport whose sink withholds the final result (`ObjectLoaded` or `ObjectFailed`) of the
+/// attempts in `withheld`, and delivers everything else: an agent that dies after `Started`, or
+/// whose result is lost, as the tests simulate it.
+#[derive(Debug)]
+pub struct WithholdingTransport<T> {
+    /// The transport.
+    pub inner: T,
+    /// The attempts whose final result is not sent.
+    pub withheld: Withheld,
+}
+
+impl<T: Transport> Transport for WithholdingTransport<T> {
+    type Source = T::Source;
+    type Sink = Withholding<T::Sink>;
+
+    fn subscribe(&self, to: Subscription<'_>) -> Result<Self::Source, String> {
+        self.inner.subscribe(to)
+    }
+
+    fn sink(&self, lease: &Lease) -> Result<Self::Sink, String> {
+        Ok(Withholding {
+            inner: self.inner.sink(lease)?,
+            withheld: self.withheld.clone(),
+        })
+    }
+
+    fn describe(&self, lease: &Lease) -> String {
+        self.inner.describe(lease)
+    }
+}
+
+/// The sink of a [`WithholdingTransport`].
+#[derive(Debug, Clone)]
+pub struct Withholding<S> {
+    inner: S,
+    withheld: Withheld,
+}
+
+impl<S: ResultSink> ResultSink for Withholding<S> {
+    async fn send(
+        &self,
+        batch_id: &str,
+        traceparent: &str,
+        result: &ObjectResult,
+    ) -> Result<(), String> {
+        use strata_proto::v1::object_result::Result as R;
+        let last = match &result.result {
+            Some(R::Loaded(l)) => Some((&l.object_id, l.attempt)),
+            Some(R::Failed(f)) => Some((&f.object_id, f.attempt)),
+            _ => None,
+        };
+        if let Some((object_id, attempt)) = last
+            && self
+                .withheld
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&(batch_id.to_owned(), object_id.clone(), attempt))
+        {
+            return Ok(());
+        }
+        self.inner.send(batch_id, traceparent, result).await
+    }
+
+    fn renew(&self, why: &str) {
+        self.inner.renew(why);
+    }
+}

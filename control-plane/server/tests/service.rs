@@ -19,11 +19,11 @@ use strata_proto::v1::orchestrator_client::OrchestratorClient;
 use strata_proto::v1::{self as pb, object_result, watch_batch_response};
 use strata_worker_agent::admin::Health;
 use strata_worker_agent::agent::{self, AgentOptions};
-use strata_worker_agent::memory::{MemorySink, MemoryTransport};
+use strata_worker_agent::memory::MemoryTransport;
 use strata_worker_agent::metrics::Metrics;
-use strata_worker_agent::ports::{FixedLease, GatedTransport, ResultSink, Subscription, Transport};
+use strata_worker_agent::ports::{FixedLease, GatedTransport, WithholdingTransport};
 use strata_worker_agent::processor::{Outcome, Processor};
-use strata_worker_agent::registry::{Lease, Registration};
+use strata_worker_agent::registry::Registration;
 use strata_worker_agent::stopped;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
@@ -188,65 +188,6 @@ impl<F: Fn(&str, u32) -> Answer + Send + Sync + 'static> Processor for Decide<F>
     }
 }
 
-/// Delivers every result but the final one of a hung attempt (its agent hangs, or its result
-/// is lost).
-#[derive(Clone)]
-struct DropHung {
-    inner: MemorySink,
-    hung: Arc<Mutex<HashSet<(String, String, u32)>>>,
-}
-
-impl ResultSink for DropHung {
-    async fn send(
-        &self,
-        batch_id: &str,
-        traceparent: &str,
-        result: &pb::ObjectResult,
-    ) -> Result<(), String> {
-        let last = match &result.result {
-            Some(object_result::Result::Loaded(l)) => Some((&l.object_id, l.attempt)),
-            Some(object_result::Result::Failed(f)) => Some((&f.object_id, f.attempt)),
-            _ => None,
-        };
-        if let Some((object_id, attempt)) = last
-            && self.hung.lock().expect("hung").contains(&(
-                batch_id.to_owned(),
-                object_id.clone(),
-                attempt,
-            ))
-        {
-            return Ok(());
-        }
-        self.inner.send(batch_id, traceparent, result).await
-    }
-}
-
-/// [`MemoryTransport`] with [`DropHung`] as its sink.
-struct Simulated {
-    inner: MemoryTransport,
-    hung: Arc<Mutex<HashSet<(String, String, u32)>>>,
-}
-
-impl Transport for Simulated {
-    type Source = <MemoryTransport as Transport>::Source;
-    type Sink = DropHung;
-
-    fn subscribe(&self, to: Subscription<'_>) -> Result<Self::Source, String> {
-        self.inner.subscribe(to)
-    }
-
-    fn sink(&self, lease: &Lease) -> Result<DropHung, String> {
-        Ok(DropHung {
-            inner: self.inner.sink(lease)?,
-            hung: self.hung.clone(),
-        })
-    }
-
-    fn describe(&self, lease: &Lease) -> String {
-        self.inner.describe(lease)
-    }
-}
-
 fn agents(
     data: &Arc<MemoryDataPlane>,
     open: bool,
@@ -268,12 +209,13 @@ fn agents(
             "results",
         );
         let transport = GatedTransport {
-            inner: Simulated {
+            // An attempt in `hung` never reports its end (its agent hangs, or its result is lost).
+            inner: WithholdingTransport {
                 inner: MemoryTransport {
                     ready: data.ready_topic(&z),
                     results: data.results_topic(),
                 },
-                hung: hung.clone(),
+                withheld: hung.clone(),
             },
             open: gate.subscribe(),
         };
