@@ -3,7 +3,6 @@
 
 use std::cmp::Reverse;
 
-use chrono::Utc;
 use strata_core::coalesce::{Claim, Delivery, Settlement, Ticket};
 use strata_core::machine::{BatchState, Effect, Event, IgnoreReason, NodeState, Outcome};
 use strata_proto::v1::{self as pb};
@@ -68,11 +67,12 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
 
     pub(super) fn handle_one(&mut self, step: &mut Step, batch_id: &str, event: Event) -> Outcome {
         let jitter = self.jitter();
+        let now = self.state.now();
         let Some(rt) = self.state.batches.get_mut(batch_id) else {
             return Outcome::Ignored(IgnoreReason::UnknownNode);
         };
         let mut effects = Vec::new();
-        let outcome = rt.machine.handle(event, Utc::now(), jitter, &mut effects);
+        let outcome = rt.machine.handle(event, now, jitter, &mut effects);
         match outcome {
             Outcome::Applied => self.state.counters.applied += 1,
             Outcome::Ignored(reason) => {
@@ -97,10 +97,10 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
         effects: Vec<Effect>,
         resumed: bool,
     ) {
+        let now = self.state.now();
         let Some(rt) = self.state.batches.get_mut(batch_id) else {
             return;
         };
-        let now = Utc::now();
         step.heads.insert(batch_id.to_owned(), ());
         for effect in effects {
             match effect {

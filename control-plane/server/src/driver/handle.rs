@@ -4,7 +4,6 @@
 use strata_core::machine::{Event, Outcome};
 use tokio::sync::{mpsc, oneshot};
 
-use chrono::Utc;
 use strata_core::Zone;
 use strata_core::agents::{Agent, HeldAttempt, LeaseError, Registration};
 
@@ -86,7 +85,7 @@ impl Handle {
         registration: Registration,
         nonce: u64,
     ) -> Result<(Agent, u64), DriverError> {
-        self.mutate(move |s, _| s.register_agent(zone, registration, nonce, Utc::now()))
+        self.mutate(move |s, _| s.register_agent(zone, registration, nonce, s.now()))
             .await
     }
 
@@ -98,7 +97,7 @@ impl Handle {
         held: Vec<HeldAttempt>,
         draining: bool,
     ) -> Result<Result<HeartbeatReply, LeaseError>, DriverError> {
-        self.mutate(move |s, _| s.heartbeat(&agent_id, epoch, held, draining, Utc::now()))
+        self.mutate(move |s, _| s.heartbeat(&agent_id, epoch, held, draining, s.now()))
             .await
     }
 
@@ -110,7 +109,7 @@ impl Handle {
         epoch: u64,
     ) -> Result<Result<u32, LeaseError>, DriverError> {
         self.mutate(move |s, events| {
-            let lost = s.deregister(&agent_id, epoch, Utc::now())?;
+            let lost = s.deregister(&agent_id, epoch, s.now())?;
             let n = lost.len() as u32;
             events.extend(lost);
             Ok(n)

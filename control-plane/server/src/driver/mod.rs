@@ -26,9 +26,11 @@
 //! - `submit`, `restore`, `intake` (results), `timers` (deadlines, leases, due retries);
 //! - `effects`: the effect interpreter; `step`: performing a step in order;
 //! - `publish`: Ready delivery and redelivery, status changes, topic checks;
-//! - `agents`: attempts held by agents; `state`, `settings`, `error`: the types.
+//! - `agents`: registration, heartbeats, deregistration; `clock`: the time of day it reads;
+//!   `state`, `settings`, `error`: the types.
 
 mod agents;
+mod clock;
 mod effects;
 mod error;
 mod handle;
@@ -43,6 +45,7 @@ mod submit;
 mod timers;
 
 pub use agents::HeartbeatReply;
+pub use clock::{Clock, SystemClock, TokioClock};
 pub use error::DriverError;
 pub use handle::{Handle, SubmitOutcome};
 pub use settings::DriverSettings;
@@ -109,9 +112,12 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
         let lease_ttl = settings.lease_ttl;
         let (tx, commands) = mpsc::channel(1024);
         let (published_tx, published_rx) = mpsc::unbounded_channel();
-        let seed = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0x9e37_79b9, |d| d.as_nanos() as u64);
+        let seed = settings.seed.unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0x9e37_79b9, |d| d.as_nanos() as u64)
+        });
+        let clock = settings.clock.clone();
         (
             Self {
                 data,
@@ -123,6 +129,7 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                     coalescer: Coalescer::default(),
                     agents: Registry::new(lease_ttl),
                     topics_generation: 0,
+                    clock,
                 },
                 commands,
                 undelivered: Vec::new(),

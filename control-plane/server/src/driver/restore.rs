@@ -3,7 +3,7 @@
 
 use std::cmp::Reverse;
 
-use chrono::{DateTime, Utc};
+use chrono::DateTime;
 use strata_core::ObjectDef;
 use strata_core::agents::Registry;
 use strata_core::machine::{BatchMachine, DeadReason, InitialDisposition, NodeRecord, NodeState};
@@ -24,7 +24,12 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
             self.store.load_agents()
         })
         .await?;
-        let registry = Registry::restore(self.settings.lease_ttl, agents, next_epoch, Utc::now());
+        let registry = Registry::restore(
+            self.settings.lease_ttl,
+            agents,
+            next_epoch,
+            self.state.now(),
+        );
         let live = registry.list(None, false).len();
         if live > 0 {
             info!(
@@ -52,8 +57,8 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
             };
             let options: BatchOptions =
                 serde_json::from_value(b.options.clone()).unwrap_or_default();
-            let created_at =
-                DateTime::from_timestamp_millis(b.created_at_ms).unwrap_or_else(Utc::now);
+            let created_at = DateTime::from_timestamp_millis(b.created_at_ms)
+                .unwrap_or_else(|| self.state.now());
             // The initial dispositions are in the restored records already (and taken from
             // them below): planning needs no earlier loads and no preflight rules.
             let ctx = PlanContext {
@@ -125,8 +130,9 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
         }
         for batch_id in resumed {
             let mut effects = Vec::new();
+            let now = self.state.now();
             if let Some(rt) = self.state.batches.get_mut(&batch_id) {
-                rt.machine.resume(Utc::now(), &mut effects);
+                rt.machine.resume(now, &mut effects);
             }
             let mut step = Step::default();
             self.absorb(&mut step, &batch_id, effects, true);

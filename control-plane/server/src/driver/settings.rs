@@ -1,10 +1,12 @@
 //! The driver's settings: limits, timeouts, zones, leases, and where it counts what happens.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use strata_core::Zone;
 
+use super::clock::{Clock, SystemClock};
 use crate::metrics::Metrics;
 
 /// Settings of the driver.
@@ -36,6 +38,10 @@ pub struct DriverSettings {
     pub topic_check: Duration,
     /// Where the driver counts what happens (Prometheus).
     pub metrics: Metrics,
+    /// Where the driver reads the time of day ([`SystemClock`] unless a test moves time).
+    pub clock: Arc<dyn Clock>,
+    /// Seed of the backoff jitter (`None`: from the time of start).
+    pub seed: Option<u64>,
 }
 
 impl Default for DriverSettings {
@@ -56,6 +62,8 @@ impl Default for DriverSettings {
             lease_ttl: Duration::from_secs(15),
             require_agent_lease: false,
             metrics: Metrics::default(),
+            clock: Arc::new(SystemClock),
+            seed: None,
         }
     }
 }

@@ -14,6 +14,7 @@ use strata_core::planner::Plan;
 use strata_core::{ObjectDef, ObjectId};
 use tokio::sync::broadcast;
 
+use super::clock::Clock;
 use crate::batch::BatchOptions;
 use crate::latency::LatencyHistogram;
 use crate::ports::BatchHead;
@@ -218,12 +219,19 @@ pub struct DriverState {
     /// Changes whenever this control plane created the topics (at start-up, or after the broker
     /// lost them): agents that see it change subscribe again. 0 = it found them in place.
     pub(super) topics_generation: u64,
+    /// Where the time of day is read (the settings' clock).
+    pub(super) clock: Arc<dyn Clock>,
 }
 
 impl DriverState {
+    /// The time of day, from the driver's clock.
+    pub(super) fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
     /// Records that the topics were just created: a new, non-zero generation.
     pub(super) fn topics_created(&mut self) {
-        let now = Utc::now().timestamp_millis().max(1) as u64;
+        let now = self.now().timestamp_millis().max(1) as u64;
         self.topics_generation = now.max(self.topics_generation + 1);
     }
 }

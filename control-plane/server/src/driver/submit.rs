@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 
-use chrono::Utc;
 use rustc_hash::FxHashMap;
 use strata_core::machine::{BatchMachine, BatchState, NodeRecord, NodeState};
 use strata_core::model::NodeIx;
@@ -124,7 +123,7 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
         let node_of = (0..p.plan.len() as u32)
             .map(|n| (p.plan.object(&p.objects, n).id.clone(), n))
             .collect();
-        let finished_at = machine.is_terminal().then(Utc::now);
+        let finished_at = machine.is_terminal().then(|| self.state.now());
         self.state.batches.insert(
             p.batch_id.clone(),
             BatchRuntime {

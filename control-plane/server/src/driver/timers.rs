@@ -2,7 +2,6 @@
 
 use std::cmp::Reverse;
 
-use chrono::Utc;
 use strata_core::machine::{Event, LossReason, NodeState};
 use strata_core::model::NodeIx;
 use tracing::warn;
@@ -24,7 +23,7 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
         }
         self.expire_attempts().await;
         self.expire_leases().await;
-        let now = Utc::now();
+        let now = self.state.now();
         let due = match self
             .store
             .claim_due_retries(now.timestamp_millis(), 1024)
@@ -96,7 +95,7 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
     /// Agents whose lease ran out are lost: every attempt they held (as they last reported, and
     /// every RUNNING attempt they started) counts as failed with reason `agent_lost`.
     pub(super) async fn expire_leases(&mut self) {
-        let now = Utc::now();
+        let now = self.state.now();
         let lost = self.state.agents.expire(now);
         if lost.is_empty() {
             return;
