@@ -1,6 +1,7 @@
 //! The control plane end to end on the real Kafka-protocol broker and a real Redis: the
 //! in-process control plane (`run_with` over the Kafka and Redis adapters, a real gRPC server and
-//! client) and one minimal agent per zone consuming the real ready topics.
+//! client) and, per zone, the worker agent's own loop (`agent::run`, `tests/src/agent.rs`) with a
+//! scripted processor, consuming the real ready topics.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -75,7 +76,7 @@ async fn start_gated(behaviour: Behaviour, gate: watch::Receiver<bool>) -> anyho
         topic_partitions: Some(2),
         initial_backoff_ms: Some(20),
         max_backoff_ms: Some(100),
-        // The minimal in-process test agent does not register (tests/tests/worker_agents.rs
+        // The in-process test agents hold a fixed lease and do not register (tests/tests/worker_agents.rs
         // runs the real agent with leases required).
         require_agent_lease: Some(false),
         ..Flags::default()
