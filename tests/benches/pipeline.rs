@@ -57,6 +57,7 @@ use strata_control_plane::ports::{
     BatchHead, CreateOutcome, DataPlane, PortResult, Position, RestoredBatch, ResultRecord,
     RetryEntry, StateStore, StepWrite, StoredBatch, StoredDeadLetter,
 };
+use strata_control_plane::records::{DeadLetterRecord, ReadyRecord, StatusChange};
 use strata_control_plane::run::driver_settings;
 use strata_control_plane::service::{ServiceSettings, grpc_services};
 use strata_core::agents::{Agent, RegistryChanges};
@@ -64,10 +65,7 @@ use strata_core::machine::NodeRecord;
 use strata_core::{Zone, synth};
 use strata_proto::kafka as wire;
 use strata_proto::v1::orchestrator_client::OrchestratorClient;
-use strata_proto::v1::{
-    self as pb, DeadLetter, ObjectReady, StatusChanged, submit_batch_stream_request::Chunk,
-    watch_batch_response,
-};
+use strata_proto::v1::{self as pb, submit_batch_stream_request::Chunk, watch_batch_response};
 use strata_tests::{KafkaBroker, RedisServer, within};
 use strata_worker_agent::admin::Health;
 use strata_worker_agent::agent::{self, AgentOptions};
@@ -623,7 +621,7 @@ impl DataPlane for TimedData {
         self.inner.resubscribe_results().await
     }
 
-    async fn publish_ready(&self, ready: &[ObjectReady]) -> PortResult<()> {
+    async fn publish_ready(&self, ready: &[ReadyRecord]) -> PortResult<()> {
         let n = ready.len();
         let t = Instant::now();
         let r = self.inner.publish_ready(ready).await;
@@ -631,7 +629,7 @@ impl DataPlane for TimedData {
         r
     }
 
-    async fn publish_dead_letters(&self, letters: Vec<DeadLetter>) -> PortResult<()> {
+    async fn publish_dead_letters(&self, letters: Vec<DeadLetterRecord>) -> PortResult<()> {
         let n = letters.len();
         let t = Instant::now();
         let r = self.inner.publish_dead_letters(letters).await;
@@ -639,7 +637,7 @@ impl DataPlane for TimedData {
         r
     }
 
-    async fn publish_status(&self, changes: Vec<StatusChanged>) -> PortResult<()> {
+    async fn publish_status(&self, changes: Vec<StatusChange>) -> PortResult<()> {
         let n = changes.len();
         let t = Instant::now();
         if self.drop_status {

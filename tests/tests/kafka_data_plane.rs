@@ -21,11 +21,14 @@ use strata_control_plane::adapters::kafka::{
     DELIVERY_MARGIN, DELIVERY_TIMEOUT, KafkaDataPlane, KafkaSettings, all_topics, ready_topic,
     results_topic,
 };
+use strata_control_plane::convert;
 use strata_control_plane::ports::{DataPlane, PortError, Position, ResultRecord};
-use strata_core::Zone;
+use strata_control_plane::records::{AgentReport, DeadLetterRecord, ReadyRecord};
+use strata_core::machine::FailureKind;
+use strata_core::{ObjectDef, Zone};
 use strata_proto::kafka as wire;
 use strata_proto::v1::{
-    ObjectLoaded, ObjectReady, ObjectResult, ObjectStarted, TraceContext, object_result,
+    ObjectDefinition, ObjectLoaded, ObjectReady, ObjectResult, ObjectStarted, object_result,
 };
 use strata_tests::kafka::close_consumer;
 use strata_tests::{KafkaBroker, blocking, within};
@@ -86,20 +89,32 @@ async fn start(group: &str) -> anyhow::Result<(KafkaBroker, KafkaDataPlane)> {
     Ok((broker, data))
 }
 
-fn ready(object_id: &str, zone: &str, traced: bool) -> ObjectReady {
-    ObjectReady {
-        batch_id: "batch-1".into(),
-        object_id: object_id.into(),
+fn object(object_id: &str, zone: &str) -> ObjectDef {
+    convert::object_defs(vec![ObjectDefinition {
+        id: object_id.into(),
         zone: zone.into(),
+        ..Default::default()
+    }])
+    .expect("a valid object")
+    .remove(0)
+}
+
+fn ready(object_id: &str, zone: &str, traced: bool) -> ReadyRecord {
+    ReadyRecord {
+        batch_id: "batch-1".into(),
+        object: object(object_id, zone),
         attempt: 1,
         max_attempts: 3,
         dispatch_epoch: 7,
-        trace: traced.then(|| TraceContext {
-            traceparent: TRACEPARENT.into(),
-            tracestate: String::new(),
-        }),
-        ..Default::default()
+        released_at: chrono::DateTime::from_timestamp(1_700_000_000, 0).expect("in range"),
+        execution_timeout: Duration::from_secs(60),
+        traceparent: traced.then(|| TRACEPARENT.into()),
     }
+}
+
+/// What the control plane reads from a result message.
+fn report(result: ObjectResult) -> AgentReport {
+    convert::agent_report(result).expect("a result with an outcome")
 }
 
 fn loaded(object_id: &str) -> ObjectResult {
@@ -355,7 +370,7 @@ async fn publish_ready_delivers_keyed_typed_decodable_records() -> anyhow::Resul
     }
 
     // One step's worth of records in one call: sent together, reports awaited together.
-    let bulk: Vec<ObjectReady> = (0..1000)
+    let bulk: Vec<ReadyRecord> = (0..1000)
         .map(|i| ready(&format!("4{i:04}"), "standardized", true))
         .collect();
     let t = Instant::now();
@@ -378,15 +393,23 @@ async fn publish_ready_delivers_keyed_typed_decodable_records() -> anyhow::Resul
     by_key.sort_by(|a, b| a.0.cmp(&b.0));
     ensure!(by_key.len() == 2, "{by_key:?}");
     for ((key, decoded, read), want) in by_key.iter().zip(&sent[..2]) {
-        ensure!(key == &want.object_id, "key {key} for {}", want.object_id);
-        ensure!(decoded == want, "decoded {decoded:?} != sent {want:?}");
+        let want_message = convert::ready_message(want);
+        ensure!(
+            key == &want_message.object_id,
+            "key {key} for {}",
+            want.object.id
+        );
+        ensure!(
+            decoded == &want_message,
+            "decoded {decoded:?} != sent {want_message:?}"
+        );
         ensure!(
             header(read, wire::HEADER_TYPE) == Some(wire::TYPE_OBJECT_READY.as_bytes()),
             "strata-type header: {:?}",
             read.headers
         );
         let traceparent = header(read, wire::HEADER_TRACEPARENT);
-        if want.trace.is_some() {
+        if want.traceparent.is_some() {
             ensure!(
                 traceparent == Some(TRACEPARENT.as_bytes()),
                 "{:?}",
@@ -498,7 +521,7 @@ async fn results_arrive_in_order_with_undecodable_records_as_errors() -> anyhow:
         "positions {got_positions:?} != produced {positions:?}"
     );
     ensure!(
-        got[0].result.as_ref() == Ok(&ok_before),
+        got[0].result.as_ref() == Ok(&report(ok_before.clone())),
         "{:?}",
         got[0].result
     );
@@ -527,7 +550,7 @@ async fn results_arrive_in_order_with_undecodable_records_as_errors() -> anyhow:
         );
     }
     ensure!(
-        got[5].result.as_ref() == Ok(&ok_after),
+        got[5].result.as_ref() == Ok(&report(ok_after.clone())),
         "{:?}",
         got[5].result
     );
@@ -542,7 +565,10 @@ async fn results_arrive_in_order_with_undecodable_records_as_errors() -> anyhow:
             "agent produce → results channel, one record: {:?}",
             t.elapsed()
         );
-        ensure!(r.position == more[0] && r.result == Ok(result), "{r:?}");
+        ensure!(
+            r.position == more[0] && r.result == Ok(report(result)),
+            "{r:?}"
+        );
     }
     data.close().await;
     Ok(())
@@ -716,7 +742,15 @@ async fn a_broker_that_lost_everything_is_usable_after_ensure_topics() -> anyhow
     within(
         STEP,
         "dead letter after restart",
-        data.publish_dead_letters(vec![Default::default()]),
+        data.publish_dead_letters(vec![DeadLetterRecord {
+            batch_id: "batch-1".into(),
+            object: object("1001", "raw"),
+            attempts: 3,
+            last_error: "boom".into(),
+            kind: FailureKind::Processor,
+            dead_at: chrono::DateTime::from_timestamp(1_700_000_000, 0).expect("in range"),
+            last_agent_id: "agent-1".into(),
+        }]),
     )
     .await??;
 
@@ -732,7 +766,7 @@ async fn a_broker_that_lost_everything_is_usable_after_ensure_topics() -> anyhow
         t.elapsed()
     );
     ensure!(
-        r.position == fresh[0] && r.result == Ok(loaded("1003")),
+        r.position == fresh[0] && r.result == Ok(report(loaded("1003"))),
         "{r:?}"
     );
     data.store_positions(&[r.position])?;

@@ -11,13 +11,16 @@ use chrono::{TimeZone as _, Utc};
 use redis::aio::MultiplexedConnection;
 use strata_control_plane::adapters::redis::RedisStore;
 use strata_control_plane::batch::batch_id_for;
+use strata_control_plane::convert;
 use strata_control_plane::ports::{
     BatchHead, BatchWrite, CreateOutcome, PortError, RetryEntry, StateStore, StepWrite,
     StoredBatch, StoredDeadLetter,
 };
+use strata_control_plane::records::DeadLetterRecord;
 use strata_core::Zone;
 use strata_core::agents::{HeldAttempt, Registration, Registry};
-use strata_core::machine::{DeadReason, NodeRecord, NodeState};
+use strata_core::machine::{DeadReason, FailureKind, NodeRecord, NodeState};
+use strata_proto::v1 as pb;
 use strata_tests::{RedisServer, within};
 
 const STEP: Duration = Duration::from_secs(30);
@@ -43,8 +46,33 @@ fn record(state: NodeState, attempt: u32, epoch: u64) -> NodeRecord {
         run_start: 0,
         dispatch_epoch: epoch,
         last_error: None,
+        last_failure: None,
         dead_reason: None,
         retry_due: None,
+    }
+}
+
+/// A dead letter of object `1000 + node` in `batch_id`, dead at `dead_at_ms`.
+fn letter(batch_id: &str, node: u32, dead_at_ms: i64) -> StoredDeadLetter {
+    let object = convert::object_defs(vec![pb::ObjectDefinition {
+        id: (1000 + node).to_string(),
+        ..Default::default()
+    }])
+    .expect("a valid object")
+    .remove(0);
+    StoredDeadLetter {
+        batch_id: batch_id.to_owned(),
+        node,
+        letter: DeadLetterRecord {
+            batch_id: batch_id.to_owned(),
+            object,
+            attempts: 3,
+            last_error: format!("boom {node}"),
+            kind: FailureKind::Timeout,
+            dead_at: chrono::DateTime::from_timestamp_millis(dead_at_ms).expect("in range"),
+            last_agent_id: "agent-1".into(),
+        },
+        dead_at_ms,
     }
 }
 
@@ -270,12 +298,7 @@ async fn apply_updates_heads_and_records_and_a_finished_batch_expires() -> anyho
             attempt: 1,
             due_ms: 1_000,
         }],
-        dead_letters: vec![StoredDeadLetter {
-            batch_id: b.batch_id.clone(),
-            node: 0,
-            payload: b"\x0a\x07batch-b\xff".to_vec(),
-            dead_at_ms: 1_700_000_002_000,
-        }],
+        dead_letters: vec![letter(&b.batch_id, 0, 1_700_000_002_000)],
         loaded: vec![("1001".into(), 1_700_000_002_000)],
     };
     let before = store.round_trips();
@@ -360,12 +383,7 @@ async fn expired_batch_disappears_from_listings_and_its_key_is_free_again() -> a
                 head: finished("FAILED", 2),
                 nodes: vec![(0, dead(1, "boom"))],
             }],
-            dead_letters: vec![StoredDeadLetter {
-                batch_id: done.batch_id.clone(),
-                node: 0,
-                payload: b"letter".to_vec(),
-                dead_at_ms: 1_700_000_001_000,
-            }],
+            dead_letters: vec![letter(&done.batch_id, 0, 1_700_000_001_000)],
             ..StepWrite::default()
         },
     )
@@ -423,12 +441,7 @@ async fn writes_for_a_batch_that_is_not_stored_are_skipped() -> anyhow::Result<(
                 head: running(5),
                 nodes: vec![(0, record(NodeState::Ready, 1, 1))],
             }],
-            dead_letters: vec![StoredDeadLetter {
-                batch_id: "b-unknown".into(),
-                node: 0,
-                payload: b"x".to_vec(),
-                dead_at_ms: 1,
-            }],
+            dead_letters: vec![letter("b-unknown", 0, 1)],
             ..StepWrite::default()
         },
     )
@@ -671,13 +684,15 @@ async fn dead_letters_are_listed_newest_first_with_cursor_paging() -> anyhow::Re
     let b = stored("dlq-b", 2, "[b]");
     create(&store, &a, &running(1), &[]).await?;
     create(&store, &b, &running(1), &[]).await?;
-    // 25 letters, some sharing a time, binary payloads.
+    // 25 letters, some sharing a time.
     let letters: Vec<StoredDeadLetter> = (0..25u32)
-        .map(|i| StoredDeadLetter {
-            batch_id: (if i % 3 == 0 { &b } else { &a }).batch_id.clone(),
-            node: i,
-            payload: vec![0xff, 0x00, i as u8],
-            dead_at_ms: 1_700_000_000_000 + i64::from(i / 2) * 1_000,
+        .map(|i| {
+            let batch = if i % 3 == 0 { &b } else { &a };
+            letter(
+                &batch.batch_id,
+                i,
+                1_700_000_000_000 + i64::from(i / 2) * 1_000,
+            )
         })
         .collect();
     apply(

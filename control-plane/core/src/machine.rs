@@ -249,6 +249,54 @@ impl fmt::Display for DeadReason {
     }
 }
 
+/// What kind of failure an object's last error was: data on its record, so that no reader has to
+/// guess it from the error's text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The processor ran and reported a failure.
+    Processor,
+    /// The attempt exceeded its zone's execution timeout (reported by the agent, or decided by
+    /// the driver when no result arrived in time).
+    Timeout,
+    /// The agent holding the attempt lost its lease before reporting a result.
+    AgentLost,
+    /// The agent deregistered (drained) while holding the attempt.
+    Drained,
+    /// The agent could not understand the Ready it received.
+    InvalidInput,
+    /// A preflight rule rejected the object before dispatch.
+    Preflight,
+    /// The attempt of another batch this object coalesced onto failed.
+    Coalesced,
+}
+
+impl FailureKind {
+    /// The wire / metrics label (`"processor"`, `"timeout"`, `"agent_lost"`, `"drained"`,
+    /// `"invalid_input"`, `"preflight"`, `"coalesced"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Processor => "processor",
+            FailureKind::Timeout => "timeout",
+            FailureKind::AgentLost => "agent_lost",
+            FailureKind::Drained => "drained",
+            FailureKind::InvalidInput => "invalid_input",
+            FailureKind::Preflight => "preflight",
+            FailureKind::Coalesced => "coalesced",
+        }
+    }
+}
+
+impl From<LossReason> for FailureKind {
+    fn from(reason: LossReason) -> Self {
+        match reason {
+            LossReason::AgentLost => FailureKind::AgentLost,
+            LossReason::Timeout => FailureKind::Timeout,
+            LossReason::Drained => FailureKind::Drained,
+        }
+    }
+}
+
 /// Why an attempt was declared lost by the driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -311,6 +359,8 @@ pub enum Event {
         retryable: bool,
         /// The error, kept as the object's last error.
         error: String,
+        /// What kind of failure the agent reported (processor, timeout, invalid input).
+        kind: FailureKind,
     },
     /// The driver gave up on an attempt (agent lease expired, execution timeout). Counts as a
     /// retryable failure.
@@ -485,6 +535,9 @@ pub struct NodeRecord {
     pub dispatch_epoch: u64,
     /// Its last error (a failure, a lost attempt, a preflight rejection).
     pub last_error: Option<String>,
+    /// The kind of its last error (set with it; `None` in records written before kinds were
+    /// kept, read as a processor failure).
+    pub last_failure: Option<FailureKind>,
     /// Why it is `DEAD` (only set in that state).
     pub dead_reason: Option<DeadReason>,
     /// When its next attempt is due (only set in `RETRY_WAIT`).
@@ -500,9 +553,16 @@ impl NodeRecord {
             run_start: 0,
             dispatch_epoch: 0,
             last_error: None,
+            last_failure: None,
             dead_reason: None,
             retry_due: None,
         }
+    }
+
+    /// Records a failure: its kind and its error, always together.
+    fn fail(&mut self, kind: FailureKind, error: String) {
+        self.last_failure = Some(kind);
+        self.last_error = Some(error);
     }
 
     /// Attempts made in the current run (what the retry policy counts).
@@ -666,7 +726,7 @@ impl BatchMachine {
                     }
                 }
                 InitialDisposition::PreflightRejected { reason } => {
-                    inner.nodes[i as usize].last_error = Some(reason);
+                    inner.nodes[i as usize].fail(FailureKind::Preflight, reason);
                     inner.mark_dead(i, DeadReason::Preflight, out);
                     dead_roots.push(i);
                 }
@@ -849,12 +909,13 @@ impl BatchMachine {
                 dispatch_epoch,
                 retryable,
                 error,
+                kind,
             } => self.failed(
                 node,
                 attempt,
                 dispatch_epoch,
                 retryable,
-                error,
+                (kind, error),
                 now,
                 jitter,
                 out,
@@ -869,7 +930,7 @@ impl BatchMachine {
                 attempt,
                 dispatch_epoch,
                 true,
-                format!("attempt {attempt} lost: {reason}"),
+                (reason.into(), format!("attempt {attempt} lost: {reason}")),
                 now,
                 jitter,
                 out,
@@ -951,7 +1012,7 @@ impl BatchMachine {
         attempt: u32,
         epoch: u64,
         retryable: bool,
-        error: String,
+        (kind, error): (FailureKind, String),
         now: DateTime<Utc>,
         jitter: f64,
         out: &mut Vec<Effect>,
@@ -968,7 +1029,7 @@ impl BatchMachine {
         } = self;
         let policy = policies.of(node as usize);
         let rec = &mut inner.nodes[node as usize];
-        rec.last_error = Some(error);
+        rec.fail(kind, error);
         let run_attempt = rec.run_attempts();
         if policy.should_retry(run_attempt, retryable) {
             let delay = policy.backoff(run_attempt, jitter);
@@ -1015,9 +1076,12 @@ impl BatchMachine {
         if loaded {
             inner.load(dag, node, out);
         } else {
-            inner.nodes[node as usize].last_error = Some(error.unwrap_or_else(|| {
-                "the attempt this object coalesced onto, in another batch, failed".to_string()
-            }));
+            inner.nodes[node as usize].fail(
+                FailureKind::Coalesced,
+                error.unwrap_or_else(|| {
+                    "the attempt this object coalesced onto, in another batch, failed".to_string()
+                }),
+            );
             inner.mark_dead(node, DeadReason::CoalescedFailed, out);
             inner.propagate_failure(dag, vec![node], out);
         }

@@ -4,7 +4,7 @@
 use chrono::{TimeZone, Utc};
 use strata_core::Dag;
 use strata_core::machine::{
-    BatchMachine, BatchState, Effect, Event, InitialDisposition, NodeState, Outcome,
+    BatchMachine, BatchState, Effect, Event, FailureKind, InitialDisposition, NodeState, Outcome,
 };
 use strata_core::retry::RetryPolicy;
 
@@ -50,6 +50,7 @@ fn failing_the_root_of_a_deep_chain_fails_every_descendant_and_replay_rearms_the
             dispatch_epoch: 1,
             retryable: false,
             error: "schema mismatch".into(),
+            kind: FailureKind::Processor,
         };
         assert_eq!(m.handle(failed, now, 0.0, &mut fx), Outcome::Applied);
         assert_eq!(m.state(0), Some(NodeState::Dead));

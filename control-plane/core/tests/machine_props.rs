@@ -24,8 +24,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use proptest::prelude::*;
 use strata_core::Dag;
 use strata_core::machine::{
-    BatchMachine, BatchState, Effect, Event, IgnoreReason, InitialDisposition, LossReason,
-    NodeState, Outcome,
+    BatchMachine, BatchState, Effect, Event, FailureKind, IgnoreReason, InitialDisposition,
+    LossReason, NodeState, Outcome,
 };
 use strata_core::retry::RetryPolicy;
 
@@ -452,6 +452,7 @@ impl Sim {
                 dispatch_epoch,
                 retryable: true,
                 error: "temp".into(),
+                kind: FailureKind::Processor,
             },
             5 => Event::Failed {
                 node,
@@ -459,6 +460,7 @@ impl Sim {
                 dispatch_epoch,
                 retryable: kind & 0x80 != 0,
                 error: "perm".into(),
+                kind: FailureKind::Processor,
             },
             6 => Event::AttemptLost {
                 node,
@@ -641,6 +643,7 @@ impl Sim {
                             dispatch_epoch: e,
                             retryable: true,
                             error: "temp".into(),
+                            kind: FailureKind::Processor,
                         },
                         8 => Event::AttemptLost {
                             node: i,
@@ -654,6 +657,7 @@ impl Sim {
                             dispatch_epoch: e,
                             retryable: false,
                             error: "perm".into(),
+                            kind: FailureKind::Processor,
                         },
                     },
                     NodeState::RetryWait => {
@@ -782,7 +786,7 @@ proptest! {
         }
         let r = sim.m.record(victim).unwrap().clone();
         prop_assert_eq!(r.state, NodeState::Ready);
-        sim.send(Event::Failed { node: victim, attempt: r.attempt, dispatch_epoch: r.dispatch_epoch, retryable: true, error: "x".into() });
+        sim.send(Event::Failed { node: victim, attempt: r.attempt, dispatch_epoch: r.dispatch_epoch, retryable: true, error: "x".into(), kind: FailureKind::Processor });
         // Descendants, computed independently.
         let mut desc = vec![false; n];
         for (j, ps) in parents.iter().enumerate() {

@@ -5,8 +5,8 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use strata_core::Dag;
 use strata_core::machine::{
-    BatchMachine, BatchState, DeadReason, Effect, Event, IgnoreReason, InitialDisposition,
-    LossReason, MachineError, NodeRecord, NodeState, Outcome,
+    BatchMachine, BatchState, DeadReason, Effect, Event, FailureKind, IgnoreReason,
+    InitialDisposition, LossReason, MachineError, NodeRecord, NodeState, Outcome,
 };
 use strata_core::retry::{NodePolicies, RetryPolicy};
 
@@ -95,6 +95,7 @@ impl H {
             dispatch_epoch,
             retryable,
             error: format!("boom {attempt}"),
+            kind: FailureKind::Processor,
         })
     }
 
@@ -294,6 +295,7 @@ fn a_retryable_failure_waits_with_jittered_backoff_then_runs_the_next_attempt() 
         dispatch_epoch,
         retryable: true,
         error: "x".into(),
+        kind: FailureKind::Processor,
     };
     assert_eq!(h.send_at(ev, now, 0.75), Outcome::Applied);
     let due = now + chrono::Duration::milliseconds(1500);
@@ -371,6 +373,10 @@ fn a_lost_attempt_counts_as_a_retryable_failure() {
     assert_eq!(h.send(lost.clone()), Outcome::Applied);
     assert_eq!(h.m.state(0), Some(RetryWait));
     assert!(h.m.last_error(0).unwrap().contains("timeout"));
+    assert_eq!(
+        h.m.record(0).unwrap().last_failure,
+        Some(FailureKind::Timeout)
+    );
     assert_eq!(h.send(lost), Outcome::Ignored(IgnoreReason::Duplicate));
     // The agent's result for the lost attempt arrives after all.
     assert_eq!(
@@ -397,6 +403,10 @@ fn a_lost_attempt_counts_as_a_retryable_failure() {
     assert_eq!(
         h.m.record(0).unwrap().dead_reason,
         Some(DeadReason::RetriesExhausted)
+    );
+    assert_eq!(
+        h.m.record(0).unwrap().last_failure,
+        Some(FailureKind::AgentLost)
     );
 }
 
@@ -462,6 +472,10 @@ fn preflight_rejections_are_dead_with_reason_preflight_and_block_descendants() {
         [Dead, UpstreamFailed, Dead, UpstreamFailed, Ready]
     );
     for (node, reason) in [(0, "disabled"), (2, "suffix")] {
+        assert_eq!(
+            h.m.record(node).unwrap().last_failure,
+            Some(FailureKind::Preflight)
+        );
         assert!(h.fx.contains(&Effect::DeadLetter {
             node,
             attempt: 0,
@@ -706,6 +720,7 @@ fn restore_rejects_records_that_contradict_the_graph() {
         run_start: 0,
         dispatch_epoch: 0,
         last_error: None,
+        last_failure: None,
         dead_reason: None,
         retry_due: None,
     };

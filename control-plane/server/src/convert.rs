@@ -1,14 +1,17 @@
-//! Proto ↔ domain conversion, in one place: states, times, object definitions, and the
-//! validation of incoming object definitions (every problem named, as the catalogue reader does).
+//! Proto ↔ domain conversion, in one place: states, times, object definitions, the data plane's
+//! records ([`crate::records`]) and the validation of incoming object definitions (every
+//! problem named, as the catalogue reader does).
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use strata_core::catalogue::{Problem, ProblemKind};
-use strata_core::machine::{BatchState, DeadReason, NodeState};
+use strata_core::machine::{BatchState, FailureKind, NodeState};
 use strata_core::{ObjectDef, ObjectId, Zone};
-use strata_proto::v1 as pb;
+use strata_proto::v1::{self as pb, object_result};
+
+use crate::records::{AgentReport, DeadLetterRecord, ReadyRecord, ReportOutcome, StatusChange};
 
 /// Object state to proto.
 pub fn object_state(s: NodeState) -> pb::ObjectState {
@@ -35,14 +38,151 @@ pub fn batch_state(s: BatchState) -> pb::BatchState {
     }
 }
 
-/// Why an object died, as a failure reason.
-pub fn failure_reason(r: DeadReason) -> pb::FailureReason {
-    match r {
-        DeadReason::Preflight => pb::FailureReason::Preflight,
-        DeadReason::Permanent | DeadReason::RetriesExhausted | DeadReason::CoalescedFailed => {
-            pb::FailureReason::Processor
+/// A failure kind on the wire (a coalesced failure is the processor's failure of the attempt
+/// it coalesced onto).
+pub fn failure_reason(kind: FailureKind) -> pb::FailureReason {
+    match kind {
+        FailureKind::Processor | FailureKind::Coalesced => pb::FailureReason::Processor,
+        FailureKind::Timeout => pb::FailureReason::Timeout,
+        FailureKind::AgentLost => pb::FailureReason::AgentLost,
+        FailureKind::Drained => pb::FailureReason::Drained,
+        FailureKind::InvalidInput => pb::FailureReason::InvalidInput,
+        FailureKind::Preflight => pb::FailureReason::Preflight,
+    }
+}
+
+/// A failure reason from the wire as a kind (unset or unknown: a processor failure, as the
+/// contract says).
+pub fn failure_kind(reason: i32) -> FailureKind {
+    match pb::FailureReason::try_from(reason) {
+        Ok(pb::FailureReason::Timeout) => FailureKind::Timeout,
+        Ok(pb::FailureReason::AgentLost) => FailureKind::AgentLost,
+        Ok(pb::FailureReason::Drained) => FailureKind::Drained,
+        Ok(pb::FailureReason::InvalidInput) => FailureKind::InvalidInput,
+        Ok(pb::FailureReason::Preflight) => FailureKind::Preflight,
+        Ok(pb::FailureReason::Processor | pb::FailureReason::Unspecified) | Err(_) => {
+            FailureKind::Processor
         }
     }
+}
+
+/// A Ready as its protobuf message.
+pub fn ready_message(r: &ReadyRecord) -> pb::ObjectReady {
+    pb::ObjectReady {
+        batch_id: r.batch_id.clone(),
+        object_id: r.object.id.to_string(),
+        zone: r.object.zone.to_string(),
+        attempt: r.attempt,
+        max_attempts: r.max_attempts,
+        dispatch_epoch: r.dispatch_epoch,
+        object: Some(object_definition(&r.object)),
+        released_at: Some(timestamp(r.released_at)),
+        execution_timeout: Some(duration(r.execution_timeout)),
+        trace: r.traceparent.as_ref().map(|tp| pb::TraceContext {
+            traceparent: tp.clone(),
+            tracestate: String::new(),
+        }),
+    }
+}
+
+/// A dead letter as its protobuf message (`blocked_descendant_count` is filled by readers that
+/// know the batch).
+pub fn dead_letter_message(l: &DeadLetterRecord) -> pb::DeadLetter {
+    pb::DeadLetter {
+        batch_id: l.batch_id.clone(),
+        object_id: l.object.id.to_string(),
+        zone: l.object.zone.to_string(),
+        attempts: l.attempts,
+        error_fingerprint: fingerprint(&l.last_error),
+        last_error: l.last_error.clone(),
+        reason: failure_reason(l.kind) as i32,
+        dead_at: Some(timestamp(l.dead_at)),
+        object: Some(object_definition(&l.object)),
+        last_agent_id: l.last_agent_id.clone(),
+        blocked_descendant_count: 0,
+    }
+}
+
+/// A stored dead-letter message read back as a record; the error says what is missing or bad.
+pub fn dead_letter_record(l: pb::DeadLetter) -> Result<DeadLetterRecord, String> {
+    let object = l.object.ok_or("no object definition")?;
+    let object = object_defs(vec![object])
+        .map_err(|problems| {
+            problems
+                .iter()
+                .map(|p| p.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?
+        .pop()
+        .ok_or("no object definition")?;
+    Ok(DeadLetterRecord {
+        batch_id: l.batch_id,
+        object,
+        attempts: l.attempts,
+        last_error: l.last_error,
+        kind: failure_kind(l.reason),
+        dead_at: l
+            .dead_at
+            .as_ref()
+            .and_then(from_timestamp)
+            .ok_or("no dead_at time")?,
+        last_agent_id: l.last_agent_id,
+    })
+}
+
+/// A status change as its protobuf message.
+pub fn status_message(c: &StatusChange) -> pb::StatusChanged {
+    pb::StatusChanged {
+        batch_id: c.batch_id.clone(),
+        object_id: c.object_id.clone(),
+        zone: c.zone.to_string(),
+        from_state: object_state(c.from) as i32,
+        to_state: object_state(c.to) as i32,
+        batch_state: batch_state(c.batch_state) as i32,
+        previous_batch_state: 0,
+        attempt: c.attempt,
+        at: Some(timestamp(c.at)),
+        reason: String::new(),
+    }
+}
+
+/// An agent's result message as a report; `None` when it carries no outcome.
+pub fn agent_report(result: pb::ObjectResult) -> Option<AgentReport> {
+    let processed = |d: Option<prost_types::Duration>| d.and_then(|d| Duration::try_from(d).ok());
+    Some(match result.result? {
+        object_result::Result::Started(s) => AgentReport {
+            batch_id: s.batch_id,
+            object_id: s.object_id,
+            agent_id: s.agent_id,
+            attempt: s.attempt,
+            dispatch_epoch: s.dispatch_epoch,
+            outcome: ReportOutcome::Started,
+        },
+        object_result::Result::Loaded(l) => AgentReport {
+            batch_id: l.batch_id,
+            object_id: l.object_id,
+            agent_id: l.agent_id,
+            attempt: l.attempt,
+            dispatch_epoch: l.dispatch_epoch,
+            outcome: ReportOutcome::Loaded {
+                processed: processed(l.duration),
+            },
+        },
+        object_result::Result::Failed(f) => AgentReport {
+            batch_id: f.batch_id,
+            object_id: f.object_id,
+            agent_id: f.agent_id,
+            attempt: f.attempt,
+            dispatch_epoch: f.dispatch_epoch,
+            outcome: ReportOutcome::Failed {
+                processed: processed(f.duration),
+                retryable: f.retryable,
+                error: f.error,
+                kind: failure_kind(f.reason),
+            },
+        },
+    })
 }
 
 /// A time to proto.

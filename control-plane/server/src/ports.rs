@@ -15,8 +15,9 @@ use serde::{Deserialize, Serialize};
 use strata_core::Zone;
 use strata_core::agents::{Agent, RegistryChanges};
 use strata_core::machine::NodeRecord;
-use strata_proto::v1::{DeadLetter, ObjectReady, ObjectResult, StatusChanged};
 use tokio::sync::mpsc;
+
+use crate::records::{AgentReport, DeadLetterRecord, ReadyRecord, StatusChange};
 
 /// An I/O failure at the boundary.
 #[derive(Debug, thiserror::Error)]
@@ -81,9 +82,9 @@ pub struct Position {
 /// One record consumed from the results topic.
 #[derive(Debug)]
 pub struct ResultRecord {
-    /// The decoded payload, or why it could not be decoded (the record is then counted, logged
-    /// once with its position and skipped — never retried in a loop).
-    pub result: Result<ObjectResult, String>,
+    /// The decoded report, or why the record could not be decoded (the record is then counted,
+    /// logged once with its position and skipped — never retried in a loop).
+    pub result: Result<AgentReport, String>,
     /// Where it came from.
     pub position: Position,
     /// The record's W3C `traceparent` header (the agent's span of the attempt), read only while
@@ -100,19 +101,19 @@ pub trait DataPlane: Send + Sync + 'static {
 
     /// Produces each Ready to its zone's ready topic, keyed by object id, and resolves when every
     /// delivery report is in (acks=all). Fails if any record was not delivered.
-    fn publish_ready(&self, ready: &[ObjectReady]) -> impl Future<Output = PortResult<()>> + Send;
+    fn publish_ready(&self, ready: &[ReadyRecord]) -> impl Future<Output = PortResult<()>> + Send;
 
     /// Produces dead letters to the dead-letter topic (keyed by object id); delivery awaited.
     fn publish_dead_letters(
         &self,
-        letters: Vec<DeadLetter>,
+        letters: Vec<DeadLetterRecord>,
     ) -> impl Future<Output = PortResult<()>> + Send;
 
     /// Produces status changes to the status topic (keyed by batch id) for external consumers.
     /// Best effort: delivery is awaited but a failure is only logged by the caller.
     fn publish_status(
         &self,
-        changes: Vec<StatusChanged>,
+        changes: Vec<StatusChange>,
     ) -> impl Future<Output = PortResult<()>> + Send;
 
     /// Starts consuming the results topic; records arrive on the returned channel in partition
@@ -218,14 +219,14 @@ pub struct BatchWrite {
 }
 
 /// A dead letter as indexed for `ListDeadLetters`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StoredDeadLetter {
     /// Batch id.
     pub batch_id: String,
     /// Node index.
     pub node: u32,
-    /// The `DeadLetter` message, protobuf-encoded.
-    pub payload: Vec<u8>,
+    /// The dead letter.
+    pub letter: DeadLetterRecord,
     /// When, milliseconds since the epoch.
     pub dead_at_ms: i64,
 }

@@ -28,6 +28,7 @@
 
 use std::time::SystemTime;
 
+use crate::records::{AgentReport, ReportOutcome};
 use opentelemetry::trace::{
     Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceId,
     TraceState, Tracer as _,
@@ -38,7 +39,6 @@ use rustc_hash::FxHashMap;
 use sha2::{Digest as _, Sha256};
 use strata_core::machine::{NodeState, Outcome};
 use strata_core::model::NodeIx;
-use strata_proto::v1::{self as pb, object_result};
 use strata_runtime::otlp::{self, parse_traceparent, traceparent};
 
 /// The service name when `OTEL_SERVICE_NAME` does not say otherwise.
@@ -122,14 +122,11 @@ impl DriverTraces {
         zone: &str,
         attempt: u32,
         dispatch_epoch: u64,
-    ) -> pb::TraceContext {
+    ) -> String {
         let key = (batch_id.to_owned(), node);
         if let Some(open) = self.open.get(&key) {
             if open.attempt == attempt && open.dispatch_epoch == dispatch_epoch {
-                return pb::TraceContext {
-                    traceparent: open.traceparent.clone(),
-                    tracestate: String::new(),
-                };
+                return open.traceparent.clone();
             }
             if let Some(mut old) = self.open.remove(&key) {
                 old.span
@@ -160,10 +157,7 @@ impl DriverTraces {
                 span,
             },
         );
-        pb::TraceContext {
-            traceparent,
-            tracestate: String::new(),
-        }
+        traceparent
     }
 
     /// A node changed state: its attempt span notes the start, or ends when the attempt is over
@@ -204,38 +198,18 @@ impl DriverTraces {
     }
 
     /// Starts the `apply_result` span of a consumed result whose record carries `traceparent`.
-    pub fn result_consumed(&self, traceparent: &str, result: &pb::ObjectResult) -> Option<Span> {
+    pub fn result_consumed(&self, traceparent: &str, report: &AgentReport) -> Option<Span> {
         let parent = Context::new().with_remote_span_context(parse_traceparent(traceparent)?);
-        let (kind, batch_id, object_id, attempt, epoch, agent) = match result.result.as_ref()? {
-            object_result::Result::Started(s) => (
-                "started",
-                &s.batch_id,
-                &s.object_id,
-                s.attempt,
-                s.dispatch_epoch,
-                &s.agent_id,
-            ),
-            object_result::Result::Loaded(l) => (
-                "loaded",
-                &l.batch_id,
-                &l.object_id,
-                l.attempt,
-                l.dispatch_epoch,
-                &l.agent_id,
-            ),
-            object_result::Result::Failed(f) => (
-                if f.retryable {
-                    "failed_retryable"
-                } else {
-                    "failed_permanent"
-                },
-                &f.batch_id,
-                &f.object_id,
-                f.attempt,
-                f.dispatch_epoch,
-                &f.agent_id,
-            ),
+        let kind = match &report.outcome {
+            ReportOutcome::Started => "started",
+            ReportOutcome::Loaded { .. } => "loaded",
+            ReportOutcome::Failed {
+                retryable: true, ..
+            } => "failed_retryable",
+            ReportOutcome::Failed { .. } => "failed_permanent",
         };
+        let (batch_id, object_id, agent) = (&report.batch_id, &report.object_id, &report.agent_id);
+        let (attempt, epoch) = (report.attempt, report.dispatch_epoch);
         Some(
             self.tracer
                 .span_builder("apply_result")

@@ -13,13 +13,13 @@ use chrono::DateTime;
 use proptest::prelude::*;
 use prost::Message;
 use strata_control_plane::adapters::kafka::decode_result;
-use strata_control_plane::convert::object_defs;
+use strata_control_plane::convert::{self, object_defs};
 use strata_control_plane::fuzzing::{
     BATCH_HASH_FIELDS, decode_batch_hash, decode_cursor, decode_record, decode_token,
     encode_cursor, encode_record, encode_token, parse_dead_member, parse_retry_member, parse_score,
     retry_member,
 };
-use strata_core::machine::{DeadReason, NodeRecord, NodeState};
+use strata_core::machine::{DeadReason, FailureKind, NodeRecord, NodeState};
 use strata_core::{ObjectId, Zone};
 use strata_proto::kafka as wire;
 use strata_proto::v1 as pb;
@@ -130,11 +130,9 @@ fn type_header() -> impl Strategy<Value = Option<Vec<u8>>> {
 fn check_result(header: Option<&[u8]>, payload: Option<&[u8]>) -> Result<(), TestCaseError> {
     match decode_result(header, payload) {
         Ok(r) => {
-            prop_assert!(r.result.is_some());
-            prop_assert_eq!(
-                pb::ObjectResult::decode(r.encode_to_vec().as_slice()),
-                Ok(r)
-            );
+            // Exactly what the protobuf message says, as a report.
+            let message = pb::ObjectResult::decode(payload.unwrap_or_default());
+            prop_assert_eq!(message.ok().and_then(convert::agent_report), Some(r));
         }
         Err(reason) => prop_assert!(!reason.is_empty()),
     }
@@ -150,6 +148,17 @@ fn node_record() -> impl Strategy<Value = NodeRecord> {
             DeadReason::CoalescedFailed,
         ][..],
     );
+    let kind = prop::sample::select(
+        &[
+            FailureKind::Processor,
+            FailureKind::Timeout,
+            FailureKind::AgentLost,
+            FailureKind::Drained,
+            FailureKind::InvalidInput,
+            FailureKind::Preflight,
+            FailureKind::Coalesced,
+        ][..],
+    );
     let due = (-100_000_000_000i64..100_000_000_000, 0u32..1_000_000_000)
         .prop_map(|(s, n)| DateTime::from_timestamp(s, n).expect("in range"));
     (
@@ -158,17 +167,28 @@ fn node_record() -> impl Strategy<Value = NodeRecord> {
         any::<u32>(),
         any::<u64>(),
         prop::option::of(".{0,12}"),
+        prop::option::of(kind),
         prop::option::of(reason),
         prop::option::of(due),
     )
         .prop_map(
-            |(state, attempt, run_start, dispatch_epoch, last_error, dead_reason, retry_due)| {
+            |(
+                state,
+                attempt,
+                run_start,
+                dispatch_epoch,
+                last_error,
+                last_failure,
+                dead_reason,
+                retry_due,
+            )| {
                 NodeRecord {
                     state,
                     attempt,
                     run_start,
                     dispatch_epoch,
                     last_error,
+                    last_failure,
                     dead_reason,
                     retry_due,
                 }

@@ -47,7 +47,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
 use strata_core::Zone;
 use strata_proto::kafka as wire;
-use strata_proto::v1::{DeadLetter, ObjectReady, ObjectResult, StatusChanged};
+use strata_proto::v1::ObjectResult;
 use strata_runtime::detached::{Detached, NotDestroyed};
 use strata_runtime::kafka_config::{self, ClientSettings};
 use strata_runtime::kafka_logs::{self, LogLimiter, Logged};
@@ -56,7 +56,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, trace, warn};
 
+use crate::convert;
 use crate::ports::{DataPlane, PortError, PortResult, Position, ResultRecord};
+use crate::records::{AgentReport, DeadLetterRecord, ReadyRecord, StatusChange};
 
 const SERVICE: &str = "kafka";
 
@@ -234,7 +236,7 @@ pub fn results_consumer_config(settings: &KafkaSettings) -> ClientConfig {
 pub fn decode_result(
     type_header: Option<&[u8]>,
     payload: Option<&[u8]>,
-) -> Result<ObjectResult, String> {
+) -> Result<AgentReport, String> {
     match type_header {
         None => return Err(format!("no {} header", wire::HEADER_TYPE)),
         Some(t) if t != wire::TYPE_OBJECT_RESULT.as_bytes() => {
@@ -253,10 +255,7 @@ pub fn decode_result(
     }
     let result =
         ObjectResult::decode(payload).map_err(|e| format!("value is not an ObjectResult: {e}"))?;
-    if result.result.is_none() {
-        return Err("ObjectResult with no outcome set".into());
-    }
-    Ok(result)
+    convert::agent_report(result).ok_or_else(|| "ObjectResult with no outcome set".into())
 }
 
 /// The value of the first header named `name`, if any.
@@ -776,36 +775,29 @@ impl DataPlane for KafkaDataPlane {
         Ok(created.len())
     }
 
-    async fn publish_ready(&self, ready: &[ObjectReady]) -> PortResult<()> {
+    async fn publish_ready(&self, ready: &[ReadyRecord]) -> PortResult<()> {
         let prefix = &self.settings.topic_prefix;
         let records = ready
             .iter()
-            .map(|r| {
-                let (traceparent, tracestate) = r
-                    .trace
-                    .as_ref()
-                    .map(|t| (t.traceparent.clone(), t.tracestate.clone()))
-                    .unwrap_or_default();
-                Outgoing {
-                    topic: ready_topic(prefix, &r.zone),
-                    key: r.object_id.clone(),
-                    value: r.encode_to_vec(),
-                    kind: wire::TYPE_OBJECT_READY,
-                    traceparent,
-                    tracestate,
-                }
+            .map(|r| Outgoing {
+                topic: ready_topic(prefix, r.object.zone.as_str()),
+                key: r.object.id.to_string(),
+                value: convert::ready_message(r).encode_to_vec(),
+                kind: wire::TYPE_OBJECT_READY,
+                traceparent: r.traceparent.clone().unwrap_or_default(),
+                tracestate: String::new(),
             })
             .collect();
         self.produce(records).await
     }
 
-    async fn publish_dead_letters(&self, letters: Vec<DeadLetter>) -> PortResult<()> {
+    async fn publish_dead_letters(&self, letters: Vec<DeadLetterRecord>) -> PortResult<()> {
         let records = letters
-            .into_iter()
+            .iter()
             .map(|l| Outgoing {
                 topic: self.dlq_topic.clone(),
-                key: l.object_id.clone(),
-                value: l.encode_to_vec(),
+                key: l.object.id.to_string(),
+                value: convert::dead_letter_message(l).encode_to_vec(),
                 kind: wire::TYPE_DEAD_LETTER,
                 traceparent: String::new(),
                 tracestate: String::new(),
@@ -814,13 +806,13 @@ impl DataPlane for KafkaDataPlane {
         self.produce(records).await
     }
 
-    async fn publish_status(&self, changes: Vec<StatusChanged>) -> PortResult<()> {
+    async fn publish_status(&self, changes: Vec<StatusChange>) -> PortResult<()> {
         let records = changes
-            .into_iter()
+            .iter()
             .map(|c| Outgoing {
                 topic: self.status_topic.clone(),
                 key: c.batch_id.clone(),
-                value: c.encode_to_vec(),
+                value: convert::status_message(c).encode_to_vec(),
                 kind: wire::TYPE_STATUS_CHANGED,
                 traceparent: String::new(),
                 tracestate: String::new(),
@@ -1057,7 +1049,17 @@ mod tests {
     fn a_valid_result_decodes() {
         let bytes = loaded().encode_to_vec();
         let decoded = decode_result(Some(wire::TYPE_OBJECT_RESULT.as_bytes()), Some(&bytes));
-        assert_eq!(decoded, Ok(loaded()));
+        assert_eq!(
+            decoded,
+            Ok(AgentReport {
+                batch_id: "b1".into(),
+                object_id: "42".into(),
+                agent_id: String::new(),
+                attempt: 0,
+                dispatch_epoch: 0,
+                outcome: crate::records::ReportOutcome::Loaded { processed: None },
+            })
+        );
     }
 
     #[test]

@@ -15,10 +15,12 @@ use strata_core::machine::NodeRecord;
 use strata_proto::v1::{DeadLetter, ObjectReady, ObjectResult, StatusChanged};
 use tokio::sync::{broadcast, mpsc};
 
+use crate::convert;
 use crate::ports::{
     BatchHead, CreateOutcome, DataPlane, PortResult, Position, RestoredBatch, ResultRecord,
     RetryEntry, StateStore, StepWrite, StoredBatch, StoredDeadLetter,
 };
+use crate::records::{DeadLetterRecord, ReadyRecord, StatusChange};
 
 /// Capacity of the status and Ready broadcast channels (taps for tests and watchers; the Ready
 /// records agents consume are on the topics, which drop nothing) and of the driver's results
@@ -146,7 +148,8 @@ async fn forward_results(topic: Topic<ObjectResult>, tx: mpsc::Sender<ResultReco
             offset: r.offset,
         };
         let record = ResultRecord {
-            result: Ok(r.value),
+            result: convert::agent_report(r.value)
+                .ok_or_else(|| "ObjectResult with no outcome set".into()),
             position,
             traceparent: None,
         };
@@ -175,31 +178,31 @@ impl DataPlane for MemoryDataPlane {
         Ok(created)
     }
 
-    async fn publish_ready(&self, ready: &[ObjectReady]) -> PortResult<()> {
-        for r in ready.iter().cloned() {
-            let zone = Zone::parse(&r.zone)
-                .unwrap_or_else(|| Zone::default_for_layer(1).expect("layer 1 has a default zone"));
-            let tap = self.ready_tap(&zone);
+    async fn publish_ready(&self, ready: &[ReadyRecord]) -> PortResult<()> {
+        for record in ready {
+            let zone = &record.object.zone;
+            let r = convert::ready_message(record);
+            let tap = self.ready_tap(zone);
             if tap.receiver_count() > 0 {
                 let _ = tap.send(r.clone());
             }
             let key = r.batch_id.clone();
-            self.ready_topic(&zone).publish(key.as_bytes(), r);
+            self.ready_topic(zone).publish(key.as_bytes(), r);
         }
         Ok(())
     }
 
-    async fn publish_dead_letters(&self, letters: Vec<DeadLetter>) -> PortResult<()> {
+    async fn publish_dead_letters(&self, letters: Vec<DeadLetterRecord>) -> PortResult<()> {
         self.dead_letters
             .lock()
             .expect("dlq poisoned")
-            .extend(letters);
+            .extend(letters.iter().map(convert::dead_letter_message));
         Ok(())
     }
 
-    async fn publish_status(&self, changes: Vec<StatusChanged>) -> PortResult<()> {
-        for c in changes {
-            let _ = self.status.send(c);
+    async fn publish_status(&self, changes: Vec<StatusChange>) -> PortResult<()> {
+        for c in &changes {
+            let _ = self.status.send(convert::status_message(c));
         }
         Ok(())
     }

@@ -4,8 +4,9 @@
 use std::cmp::Reverse;
 
 use strata_core::coalesce::{Claim, Delivery, Settlement, Ticket};
-use strata_core::machine::{BatchState, Effect, Event, IgnoreReason, NodeState, Outcome};
-use strata_proto::v1::{self as pb};
+use strata_core::machine::{
+    BatchState, DeadReason, Effect, Event, FailureKind, IgnoreReason, NodeState, Outcome,
+};
 use tracing::{debug, info};
 
 use super::Driver;
@@ -14,8 +15,8 @@ use super::state::TransitionRecord;
 use super::state::WatchEvent;
 use super::state::in_flight;
 use super::step::Step;
-use crate::convert;
 use crate::ports::{DataPlane, RetryEntry, StateStore, StoredDeadLetter};
+use crate::records::{DeadLetterRecord, ReadyRecord, StatusChange};
 
 impl<D: DataPlane, S: StateStore> Driver<D, S> {
     /// Feeds one event to a batch's machine and absorbs its effects into the step, then tells
@@ -167,17 +168,15 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                         at: now,
                     });
                     let o = rt.plan.object(&rt.objects, node);
-                    step.status.push(pb::StatusChanged {
+                    step.status.push(StatusChange {
                         batch_id: batch_id.to_owned(),
                         object_id: o.id.to_string(),
-                        zone: o.zone.to_string(),
-                        from_state: convert::object_state(from) as i32,
-                        to_state: convert::object_state(to) as i32,
-                        batch_state: convert::batch_state(rt.machine.batch_state()) as i32,
-                        previous_batch_state: 0,
+                        zone: o.zone.clone(),
+                        from,
+                        to,
+                        batch_state: rt.machine.batch_state(),
                         attempt,
-                        at: Some(convert::timestamp(now)),
-                        reason: String::new(),
+                        at: now,
                     });
                     step.watch.push((
                         batch_id.to_owned(),
@@ -212,20 +211,15 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                             continue;
                         }
                     }
-                    step.ready.push(pb::ObjectReady {
+                    step.ready.push(ReadyRecord {
                         batch_id: batch_id.to_owned(),
-                        object_id: o.id.to_string(),
-                        zone: o.zone.to_string(),
+                        object: o.clone(),
                         attempt,
                         max_attempts: rt.machine.policy(node).max_attempts,
                         dispatch_epoch,
-                        object: Some(convert::object_definition(o)),
-                        released_at: Some(convert::timestamp(now)),
-                        execution_timeout: Some(convert::duration(execution_timeout(
-                            &self.settings,
-                            &o.zone,
-                        ))),
-                        trace: self.traces.as_mut().map(|t| {
+                        released_at: now,
+                        execution_timeout: execution_timeout(&self.settings, &o.zone),
+                        traceparent: self.traces.as_mut().map(|t| {
                             let (id, zone) = (o.id.as_str(), o.zone.as_str());
                             t.released(batch_id, node, id, zone, attempt, dispatch_epoch)
                         }),
@@ -255,31 +249,34 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                     reason,
                 } => {
                     let o = rt.plan.object(&rt.objects, node);
-                    let error = last_error.unwrap_or_default();
-                    let letter = pb::DeadLetter {
+                    let kind = rt
+                        .machine
+                        .record(node)
+                        .and_then(|r| r.last_failure)
+                        .unwrap_or(match reason {
+                            DeadReason::Preflight => FailureKind::Preflight,
+                            _ => FailureKind::Processor,
+                        });
+                    let letter = DeadLetterRecord {
                         batch_id: batch_id.to_owned(),
-                        object_id: o.id.to_string(),
-                        zone: o.zone.to_string(),
+                        object: o.clone(),
                         attempts,
-                        error_fingerprint: convert::fingerprint(&error),
-                        last_error: error,
-                        reason: convert::failure_reason(reason) as i32,
-                        dead_at: Some(convert::timestamp(now)),
-                        object: Some(convert::object_definition(o)),
+                        last_error: last_error.unwrap_or_default(),
+                        kind,
+                        dead_at: now,
                         last_agent_id: rt.last_agent.get(&node).cloned().unwrap_or_default(),
-                        blocked_descendant_count: 0,
                     };
+                    // A resumed batch already produced its dead letters before the restart.
+                    if !resumed {
+                        self.settings.metrics.dead_letter(o.zone.as_str());
+                        step.dead.push(letter.clone());
+                    }
                     step.write.dead_letters.push(StoredDeadLetter {
                         batch_id: batch_id.to_owned(),
                         node,
-                        payload: prost::Message::encode_to_vec(&letter),
+                        letter,
                         dead_at_ms: now.timestamp_millis(),
                     });
-                    // A resumed batch already produced its dead letters before the restart.
-                    if !resumed {
-                        self.settings.metrics.dead_letter(&letter.zone);
-                        step.dead.push(letter);
-                    }
                 }
                 Effect::BatchFinished { state } => {
                     self.settings

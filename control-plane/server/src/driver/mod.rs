@@ -58,10 +58,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use strata_core::agents::Registry;
 use strata_core::coalesce::Coalescer;
-use strata_proto::v1::{self as pb};
 use tokio::sync::mpsc;
 
 use crate::ports::{DataPlane, StateStore};
+use crate::records::{ReadyRecord, StatusChange};
 use handle::Command;
 use publish::Published;
 use timers::Deadline;
@@ -84,7 +84,7 @@ pub struct Driver<D, S> {
     state: DriverState,
     commands: mpsc::Receiver<Command>,
     /// Ready records not yet delivered (the broker was down or a topic was missing).
-    undelivered: Vec<pb::ObjectReady>,
+    undelivered: Vec<ReadyRecord>,
     /// When the undelivered records are tried next, and the wait after a failure (doubling from
     /// the tick to 5 s, reset by a delivery).
     redeliver_at: tokio::time::Instant,
@@ -97,7 +97,7 @@ pub struct Driver<D, S> {
     published_rx: Option<mpsc::UnboundedReceiver<Published>>,
     /// Status changes for the status topic, produced in order by a task of their own (best
     /// effort: dropped and counted when it falls [`STATUS_BACKLOG`] steps behind).
-    status_tx: Option<mpsc::Sender<Vec<pb::StatusChanged>>>,
+    status_tx: Option<mpsc::Sender<Vec<StatusChange>>>,
     /// Execution deadlines of RUNNING attempts, earliest first: (when, batch, node, attempt,
     /// dispatch epoch). Entries whose attempt ended are dropped when they come up.
     deadlines: BinaryHeap<Reverse<Deadline>>,

@@ -4,9 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use strata_core::Zone;
 use strata_core::machine::{Effect, NodeState};
-use strata_core::{ObjectId, Zone};
-use strata_proto::v1::{self as pb};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -14,6 +13,7 @@ use super::Driver;
 use super::STATUS_BACKLOG;
 use super::step::Step;
 use crate::ports::{DataPlane, PortError, StateStore};
+use crate::records::{ReadyRecord, StatusChange};
 
 impl<D: DataPlane, S: StateStore> Driver<D, S> {
     /// Hands a step's Ready records to the producer and moves on: the delivery reports are
@@ -22,7 +22,7 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
     /// (release latency, measured when the records are handed to the producer).
     pub(super) async fn publish_ready(
         &mut self,
-        ready: Vec<pb::ObjectReady>,
+        ready: Vec<ReadyRecord>,
         consumed_at: Option<Instant>,
     ) {
         let Ok(permit) = self.publishing.clone().acquire_owned().await else {
@@ -39,7 +39,7 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                 Err(e) => {
                     // Make sure the topics exist before the records are tried again.
                     let mut all = zones;
-                    all.extend(ready.iter().filter_map(|r| Zone::parse(&r.zone)));
+                    all.extend(ready.iter().map(|r| r.object.zone.clone()));
                     all.sort();
                     all.dedup();
                     if let Err(e) = data.ensure_topics(&all).await {
@@ -70,7 +70,9 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
             None => {
                 self.state.counters.ready_published += n;
                 for r in &report.ready {
-                    self.settings.metrics.ready_published(&r.zone, 1);
+                    self.settings
+                        .metrics
+                        .ready_published(r.object.zone.as_str(), 1);
                 }
                 self.redeliver_backoff = Duration::ZERO;
             }
@@ -82,11 +84,10 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                 self.redeliver_at = tokio::time::Instant::now() + self.redeliver_backoff;
                 warn!(error = %e, records = n, retry_in = ?self.redeliver_backoff, "ready records not delivered; publishing them again");
                 // Those still READY with the same attempt: the rest moved on meanwhile.
-                let still_ready = |r: &pb::ObjectReady| {
+                let still_ready = |r: &ReadyRecord| {
                     self.state.batches.get(&r.batch_id).is_some_and(|rt| {
-                        ObjectId::parse(&r.object_id)
-                            .ok()
-                            .and_then(|id| rt.node_of.get(&id))
+                        rt.node_of
+                            .get(&r.object.id)
                             .and_then(|n| rt.machine.record(*n))
                             .is_some_and(|rec| {
                                 rec.state == NodeState::Ready
@@ -95,7 +96,7 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                             })
                     })
                 };
-                let again: Vec<pb::ObjectReady> = report
+                let again: Vec<ReadyRecord> = report
                     .ready
                     .into_iter()
                     .filter(|r| still_ready(r))
@@ -162,7 +163,7 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
 #[derive(Debug)]
 pub(super) struct Published {
     /// The records.
-    pub(super) ready: Vec<pb::ObjectReady>,
+    pub(super) ready: Vec<ReadyRecord>,
     /// Release latency of the step (when the results were consumed → handed to the producer).
     pub(super) latency: Option<Duration>,
     /// Why they were not (all) delivered.
@@ -173,11 +174,8 @@ pub(super) struct Published {
 /// logged). It ends when the sender is dropped and what it was handed is produced.
 pub(super) fn publish_status_in_order<D: DataPlane>(
     data: Arc<D>,
-) -> (
-    mpsc::Sender<Vec<pb::StatusChanged>>,
-    tokio::task::JoinHandle<()>,
-) {
-    let (tx, mut rx) = mpsc::channel::<Vec<pb::StatusChanged>>(STATUS_BACKLOG);
+) -> (mpsc::Sender<Vec<StatusChange>>, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<Vec<StatusChange>>(STATUS_BACKLOG);
     let task = tokio::spawn(async move {
         while let Some(mut changes) = rx.recv().await {
             // Whatever else is queued goes in the same produce call.

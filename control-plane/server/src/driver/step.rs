@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use strata_core::coalesce::Delivery;
 use strata_core::model::NodeIx;
-use strata_proto::v1::{self as pb};
 use tracing::{debug, warn};
 
 use super::Driver;
@@ -16,14 +15,15 @@ use super::state::WatchEvent;
 use super::state::head_of;
 use crate::metrics::Metrics;
 use crate::ports::{BatchWrite, DataPlane, PortError, Position, StateStore, StepWrite};
+use crate::records::{DeadLetterRecord, ReadyRecord, StatusChange};
 
 /// Per-step accumulation of effects.
 #[derive(Default)]
 pub(super) struct Step {
     pub(super) write: StepWrite,
-    pub(super) ready: Vec<pb::ObjectReady>,
-    pub(super) dead: Vec<pb::DeadLetter>,
-    pub(super) status: Vec<pb::StatusChanged>,
+    pub(super) ready: Vec<ReadyRecord>,
+    pub(super) dead: Vec<DeadLetterRecord>,
+    pub(super) status: Vec<StatusChange>,
     pub(super) watch: Vec<(String, WatchEvent)>,
     /// Changed nodes per batch (deduplicated at flush).
     pub(super) changed: BTreeMap<String, Vec<NodeIx>>,
@@ -77,7 +77,7 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
         if !step.ready.is_empty() {
             let mut ready = std::mem::take(&mut step.ready);
             // Higher priority first among the objects released together.
-            ready.sort_by_key(|r| std::cmp::Reverse(r.object.as_ref().map_or(0, |o| o.priority)));
+            ready.sort_by_key(|r| std::cmp::Reverse(r.object.priority));
             self.publish_ready(ready, step.consumed_at).await;
         }
         if !step.dead.is_empty()

@@ -7,7 +7,7 @@ use strata_core::machine::{BatchState, Event, NodeState, Outcome};
 use strata_core::model::NodeIx;
 use strata_proto::v1::{self as pb};
 use tokio::sync::broadcast;
-use tracing::{info, instrument, warn};
+use tracing::{info, instrument};
 
 use super::MAX_STORE_PAGES;
 use super::OrchestratorService;
@@ -15,6 +15,7 @@ use super::validate::object_id;
 use super::validate::optional_zone;
 use super::validate::required;
 use super::wire;
+use crate::convert;
 use crate::driver::WatchEvent;
 use crate::error::ServiceError;
 use crate::ports::StateStore;
@@ -36,22 +37,14 @@ impl<S: StateStore> OrchestratorService<S> {
                 .list_dead_letters(batch_filter.clone(), cursor.clone(), size - letters.len())
                 .await?;
             cursor = next;
-            let mut decoded = Vec::with_capacity(page.len());
-            for stored in page {
-                match <pb::DeadLetter as prost::Message>::decode(stored.payload.as_slice()) {
-                    Ok(l) => {
-                        if zone.as_ref().is_none_or(|z| z.as_str() == l.zone) {
-                            decoded.push((stored.node, l));
-                        }
-                    }
-                    Err(e) => warn!(
-                        batch_id = %stored.batch_id,
-                        node = stored.node,
-                        error = %e,
-                        "stored dead letter undecodable; skipped"
-                    ),
-                }
-            }
+            let decoded: Vec<(NodeIx, pb::DeadLetter)> = page
+                .into_iter()
+                .filter(|stored| {
+                    zone.as_ref()
+                        .is_none_or(|z| *z == stored.letter.object.zone)
+                })
+                .map(|stored| (stored.node, convert::dead_letter_message(&stored.letter)))
+                .collect();
             // Replayed objects are no longer dead: only letters of objects still DEAD (or of
             // batches this process does not drive) are listed, with their blocked descendants.
             let kept: Vec<pb::DeadLetter> = self

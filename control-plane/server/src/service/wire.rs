@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rustc_hash::FxHashMap;
-use strata_core::machine::{BatchState, DeadReason, InitialDisposition, NodeRecord, NodeState};
+use strata_core::machine::{
+    BatchState, DeadReason, FailureKind, InitialDisposition, NodeRecord, NodeState,
+};
 use strata_core::model::NodeIx;
 use strata_core::planner::Plan;
 use strata_core::retry::RetryPolicy;
@@ -592,24 +594,11 @@ pub(crate) fn attempt_records(rt: &BatchRuntime, node: NodeIx) -> Vec<pb::Attemp
                 Some(DeadReason::RetriesExhausted) => a.retryable = true,
                 _ => {}
             }
-            a.reason = failure_reason_of(&a.error) as i32;
+            a.reason =
+                convert::failure_reason(rec.last_failure.unwrap_or(FailureKind::Processor)) as i32;
         }
     }
     out
-}
-
-/// The class of a failure, as far as the error text tells (lost attempts are named by the
-/// machine: `attempt 2 lost: timeout`).
-fn failure_reason_of(error: &str) -> pb::FailureReason {
-    if error.contains(" lost: timeout") {
-        pb::FailureReason::Timeout
-    } else if error.contains(" lost: agent_lost") {
-        pb::FailureReason::AgentLost
-    } else if error.contains(" lost: drained") {
-        pb::FailureReason::Drained
-    } else {
-        pb::FailureReason::Processor
-    }
 }
 
 /// The full status of one node.

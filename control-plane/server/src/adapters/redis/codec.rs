@@ -8,11 +8,14 @@
 //! tag        1 byte   bits 0-3: state (0 PENDING, 1 READY, 2 RUNNING, 3 RETRY_WAIT, 4 LOADED,
 //!                     5 SKIPPED_FRESH, 6 DEAD, 7 UPSTREAM_FAILED, 8 CANCELLED)
 //!                     bit 4: last_error present, bit 5: dead_reason present,
-//!                     bit 6: retry_due present, bit 7: reserved (0; a future format sets it)
+//!                     bit 6: retry_due present, bit 7: failure kind present (records written
+//!                     before kinds were kept have it clear)
 //! attempt    LEB128 varint (u32)
 //! run_start  LEB128 varint (u32)
 //! epoch      LEB128 varint (u64)
 //! [reason]   1 byte (0 permanent, 1 retries_exhausted, 2 preflight, 3 coalesced_failed)
+//! [kind]     1 byte (0 processor, 1 timeout, 2 agent_lost, 3 drained, 4 invalid_input,
+//!                     5 preflight, 6 coalesced)
 //! [due]      zigzag LEB128 seconds since the epoch, then LEB128 nanoseconds (exact round trip)
 //! [error]    the rest: UTF-8 bytes of last_error
 //! ```
@@ -22,13 +25,14 @@
 use std::collections::HashMap;
 
 use chrono::DateTime;
-use strata_core::machine::{DeadReason, NodeRecord, NodeState};
+use strata_core::machine::{DeadReason, FailureKind, NodeRecord, NodeState};
 
 use crate::ports::{BatchHead, StoredBatch};
 
 const HAS_ERROR: u8 = 1 << 4;
 const HAS_REASON: u8 = 1 << 5;
 const HAS_DUE: u8 = 1 << 6;
+const HAS_KIND: u8 = 1 << 7;
 const STATE_MASK: u8 = 0x0f;
 
 /// Appends the compact encoding of `r` to `out`.
@@ -43,12 +47,18 @@ pub(crate) fn encode_record(r: &NodeRecord, out: &mut Vec<u8>) {
     if r.retry_due.is_some() {
         tag |= HAS_DUE;
     }
+    if r.last_failure.is_some() {
+        tag |= HAS_KIND;
+    }
     out.push(tag);
     put_varint(out, u64::from(r.attempt));
     put_varint(out, u64::from(r.run_start));
     put_varint(out, r.dispatch_epoch);
     if let Some(reason) = r.dead_reason {
         out.push(reason_code(reason));
+    }
+    if let Some(kind) = r.last_failure {
+        out.push(kind_code(kind));
     }
     if let Some(due) = r.retry_due {
         put_varint(out, zigzag(due.timestamp()));
@@ -63,15 +73,17 @@ pub(crate) fn encode_record(r: &NodeRecord, out: &mut Vec<u8>) {
 pub(crate) fn decode_record(bytes: &[u8]) -> Result<NodeRecord, String> {
     let mut r = Reader { bytes, pos: 0 };
     let tag = r.byte("tag")?;
-    if tag & 0x80 != 0 {
-        return Err(format!("unknown record format (tag {tag:#04x})"));
-    }
     let state = state_of(tag & STATE_MASK)?;
     let attempt = u32::try_from(r.varint("attempt")?).map_err(|_| "attempt out of range")?;
     let run_start = u32::try_from(r.varint("run_start")?).map_err(|_| "run_start out of range")?;
     let dispatch_epoch = r.varint("dispatch_epoch")?;
     let dead_reason = if tag & HAS_REASON != 0 {
         Some(reason_of(r.byte("dead_reason")?)?)
+    } else {
+        None
+    };
+    let last_failure = if tag & HAS_KIND != 0 {
+        Some(kind_of(r.byte("failure kind")?)?)
     } else {
         None
     };
@@ -104,9 +116,31 @@ pub(crate) fn decode_record(bytes: &[u8]) -> Result<NodeRecord, String> {
         run_start,
         dispatch_epoch,
         last_error,
+        last_failure,
         dead_reason,
         retry_due,
     })
+}
+
+const KINDS: [FailureKind; 7] = [
+    FailureKind::Processor,
+    FailureKind::Timeout,
+    FailureKind::AgentLost,
+    FailureKind::Drained,
+    FailureKind::InvalidInput,
+    FailureKind::Preflight,
+    FailureKind::Coalesced,
+];
+
+fn kind_code(kind: FailureKind) -> u8 {
+    KINDS.iter().position(|k| *k == kind).unwrap_or(0) as u8
+}
+
+fn kind_of(code: u8) -> Result<FailureKind, String> {
+    KINDS
+        .get(usize::from(code))
+        .copied()
+        .ok_or_else(|| format!("unknown failure kind {code}"))
 }
 
 fn state_code(s: NodeState) -> u8 {
@@ -334,6 +368,7 @@ mod tests {
             run_start: 0,
             dispatch_epoch: 0,
             last_error: None,
+            last_failure: None,
             dead_reason: None,
             retry_due: None,
         }
@@ -357,6 +392,7 @@ mod tests {
             run_start: u32::MAX - 1,
             dispatch_epoch: u64::MAX,
             last_error: Some("boom: ünïcode, \n newlines and : colons".into()),
+            last_failure: Some(FailureKind::Coalesced),
             dead_reason: Some(DeadReason::CoalescedFailed),
             retry_due: Some(Utc.timestamp_opt(1_700_000_000, 123_456_789).unwrap()),
         };
@@ -372,6 +408,17 @@ mod tests {
                 ..full.clone()
             });
         }
+        for kind in KINDS {
+            round_trip(&NodeRecord {
+                last_failure: Some(kind),
+                ..full.clone()
+            });
+        }
+        // A record written before failure kinds were kept.
+        round_trip(&NodeRecord {
+            last_failure: None,
+            ..full.clone()
+        });
         // Before the epoch, and an empty error (distinct from no error).
         round_trip(&NodeRecord {
             state: NodeState::RetryWait,
@@ -415,7 +462,11 @@ mod tests {
         trailing.push(0);
         assert!(decode_record(&trailing).is_err());
         assert!(decode_record(&[9, 0, 0, 0]).is_err(), "unknown state");
-        assert!(decode_record(&[0x80, 0, 0, 0]).is_err(), "reserved bit");
+        assert!(decode_record(&[HAS_KIND, 0, 0, 0]).is_err(), "kind missing");
+        assert!(
+            decode_record(&[HAS_KIND, 0, 0, 0, 7]).is_err(),
+            "unknown kind"
+        );
         assert!(decode_record(&[HAS_REASON | 6, 0, 0, 0, 4]).is_err());
         assert!(
             decode_record(&[HAS_ERROR | 6, 0, 0, 0, 0xff]).is_err(),

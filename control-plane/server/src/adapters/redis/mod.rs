@@ -63,10 +63,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use prost::Message as _;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, ErrorKind, Pipeline, RedisError, ServerErrorKind, Value};
 use strata_core::agents::{Agent, RegistryChanges};
 use strata_core::machine::NodeRecord;
+use strata_proto::v1 as pb;
 use tracing::warn;
 
 use self::codec::{
@@ -74,6 +76,7 @@ use self::codec::{
     parse_dead_member, parse_retry_member, parse_score, retry_member,
 };
 use self::scripts::{Lua, SCRIPTS};
+use crate::convert;
 use crate::ports::{
     BatchHead, CreateOutcome, PortError, PortResult, RestoredBatch, RetryEntry, StateStore,
     StepWrite, StoredBatch, StoredDeadLetter,
@@ -445,11 +448,12 @@ impl StateStore for RedisStore {
         let mut size = 0;
         cmd.arg(step.dead_letters.len());
         for d in &step.dead_letters {
+            let payload = convert::dead_letter_message(&d.letter).encode_to_vec();
+            size += payload.len() + 3 * ITEM_COST;
             cmd.arg(&d.batch_id)
                 .arg(d.node)
                 .arg(d.dead_at_ms)
-                .arg(&d.payload[..]);
-            size += d.payload.len() + 3 * ITEM_COST;
+                .arg(payload);
         }
         cmd.arg(step.schedule.len());
         for r in &step.schedule {
@@ -613,12 +617,23 @@ impl StateStore for RedisStore {
                 },
             };
             let what = || format!("dead-letter index entry {member:?}");
-            letters.push(StoredDeadLetter {
-                node: node.map_err(|d| corrupt(what(), d))?,
-                batch_id,
-                payload,
-                dead_at_ms: parse_score(&score).map_err(|d| corrupt(what(), d))?,
-            });
+            let node = node.map_err(|d| corrupt(what(), d))?;
+            let dead_at_ms = parse_score(&score).map_err(|d| corrupt(what(), d))?;
+            let letter = pb::DeadLetter::decode(payload.as_slice())
+                .map_err(|e| e.to_string())
+                .and_then(convert::dead_letter_record);
+            match letter {
+                Ok(letter) => letters.push(StoredDeadLetter {
+                    batch_id,
+                    node,
+                    letter,
+                    dead_at_ms,
+                }),
+                // One bad letter does not hide the others.
+                Err(error) => {
+                    warn!(%batch_id, node, %error, "stored dead letter undecodable; skipped")
+                }
+            }
         }
         Ok((letters, next))
     }
