@@ -62,7 +62,7 @@ use strata_control_plane::run::driver_settings;
 use strata_control_plane::service::{ServiceSettings, grpc_services};
 use strata_core::agents::{Agent, RegistryChanges};
 use strata_core::machine::NodeRecord;
-use strata_core::{Zone, synth};
+use strata_core::{ObjectDef, Zone, synth};
 use strata_proto::kafka as wire;
 use strata_proto::v1::orchestrator_client::OrchestratorClient;
 use strata_proto::v1::{self as pb, submit_batch_stream_request::Chunk, watch_batch_response};
@@ -504,11 +504,12 @@ impl StateStore for TimedStore {
     async fn create_batch(
         &self,
         batch: &StoredBatch,
+        objects: &[ObjectDef],
         head: &BatchHead,
         nodes: &[(u32, NodeRecord)],
     ) -> PortResult<CreateOutcome> {
         let t = Instant::now();
-        let r = self.inner.create_batch(batch, head, nodes).await;
+        let r = self.inner.create_batch(batch, objects, head, nodes).await;
         self.calls.record("create_batch", t, nodes.len());
         r
     }
@@ -554,6 +555,17 @@ impl StateStore for TimedStore {
         let t = Instant::now();
         let r = self.inner.get_batch(batch_id).await;
         self.calls.record("get_batch", t, 0);
+        r
+    }
+
+    async fn batch_objects(&self, batch_id: &str) -> PortResult<Option<Vec<ObjectDef>>> {
+        let t = Instant::now();
+        let r = self.inner.batch_objects(batch_id).await;
+        self.calls.record(
+            "batch_objects",
+            t,
+            r.as_ref().map_or(0, |o| o.as_ref().map_or(0, Vec::len)),
+        );
         r
     }
 

@@ -10,16 +10,18 @@ use anyhow::{Context as _, ensure};
 use chrono::{TimeZone as _, Utc};
 use redis::aio::MultiplexedConnection;
 use strata_control_plane::adapters::redis::RedisStore;
-use strata_control_plane::batch::batch_id_for;
 use strata_control_plane::convert;
 use strata_control_plane::ports::{
     BatchHead, BatchWrite, CreateOutcome, PortError, RetryEntry, StateStore, StepWrite,
     StoredBatch, StoredDeadLetter,
 };
 use strata_control_plane::records::DeadLetterRecord;
+use strata_core::ObjectDef;
 use strata_core::Zone;
 use strata_core::agents::{HeldAttempt, Registration, Registry};
-use strata_core::machine::{DeadReason, FailureKind, NodeRecord, NodeState};
+use strata_core::machine::{BatchState, DeadReason, FailureKind, NodeRecord, NodeState};
+use strata_core::submission::BatchOptions;
+use strata_core::submission::batch_id_for;
 use strata_proto::v1 as pb;
 use strata_tests::{RedisServer, within};
 
@@ -90,22 +92,46 @@ fn stored(key: &str, created_at_ms: i64, objects: &str) -> StoredBatch {
         idempotency_key: key.into(),
         content_hash: format!("hash-of-{objects}"),
         created_at_ms,
-        options: serde_json::json!({"force": false, "labels": {"team": "ops"}}),
-        objects_json: objects.as_bytes().to_vec(),
+        options: BatchOptions {
+            force: true,
+            labels: [("team".to_owned(), "ops".to_owned())].into(),
+            ..BatchOptions::default()
+        },
     }
+}
+
+/// `n` objects of the raw zone, each a child of the one before, with every field set.
+fn objects(n: u32) -> Vec<ObjectDef> {
+    let defs = (0..n)
+        .map(|i| pb::ObjectDefinition {
+            id: (100_000 + i).to_string(),
+            name: format!("warehouse.sales.object_{i:06}"),
+            zone: "raw".into(),
+            parents: (i > 0)
+                .then(|| (100_000 + i - 1).to_string())
+                .into_iter()
+                .collect(),
+            frequency: "0 3 * * *".into(),
+            enabled: Some(true),
+            priority: i as i32 % 3,
+            attributes: [("path".to_owned(), format!("/data/{i}"))].into(),
+            ..Default::default()
+        })
+        .collect();
+    convert::object_defs(defs).expect("valid objects")
 }
 
 fn running(next_epoch: u64) -> BatchHead {
     BatchHead {
-        state: "RUNNING".into(),
+        state: BatchState::Running,
         next_epoch,
         finished_at_ms: None,
     }
 }
 
-fn finished(state: &str, next_epoch: u64) -> BatchHead {
+fn finished(state: BatchState, next_epoch: u64) -> BatchHead {
     BatchHead {
-        state: state.into(),
+        state,
         next_epoch,
         finished_at_ms: Some(1_700_000_999_000),
     }
@@ -114,10 +140,16 @@ fn finished(state: &str, next_epoch: u64) -> BatchHead {
 async fn create(
     store: &RedisStore,
     batch: &StoredBatch,
+    objects: &[ObjectDef],
     head: &BatchHead,
     nodes: &[(u32, NodeRecord)],
 ) -> anyhow::Result<CreateOutcome> {
-    Ok(within(STEP, "create batch", store.create_batch(batch, head, nodes)).await??)
+    Ok(within(
+        STEP,
+        "create batch",
+        store.create_batch(batch, objects, head, nodes),
+    )
+    .await??)
 }
 
 async fn apply(store: &RedisStore, step: &StepWrite) -> anyhow::Result<()> {
@@ -170,18 +202,30 @@ async fn created_batch_is_restored_with_its_records() -> anyhow::Result<()> {
         ),
     ];
     assert_eq!(
-        create(&store, &batch, &running(10), &nodes).await?,
+        create(&store, &batch, &objects(2), &running(10), &nodes).await?,
         CreateOutcome::Created
     );
 
     let active = within(STEP, "load active", store.load_active()).await??;
     assert_eq!(active.len(), 1);
     assert_eq!(active[0].batch, batch);
+    assert_eq!(active[0].objects, objects(2));
     assert_eq!(active[0].head, running(10));
     assert_eq!(active[0].nodes, nodes);
 
     let got = within(STEP, "get batch", store.get_batch(&batch.batch_id)).await??;
     assert_eq!(got, Some((batch.clone(), running(10))));
+    let got = within(STEP, "objects", store.batch_objects(&batch.batch_id)).await??;
+    assert_eq!(got, Some(objects(2)));
+    assert_eq!(
+        within(
+            STEP,
+            "objects of an unknown batch",
+            store.batch_objects("b-nope")
+        )
+        .await??,
+        None
+    );
     assert_eq!(
         within(STEP, "get unknown batch", store.get_batch("b-nope")).await??,
         None
@@ -213,7 +257,7 @@ async fn same_idempotency_key_returns_the_original_and_overwrites_nothing() -> a
     let original = stored("submit-dup", 1_700_000_000_000, r#"[{"id":"first"}]"#);
     let nodes = vec![(0, record(NodeState::Ready, 1, 1))];
     assert_eq!(
-        create(&store, &original, &running(2), &nodes).await?,
+        create(&store, &original, &objects(2), &running(2), &nodes).await?,
         CreateOutcome::Created
     );
 
@@ -221,7 +265,6 @@ async fn same_idempotency_key_returns_the_original_and_overwrites_nothing() -> a
     let other = StoredBatch {
         content_hash: "another-hash".into(),
         created_at_ms: original.created_at_ms + 5_000,
-        objects_json: br#"[{"id":"second"}]"#.to_vec(),
         ..original.clone()
     };
     let other_nodes = vec![
@@ -230,7 +273,14 @@ async fn same_idempotency_key_returns_the_original_and_overwrites_nothing() -> a
     ];
     let before = store.round_trips();
     assert_eq!(
-        create(&store, &other, &finished("SUCCEEDED", 3), &other_nodes).await?,
+        create(
+            &store,
+            &other,
+            &objects(3),
+            &finished(BatchState::Succeeded, 3),
+            &other_nodes
+        )
+        .await?,
         CreateOutcome::Existing {
             batch_id: original.batch_id.clone(),
             content_hash: original.content_hash.clone(),
@@ -241,12 +291,13 @@ async fn same_idempotency_key_returns_the_original_and_overwrites_nothing() -> a
     let active = within(STEP, "load active", store.load_active()).await??;
     assert_eq!(active.len(), 1);
     assert_eq!(active[0].batch, original, "definition overwritten");
+    assert_eq!(active[0].objects, objects(2), "objects overwritten");
     assert_eq!(active[0].head, running(2), "head overwritten");
     assert_eq!(active[0].nodes, nodes, "records overwritten");
 
     // Replaying the very same create (a retry after a lost reply) confirms it.
     assert_eq!(
-        create(&store, &original, &running(2), &nodes).await?,
+        create(&store, &original, &objects(2), &running(2), &nodes).await?,
         CreateOutcome::Created
     );
     let (ids, _) = within(STEP, "list batches", store.list_batches(None, 10)).await??;
@@ -262,6 +313,7 @@ async fn apply_updates_heads_and_records_and_a_finished_batch_expires() -> anyho
     create(
         &store,
         &a,
+        &objects(2),
         &running(2),
         &[(0, record(NodeState::Ready, 1, 1))],
     )
@@ -269,6 +321,7 @@ async fn apply_updates_heads_and_records_and_a_finished_batch_expires() -> anyho
     create(
         &store,
         &b,
+        &objects(2),
         &running(2),
         &[(0, record(NodeState::Ready, 1, 1))],
     )
@@ -288,7 +341,7 @@ async fn apply_updates_heads_and_records_and_a_finished_batch_expires() -> anyho
             },
             BatchWrite {
                 batch_id: b.batch_id.clone(),
-                head: finished("FAILED", 2),
+                head: finished(BatchState::Failed, 2),
                 nodes: vec![(0, dead(1, "permanent: bad input"))],
             },
         ],
@@ -317,7 +370,7 @@ async fn apply_updates_heads_and_records_and_a_finished_batch_expires() -> anyho
 
     // The finished batch stays queryable until its TTL, then goes; so do its dead letters.
     let got = within(STEP, "get finished batch", store.get_batch(&b.batch_id)).await??;
-    assert_eq!(got.map(|(_, h)| h), Some(finished("FAILED", 2)));
+    assert_eq!(got.map(|(_, h)| h), Some(finished(BatchState::Failed, 2)));
     let dlq = [
         format!("{PREFIX}batch:{}:dlq", b.batch_id),
         format!("{PREFIX}batch:{}:dlqidx", b.batch_id),
@@ -373,14 +426,14 @@ async fn expired_batch_disappears_from_listings_and_its_key_is_free_again() -> a
     let (_redis, store, mut con) = start(ttl).await?;
     let done = stored("short-lived", 1_700_000_000_000, "[x]");
     let kept = stored("kept", 1_700_000_000_500, "[y]");
-    create(&store, &done, &running(1), &[]).await?;
-    create(&store, &kept, &running(1), &[]).await?;
+    create(&store, &done, &objects(2), &running(1), &[]).await?;
+    create(&store, &kept, &objects(2), &running(1), &[]).await?;
     apply(
         &store,
         &StepWrite {
             batches: vec![BatchWrite {
                 batch_id: done.batch_id.clone(),
-                head: finished("FAILED", 2),
+                head: finished(BatchState::Failed, 2),
                 nodes: vec![(0, dead(1, "boom"))],
             }],
             dead_letters: vec![letter(&done.batch_id, 0, 1_700_000_001_000)],
@@ -424,7 +477,7 @@ async fn expired_batch_disappears_from_listings_and_its_key_is_free_again() -> a
 
     // The idempotency key expired with it: the same submission creates the batch again.
     assert_eq!(
-        create(&store, &done, &running(1), &[]).await?,
+        create(&store, &done, &objects(2), &running(1), &[]).await?,
         CreateOutcome::Created
     );
     Ok(())
@@ -682,8 +735,8 @@ async fn dead_letters_are_listed_newest_first_with_cursor_paging() -> anyhow::Re
     let (_redis, store, _con) = start(DAY).await?;
     let a = stored("dlq-a", 1, "[a]");
     let b = stored("dlq-b", 2, "[b]");
-    create(&store, &a, &running(1), &[]).await?;
-    create(&store, &b, &running(1), &[]).await?;
+    create(&store, &a, &objects(2), &running(1), &[]).await?;
+    create(&store, &b, &objects(2), &running(1), &[]).await?;
     // 25 letters, some sharing a time.
     let letters: Vec<StoredDeadLetter> = (0..25u32)
         .map(|i| {
@@ -761,7 +814,7 @@ async fn batches_are_listed_newest_first_with_cursor_paging() -> anyhow::Result<
     for i in 0..11i64 {
         // Two batches per millisecond: ties are paged exactly too.
         let b = stored(&format!("list-{i}"), 1_700_000_000_000 + i / 2, "[]");
-        create(&store, &b, &running(1), &[]).await?;
+        create(&store, &b, &objects(2), &running(1), &[]).await?;
         created.push(b);
     }
     let mut listed = Vec::new();
@@ -797,20 +850,9 @@ async fn batches_are_listed_newest_first_with_cursor_paging() -> anyhow::Result<
 async fn hundred_thousand_node_batch_round_trips() -> anyhow::Result<()> {
     let (_redis, store, mut con) = start(DAY).await?;
     const N: u32 = 100_000;
-    // ~15 MB of objects JSON, like a real 100k-object submission.
-    let objects: Vec<serde_json::Value> = (0..N)
-        .map(|i| {
-            serde_json::json!({
-                "id": format!("warehouse.sales.object_{i:06}"),
-                "layer": 1 + i % 4,
-                "parents": [format!("warehouse.sales.object_{:06}", i / 2)],
-                "frequency": "0 3 * * *",
-                "enabled": true,
-            })
-        })
-        .collect();
-    let mut batch = stored("big", 1_700_000_000_000, "");
-    batch.objects_json = serde_json::to_vec(&objects)?;
+    // Objects with every field set, like a real 100k-object submission.
+    let big = objects(N);
+    let batch = stored("big", 1_700_000_000_000, "");
     let nodes: Vec<(u32, NodeRecord)> = (0..N)
         .map(|i| {
             let r = match i % 5 {
@@ -825,7 +867,7 @@ async fn hundred_thousand_node_batch_round_trips() -> anyhow::Result<()> {
         .collect();
     let started = Instant::now();
     assert_eq!(
-        create(&store, &batch, &running(u64::from(N) + 1), &nodes).await?,
+        create(&store, &batch, &big, &running(u64::from(N) + 1), &nodes).await?,
         CreateOutcome::Created
     );
     let created = started.elapsed();
@@ -837,6 +879,7 @@ async fn hundred_thousand_node_batch_round_trips() -> anyhow::Result<()> {
     let load_trips = store.round_trips() - before;
     assert_eq!(active.len(), 1);
     assert_eq!(active[0].batch, batch);
+    assert_eq!(active[0].objects, big);
     assert_eq!(active[0].nodes, nodes);
 
     // A step that rewrites every node (a cancel) is still one round trip.
@@ -849,7 +892,7 @@ async fn hundred_thousand_node_batch_round_trips() -> anyhow::Result<()> {
         &StepWrite {
             batches: vec![BatchWrite {
                 batch_id: batch.batch_id.clone(),
-                head: finished("CANCELLED", u64::from(N) + 1),
+                head: finished(BatchState::Cancelled, u64::from(N) + 1),
                 nodes: cancelled,
             }],
             ..StepWrite::default()
@@ -877,10 +920,9 @@ async fn hundred_thousand_node_batch_round_trips() -> anyhow::Result<()> {
     .await??;
     eprintln!(
         "{N} nodes: create {created:?}, load_active {loaded:?} in {load_trips} round trips, \
-         node records {:.1} MB in redis ({} B/node), objects {:.1} MB",
+         node records {:.1} MB in redis ({} B/node)",
         memory as f64 / 1e6,
         memory / i64::from(N),
-        batch.objects_json.len() as f64 / 1e6,
     );
     ensure!(
         memory < 100 * i64::from(N),
@@ -906,7 +948,7 @@ async fn redis_down_is_retryable_and_the_store_recovers_after_a_restart() -> any
     let write = within(
         STEP,
         "create while down",
-        store.create_batch(&batch, &running(1), &[]),
+        store.create_batch(&batch, &objects(1), &running(1), &[]),
     )
     .await?;
     assert!(
@@ -923,7 +965,7 @@ async fn redis_down_is_retryable_and_the_store_recovers_after_a_restart() -> any
     // The new server has no scripts: the first call loads them again (2 more round trips).
     let before = store.round_trips();
     assert_eq!(
-        create(&store, &batch, &running(1), &[]).await?,
+        create(&store, &batch, &objects(2), &running(1), &[]).await?,
         CreateOutcome::Created
     );
     assert_eq!(store.round_trips() - before, 3);
@@ -948,7 +990,7 @@ async fn the_store_works_over_tls() -> anyhow::Result<()> {
     .await??;
     within(STEP, "ping", store.ping()).await??;
     let batch = stored("tls", 1_700_000_000_000, r#"[{"id":"1001"}]"#);
-    create(&store, &batch, &running(1), &[]).await?;
+    create(&store, &batch, &objects(2), &running(1), &[]).await?;
     let active = within(STEP, "load active", store.load_active()).await??;
     assert_eq!(active.len(), 1);
     assert_eq!(active[0].batch, batch);

@@ -18,6 +18,7 @@ pub mod model;
 pub mod planner;
 pub mod preflight;
 pub mod retry;
+pub mod submission;
 pub mod synth;
 
 pub use model::{Attributes, Dag, NodeIx, ObjectDef, ObjectId, Zone};

@@ -13,6 +13,7 @@ pub use redis::*;
 mod redis {
     use std::collections::HashMap;
 
+    use strata_core::ObjectDef;
     use strata_core::machine::NodeRecord;
 
     use crate::adapters::redis::codec;
@@ -43,9 +44,13 @@ mod redis {
     /// Rebuilds a batch's definition and head from its hash fields.
     pub fn decode_batch_hash(
         fields: &HashMap<Vec<u8>, Vec<u8>>,
-        objects_json: Vec<u8>,
     ) -> Result<(StoredBatch, BatchHead), String> {
-        codec::decode_batch_hash(fields, objects_json)
+        codec::decode_batch_hash(fields)
+    }
+
+    /// Decodes a batch's stored objects.
+    pub fn decode_objects(bytes: &[u8]) -> Result<Vec<ObjectDef>, String> {
+        codec::decode_objects(bytes)
     }
 
     /// A list cursor from its score and member.

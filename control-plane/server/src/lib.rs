@@ -10,7 +10,6 @@
 
 pub mod adapters;
 pub mod admin;
-pub mod batch;
 pub mod config;
 pub mod convert;
 pub mod driver;

@@ -12,9 +12,10 @@
 use std::future::Future;
 
 use serde::{Deserialize, Serialize};
-use strata_core::Zone;
 use strata_core::agents::{Agent, RegistryChanges};
-use strata_core::machine::NodeRecord;
+use strata_core::machine::{BatchState, NodeRecord};
+use strata_core::submission::BatchOptions;
+use strata_core::{ObjectDef, Zone};
 use tokio::sync::mpsc;
 
 use crate::records::{AgentReport, DeadLetterRecord, ReadyRecord, StatusChange};
@@ -136,9 +137,10 @@ pub trait DataPlane: Send + Sync + 'static {
     fn ping(&self, limit: std::time::Duration) -> impl Future<Output = PortResult<()>> + Send;
 }
 
-/// A batch as stored: what is needed to rebuild it after a restart (the objects are planned
-/// again, deterministically) and to answer queries about it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A batch's definition as stored: what is needed, with its objects, to plan it again after a
+/// restart (planning is deterministic) and to answer queries about it. How it is encoded is the
+/// store adapter's business.
+#[derive(Debug, Clone, PartialEq)]
 pub struct StoredBatch {
     /// The batch id.
     pub batch_id: String,
@@ -149,10 +151,8 @@ pub struct StoredBatch {
     pub content_hash: String,
     /// Milliseconds since the epoch.
     pub created_at_ms: i64,
-    /// The submission's options, as the driver needs them to plan again.
-    pub options: serde_json::Value,
-    /// The submitted objects, JSON-encoded (`Vec<ObjectDef>`).
-    pub objects_json: Vec<u8>,
+    /// The submission's options, with the retry policies resolved at submission.
+    pub options: BatchOptions,
 }
 
 /// What [`StateStore::create_batch`] found.
@@ -170,10 +170,10 @@ pub enum CreateOutcome {
 }
 
 /// The mutable head of a batch: its state and counters, written with every step.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchHead {
-    /// `RUNNING`, `SUCCEEDED`, `FAILED`, `CANCELLED` (as `BatchState::as_str`).
-    pub state: String,
+    /// Its state.
+    pub state: BatchState,
     /// The next dispatch epoch the machine will hand out.
     pub next_epoch: u64,
     /// Milliseconds since the epoch when it became terminal.
@@ -236,6 +236,8 @@ pub struct StoredDeadLetter {
 pub struct RestoredBatch {
     /// Its definition.
     pub batch: StoredBatch,
+    /// Its objects, as submitted.
+    pub objects: Vec<ObjectDef>,
     /// Its head.
     pub head: BatchHead,
     /// Every persisted node record (nodes never written are `PENDING`).
@@ -249,6 +251,7 @@ pub trait StateStore: Send + Sync + 'static {
     fn create_batch(
         &self,
         batch: &StoredBatch,
+        objects: &[ObjectDef],
         head: &BatchHead,
         nodes: &[(u32, NodeRecord)],
     ) -> impl Future<Output = PortResult<CreateOutcome>> + Send;
@@ -275,11 +278,17 @@ pub trait StateStore: Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = PortResult<(Vec<String>, Option<String>)>> + Send;
 
-    /// A batch's definition and head, if it exists.
+    /// A batch's definition and head, if it exists (its objects are not read).
     fn get_batch(
         &self,
         batch_id: &str,
     ) -> impl Future<Output = PortResult<Option<(StoredBatch, BatchHead)>>> + Send;
+
+    /// A batch's objects, as submitted, if it exists.
+    fn batch_objects(
+        &self,
+        batch_id: &str,
+    ) -> impl Future<Output = PortResult<Option<Vec<ObjectDef>>>> + Send;
 
     /// Dead letters, newest first, optionally of one batch, after `cursor`.
     fn list_dead_letters(

@@ -15,12 +15,13 @@ use prost::Message;
 use strata_control_plane::adapters::kafka::decode_result;
 use strata_control_plane::convert::{self, object_defs};
 use strata_control_plane::fuzzing::{
-    BATCH_HASH_FIELDS, decode_batch_hash, decode_cursor, decode_record, decode_token,
-    encode_cursor, encode_record, encode_token, parse_dead_member, parse_retry_member, parse_score,
-    retry_member,
+    BATCH_HASH_FIELDS, decode_batch_hash, decode_cursor, decode_objects, decode_record,
+    decode_token, encode_cursor, encode_record, encode_token, parse_dead_member,
+    parse_retry_member, parse_score, retry_member,
 };
 use strata_core::machine::{DeadReason, FailureKind, NodeRecord, NodeState};
-use strata_core::{ObjectId, Zone};
+use strata_core::submission::BatchOptions;
+use strata_core::{ObjectDef, ObjectId, Zone};
 use strata_proto::kafka as wire;
 use strata_proto::v1 as pb;
 use strata_runtime::otlp::{parse_traceparent, traceparent};
@@ -217,7 +218,7 @@ fn batch_hash() -> impl Strategy<Value = HashMap<Vec<u8>, Vec<u8>>> {
         ".{0,8}".boxed(),
         "[0-9a-f]{8}".boxed(),
         any::<i64>().prop_map(|n| n.to_string()).boxed(),
-        Just(r#"{"max_attempts":3}"#.to_owned()).boxed(),
+        Just(serde_json::to_string(&BatchOptions::default()).expect("options encode")).boxed(),
         prop::sample::select(&["RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"][..])
             .prop_map(str::to_owned)
             .boxed(),
@@ -343,13 +344,23 @@ proptest! {
     }
 
     #[test]
-    fn batch_hashes_decode_or_say_why(fields in batch_hash(), objects in bytes()) {
-        match decode_batch_hash(&fields, objects.clone()) {
+    fn batch_hashes_decode_or_say_why(fields in batch_hash()) {
+        match decode_batch_hash(&fields) {
             Ok((batch, head)) => {
                 prop_assert_eq!(fields.get(b"id".as_slice()), Some(&batch.batch_id.into_bytes()));
-                prop_assert_eq!(fields.get(b"state".as_slice()), Some(&head.state.into_bytes()));
-                prop_assert_eq!(batch.objects_json, objects);
+                prop_assert_eq!(
+                    fields.get(b"state".as_slice()),
+                    Some(&head.state.as_str().as_bytes().to_vec())
+                );
             }
+            Err(reason) => prop_assert!(!reason.is_empty()),
+        }
+    }
+
+    #[test]
+    fn stored_objects_decode_or_say_why(raw in bytes()) {
+        match decode_objects(&raw) {
+            Ok(objects) => prop_assert_eq!(serde_json::from_slice::<Vec<ObjectDef>>(&raw).ok(), Some(objects)),
             Err(reason) => prop_assert!(!reason.is_empty()),
         }
     }

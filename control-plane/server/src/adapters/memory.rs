@@ -9,9 +9,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use strata_bus::Topic;
-use strata_core::Zone;
 use strata_core::agents::{Agent, RegistryChanges};
 use strata_core::machine::NodeRecord;
+use strata_core::{ObjectDef, Zone};
 use strata_proto::v1::{DeadLetter, ObjectReady, ObjectResult, StatusChanged};
 use tokio::sync::{broadcast, mpsc};
 
@@ -239,9 +239,18 @@ pub struct MemoryStore {
     inner: Mutex<StoreInner>,
 }
 
+/// One stored batch: its definition, objects, head and node records.
+#[derive(Debug)]
+struct StoredEntry {
+    batch: StoredBatch,
+    objects: Vec<ObjectDef>,
+    head: BatchHead,
+    nodes: BTreeMap<u32, NodeRecord>,
+}
+
 #[derive(Debug, Default)]
 struct StoreInner {
-    batches: HashMap<String, (StoredBatch, BatchHead, BTreeMap<u32, NodeRecord>)>,
+    batches: HashMap<String, StoredEntry>,
     idempotency: HashMap<String, String>,
     /// (created_at_ms, batch_id)
     order: BTreeSet<(i64, String)>,
@@ -267,20 +276,17 @@ impl MemoryStore {
     }
 }
 
-fn is_terminal(head: &BatchHead) -> bool {
-    head.state != "RUNNING"
-}
-
 impl StateStore for MemoryStore {
     async fn create_batch(
         &self,
         batch: &StoredBatch,
+        objects: &[ObjectDef],
         head: &BatchHead,
         nodes: &[(u32, NodeRecord)],
     ) -> PortResult<CreateOutcome> {
         let mut s = self.lock();
         if let Some(id) = s.idempotency.get(&batch.idempotency_key) {
-            let hash = s.batches[id].0.content_hash.clone();
+            let hash = s.batches[id].batch.content_hash.clone();
             return Ok(CreateOutcome::Existing {
                 batch_id: id.clone(),
                 content_hash: hash,
@@ -292,7 +298,12 @@ impl StateStore for MemoryStore {
             .insert((batch.created_at_ms, batch.batch_id.clone()));
         s.batches.insert(
             batch.batch_id.clone(),
-            (batch.clone(), head.clone(), nodes.iter().cloned().collect()),
+            StoredEntry {
+                batch: batch.clone(),
+                objects: objects.to_vec(),
+                head: head.clone(),
+                nodes: nodes.iter().cloned().collect(),
+            },
         );
         Ok(CreateOutcome::Created)
     }
@@ -300,10 +311,10 @@ impl StateStore for MemoryStore {
     async fn apply(&self, step: &StepWrite) -> PortResult<()> {
         let mut s = self.lock();
         for w in &step.batches {
-            if let Some((_, head, nodes)) = s.batches.get_mut(&w.batch_id) {
-                *head = w.head.clone();
+            if let Some(e) = s.batches.get_mut(&w.batch_id) {
+                e.head = w.head.clone();
                 for (n, r) in &w.nodes {
-                    nodes.insert(*n, r.clone());
+                    e.nodes.insert(*n, r.clone());
                 }
             }
         }
@@ -325,11 +336,12 @@ impl StateStore for MemoryStore {
         let s = self.lock();
         Ok(s.batches
             .values()
-            .filter(|(_, head, _)| !is_terminal(head))
-            .map(|(b, head, nodes)| RestoredBatch {
-                batch: b.clone(),
-                head: head.clone(),
-                nodes: nodes.iter().map(|(n, r)| (*n, r.clone())).collect(),
+            .filter(|e| !e.head.state.is_terminal())
+            .map(|e| RestoredBatch {
+                batch: e.batch.clone(),
+                objects: e.objects.clone(),
+                head: e.head.clone(),
+                nodes: e.nodes.iter().map(|(n, r)| (*n, r.clone())).collect(),
             })
             .collect())
     }
@@ -381,7 +393,11 @@ impl StateStore for MemoryStore {
             .lock()
             .batches
             .get(batch_id)
-            .map(|(b, h, _)| (b.clone(), h.clone())))
+            .map(|e| (e.batch.clone(), e.head.clone())))
+    }
+
+    async fn batch_objects(&self, batch_id: &str) -> PortResult<Option<Vec<ObjectDef>>> {
+        Ok(self.lock().batches.get(batch_id).map(|e| e.objects.clone()))
     }
 
     async fn list_dead_letters(

@@ -10,7 +10,7 @@ use strata_core::agents::{Agent, HeldAttempt, LeaseError, Registration};
 use super::agents::HeartbeatReply;
 use super::error::DriverError;
 use super::state::DriverState;
-use crate::batch::PreparedBatch;
+use strata_core::submission::PreparedBatch;
 
 pub(super) type ReadFn = Box<dyn FnOnce(&DriverState) + Send>;
 /// A change to the driver's state; events it pushes (batch, event) are applied in the same step.

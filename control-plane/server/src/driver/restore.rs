@@ -2,12 +2,13 @@
 //! again and resumed.
 
 use std::cmp::Reverse;
+use std::collections::BTreeMap;
 
 use chrono::DateTime;
-use strata_core::ObjectDef;
 use strata_core::agents::Registry;
 use strata_core::machine::{BatchMachine, DeadReason, InitialDisposition, NodeRecord, NodeState};
 use strata_core::model::NodeIx;
+use strata_core::submission::{PlanContext, prepare};
 use tracing::{info, warn};
 
 use super::Driver;
@@ -15,7 +16,6 @@ use super::error::DriverError;
 use super::settings::execution_timeout;
 use super::step::Step;
 use super::step::retry_port;
-use crate::batch::{BatchOptions, PlanContext, prepare};
 use crate::ports::{DataPlane, StateStore};
 
 impl<D: DataPlane, S: StateStore> Driver<D, S> {
@@ -48,27 +48,14 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
         let mut resumed = Vec::with_capacity(active.len());
         for restored in active {
             let b = restored.batch;
-            let objects: Vec<ObjectDef> = match serde_json::from_slice(&b.objects_json) {
-                Ok(o) => o,
-                Err(e) => {
-                    warn!(batch_id = %b.batch_id, error = %e, "stored batch unreadable; skipped");
-                    continue;
-                }
-            };
-            let options: BatchOptions =
-                serde_json::from_value(b.options.clone()).unwrap_or_default();
             let created_at = DateTime::from_timestamp_millis(b.created_at_ms)
                 .unwrap_or_else(|| self.state.now());
             // The initial dispositions are in the restored records already (and taken from
-            // them below): planning needs no earlier loads and no preflight rules.
-            let ctx = PlanContext {
-                max_objects: usize::MAX,
-                durations: &self.settings.zone_durations_ms,
-                last_loaded: &Default::default(),
-                preflight: &Default::default(),
-                now: created_at,
-            };
-            let prepared = match prepare(&b.idempotency_key, objects, options, &ctx) {
+            // them below): planning needs no preflight rules.
+            let no_rules = BTreeMap::new();
+            let ctx =
+                PlanContext::replanning(&self.settings.zone_durations_ms, &no_rules, created_at);
+            let prepared = match prepare(&b.idempotency_key, restored.objects, b.options, &ctx) {
                 Ok(p) => p,
                 Err(e) => {
                     warn!(batch_id = %b.batch_id, error = %e, "stored batch no longer plans; skipped");

@@ -15,9 +15,9 @@ use strata_core::{ObjectDef, ObjectId};
 use tokio::sync::broadcast;
 
 use super::clock::Clock;
-use crate::batch::BatchOptions;
 use crate::latency::LatencyHistogram;
 use crate::ports::BatchHead;
+use strata_core::submission::BatchOptions;
 
 /// A change a watcher sees.
 #[derive(Debug, Clone, PartialEq)]
@@ -287,7 +287,7 @@ pub(super) fn in_flight(state: NodeState) -> bool {
 
 pub(super) fn head_of(machine: &BatchMachine, finished_at: Option<DateTime<Utc>>) -> BatchHead {
     BatchHead {
-        state: machine.batch_state().as_str().to_owned(),
+        state: machine.batch_state(),
         next_epoch: machine.next_epoch(),
         finished_at_ms: finished_at.map(|t| t.timestamp_millis()),
     }

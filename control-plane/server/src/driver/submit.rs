@@ -15,8 +15,8 @@ use super::state::BatchRuntime;
 use super::state::head_of;
 use super::step::Step;
 use super::step::retry_port;
-use crate::batch::PreparedBatch;
 use crate::ports::{CreateOutcome, DataPlane, StateStore, StoredBatch};
+use strata_core::submission::PreparedBatch;
 
 impl<D: DataPlane, S: StateStore> Driver<D, S> {
     pub(super) async fn submit(&mut self, p: PreparedBatch) -> Result<SubmitOutcome, DriverError> {
@@ -46,8 +46,7 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
             idempotency_key: p.idempotency_key.clone(),
             content_hash: p.content_hash.clone(),
             created_at_ms: p.created_at.timestamp_millis(),
-            options: serde_json::to_value(&p.options).unwrap_or_default(),
-            objects_json: serde_json::to_vec(&p.objects).unwrap_or_default(),
+            options: p.options.clone(),
         };
         let head = head_of(&machine, None);
         let initial: Vec<(u32, NodeRecord)> = machine
@@ -58,11 +57,10 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
             .map(|(i, r)| (i as u32, r.clone()))
             .collect();
         let created = retry_port(&self.settings.metrics, "create batch", || {
-            self.store.create_batch(&stored, &head, &initial)
+            self.store
+                .create_batch(&stored, &p.objects, &head, &initial)
         })
         .await?;
-        // The stored form (the objects as JSON: ~270 MB at 1M objects) is not needed any more.
-        drop(stored);
         drop(initial);
         match created {
             CreateOutcome::Created => {}

@@ -58,9 +58,10 @@ impl<S: StateStore> OrchestratorService<S> {
         let Some((stored, head)) = self.store.get_batch(batch_id).await? else {
             return Ok(None);
         };
+        let objects = self.store.batch_objects(batch_id).await?;
         let settings = self.settings.clone();
         let batch = tokio::task::spawn_blocking(move || {
-            let prepared = replan(&stored, &settings);
+            let prepared = objects.and_then(|objects| replan(&stored, objects, &settings));
             wire::stored_batch(
                 &stored,
                 &head,
@@ -145,9 +146,12 @@ impl<S: StateStore> OrchestratorService<S> {
         let Some((stored, _)) = self.store.get_batch(&batch_id).await? else {
             return Err(ServiceError::BatchNotFound(batch_id));
         };
+        let Some(objects) = self.store.batch_objects(&batch_id).await? else {
+            return Err(ServiceError::BatchNotFound(batch_id));
+        };
         let settings = self.settings.clone();
         tokio::task::spawn_blocking(move || {
-            let p = replan(&stored, &settings).ok_or_else(|| {
+            let p = replan(&stored, objects, &settings).ok_or_else(|| {
                 ServiceError::Internal(format!("stored batch {batch_id} no longer plans"))
             })?;
             Ok(page(&p.objects, &p.plan, &p.dispositions))

@@ -17,10 +17,10 @@ use super::validate::batch_options;
 use super::validate::idempotency_key;
 use super::validate::input_of;
 use super::wire;
-use crate::batch::{self, BatchOptions, PreparedBatch};
 use crate::convert;
 use crate::error::ServiceError;
 use crate::ports::StateStore;
+use strata_core::submission::{self, BatchOptions, PreparedBatch};
 /// A planned submission with its summary.
 pub(super) struct Planned {
     prepared: PreparedBatch,
@@ -35,7 +35,7 @@ impl<S: StateStore> OrchestratorService<S> {
     pub(super) async fn last_loaded(
         &self,
         objects: &[ObjectDef],
-    ) -> Result<batch::LastLoaded, ServiceError> {
+    ) -> Result<submission::LastLoaded, ServiceError> {
         let ids: Vec<&ObjectId> = objects
             .iter()
             .filter(|o| o.frequency.is_some())
@@ -82,19 +82,19 @@ impl<S: StateStore> OrchestratorService<S> {
         .await
         .map_err(|e| ServiceError::Internal(format!("reading task failed: {e}")))??;
         let last_loaded = if options.force {
-            batch::LastLoaded::default()
+            submission::LastLoaded::default()
         } else {
             self.last_loaded(&objects).await?
         };
         tokio::task::spawn_blocking(move || {
-            let ctx = batch::PlanContext {
+            let ctx = submission::PlanContext {
                 max_objects: max,
                 durations: &settings.zone_durations_ms,
                 last_loaded: &last_loaded,
                 preflight: &settings.preflight,
                 now: Utc::now(),
             };
-            let prepared = batch::prepare(&key, objects, options, &ctx)?;
+            let prepared = submission::prepare(&key, objects, options, &ctx)?;
             let disps = wire::dispositions(
                 &prepared.objects,
                 &prepared.plan,
@@ -307,21 +307,24 @@ impl<S: StateStore> OrchestratorService<S> {
     }
 }
 
-/// Re-plans a stored batch (same objects, options and submission time; loads recorded since
-/// and changed preflight rules are not taken into account).
+/// Re-plans a stored batch (same objects, options and submission time; loads recorded since are
+/// not taken into account, the preflight rules in force are).
 pub(super) fn replan(
     stored: &crate::ports::StoredBatch,
+    objects: Vec<ObjectDef>,
     settings: &ServiceSettings,
 ) -> Option<PreparedBatch> {
-    let objects: Vec<ObjectDef> = serde_json::from_slice(&stored.objects_json).ok()?;
-    let options: BatchOptions = serde_json::from_value(stored.options.clone()).ok()?;
     let created_at = chrono::DateTime::from_timestamp_millis(stored.created_at_ms)?;
-    let ctx = batch::PlanContext {
-        max_objects: usize::MAX,
-        durations: &settings.zone_durations_ms,
-        last_loaded: &Default::default(),
-        preflight: &settings.preflight,
-        now: created_at,
-    };
-    batch::prepare(&stored.idempotency_key, objects, options, &ctx).ok()
+    let ctx = submission::PlanContext::replanning(
+        &settings.zone_durations_ms,
+        &settings.preflight,
+        created_at,
+    );
+    submission::prepare(
+        &stored.idempotency_key,
+        objects,
+        stored.options.clone(),
+        &ctx,
+    )
+    .ok()
 }

@@ -7,9 +7,9 @@ use strata_core::{ObjectId, Zone};
 use strata_proto::v1::{self as pb, batch_input};
 
 use super::ServiceSettings;
-use crate::batch::{BatchOptions, RetryRequest};
 use crate::convert;
 use crate::error::ServiceError;
+use strata_core::submission::{BatchOptions, RetryRequest};
 /// The input of a submission.
 pub(super) enum Input {
     Objects(Vec<pb::ObjectDefinition>),

@@ -22,11 +22,11 @@ use strata_core::retry::RetryPolicy;
 use strata_core::{ObjectDef, ObjectId, Zone};
 use strata_proto::v1 as pb;
 
-use crate::batch::BatchOptions;
 use crate::convert;
 use crate::driver::BatchRuntime;
 use crate::error::ServiceError;
 use crate::ports::{BatchHead, StoredBatch};
+use strata_core::submission::BatchOptions;
 
 /// What the plan does with one planned node (excluded objects are not nodes).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -271,21 +271,6 @@ fn retry_policy(p: &RetryPolicy) -> pb::RetryPolicy {
     }
 }
 
-fn batch_state_of(label: &str) -> pb::BatchState {
-    match label {
-        "RUNNING" => pb::BatchState::Running,
-        "SUCCEEDED" => pb::BatchState::Succeeded,
-        "FAILED" => pb::BatchState::Failed,
-        "CANCELLED" => pb::BatchState::Cancelled,
-        _ => pb::BatchState::Unspecified,
-    }
-}
-
-/// The state of a stored batch head.
-pub(crate) fn head_state(head: &BatchHead) -> pb::BatchState {
-    batch_state_of(&head.state)
-}
-
 /// Total attempts an object may have in its current run, as an attempt number: attempts count on
 /// across replays, so the budget starts after the run's first attempt.
 fn max_attempts(policy: &RetryPolicy, rec: &NodeRecord) -> u32 {
@@ -395,8 +380,8 @@ pub(crate) fn stored_batch(
     head: &BatchHead,
     planned: Option<(&[ObjectDef], &Plan, &[InitialDisposition])>,
 ) -> pb::Batch {
-    let options: Option<BatchOptions> = serde_json::from_value(stored.options.clone()).ok();
-    let state = head_state(head);
+    let options = &stored.options;
+    let state = convert::batch_state(head.state);
     let mut summary = None;
     let mut counts = Vec::new();
     if let Some((objects, plan, init)) = planned {
@@ -434,15 +419,11 @@ pub(crate) fn stored_batch(
         summary,
         counts,
         labels: options
-            .as_ref()
-            .map(|o| {
-                o.labels
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        options: options.as_ref().map(submit_options),
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        options: Some(submit_options(options)),
         state_reason: String::new(),
         updated_at: head.finished_at_ms.and_then(ts),
     }

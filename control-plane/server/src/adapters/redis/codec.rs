@@ -25,7 +25,9 @@
 use std::collections::HashMap;
 
 use chrono::DateTime;
-use strata_core::machine::{DeadReason, FailureKind, NodeRecord, NodeState};
+use strata_core::ObjectDef;
+use strata_core::machine::{BatchState, DeadReason, FailureKind, NodeRecord, NodeState};
+use strata_core::submission::BatchOptions;
 
 use crate::ports::{BatchHead, StoredBatch};
 
@@ -254,7 +256,6 @@ pub(crate) mod field {
 /// Rebuilds a batch's definition (without its objects) and head from its hash fields.
 pub(crate) fn decode_batch_hash(
     fields: &HashMap<Vec<u8>, Vec<u8>>,
-    objects_json: Vec<u8>,
 ) -> Result<(StoredBatch, BatchHead), String> {
     let text = |name: &str| -> Result<String, String> {
         let raw = fields
@@ -281,6 +282,7 @@ pub(crate) fn decode_batch_hash(
     } else {
         None
     };
+    let state = text(field::STATE)?;
     Ok((
         StoredBatch {
             batch_id: text(field::ID)?,
@@ -288,14 +290,41 @@ pub(crate) fn decode_batch_hash(
             content_hash: text(field::CONTENT_HASH)?,
             created_at_ms: int(field::CREATED_AT_MS)?,
             options,
-            objects_json,
         },
         BatchHead {
-            state: text(field::STATE)?,
+            state: batch_state_of(&state)
+                .ok_or_else(|| format!("field state: unknown batch state {state:?}"))?,
             next_epoch,
             finished_at_ms,
         },
     ))
+}
+
+/// The value of a batch hash's `options` field.
+pub(crate) fn encode_options(options: &BatchOptions) -> Result<Vec<u8>, String> {
+    serde_json::to_vec(options).map_err(|e| format!("options: {e}"))
+}
+
+/// The value of a batch's `objects` key: the submitted objects, JSON-encoded.
+pub(crate) fn encode_objects(objects: &[ObjectDef]) -> Result<Vec<u8>, String> {
+    serde_json::to_vec(objects).map_err(|e| format!("objects: {e}"))
+}
+
+/// Decodes what [`encode_objects`] wrote.
+pub(crate) fn decode_objects(bytes: &[u8]) -> Result<Vec<ObjectDef>, String> {
+    serde_json::from_slice(bytes).map_err(|e| format!("objects: {e}"))
+}
+
+/// A batch state from its stored label (`BatchState::as_str`).
+pub(crate) fn batch_state_of(label: &str) -> Option<BatchState> {
+    [
+        BatchState::Running,
+        BatchState::Succeeded,
+        BatchState::Failed,
+        BatchState::Cancelled,
+    ]
+    .into_iter()
+    .find(|s| s.as_str() == label)
 }
 
 /// `{batch}:{node}:{attempt}`: the member of a retry in the `retries` sorted set.

@@ -66,14 +66,16 @@ use std::time::Duration;
 use prost::Message as _;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, ErrorKind, Pipeline, RedisError, ServerErrorKind, Value};
+use strata_core::ObjectDef;
 use strata_core::agents::{Agent, RegistryChanges};
 use strata_core::machine::NodeRecord;
 use strata_proto::v1 as pb;
 use tracing::warn;
 
 use self::codec::{
-    decode_batch_hash, decode_cursor, decode_record, encode_cursor, encode_record,
-    parse_dead_member, parse_retry_member, parse_score, retry_member,
+    decode_batch_hash, decode_cursor, decode_objects, decode_record, encode_cursor, encode_objects,
+    encode_options, encode_record, parse_dead_member, parse_retry_member, parse_score,
+    retry_member,
 };
 use self::scripts::{Lua, SCRIPTS};
 use crate::convert;
@@ -259,28 +261,42 @@ impl RedisStore {
         Ok(())
     }
 
-    /// Reads one batch: its definition (with its objects) and head. Two round trips (the size of
-    /// the objects bounds the second one's timeout). `None` when it does not exist.
-    async fn read_batch(&self, batch_id: &str) -> PortResult<Option<(StoredBatch, BatchHead)>> {
-        let key = self.batch_key(batch_id);
-        let objects_key = format!("{key}:objects");
-        let mut pipe = redis::pipe();
-        pipe.cmd("HGETALL")
-            .arg(&key)
-            .cmd("STRLEN")
-            .arg(&objects_key);
-        let mut replies = self
-            .query_pipe("read batch head", &pipe, 0)
-            .await?
-            .into_iter();
+    /// Reads one batch's definition and head (one round trip). `None` when it does not exist.
+    async fn read_head(&self, batch_id: &str) -> PortResult<Option<(StoredBatch, BatchHead)>> {
+        let reply = self
+            .query(
+                "read batch head",
+                redis::cmd("HGETALL").arg(self.batch_key(batch_id)),
+                0,
+            )
+            .await?;
         let what = || format!("batch {batch_id}");
-        let fields =
-            hash_map(replies.next().unwrap_or(Value::Nil)).map_err(|d| corrupt(what(), d))?;
+        let fields = hash_map(reply).map_err(|d| corrupt(what(), d))?;
         if fields.is_empty() {
             return Ok(None);
         }
-        let size = int(replies.next().unwrap_or(Value::Nil)).map_err(|d| corrupt(what(), d))?;
-        let objects = match self
+        decode_batch_hash(&fields)
+            .map(Some)
+            .map_err(|d| corrupt(what(), d))
+    }
+
+    /// Reads one batch's objects. Two round trips (the size of the objects bounds the second
+    /// one's timeout). `None` when the batch does not exist.
+    async fn read_objects(&self, batch_id: &str) -> PortResult<Option<Vec<ObjectDef>>> {
+        let objects_key = format!("{}:objects", self.batch_key(batch_id));
+        let what = || format!("objects of batch {batch_id}");
+        let size = int(self
+            .query(
+                "size batch objects",
+                redis::cmd("STRLEN").arg(&objects_key),
+                0,
+            )
+            .await?)
+        .map_err(|d| corrupt(what(), d))?;
+        if size == 0 {
+            return Ok(None);
+        }
+        match self
             .query(
                 "read batch objects",
                 redis::cmd("GET").arg(&objects_key),
@@ -289,12 +305,14 @@ impl RedisStore {
             .await?
         {
             // Expired between the two reads.
-            Value::Nil => return Ok(None),
-            v => bytes(v).map_err(|d| corrupt(what(), d))?,
-        };
-        decode_batch_hash(&fields, objects)
-            .map(Some)
-            .map_err(|d| corrupt(what(), d))
+            Value::Nil => Ok(None),
+            v => {
+                let raw = bytes(v).map_err(|d| corrupt(what(), d))?;
+                decode_objects(&raw)
+                    .map(Some)
+                    .map_err(|d| corrupt(what(), d))
+            }
+        }
     }
 
     /// Every node record of a batch, in `HSCAN` pages.
@@ -385,11 +403,14 @@ impl StateStore for RedisStore {
     async fn create_batch(
         &self,
         batch: &StoredBatch,
+        objects: &[ObjectDef],
         head: &BatchHead,
         nodes: &[(u32, NodeRecord)],
     ) -> PortResult<CreateOutcome> {
-        let options = serde_json::to_vec(&batch.options)
-            .map_err(|e| rejected(format!("batch {}: options: {e}", batch.batch_id)))?;
+        let options = encode_options(&batch.options)
+            .map_err(|e| rejected(format!("batch {}: {e}", batch.batch_id)))?;
+        let objects = encode_objects(objects)
+            .map_err(|e| rejected(format!("batch {}: {e}", batch.batch_id)))?;
         let mut cmd = script_cmd(&SCRIPTS.create);
         cmd.arg(&*self.prefix)
             .arg(&batch.batch_id)
@@ -397,8 +418,8 @@ impl StateStore for RedisStore {
             .arg(&batch.content_hash)
             .arg(batch.created_at_ms)
             .arg(&options[..])
-            .arg(&batch.objects_json[..])
-            .arg(&head.state)
+            .arg(&objects[..])
+            .arg(head.state.as_str())
             .arg(head.next_epoch)
             .arg(optional(head.finished_at_ms))
             .arg(self.ttl_ms)
@@ -409,7 +430,7 @@ impl StateStore for RedisStore {
             encode_record(record, &mut buf);
             cmd.arg(*node).arg(&buf[..]);
         }
-        let size = batch.objects_json.len() + options.len() + nodes.len() * ITEM_COST;
+        let size = objects.len() + options.len() + nodes.len() * ITEM_COST;
         let reply = self.eval("create batch", &cmd, size).await?;
         let what = || format!("create reply for batch {}", batch.batch_id);
         let mut parts = array(reply).map_err(|d| corrupt(what(), d))?.into_iter();
@@ -465,7 +486,7 @@ impl StateStore for RedisStore {
         let mut buf = Vec::with_capacity(64);
         for w in &step.batches {
             cmd.arg(&w.batch_id)
-                .arg(&w.head.state)
+                .arg(w.head.state.as_str())
                 .arg(w.head.next_epoch)
                 .arg(optional(w.head.finished_at_ms))
                 .arg(w.nodes.len());
@@ -503,7 +524,16 @@ impl StateStore for RedisStore {
             .map_err(|d| corrupt("active batch set", d))?;
         let mut restored = Vec::with_capacity(ids.len());
         for id in ids {
-            let (batch, head) = match self.read_batch(&id).await {
+            let read = async {
+                let Some((batch, head)) = self.read_head(&id).await? else {
+                    return Ok(None);
+                };
+                Ok(self
+                    .read_objects(&id)
+                    .await?
+                    .map(|objects| (batch, objects, head)))
+            };
+            let (batch, objects, head) = match read.await {
                 Ok(Some(b)) => b,
                 Ok(None) => {
                     warn!(batch_id = %id, "active batch has no stored definition; dropped from the active set");
@@ -529,7 +559,12 @@ impl StateStore for RedisStore {
                 }
                 Err(e) => return Err(e),
             };
-            restored.push(RestoredBatch { batch, head, nodes });
+            restored.push(RestoredBatch {
+                batch,
+                objects,
+                head,
+                nodes,
+            });
         }
         restored.sort_by(|a, b| {
             (a.batch.created_at_ms, &a.batch.batch_id)
@@ -588,7 +623,11 @@ impl StateStore for RedisStore {
     }
 
     async fn get_batch(&self, batch_id: &str) -> PortResult<Option<(StoredBatch, BatchHead)>> {
-        self.read_batch(batch_id).await
+        self.read_head(batch_id).await
+    }
+
+    async fn batch_objects(&self, batch_id: &str) -> PortResult<Option<Vec<ObjectDef>>> {
+        self.read_objects(batch_id).await
     }
 
     async fn list_dead_letters(

@@ -1,21 +1,22 @@
 //! Preparing a submission: the options of a batch, planning it, the initial disposition of every
 //! planned object (run, skipped as fresh, rejected by preflight), the batch id and the content
-//! digest used for idempotency. Pure apart from the clock value passed in; the service runs it on
-//! a blocking thread (a 1,000,000-object batch takes about a second), and a restarted driver runs
-//! it again to rebuild a batch from its stored objects.
+//! digest used for idempotency. Pure: the submission time is passed in. The control plane runs it
+//! on a blocking thread (a 1,000,000-object batch takes about a second) when a batch is
+//! submitted, and again ([`PlanContext::replanning`]) to rebuild a stored batch after a restart
+//! or to answer queries about a batch it does not drive.
 
 use std::collections::BTreeMap;
 
+use crate::freshness::Frequency;
+use crate::machine::InitialDisposition;
+use crate::planner::{Plan, PlanError, PlanRequest, Targets, plan};
+use crate::preflight::PreflightRules;
+use crate::retry::{NodePolicies, RetryPolicy};
+use crate::{ObjectDef, ObjectId, Zone};
 use chrono::{DateTime, Utc};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use strata_core::freshness::Frequency;
-use strata_core::machine::InitialDisposition;
-use strata_core::planner::{Plan, PlanError, PlanRequest, Targets, plan};
-use strata_core::preflight::PreflightRules;
-use strata_core::retry::{NodePolicies, RetryPolicy};
-use strata_core::{ObjectDef, ObjectId, Zone};
 
 /// What the user asked for besides the objects.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -80,6 +81,28 @@ pub struct PlanContext<'a> {
     pub preflight: &'a BTreeMap<Zone, PreflightRules>,
     /// The submission time.
     pub now: DateTime<Utc>,
+}
+
+impl<'a> PlanContext<'a> {
+    /// The context of planning a stored batch again: its own submission time, no size limit and
+    /// no earlier loads (what changed since does not change the batch), and `preflight` — the
+    /// rules in force (a restored batch takes each object's disposition from its stored record
+    /// and passes none).
+    pub fn replanning(
+        durations: &'a BTreeMap<Zone, u64>,
+        preflight: &'a BTreeMap<Zone, PreflightRules>,
+        created_at: DateTime<Utc>,
+    ) -> Self {
+        static NONE_LOADED: std::sync::LazyLock<LastLoaded> =
+            std::sync::LazyLock::new(LastLoaded::default);
+        Self {
+            max_objects: usize::MAX,
+            durations,
+            last_loaded: &NONE_LOADED,
+            preflight,
+            now: created_at,
+        }
+    }
 }
 
 impl BatchOptions {
