@@ -1883,27 +1883,61 @@ async fn a_watcher_that_falls_behind_gets_a_resync_and_a_fresh_snapshot() {
 }
 
 /// Counts the Ready records produced per object id, on every zone's topic.
-fn ready_log(data: &Arc<MemoryDataPlane>) -> Arc<Mutex<Vec<pb::ObjectReady>>> {
-    let log = Arc::new(Mutex::new(Vec::new()));
+/// Every Ready the data plane published, in order; tests wait on it for what they expect (woken
+/// by each record, never polling).
+#[derive(Clone, Default)]
+struct ReadyLog {
+    records: Arc<Mutex<Vec<pb::ObjectReady>>>,
+    grown: Arc<tokio::sync::Notify>,
+}
+
+impl ReadyLog {
+    /// `f` of the records so far.
+    fn with<T>(&self, f: impl FnOnce(&[pb::ObjectReady]) -> T) -> T {
+        f(&self.records.lock().expect("log"))
+    }
+
+    /// Waits (bounded by [`t`]) until `f` of the records finds something, and returns it.
+    async fn until<T>(&self, mut f: impl FnMut(&[pb::ObjectReady]) -> Option<T>) -> T {
+        t(async {
+            loop {
+                let grown = self.grown.notified();
+                tokio::pin!(grown);
+                // Registered before looking, so a record pushed in between still wakes us.
+                grown.as_mut().enable();
+                if let Some(found) = self.with(&mut f) {
+                    return found;
+                }
+                grown.await;
+            }
+        })
+        .await
+    }
+}
+
+fn ready_log(data: &Arc<MemoryDataPlane>) -> ReadyLog {
+    let log = ReadyLog::default();
     for zone in ZONES {
         let mut ready = data.subscribe_ready(&Zone::parse(zone).expect("zone"));
         let log = log.clone();
         tokio::spawn(async move {
             while let Ok(r) = ready.recv().await {
-                log.lock().expect("log").push(r);
+                log.records.lock().expect("log").push(r);
+                log.grown.notify_waiters();
             }
         });
     }
     log
 }
 
-fn produced(log: &Arc<Mutex<Vec<pb::ObjectReady>>>, object_id: &str) -> Vec<String> {
-    log.lock()
-        .expect("log")
-        .iter()
-        .filter(|r| r.object_id == object_id)
-        .map(|r| r.batch_id.clone())
-        .collect()
+fn produced(log: &ReadyLog, object_id: &str) -> Vec<String> {
+    log.with(|records| {
+        records
+            .iter()
+            .filter(|r| r.object_id == object_id)
+            .map(|r| r.batch_id.clone())
+            .collect()
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2300,12 +2334,12 @@ async fn zones_retry_by_their_own_policy_and_reject_by_their_own_preflight_rules
         pb::ObjectState::UpstreamFailed
     );
     // The Ready records carry each zone's attempt budget.
-    let budgets: Vec<(String, u32)> = log
-        .lock()
-        .expect("log")
-        .iter()
-        .map(|r| (r.object_id.clone(), r.max_attempts))
-        .collect();
+    let budgets: Vec<(String, u32)> = log.with(|records| {
+        records
+            .iter()
+            .map(|r| (r.object_id.clone(), r.max_attempts))
+            .collect()
+    });
     assert!(budgets.contains(&("1001".into(), 1)), "{budgets:?}");
     assert!(budgets.contains(&("2001".into(), 3)), "{budgets:?}");
 
@@ -2340,35 +2374,25 @@ async fn ready_records_lost_with_the_topics_are_published_again() {
     )
     .await
     .expect("submitted");
-    let published = |log: &Arc<Mutex<Vec<pb::ObjectReady>>>| {
-        let mut v: Vec<(String, u32, u64)> = log
-            .lock()
-            .expect("log")
+    let published = |records: &[pb::ObjectReady]| {
+        let mut v: Vec<(String, u32, u64)> = records
             .iter()
             .map(|r| (r.object_id.clone(), r.attempt, r.dispatch_epoch))
             .collect();
         v.sort();
         v
     };
-    t(async {
-        while published(&log).len() < 2 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-    let first = published(&log);
+    let first = log
+        .until(|records| (records.len() >= 2).then(|| published(records)))
+        .await;
     // Several topic checks pass with nothing lost: nothing is published again.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(published(&log), first);
+    assert_eq!(log.with(published), first);
 
     plane.data.lose_topics();
-    t(async {
-        while published(&log).len() < 4 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-    let again = published(&log);
+    let again = log
+        .until(|records| (records.len() >= 4).then(|| published(records)))
+        .await;
     let expected: Vec<(String, u32, u64)> =
         first.iter().flat_map(|r| [r.clone(), r.clone()]).collect();
     assert_eq!(again, expected, "the same attempts, published once more");
@@ -2435,12 +2459,12 @@ async fn an_attempt_past_its_zone_execution_timeout_is_retried() {
     );
     assert_eq!(o.last_error, "attempt 1 lost: timeout");
     // The Ready records carry the zone's timeout; other zones keep the default.
-    let timeouts: Vec<(String, Option<prost_types::Duration>)> = log
-        .lock()
-        .expect("log")
-        .iter()
-        .map(|r| (r.object_id.clone(), r.execution_timeout))
-        .collect();
+    let timeouts: Vec<(String, Option<prost_types::Duration>)> = log.with(|records| {
+        records
+            .iter()
+            .map(|r| (r.object_id.clone(), r.execution_timeout))
+            .collect()
+    });
     let of = |id: &str| -> Vec<(i64, i32)> {
         timeouts
             .iter()
@@ -2584,21 +2608,9 @@ async fn agents_register_heartbeat_list_and_deregister_with_fenced_leases() {
 }
 
 /// The first Ready of `object_id` in the log, waited for.
-async fn first_ready(log: &Arc<Mutex<Vec<pb::ObjectReady>>>, object_id: &str) -> pb::ObjectReady {
-    t(async {
-        loop {
-            if let Some(r) = log
-                .lock()
-                .expect("log")
-                .iter()
-                .find(|r| r.object_id == object_id)
-            {
-                return r.clone();
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
+async fn first_ready(log: &ReadyLog, object_id: &str) -> pb::ObjectReady {
+    log.until(|records| records.iter().find(|r| r.object_id == object_id).cloned())
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
