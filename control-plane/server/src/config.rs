@@ -70,6 +70,16 @@ pub struct Flags {
     #[arg(long, env = "STRATA_TOPIC_PARTITIONS")]
     pub topic_partitions: Option<i32>,
 
+    /// Replication factor of topics the control plane creates (default 1; 3 on a production
+    /// cluster). More than the cluster's brokers is refused at start.
+    #[arg(long, env = "STRATA_TOPIC_REPLICATION_FACTOR")]
+    pub topic_replication_factor: Option<i32>,
+
+    /// `min.insync.replicas` of topics the control plane creates (default: the broker's; 2 with
+    /// a replication factor of 3). At most the replication factor.
+    #[arg(long, env = "STRATA_TOPIC_MIN_INSYNC_REPLICAS")]
+    pub topic_min_insync_replicas: Option<i32>,
+
     /// Consumer group of the control plane on the results topic.
     #[arg(long, env = "STRATA_CONSUMER_GROUP")]
     pub consumer_group: Option<String>,
@@ -178,6 +188,10 @@ pub struct Config {
     pub topic_prefix: String,
     /// Partitions of created topics.
     pub topic_partitions: i32,
+    /// Replication factor of created topics.
+    pub topic_replication_factor: i32,
+    /// `min.insync.replicas` of created topics (`None`: the broker's default).
+    pub topic_min_insync_replicas: Option<i32>,
     /// Consumer group on the results topic.
     pub consumer_group: String,
     /// Redis URL.
@@ -311,6 +325,13 @@ impl Flags {
                 .or(file.topic_prefix)
                 .unwrap_or_else(|| strata_proto::kafka::DEFAULT_TOPIC_PREFIX.into()),
             topic_partitions: f.topic_partitions.or(file.topic_partitions).unwrap_or(3),
+            topic_replication_factor: f
+                .topic_replication_factor
+                .or(file.topic_replication_factor)
+                .unwrap_or(1),
+            topic_min_insync_replicas: f
+                .topic_min_insync_replicas
+                .or(file.topic_min_insync_replicas),
             consumer_group: f
                 .consumer_group
                 .or(file.consumer_group)
@@ -460,6 +481,20 @@ impl Config {
         if self.topic_partitions < 1 {
             return invalid("topic-partitions", "must be at least 1");
         }
+        if self.topic_replication_factor < 1 {
+            return invalid("topic-replication-factor", "must be at least 1");
+        }
+        if let Some(n) = self.topic_min_insync_replicas
+            && !(1..=self.topic_replication_factor).contains(&n)
+        {
+            return invalid(
+                "topic-min-insync-replicas",
+                &format!(
+                    "must be between 1 and the replication factor ({}), not {n}",
+                    self.topic_replication_factor
+                ),
+            );
+        }
         if self.max_objects == 0 {
             return invalid("max-objects", "must be at least 1");
         }
@@ -531,6 +566,8 @@ struct DisplayConfig {
     kafka_properties: Vec<String>,
     topic_prefix: String,
     topic_partitions: i32,
+    topic_replication_factor: i32,
+    topic_min_insync_replicas: Option<i32>,
     consumer_group: String,
     redis_url: String,
     key_prefix: String,
@@ -563,6 +600,8 @@ impl From<&Config> for DisplayConfig {
                 .collect(),
             topic_prefix: c.topic_prefix.clone(),
             topic_partitions: c.topic_partitions,
+            topic_replication_factor: c.topic_replication_factor,
+            topic_min_insync_replicas: c.topic_min_insync_replicas,
             consumer_group: c.consumer_group.clone(),
             redis_url: c.redis_url.clone(),
             key_prefix: c.key_prefix.clone(),
@@ -647,6 +686,39 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(err.to_string().contains("Bad Zone"), "{err}");
+    }
+
+    #[test]
+    fn topic_replication_is_configured_checked_and_printed() {
+        let c = Flags::default().resolve().unwrap();
+        assert_eq!(
+            (c.topic_replication_factor, c.topic_min_insync_replicas),
+            (1, None)
+        );
+        let c = Flags {
+            topic_replication_factor: Some(3),
+            topic_min_insync_replicas: Some(2),
+            ..Flags::default()
+        }
+        .resolve()
+        .unwrap();
+        let shown = c.to_display_toml();
+        assert!(shown.contains("topic_replication_factor = 3"), "{shown}");
+        assert!(shown.contains("topic_min_insync_replicas = 2"), "{shown}");
+        for (rf, min_insync, offending) in [
+            (0, None, "topic-replication-factor"),
+            (3, Some(4), "topic-min-insync-replicas"),
+            (3, Some(0), "topic-min-insync-replicas"),
+        ] {
+            let err = Flags {
+                topic_replication_factor: Some(rf),
+                topic_min_insync_replicas: min_insync,
+                ..Flags::default()
+            }
+            .resolve()
+            .unwrap_err();
+            assert!(err.to_string().contains(offending), "{err}");
+        }
     }
 
     #[test]

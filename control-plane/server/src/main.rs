@@ -65,6 +65,8 @@ fn main() -> ExitCode {
         let data = KafkaDataPlane::connect(KafkaSettings {
             topic_prefix: config.topic_prefix.clone(),
             partitions: config.topic_partitions,
+            replication_factor: config.topic_replication_factor,
+            min_insync_replicas: config.topic_min_insync_replicas,
             consumer_group: config.consumer_group.clone(),
             extra: config.kafka_properties.clone(),
             ..KafkaSettings::new(config.kafka_brokers.clone())

@@ -121,8 +121,11 @@ pub struct KafkaSettings {
     /// Partitions of topics created by [`DataPlane::ensure_topics`].
     pub partitions: i32,
     /// Replication factor of created topics; `-1` = the broker's `default.replication.factor`
-    /// (Kafka 2.4+).
+    /// (Kafka 2.4+). More than the cluster's brokers is refused by
+    /// [`DataPlane::ensure_topics`] (a permanent error: the control plane does not start).
     pub replication_factor: i32,
+    /// `min.insync.replicas` of created topics (`None`: the broker's default).
+    pub min_insync_replicas: Option<i32>,
     /// Consumer group on the results topic (default [`DEFAULT_CONSUMER_GROUP`]).
     pub consumer_group: String,
     /// Client properties passed to every client (producer, consumer, admin), e.g.
@@ -140,6 +143,7 @@ impl KafkaSettings {
             topic_prefix: wire::DEFAULT_TOPIC_PREFIX.to_owned(),
             partitions: 3,
             replication_factor: 1,
+            min_insync_replicas: None,
             consumer_group: DEFAULT_CONSUMER_GROUP.to_owned(),
             extra: Vec::new(),
         }
@@ -183,6 +187,14 @@ impl KafkaSettings {
                 self.replication_factor
             ));
         }
+        if let Some(n) = self.min_insync_replicas
+            && (n < 1 || (self.replication_factor > 0 && n > self.replication_factor))
+        {
+            return reject(format!(
+                "min.insync.replicas must be between 1 and the replication factor ({}), not {n}",
+                self.replication_factor
+            ));
+        }
         if let Some((key, _)) = self
             .extra
             .iter()
@@ -215,6 +227,7 @@ impl fmt::Debug for KafkaSettings {
             .field("topic_prefix", &self.topic_prefix)
             .field("partitions", &self.partitions)
             .field("replication_factor", &self.replication_factor)
+            .field("min_insync_replicas", &self.min_insync_replicas)
             .field("consumer_group", &self.consumer_group)
             .field("extra", &kafka_config::masked(&self.extra))
             .finish()
@@ -511,6 +524,43 @@ fn create_producer(settings: &KafkaSettings) -> PortResult<Producer> {
 }
 
 impl KafkaDataPlane {
+    /// How many brokers the cluster's metadata lists (asked within `limit`).
+    async fn brokers(&self, limit: Duration) -> PortResult<usize> {
+        let producer = self.producer()?;
+        let answered = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, limit)
+                .map(|m| m.brokers().len())
+        })
+        .await
+        .map_err(|e| unavailable(format!("metadata request task: {e}")))?;
+        match answered {
+            Ok(0) => Err(unavailable("the broker's metadata lists no broker".into())),
+            Ok(n) => Ok(n),
+            Err(e) => Err(unavailable(format!(
+                "no metadata from the broker within {limit:?}: {e}"
+            ))),
+        }
+    }
+
+    /// Refuses a replication factor above the cluster's brokers: topics could not be created
+    /// (a permanent error, so that the control plane stops with this message instead of
+    /// retrying for ever).
+    async fn check_replication(&self) -> PortResult<()> {
+        let wanted = self.settings.replication_factor;
+        if wanted <= 1 {
+            return Ok(());
+        }
+        let brokers = self.brokers(ADMIN_TIMEOUT).await?;
+        if usize::try_from(wanted).is_ok_and(|w| w > brokers) {
+            return Err(rejected(format!(
+                "topic replication factor {wanted} needs at least {wanted} brokers; the cluster at {} has {brokers}",
+                self.settings.bootstrap_servers
+            )));
+        }
+        Ok(())
+    }
     /// Validates `settings` and creates the producer and admin clients. No network round trip
     /// happens here (librdkafka connects in the background): an unreachable broker shows in the
     /// first [`DataPlane::ensure_topics`] as [`PortError::Unavailable`]. A configuration
@@ -721,15 +771,21 @@ async fn await_delivery(
 
 impl DataPlane for KafkaDataPlane {
     async fn ensure_topics(&self, zones: &[Zone]) -> PortResult<usize> {
+        self.check_replication().await?;
         let names = all_topics(&self.settings.topic_prefix, zones);
+        let min_insync = self.settings.min_insync_replicas.map(|n| n.to_string());
         let new_topics: Vec<NewTopic<'_>> = names
             .iter()
             .map(|name| {
-                NewTopic::new(
+                let topic = NewTopic::new(
                     name,
                     self.settings.partitions,
                     TopicReplication::Fixed(self.settings.replication_factor),
-                )
+                );
+                match &min_insync {
+                    Some(n) => topic.set("min.insync.replicas", n),
+                    None => topic,
+                }
             })
             .collect();
         let options = AdminOptions::new()
@@ -874,22 +930,7 @@ impl DataPlane for KafkaDataPlane {
     }
 
     async fn ping(&self, limit: Duration) -> PortResult<()> {
-        let producer = self.producer()?;
-        let answered = tokio::task::spawn_blocking(move || {
-            producer
-                .client()
-                .fetch_metadata(None, limit)
-                .map(|m| m.brokers().len())
-        })
-        .await
-        .map_err(|e| unavailable(format!("metadata request task: {e}")))?;
-        match answered {
-            Ok(0) => Err(unavailable("the broker's metadata lists no broker".into())),
-            Ok(_) => Ok(()),
-            Err(e) => Err(unavailable(format!(
-                "no metadata from the broker within {limit:?}: {e}"
-            ))),
-        }
+        self.brokers(limit).await.map(|_| ())
     }
 
     fn store_positions(&self, positions: &[Position]) -> PortResult<()> {
