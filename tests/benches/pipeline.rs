@@ -88,6 +88,9 @@ const PREFIX: &str = wire::DEFAULT_TOPIC_PREFIX;
 const ZONES: [&str; 3] = ["raw", "standardized", "application"];
 /// Bound on starting a server, a child, or a small call.
 const START: Duration = Duration::from_secs(90);
+/// A watched batch with no change for this long has stalled: the run fails with the control
+/// plane's and the agents' counters.
+const STALL: Duration = Duration::from_secs(60);
 /// Attempts an agent runs at once (its capacity).
 const AGENT_IN_FLIGHT: u32 = 4096;
 /// How often the orchestrator samples the children's `/proc`.
@@ -1330,7 +1333,13 @@ async fn watch_to_end(
         .into_inner();
     let mut w = Watched::default();
     within(limit, "the batch to finish", async {
-        while let Some(msg) = stream.message().await? {
+        loop {
+            let Some(msg) = tokio::time::timeout(STALL, stream.message())
+                .await
+                .map_err(|_| anyhow::anyhow!("the batch made no progress for {STALL:?}"))??
+            else {
+                break;
+            };
             w.messages += 1;
             match msg.event {
                 Some(watch_batch_response::Event::Snapshot(s)) => {
@@ -1497,10 +1506,30 @@ async fn run_e2e(o: &Options) -> anyhow::Result<E2e> {
     );
     let watched = match o.completion {
         Completion::Watch => {
-            watch_to_end(&mut stack.client, &submitted.reply.batch_id, o.timeout).await?
+            watch_to_end(&mut stack.client, &submitted.reply.batch_id, o.timeout).await
         }
         Completion::Poll => {
-            poll_to_end(&mut stack.client, &submitted.reply.batch_id, o.timeout).await?
+            poll_to_end(&mut stack.client, &submitted.reply.batch_id, o.timeout).await
+        }
+    };
+    let watched = match watched {
+        Ok(w) => w,
+        Err(e) => {
+            // What the control plane applied and ignored (by reason), and what the agents
+            // answered: what tells a lost result from an ignored one.
+            let cp = stack
+                .cp
+                .stats()
+                .await
+                .map_or_else(|e| format!("{e:#}"), |v| v.to_string());
+            let agents = match &mut stack.agents {
+                Some(a) => a
+                    .stats()
+                    .await
+                    .map_or_else(|e| format!("{e:#}"), |v| v.to_string()),
+                None => "none".into(),
+            };
+            bail!("{e:#}\ncontrol plane: {cp}\nagents: {agents}");
         }
     };
     let done = watched.at.unwrap_or_else(Instant::now);
