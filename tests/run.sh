@@ -119,7 +119,8 @@ SHARED_KAFKA_PID=""
 SHARED_KAFKA_DIR=""
 stop_shared_kafka() {
     [[ -n $SHARED_KAFKA_PID ]] || return 0
-    exec {SHARED_KAFKA_HOLD}>&- 2>/dev/null || true
+    # In a group: `exec` would keep a redirection of its own (2>/dev/null) for the whole script.
+    { exec {SHARED_KAFKA_HOLD}>&-; } 2>/dev/null || true
     local waited=0
     while kill -0 "$SHARED_KAFKA_PID" 2>/dev/null && ((waited < 100)); do
         sleep 0.1
