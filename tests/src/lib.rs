@@ -1,8 +1,12 @@
 //! Harness for Strata's end-to-end and fault suites: real services on free loopback ports.
 //!
 //! This crate owns starting and stopping the *real* backing services the orchestrator talks to
-//! in production, one private instance per test:
+//! in production, one private instance per test (except the run's shared Apache Kafka):
 //!
+//! - [`TestBroker`]: what suites ask for, "a broker": Apache Kafka by default (the run's shared
+//!   broker when `./tests/run.sh` started one, else a private node), Tansu with
+//!   `STRATA_TEST_BROKER=tansu`; each handle has a namespace of its own (topic prefix, consumer
+//!   groups), so tests sharing a broker never see each other's records. See [`broker`].
 //! - [`RedisServer`]: a `redis-server` with persistence off, on a free port, in a temp dir;
 //!   can be stopped and started again on the same port (readiness-goes-503-and-back tests).
 //! - [`KafkaBroker`]: the Tansu Kafka-protocol broker with its `memory://` engine, on a free
@@ -28,6 +32,7 @@
 
 pub mod agent;
 pub mod apache_kafka;
+pub mod broker;
 pub mod control_plane;
 pub mod kafka;
 pub mod process;
@@ -43,6 +48,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 
 pub use apache_kafka::{ApacheKafka, KafkaCluster};
+pub use broker::{BrokerKind, TestBroker};
 pub use kafka::KafkaBroker;
 pub use redis_server::RedisServer;
 

@@ -1,5 +1,7 @@
-//! The whole system for a test: a broker, a Redis, the real `strata-control-plane` binary and a
-//! gRPC client of it, plus helpers to start real agents and to read a batch's outcome.
+//! The whole system for a test: a broker ([`TestBroker`]: Apache Kafka by default, the run's
+//! shared one when there is one), a Redis, the real `strata-control-plane` binary (in the test's
+//! own topic prefix and consumer group on that broker) and a gRPC client of it, plus helpers to
+//! start real agents and to read a batch's outcome.
 
 use std::time::{Duration, Instant};
 
@@ -10,7 +12,7 @@ use tonic::transport::Channel;
 
 use crate::control_plane::ControlPlane;
 use crate::worker_agent::WorkerAgent;
-use crate::{KafkaBroker, RedisServer, within};
+use crate::{RedisServer, TestBroker, within};
 
 /// Bound on the waits of a [`Stack`] (start-ups, a batch running to its end).
 pub const STACK_WAIT: Duration = Duration::from_secs(120);
@@ -25,16 +27,17 @@ pub struct Stack {
     pub client: OrchestratorClient<Channel>,
     /// Its Redis (declared after the control plane: dropped after it).
     pub redis: RedisServer,
-    /// Its broker.
-    pub broker: KafkaBroker,
+    /// Its broker (topics: `broker.topic_prefix()`).
+    pub broker: TestBroker,
 }
 
 impl Stack {
-    /// Starts everything; `flags` go to the control plane (besides broker, Redis and address).
+    /// Starts everything; `flags` go to the control plane (besides broker, topic prefix,
+    /// consumer group, Redis and address).
     pub async fn start(flags: &[&str]) -> anyhow::Result<Self> {
-        let broker = within(STACK_WAIT, "start the broker", KafkaBroker::start()).await??;
+        let broker = within(STACK_WAIT, "start the broker", TestBroker::start()).await??;
         let redis = within(STACK_WAIT, "start redis", RedisServer::start()).await??;
-        let cp = ControlPlane::start(&broker.bootstrap_servers(), &redis.url(), flags).await?;
+        let cp = ControlPlane::start_on(&broker, &redis.url(), flags, &[]).await?;
         let client = OrchestratorClient::connect(cp.endpoint()).await?;
         Ok(Self {
             cp,

@@ -29,7 +29,7 @@ use strata_proto::v1::orchestrator_client::OrchestratorClient;
 use strata_proto::v1::{self as pb};
 use strata_tests::control_plane::ControlPlane;
 use strata_tests::worker_agent::WorkerAgent;
-use strata_tests::{KafkaBroker, RedisServer, free_port, temp_dir, within, workspace_root};
+use strata_tests::{RedisServer, TestBroker, free_port, temp_dir, within, workspace_root};
 use tempfile::TempDir;
 use tonic::transport::Channel;
 
@@ -71,16 +71,16 @@ struct Stack {
     cp: ControlPlane,
     client: OrchestratorClient<Channel>,
     _redis: RedisServer,
-    _broker: KafkaBroker,
+    _broker: TestBroker,
 }
 
 impl Stack {
     /// Everything started and every agent ready; the `standardized` agent fails ids ending in
     /// [`FAIL_SUFFIX`] when `failing`.
     async fn start(failing: bool) -> anyhow::Result<Self> {
-        let broker = KafkaBroker::start().await?;
+        let broker = TestBroker::start().await?;
         let redis = RedisServer::start().await?;
-        let cp = ControlPlane::start(&broker.bootstrap_servers(), &redis.url(), CP_FLAGS).await?;
+        let cp = ControlPlane::start_on(&broker, &redis.url(), CP_FLAGS, &[]).await?;
         let client = OrchestratorClient::connect(cp.endpoint()).await?;
         let mut stack = Self {
             agents: BTreeMap::new(),

@@ -20,7 +20,7 @@ use strata_control_plane::run::run_with;
 use strata_proto::v1::orchestrator_client::OrchestratorClient;
 use strata_proto::v1::{self as pb, object_result, watch_batch_response};
 use strata_tests::agent::{Answer, Behaviour, TestAgent};
-use strata_tests::{KafkaBroker, RedisServer, within};
+use strata_tests::{RedisServer, TestBroker, within};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tonic::transport::Channel;
@@ -50,7 +50,7 @@ struct Stack {
     client: OrchestratorClient<Channel>,
     stop: Option<oneshot::Sender<()>>,
     config: Config,
-    broker: KafkaBroker,
+    broker: TestBroker,
     _redis: RedisServer,
 }
 
@@ -69,9 +69,12 @@ async fn start(behaviour: Behaviour) -> anyhow::Result<Stack> {
 /// The stack with agents that handle each Ready only once `gate` is open.
 async fn start_gated(behaviour: Behaviour, gate: watch::Receiver<bool>) -> anyhow::Result<Stack> {
     let redis = within(LONG, "start redis", RedisServer::start()).await??;
-    let broker = within(LONG, "start broker", KafkaBroker::start()).await??;
+    let broker = within(LONG, "start broker", TestBroker::start()).await??;
     let config = Flags {
         kafka_brokers: Some(broker.bootstrap_servers()),
+        // The test's own topics and group on a broker other tests may share.
+        topic_prefix: Some(broker.topic_prefix().to_owned()),
+        consumer_group: Some(broker.group("control-plane")),
         redis_url: Some(redis.url()),
         topic_partitions: Some(2),
         initial_backoff_ms: Some(20),

@@ -7,8 +7,9 @@
 //! 1. The control plane is `kill -9`ed mid-batch and started again on the same port, while the
 //!    agents keep running: the batch completes from the state in Redis, under the same batch id
 //!    and idempotency key.
-//! 2. The broker is restarted on its in-memory engine mid-batch (every topic, record and offset
-//!    gone) while the agents keep running: the topics come back, the Ready records that were in
+//! 2. The broker (Tansu, whatever `STRATA_TEST_BROKER` says: the test relies on its in-memory
+//!    engine) is restarted mid-batch (every topic, record and offset gone) while the agents keep
+//!    running: the topics come back, the Ready records that were in
 //!    flight are published again, and the batch completes. The control plane and the agents run
 //!    under a supervisor that restarts whichever process exits, because against Tansu a
 //!    librdkafka consumer often dies there (SIGSEGV; see the test); every such exit is printed.
@@ -36,7 +37,7 @@ use strata_proto::v1::{self as pb};
 use strata_tests::control_plane::{ControlPlane, control_plane_binary};
 use strata_tests::process::ServerProcess;
 use strata_tests::worker_agent::WorkerAgent;
-use strata_tests::{KafkaBroker, RedisServer, within};
+use strata_tests::{KafkaBroker, RedisServer, TestBroker, within};
 use tempfile::TempDir;
 use tonic::transport::Channel;
 
@@ -642,11 +643,12 @@ async fn a_control_plane_killed_mid_batch_finishes_it_after_a_restart() -> anyho
     let t0 = Instant::now();
     let catalogue = catalogue();
     let redis = within(LONG, "start redis", RedisServer::start()).await??;
-    let broker = within(LONG, "start broker", KafkaBroker::start()).await??;
+    // The broker is not the fault here: the run's shared Apache Kafka (or Tansu) does.
+    let broker = within(LONG, "start broker", TestBroker::start()).await??;
     let mut cp = within(
         LONG,
         "start the control plane",
-        ControlPlane::start(&broker.bootstrap_servers(), &redis.url(), CP_FLAGS),
+        ControlPlane::start_on(&broker, &redis.url(), CP_FLAGS, &[]),
     )
     .await??;
     let mut client = connect(&cp).await?;
@@ -776,6 +778,8 @@ async fn a_batch_completes_after_the_broker_lost_every_topic_mid_batch() -> anyh
     let t0 = Instant::now();
     let catalogue = catalogue();
     let redis = within(LONG, "start redis", RedisServer::start()).await??;
+    // Tansu on purpose, whatever STRATA_TEST_BROKER says: this fault is a broker that comes back
+    // empty (its memory engine). Apache Kafka restarts from its disks and keeps everything.
     let mut broker = within(LONG, "start broker", KafkaBroker::start()).await??;
     let mut cp = within(
         LONG,

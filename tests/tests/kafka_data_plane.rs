@@ -1,9 +1,13 @@
-//! The Kafka `DataPlane` against a real Kafka-protocol broker (Tansu, one per test): topics are
+//! The Kafka `DataPlane` against a real Kafka-protocol broker ([`TestBroker`]: Apache Kafka by
+//! default, shared by the run, each test in a topic prefix and groups of its own; Tansu with
+//! `STRATA_TEST_BROKER=tansu`): topics are
 //! created idempotently; Ready records arrive keyed, typed and decodable; a record for a topic
 //! that does not exist fails the publish (retryably, naming the topic) instead of vanishing;
 //! results come through in order with undecodable records as errors at their positions; stored
 //! offsets are where the next member of the group resumes; a dead broker fails every call within
-//! its bound; a broker that lost everything is usable again after `ensure_topics`.
+//! its bound (a private broker of the chosen kind, killed and started again); a broker that lost
+//! everything is usable again after `ensure_topics` (Tansu whatever the choice: only its memory
+//! engine loses everything on a restart).
 //!
 //! Timings (group join, publish latency, recovery) are printed, never asserted. Set
 //! `RUST_LOG=debug` (or `librdkafka=trace` with `STRATA_TEST_KAFKA_DEBUG=<librdkafka debug
@@ -31,14 +35,13 @@ use strata_proto::v1::{
     ObjectDefinition, ObjectLoaded, ObjectReady, ObjectResult, ObjectStarted, object_result,
 };
 use strata_tests::kafka::close_consumer;
-use strata_tests::{KafkaBroker, blocking, within};
+use strata_tests::{BrokerKind, TestBroker, blocking, within};
 use tokio::sync::mpsc;
 
 /// Bound on a single step (start a broker, a publish, a group join plus a record).
 const STEP: Duration = Duration::from_secs(30);
 /// Bound on recovering after a broker restart.
 const RECOVERY: Duration = Duration::from_secs(60);
-const PREFIX: &str = "strata";
 const PARTITIONS: i32 = 3;
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
@@ -67,7 +70,8 @@ fn init_logs() {
         .try_init();
 }
 
-fn settings(broker: &KafkaBroker, group: &str) -> KafkaSettings {
+/// The data plane's settings on `broker`, in the test's topic prefix, group `<prefix>.<group>`.
+fn settings(broker: &TestBroker, group: &str) -> KafkaSettings {
     let mut extra = Vec::new();
     if let Ok(contexts) = std::env::var(KAFKA_DEBUG_ENV) {
         extra.push(("debug".to_owned(), contexts));
@@ -75,15 +79,24 @@ fn settings(broker: &KafkaBroker, group: &str) -> KafkaSettings {
     KafkaSettings {
         partitions: PARTITIONS,
         replication_factor: 1,
-        consumer_group: group.to_owned(),
+        topic_prefix: broker.topic_prefix().to_owned(),
+        consumer_group: broker.group(group),
         extra,
         ..KafkaSettings::new(broker.bootstrap_servers())
     }
 }
 
-async fn start(group: &str) -> anyhow::Result<(KafkaBroker, KafkaDataPlane)> {
+async fn start(group: &str) -> anyhow::Result<(TestBroker, KafkaDataPlane)> {
+    start_on(TestBroker::start(), group).await
+}
+
+/// [`start`] on the broker `broker` starts.
+async fn start_on(
+    broker: impl std::future::Future<Output = anyhow::Result<TestBroker>>,
+    group: &str,
+) -> anyhow::Result<(TestBroker, KafkaDataPlane)> {
     init_logs();
-    let broker = within(STEP, "start broker", KafkaBroker::start()).await??;
+    let broker = within(STEP * 3, "start broker", broker).await??;
     let data = KafkaDataPlane::connect(settings(&broker, group))?;
     within(STEP, "ensure topics", data.ensure_topics(&default_zones())).await??;
     Ok((broker, data))
@@ -149,10 +162,11 @@ fn started(object_id: &str) -> ObjectResult {
 /// partition, in order), each with the given `strata-type` header (none if `None`). Returns
 /// their positions.
 async fn produce_results(
+    broker: &TestBroker,
     producer: &FutureProducer,
     records: &[(Option<&str>, Vec<u8>)],
 ) -> anyhow::Result<Vec<Position>> {
-    let topic = results_topic(PREFIX);
+    let topic = results_topic(broker.topic_prefix());
     let mut positions = Vec::new();
     for (kind, payload) in records {
         let mut headers = OwnedHeaders::new();
@@ -210,7 +224,7 @@ struct Read {
 
 /// Reads the `n` records of `topic` (every partition from the beginning, no group) within
 /// [`STEP`]; fails if there are more.
-async fn read_topic(broker: &KafkaBroker, topic: &str, n: usize) -> anyhow::Result<Vec<Read>> {
+async fn read_topic(broker: &TestBroker, topic: &str, n: usize) -> anyhow::Result<Vec<Read>> {
     let consumer: StreamConsumer = broker.consumer_config("strata-test-reader").create()?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..PARTITIONS {
@@ -263,7 +277,7 @@ fn header<'a>(read: &'a Read, key: &str) -> Option<&'a [u8]> {
 }
 
 /// `(topic, partitions)` of every topic the broker lists.
-async fn topic_partitions(broker: &KafkaBroker) -> anyhow::Result<Vec<(String, usize)>> {
+async fn topic_partitions(broker: &TestBroker) -> anyhow::Result<Vec<(String, usize)>> {
     let config = broker.producer_config();
     blocking(STEP, "fetch metadata", move || {
         let producer: rdkafka::producer::BaseProducer = config.create()?;
@@ -281,8 +295,8 @@ async fn topic_partitions(broker: &KafkaBroker) -> anyhow::Result<Vec<(String, u
 }
 
 /// Waits until the broker lists every topic of `zones` with [`PARTITIONS`] partitions.
-async fn wait_listed(broker: &KafkaBroker, zones: &[Zone]) -> anyhow::Result<()> {
-    let want = all_topics(PREFIX, zones);
+async fn wait_listed(broker: &TestBroker, zones: &[Zone]) -> anyhow::Result<()> {
+    let want = all_topics(broker.topic_prefix(), zones);
     let started = Instant::now();
     loop {
         let listed = topic_partitions(broker).await?;
@@ -313,20 +327,21 @@ async fn ensure_topics_creates_every_topic_and_is_idempotent() -> anyhow::Result
     assert_eq!(again, 0, "every topic existed");
     let more = zones(&["raw", "gold"]);
     let created = within(STEP, "ensure with a new zone", data.ensure_topics(&more)).await??;
-    assert_eq!(created, 1, "only strata.ready.gold was missing");
+    assert_eq!(created, 1, "only <prefix>.ready.gold was missing");
     wait_listed(&broker, &default_zones()).await?;
     wait_listed(&broker, &more).await?;
     let names = broker.topic_names().await?;
     for t in [
-        "strata.ready.raw",
-        "strata.ready.standardized",
-        "strata.ready.application",
-        "strata.ready.gold",
-        "strata.results",
-        "strata.dlq",
-        "strata.status",
+        "ready.raw",
+        "ready.standardized",
+        "ready.application",
+        "ready.gold",
+        "results",
+        "dlq",
+        "status",
     ] {
-        ensure!(names.iter().any(|n| n == t), "{t} not listed: {names:?}");
+        let t = broker.group(t);
+        ensure!(names.contains(&t), "{t} not listed: {names:?}");
     }
     Ok(())
 }
@@ -376,10 +391,15 @@ async fn publish_ready_delivers_keyed_typed_decodable_records() -> anyhow::Resul
     let t = Instant::now();
     within(STEP, "publish 1000 ready", data.publish_ready(&bulk)).await??;
     eprintln!("publish_ready of 1000 records: {:?}", t.elapsed());
-    let standardized = read_topic(&broker, "strata.ready.standardized", 1005).await?;
+    let standardized = read_topic(
+        &broker,
+        &ready_topic(broker.topic_prefix(), "standardized"),
+        1005,
+    )
+    .await?;
     ensure!(standardized.len() == 1005);
 
-    let raw = read_topic(&broker, "strata.ready.raw", 2).await?;
+    let raw = read_topic(&broker, &ready_topic(broker.topic_prefix(), "raw"), 2).await?;
     let mut by_key: Vec<(String, ObjectReady, &Read)> = raw
         .iter()
         .map(|r| {
@@ -423,7 +443,12 @@ async fn publish_ready_delivers_keyed_typed_decodable_records() -> anyhow::Resul
             );
         }
     }
-    let app = read_topic(&broker, &ready_topic(PREFIX, "application"), 1).await?;
+    let app = read_topic(
+        &broker,
+        &ready_topic(broker.topic_prefix(), "application"),
+        1,
+    )
+    .await?;
     ensure!(app[0].key == b"2001", "{:?}", app[0]);
     Ok(())
 }
@@ -442,19 +467,17 @@ async fn publishing_to_a_missing_topic_fails_retryably_until_the_topic_exists() 
     .await?;
     let elapsed = t.elapsed();
     let err = match result {
-        Ok(()) => bail!("publishing to strata.ready.nowhere succeeded"),
+        Ok(()) => bail!("publishing to <prefix>.ready.nowhere succeeded"),
         Err(e) => e,
     };
     eprintln!("missing topic reported after {elapsed:?}: {err}");
     ensure!(err.retryable(), "not retryable: {err}");
     let text = err.to_string();
-    ensure!(
-        text.contains("strata.ready.nowhere"),
-        "topic not named: {text}"
-    );
+    let nowhere_topic = ready_topic(broker.topic_prefix(), "nowhere");
+    ensure!(text.contains(&nowhere_topic), "topic not named: {text}");
     ensure!(text.contains("1 of 2"), "{text}");
     ensure!(
-        !text.contains("strata.ready.raw"),
+        !text.contains(&ready_topic(broker.topic_prefix(), "raw")),
         "raw reported as failed: {text}"
     );
 
@@ -475,7 +498,7 @@ async fn publishing_to_a_missing_topic_fails_retryably_until_the_topic_exists() 
     .await?
     .context("publish after the topic was created")?;
     eprintln!("publish after ensure_topics: {:?}", t.elapsed());
-    let read = read_topic(&broker, "strata.ready.nowhere", 1).await?;
+    let read = read_topic(&broker, &nowhere_topic, 1).await?;
     ensure!(read[0].key == b"9001", "{:?}", read[0]);
     Ok(())
 }
@@ -487,6 +510,7 @@ async fn results_arrive_in_order_with_undecodable_records_as_errors() -> anyhow:
     let ok_before = started("1001");
     let ok_after = loaded("1001");
     let positions = produce_results(
+        &broker,
         &agent,
         &[
             valid(&ok_before),
@@ -541,8 +565,10 @@ async fn results_arrive_in_order_with_undecodable_records_as_errors() -> anyhow:
             "record {i}: {reason:?} lacks {want:?}"
         );
         let at = format!(
-            "strata.results[{}]@{}",
-            positions[i].partition, positions[i].offset
+            "{}[{}]@{}",
+            results_topic(broker.topic_prefix()),
+            positions[i].partition,
+            positions[i].offset
         );
         ensure!(
             reason.contains(&at),
@@ -559,7 +585,7 @@ async fn results_arrive_in_order_with_undecodable_records_as_errors() -> anyhow:
     for i in 0..5 {
         let result = loaded(&format!("200{i}"));
         let t = Instant::now();
-        let more = produce_results(&agent, &[valid(&result)]).await?;
+        let more = produce_results(&broker, &agent, &[valid(&result)]).await?;
         let r = next(&mut rx, "result after the bad ones").await?;
         eprintln!(
             "agent produce → results channel, one record: {:?}",
@@ -588,7 +614,12 @@ async fn the_group_resumes_after_the_stored_offsets() -> anyhow::Result<()> {
         "storing positions before subscribing succeeded"
     );
     let results: Vec<ObjectResult> = (1..=4).map(|i| loaded(&format!("100{i}"))).collect();
-    let positions = produce_results(&agent, &results.iter().map(valid).collect::<Vec<_>>()).await?;
+    let positions = produce_results(
+        &broker,
+        &agent,
+        &results.iter().map(valid).collect::<Vec<_>>(),
+    )
+    .await?;
 
     // First member: reads all four, stores the first two (out of order, as a driver may), closes.
     let mut rx = data.subscribe_results()?;
@@ -628,7 +659,7 @@ async fn the_group_resumes_after_the_stored_offsets() -> anyhow::Result<()> {
     // Third member: everything is stored; only a new record arrives.
     let data = KafkaDataPlane::connect(settings(&broker, group))?;
     let mut rx = data.subscribe_results()?;
-    let fresh = produce_results(&agent, &[valid(&loaded("1005"))]).await?;
+    let fresh = produce_results(&broker, &agent, &[valid(&loaded("1005"))]).await?;
     let r = next(&mut rx, "third member, first record").await?;
     ensure!(
         r.position == fresh[0],
@@ -643,7 +674,13 @@ async fn the_group_resumes_after_the_stored_offsets() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broker_that_lost_everything_is_usable_after_ensure_topics() -> anyhow::Result<()> {
-    let (mut broker, data) = start("strata-cp-restart").await?;
+    // Tansu whatever STRATA_TEST_BROKER says: only its memory engine loses everything on a restart
+    // (Apache Kafka restarts from its disks: a_down_broker_fails_every_call_within_its_bound).
+    let (mut broker, data) = start_on(
+        TestBroker::start_private_kind(BrokerKind::Tansu),
+        "strata-cp-restart",
+    )
+    .await?;
     let agent: FutureProducer = broker.producer_config().create()?;
     // Several records first, so that the idempotent producer has sequence state the restarted
     // broker does not know.
@@ -656,7 +693,7 @@ async fn a_broker_that_lost_everything_is_usable_after_ensure_topics() -> anyhow
         .await??;
     }
     let mut rx = data.subscribe_results()?;
-    produce_results(&agent, &[valid(&loaded("1001"))]).await?;
+    produce_results(&broker, &agent, &[valid(&loaded("1001"))]).await?;
     let r = next(&mut rx, "result before the restart").await?;
     data.store_positions(&[r.position])?;
     // A consumer still fetching when Tansu comes back empty crashes the process: Tansu answers
@@ -667,14 +704,16 @@ async fn a_broker_that_lost_everything_is_usable_after_ensure_topics() -> anyhow
     data.close().await;
     drop(rx);
 
-    within(STEP, "restart broker", broker.restart()).await??;
+    broker.kill()?;
+    broker.start_again().await?;
+    let ours = broker.group("");
     ensure!(
         !broker
             .topic_names()
             .await?
             .iter()
-            .any(|t| t.starts_with("strata.")),
-        "the restarted broker still lists strata topics"
+            .any(|t| t.starts_with(&ours)),
+        "the restarted broker still lists {ours}* topics"
     );
 
     // The driver's recovery: ensure_topics (retried while unavailable), then publish again.
@@ -736,7 +775,7 @@ async fn a_broker_that_lost_everything_is_usable_after_ensure_topics() -> anyhow
         "publish_ready after restart: ok after {attempts} attempt(s), {:?}",
         t.elapsed()
     );
-    let read = read_topic(&broker, "strata.ready.raw", 1).await?;
+    let read = read_topic(&broker, &ready_topic(broker.topic_prefix(), "raw"), 1).await?;
     ensure!(read[0].key == b"2001", "{:?}", read[0]);
     // Dead letters and status changes go through the same producer.
     within(
@@ -758,7 +797,7 @@ async fn a_broker_that_lost_everything_is_usable_after_ensure_topics() -> anyhow
     // group's offsets). The agent needs a new producer too (its producer id is gone).
     let agent: FutureProducer = broker.producer_config().create()?;
     let mut rx = data.subscribe_results()?;
-    let fresh = produce_results(&agent, &[valid(&loaded("1003"))]).await?;
+    let fresh = produce_results(&broker, &agent, &[valid(&loaded("1003"))]).await?;
     let t = Instant::now();
     let r = next(&mut rx, "result after the restart").await?;
     eprintln!(
@@ -776,7 +815,8 @@ async fn a_broker_that_lost_everything_is_usable_after_ensure_topics() -> anyhow
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_down_broker_fails_every_call_within_its_bound() -> anyhow::Result<()> {
-    let (mut broker, data) = start("strata-cp-down").await?;
+    // A private broker of the chosen kind: this test kills it.
+    let (mut broker, data) = start_on(TestBroker::start_private(), "strata-cp-down").await?;
     within(
         STEP,
         "publish before",
@@ -784,7 +824,7 @@ async fn a_down_broker_fails_every_call_within_its_bound() -> anyhow::Result<()>
     )
     .await??;
     let mut rx = data.subscribe_results()?;
-    broker.kill();
+    broker.kill()?;
 
     let bound = DELIVERY_TIMEOUT + DELIVERY_MARGIN + Duration::from_secs(5);
     let t = Instant::now();
@@ -824,8 +864,8 @@ async fn a_down_broker_fails_every_call_within_its_bound() -> anyhow::Result<()>
     within(STEP, "close with the broker down", data.close()).await?;
     eprintln!("close with the broker down: {:?}", t.elapsed());
 
-    // Back (empty): the same data plane recovers.
-    within(STEP, "start broker again", broker.start_again()).await??;
+    // Back (Tansu empty, Apache Kafka from its disks): the same data plane recovers.
+    broker.start_again().await?;
     within(
         STEP,
         "ensure topics again",
@@ -852,7 +892,20 @@ async fn a_down_broker_fails_every_call_within_its_bound() -> anyhow::Result<()>
         "publish after the broker came back: ok after {:?}",
         t.elapsed()
     );
-    let read = read_topic(&broker, "strata.ready.raw", 1).await?;
-    ensure!(read[0].key == b"1003", "{:?}", read[0]);
+    // Tansu lost the record published before the kill; Apache Kafka kept it. The one published
+    // while it was down was never stored by either.
+    let kept: &[&[u8]] = match broker.kind() {
+        BrokerKind::Tansu => &[b"1003"],
+        BrokerKind::ApacheKafka => &[b"1001", b"1003"],
+    };
+    let read = read_topic(
+        &broker,
+        &ready_topic(broker.topic_prefix(), "raw"),
+        kept.len(),
+    )
+    .await?;
+    let mut keys: Vec<&[u8]> = read.iter().map(|r| r.key.as_slice()).collect();
+    keys.sort();
+    ensure!(keys == kept, "{read:?}");
     Ok(())
 }

@@ -1,11 +1,11 @@
 //! `deploy/local/stack.sh` as the README tells users to run it: `up --detach` starts the real
-//! broker, Redis, control plane and one agent per zone; the `strata` CLI submits the sample
+//! broker (its default, Apache Kafka), Redis, control plane and one agent per zone; the `strata` CLI submits the sample
 //! catalogue to the endpoint it printed and watches it to success; `down` stops everything, and
 //! no process it started is left. `down` runs even when a check fails (and, if the test panics,
 //! from a drop guard).
 //!
 //! The script gets the binaries cargo built beside this test (`STRATA_BIN_DIR`, so it builds
-//! nothing), the broker and Redis the harness uses (`STRATA_TANSU_BIN`,
+//! nothing), the broker's jars and Redis the harness uses (`STRATA_KAFKA_LIBS`,
 //! `STRATA_REDIS_SERVER_BIN`, so it provisions nothing), free ports, and a temp run dir. Needs
 //! the binaries built (`cargo nextest run --workspace`, what `./tests/run.sh` runs, builds them;
 //! or `cargo build -p strata-control-plane -p strata-worker-agent -p strata-cli`).
@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use serde_json::Value;
+use strata_tests::apache_kafka::kafka_libs;
 use strata_tests::control_plane::control_plane_binary;
-use strata_tests::kafka::tansu_binary;
 use strata_tests::redis_server::redis_server_binary;
 use strata_tests::worker_agent::worker_agent_binary;
 use strata_tests::{free_port, temp_dir, within, workspace_binary, workspace_root};
@@ -112,10 +112,7 @@ impl LocalStack {
         let mut env = vec![
             ("STRATA_BIN_DIR".to_owned(), path_string(&bin_dir)?),
             ("STRATA_STACK_DIR".to_owned(), path_string(&run_dir)?),
-            (
-                "STRATA_TANSU_BIN".to_owned(),
-                path_string(&tansu_binary()?)?,
-            ),
+            ("STRATA_KAFKA_LIBS".to_owned(), path_string(&kafka_libs()?)?),
             (
                 "STRATA_REDIS_SERVER_BIN".to_owned(),
                 path_string(&redis_server_binary()?)?,
@@ -127,7 +124,7 @@ impl LocalStack {
             ("STRATA_STACK_WAIT_SECS".to_owned(), "90".to_owned()),
             ("STRATA_STACK_STOP_SECS".to_owned(), "30".to_owned()),
         ];
-        for var in ["PATH", "HOME"] {
+        for var in ["PATH", "HOME", "JAVA_HOME"] {
             if let Ok(value) = std::env::var(var) {
                 env.push((var.to_owned(), value));
             }
@@ -168,6 +165,7 @@ impl LocalStack {
                 "STRATA_GRPC_PORT",
                 "STRATA_ADMIN_PORT",
                 "STRATA_KAFKA_PORT",
+                "STRATA_KAFKA_CONTROLLER_PORT",
                 "STRATA_REDIS_PORT",
             ] {
                 let port = loop {

@@ -1,7 +1,9 @@
 //! Smoke tests of the harness against the real services: a Kafka record goes through a consumer
-//! group intact with its headers and its offset is committed; Redis answers plain, transactional
-//! and scripted commands and can be stopped and started again; a broker restart loses its topics
-//! (the broker-restart fault suites rely on that); servers do not outlive a crashed test process.
+//! group intact with its headers and its offset is committed (on the [`TestBroker`]: Apache Kafka
+//! by default, Tansu with `STRATA_TEST_BROKER=tansu`); Redis answers plain, transactional and
+//! scripted commands and can be stopped and started again; a Tansu restart loses its topics (the
+//! broker-restart fault suites rely on that, so that test is on Tansu whatever the choice);
+//! servers do not outlive a crashed test process.
 
 use std::time::{Duration, Instant};
 
@@ -12,14 +14,15 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use redis::AsyncCommands as _;
 use strata_tests::kafka::{close_consumer, producer_config};
-use strata_tests::{KafkaBroker, RedisServer, blocking, within};
+use strata_tests::{KafkaBroker, RedisServer, TestBroker, blocking, within};
 
 const STEP: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kafka_record_round_trips_through_a_consumer_group() -> anyhow::Result<()> {
-    let broker = within(STEP, "start broker", KafkaBroker::start()).await??;
-    let topic = "strata.smoke";
+    let broker = within(STEP * 3, "start broker", TestBroker::start()).await??;
+    let topic = broker.group("smoke");
+    let topic = topic.as_str();
     within(STEP, "create topic", broker.create_topics(&[topic], 3)).await??;
     // Idempotent: creating it again is fine.
     within(
@@ -83,7 +86,9 @@ async fn kafka_record_round_trips_through_a_consumer_group() -> anyhow::Result<(
     // Nothing obtained from a consumer may outlive it (see `strata_tests::kafka`).
     drop(message);
     let (partition, offset) = (delivery.partition, delivery.offset);
+    let owned = topic.to_owned();
     let (consumer, committed) = blocking(STEP, "commit and read back", move || {
+        let topic = owned.as_str();
         let committed = consumer
             .commit_consumer_state(CommitMode::Sync)
             .and_then(|()| {
@@ -165,6 +170,7 @@ async fn redis_answers_and_can_be_stopped_and_started_again() -> anyhow::Result<
 
 #[tokio::test(flavor = "multi_thread")]
 async fn broker_restart_loses_every_topic() -> anyhow::Result<()> {
+    // Tansu on purpose: the property under test is its memory engine's.
     let mut broker = within(STEP, "start broker", KafkaBroker::start()).await??;
     let topic = "strata.ready.zone-a";
     within(STEP, "create topic", broker.create_topics(&[topic], 2)).await??;

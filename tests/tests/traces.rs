@@ -36,7 +36,7 @@ use strata_proto::v1::orchestrator_client::OrchestratorClient;
 use strata_proto::v1::{self as pb};
 use strata_tests::control_plane::ControlPlane;
 use strata_tests::worker_agent::WorkerAgent;
-use strata_tests::{KafkaBroker, RedisServer, within};
+use strata_tests::{RedisServer, TestBroker, within};
 use tonic::transport::Channel;
 
 /// Bound on every wait (start-ups, the batch, exits).
@@ -143,16 +143,14 @@ struct Stack {
     client: OrchestratorClient<Channel>,
     // Dropped after the processes.
     _redis: RedisServer,
-    broker: KafkaBroker,
+    broker: TestBroker,
 }
 
 impl Stack {
     async fn start(env: &[(&str, &str)]) -> anyhow::Result<Self> {
-        let broker = within(LONG, "start the broker", KafkaBroker::start()).await??;
+        let broker = within(LONG, "start the broker", TestBroker::start()).await??;
         let redis = within(LONG, "start redis", RedisServer::start()).await??;
-        let cp =
-            ControlPlane::start_with_env(&broker.bootstrap_servers(), &redis.url(), CP_FLAGS, env)
-                .await?;
+        let cp = ControlPlane::start_on(&broker, &redis.url(), CP_FLAGS, env).await?;
         let client = OrchestratorClient::connect(cp.endpoint()).await?;
         let mut agents = Vec::new();
         for zone in ZONES {
@@ -475,7 +473,7 @@ async fn without_an_endpoint_nothing_is_traced() -> anyhow::Result<()> {
     // No record of the batch carries a trace context: 5 Readies, and every result (a started and
     // a loaded one per object).
     let consumer: StreamConsumer = stack.broker.consumer_config("traces-off-reader").create()?;
-    let prefix = strata_proto::kafka::DEFAULT_TOPIC_PREFIX;
+    let prefix = stack.broker.topic_prefix();
     let mut topics: Vec<String> = ZONES
         .iter()
         .map(|z| format!("{prefix}.{}.{z}", strata_proto::kafka::READY_TOPIC))

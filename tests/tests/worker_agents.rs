@@ -710,7 +710,7 @@ async fn loaded_infos(
         .create()?;
     let topic = format!(
         "{}.{}",
-        strata_proto::kafka::DEFAULT_TOPIC_PREFIX,
+        stack.broker.topic_prefix(),
         strata_proto::kafka::RESULTS_TOPIC
     );
     consumer.subscribe(&[&topic])?;
@@ -953,7 +953,7 @@ async fn a_result_forged_by_an_agent_of_another_zone_is_rejected() -> anyhow::Re
     let producer: FutureProducer = stack.broker.producer_config().create()?;
     let topic = format!(
         "{}.{}",
-        strata_proto::kafka::DEFAULT_TOPIC_PREFIX,
+        stack.broker.topic_prefix(),
         strata_proto::kafka::RESULTS_TOPIC
     );
     let payload = forged.encode_to_vec();
