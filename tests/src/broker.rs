@@ -128,6 +128,15 @@ impl TestBroker {
         self.kind
     }
 
+    /// A private broker's process id (`None` for the shared one, or after [`Self::kill`]).
+    pub fn pid(&self) -> Option<u32> {
+        match &self.running {
+            Running::Apache(b) => b.pid(),
+            Running::Tansu(b) => b.pid(),
+            Running::Shared => None,
+        }
+    }
+
     /// Whether it is the run's shared broker (other tests' topics and groups are on it too).
     pub fn is_shared(&self) -> bool {
         matches!(self.running, Running::Shared)

@@ -88,6 +88,11 @@ impl KafkaBroker {
         self.port
     }
 
+    /// The broker's process id, `None` after [`Self::kill`].
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(ServerProcess::pid)
+    }
+
     /// The broker's temp dir (holds `tansu.log` and the empty working dir `work/`).
     pub fn dir(&self) -> &Path {
         self.dir.path()
