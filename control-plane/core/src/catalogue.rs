@@ -50,7 +50,8 @@ pub enum ProblemKind {
     InvalidId,
     /// A parent token is not an acceptable id.
     InvalidParent,
-    /// The zone is not a valid zone name, or no zone can be inferred.
+    /// The zone is not a valid zone name, or no zone can be inferred, or (at submission) it is
+    /// not one of the control plane's configured zones.
     InvalidZone,
     /// The frequency is not a cron expression.
     InvalidFrequency,

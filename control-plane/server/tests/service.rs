@@ -754,6 +754,18 @@ async fn bad_inputs_are_rejected_with_a_detail_and_nothing_is_persisted() {
             None,
             &["2001", "a b"],
         ),
+        (
+            "unconfigured zone",
+            objects(vec![
+                object("1001", &[]),
+                pb::ObjectDefinition {
+                    zone: "nowhere".into(),
+                    ..object("1002", &[])
+                },
+            ]),
+            None,
+            &["1002", "nowhere", "not configured"],
+        ),
     ];
     for (name, input, options, named) in cases {
         let e = submit(&mut plane.client, name, input, options)
@@ -791,6 +803,15 @@ async fn bad_inputs_are_rejected_with_a_detail_and_nothing_is_persisted() {
             }
             "unknown target" => assert_eq!(r.violations[0].kind(), Kind::UnknownTarget),
             "empty" => assert!(r.empty_batch),
+            "unconfigured zone" => {
+                assert_eq!(r.problems.len(), 1, "{r:?}");
+                let p = &r.problems[0];
+                assert_eq!(p.kind(), pb::catalogue_problem::Kind::InvalidZone);
+                assert_eq!(
+                    (p.object_id.as_str(), p.token.as_str()),
+                    ("1002", "nowhere")
+                );
+            }
             "over the cap" => {
                 assert_eq!(r.object_count, MAX_OBJECTS as u64 + 1);
                 assert_eq!(r.max_objects, MAX_OBJECTS as u64);

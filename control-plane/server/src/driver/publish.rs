@@ -37,12 +37,9 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
             let failed = match result {
                 Ok(()) => None,
                 Err(e) => {
-                    // Make sure the topics exist before the records are tried again.
-                    let mut all = zones;
-                    all.extend(ready.iter().map(|r| r.object.zone.clone()));
-                    all.sort();
-                    all.dedup();
-                    if let Err(e) = data.ensure_topics(&all).await {
+                    // Make sure the topics exist before the records are tried again (the
+                    // configured zones' only: submissions of other zones are refused).
+                    if let Err(e) = data.ensure_topics(&zones).await {
                         warn!(error = %e, "topics not ensured");
                     }
                     Some(e)

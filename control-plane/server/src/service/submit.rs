@@ -14,6 +14,7 @@ use super::OrchestratorService;
 use super::ServiceSettings;
 use super::validate::Input;
 use super::validate::batch_options;
+use super::validate::configured_zones;
 use super::validate::idempotency_key;
 use super::validate::input_of;
 use super::wire;
@@ -64,6 +65,7 @@ impl<S: StateStore> OrchestratorService<S> {
     ) -> Result<Planned, ServiceError> {
         let max = self.settings.max_objects;
         let settings = self.settings.clone();
+        let zones = self.settings.agents.zones.clone();
         let objects = tokio::task::spawn_blocking(move || {
             Ok::<_, ServiceError>(match input {
                 Input::Objects(defs) => {
@@ -77,6 +79,10 @@ impl<S: StateStore> OrchestratorService<S> {
                     convert::object_defs(defs).map_err(|problems| CatalogueError { problems })?
                 }
                 Input::Document(bytes) => read_catalogue(&bytes)?.objects,
+            })
+            .and_then(|objects| {
+                configured_zones(&objects, &zones)?;
+                Ok(objects)
             })
         })
         .await

@@ -3,13 +3,14 @@
 
 use std::collections::BTreeMap;
 
-use strata_core::{ObjectId, Zone};
+use strata_core::catalogue::{CatalogueError, Problem, ProblemKind};
+use strata_core::submission::{BatchOptions, RetryRequest};
+use strata_core::{ObjectDef, ObjectId, Zone};
 use strata_proto::v1::{self as pb, batch_input};
 
 use super::ServiceSettings;
 use crate::convert;
 use crate::error::ServiceError;
-use strata_core::submission::{BatchOptions, RetryRequest};
 /// The input of a submission.
 pub(super) enum Input {
     Objects(Vec<pb::ObjectDefinition>),
@@ -154,4 +155,39 @@ pub(super) fn state_name(state: i32) -> &'static str {
     pb::ObjectState::try_from(state)
         .map(|s| s.as_str_name().trim_start_matches("OBJECT_STATE_"))
         .unwrap_or("UNKNOWN")
+}
+
+/// Refuses objects whose zone is not configured: no agent could run them, and no topic is ever
+/// created from what a submitter wrote. Every such object is named (INVALID_ARGUMENT with the
+/// batch's problems).
+pub(super) fn configured_zones(objects: &[ObjectDef], zones: &[Zone]) -> Result<(), ServiceError> {
+    let configured = || {
+        zones
+            .iter()
+            .map(Zone::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let problems: Vec<Problem> = objects
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| !zones.contains(&o.zone))
+        .map(|(index, o)| Problem {
+            index: Some(index),
+            object_id: Some(o.id.to_string()),
+            field: "zone".into(),
+            token: o.zone.to_string(),
+            kind: ProblemKind::InvalidZone,
+            message: format!(
+                "zone {} is not configured on this control plane (configured: {})",
+                o.zone,
+                configured()
+            ),
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(CatalogueError { problems }.into())
+    }
 }
