@@ -326,6 +326,7 @@ fn parse_parents(
     scratch.clear();
     let mut bad = Vec::new();
     collect_parents(value, numeric_only, scratch, &mut bad);
+    crate::dedup::dedup_in_order(scratch);
     // An exact-size copy: the catalogue keeps a million of these.
     if bad.is_empty() {
         Ok(scratch.to_vec())
@@ -357,10 +358,9 @@ fn collect_parents(
     out: &mut Vec<ObjectId>,
     bad: &mut Vec<String>,
 ) {
+    // Duplicates are removed once the whole value is read (`dedup_in_order`).
     fn push(id: ObjectId, out: &mut Vec<ObjectId>) {
-        if !out.contains(&id) {
-            out.push(id);
-        }
+        out.push(id);
     }
     match value {
         ParentsValue::Null => {}
@@ -962,13 +962,14 @@ impl Normaliser {
                 Some(Loose::Map(entries)) => entries.len(),
                 _ => 0,
             };
-        let mut attributes = Attributes::with_capacity(extra);
+        // Collected, then sorted once (`Attributes: FromIterator`): later fields win.
+        let mut attributes: Vec<(SmolStr, SmolStr)> = Vec::with_capacity(extra);
         match raw.attributes.take() {
             None | Some(Loose::Null) => {}
             Some(Loose::Map(entries)) => {
                 for (k, v) in entries {
                     if v != Loose::Null {
-                        attributes.insert(self.key(&k), v.into_attribute());
+                        attributes.push((self.key(&k), v.into_attribute()));
                     }
                 }
             }
@@ -983,9 +984,10 @@ impl Normaliser {
         }
         for (k, v) in raw.extra {
             if v != Loose::Null {
-                attributes.insert(self.key(&k), v.into_attribute());
+                attributes.push((self.key(&k), v.into_attribute()));
             }
         }
+        let attributes: Attributes = attributes.into_iter().collect();
 
         if self.problems.len() != before {
             return None;

@@ -11,6 +11,7 @@
 pub mod agents;
 pub mod catalogue;
 pub mod coalesce;
+pub mod dedup;
 pub mod freshness;
 pub mod graph;
 pub mod machine;

@@ -297,13 +297,24 @@ impl std::ops::Index<&str> for Attributes {
     }
 }
 
+/// In `O(n log n)`: sorted once, a later value of a key replacing an earlier one (as
+/// [`Attributes::insert`] does), not one sorted insertion per entry.
 impl<K: Into<SmolStr>, V: Into<SmolStr>> FromIterator<(K, V)> for Attributes {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
-        let mut a = Self::new();
-        for (k, v) in iter {
-            a.insert(k, v);
+        let mut entries: Vec<(SmolStr, SmolStr)> = iter
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        // Stable: equal keys stay in their given order, and the last of each run is kept.
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut kept: Vec<(SmolStr, SmolStr)> = Vec::with_capacity(entries.len());
+        for (k, v) in entries {
+            match kept.last_mut() {
+                Some(last) if last.0 == k => last.1 = v,
+                _ => kept.push((k, v)),
+            }
         }
-        a
+        Self(kept)
     }
 }
 
@@ -422,6 +433,23 @@ impl Dag {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attributes_from_many_entries_are_sorted_once_and_later_values_win() {
+        // 200,000 keys in reverse order (worst case for sorted insertion), one given twice.
+        let n = 200_000;
+        let mut entries: Vec<(String, String)> = (0..n)
+            .rev()
+            .map(|i| (format!("k{i:06}"), "first".to_owned()))
+            .collect();
+        entries.push(("k000007".into(), "second".into()));
+        let a: Attributes = entries.into_iter().collect();
+        assert_eq!(a.len(), n);
+        assert_eq!(a.get("k000007"), Some("second"));
+        assert_eq!(a.get("k199999"), Some("first"));
+        let keys: Vec<&str> = a.iter().map(|(k, _)| k).collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "in key order");
+    }
 
     #[test]
     fn numeric_ids_lose_leading_zeros() {

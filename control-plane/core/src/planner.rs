@@ -671,9 +671,7 @@ fn resolve_parents(
                             parent_layer,
                         });
                     }
-                    if !list[start..].contains(&pi) {
-                        list.push(pi);
-                    }
+                    list.push(pi);
                 }
                 None if request.allow_external_parents => {
                     external.insert(p);
@@ -684,6 +682,7 @@ fn resolve_parents(
                 }),
             }
         }
+        crate::dedup::dedup_tail(&mut list, start);
         offsets.push(list.len() as u32);
     }
     let mut external: Vec<ObjectId> = external.into_iter().cloned().collect();

@@ -59,6 +59,18 @@ fn seed_parent_forms_normalise() {
 }
 
 #[test]
+fn a_parent_list_of_a_million_tokens_reads_in_linear_time_to_its_distinct_ids() {
+    // 1,000,000 tokens over 1,000 distinct ids (a 5 MB field): de-duplication by rescanning the
+    // list would take ~10^9 comparisons per record; nextest's timeout is the backstop.
+    let tokens: Vec<String> = (0..1_000_000)
+        .map(|i| (2000 + i % 1000).to_string())
+        .collect();
+    let obj = one(&seed_with_parents(&format!("\"{}\"", tokens.join(","))));
+    let expected: Vec<String> = (2000..3000).map(|i| i.to_string()).collect();
+    assert_eq!(ids(&obj.parents), expected);
+}
+
+#[test]
 fn seed_parent_noise_is_rejected_naming_every_token() {
     let table: &[(&str, &[&str])] = &[
         ("\"garbage2003x\"", &["garbage2003x"]),

@@ -276,11 +276,11 @@ pub fn object_defs(defs: Vec<pb::ObjectDefinition>) -> Result<Vec<ObjectDef>, Ve
         let mut parents: Vec<ObjectId> = Vec::with_capacity(d.parents.len());
         for p in &d.parents {
             match ObjectId::parse(p) {
-                Ok(p) if !parents.contains(&p) => parents.push(p),
-                Ok(_) => {}
+                Ok(p) => parents.push(p),
                 Err(e) => problem("parents", p, ProblemKind::InvalidParent, &e.to_string()),
             }
         }
+        strata_core::dedup::dedup_in_order(&mut parents);
         let layer = id.as_ref().and_then(ObjectId::numeric_layer);
         let zone = if d.zone.trim().is_empty() {
             let z = layer.and_then(Zone::default_for_layer);
