@@ -280,6 +280,88 @@ impl KafkaCluster {
         self.wait_ready(&[node], &[node]).await
     }
 
+    /// `SIGTERM` to node `node` (a controlled shutdown: it hands its partitions' leadership to
+    /// the others and leaves the quorum cleanly) and waits (bounded by `limit`) for it to exit;
+    /// `SIGKILL` if it has not by then. [`Self::restart`] starts it again. Idempotent.
+    pub async fn shutdown(&mut self, node: usize, limit: Duration) -> anyhow::Result<()> {
+        if self.nodes[node].process.is_none() {
+            return Ok(());
+        }
+        if self.nodes[node].stopped {
+            self.resume(node)?;
+        }
+        let process = self.nodes[node].process.as_mut().expect("checked above");
+        process.terminate()?;
+        let started = Instant::now();
+        while process.exit_status()?.is_none() {
+            if started.elapsed() > limit {
+                let tail = process.log_tail();
+                self.kill9(node);
+                bail!(
+                    "kafka node {node} did not exit within {limit:?} of SIGTERM (killed); log tail:\n{tail}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.kill9(node); // reaped already: drops the handle
+        Ok(())
+    }
+
+    /// `SIGKILL` to every node, each reaped before this returns (the whole cluster down at once,
+    /// as a power cut of every machine). Idempotent; [`Self::restart_all`] starts them again.
+    pub fn kill9_all(&mut self) {
+        for node in 0..self.nodes.len() {
+            self.kill9(node);
+        }
+    }
+
+    /// Starts every node that is not running (after [`Self::kill9_all`] or [`Self::kill9`])
+    /// again from its dirs on its ports, all at once (a controller quorum needs a majority), and
+    /// waits (bounded) until every node's metadata lists every node.
+    pub async fn restart_all(&mut self) -> anyhow::Result<()> {
+        for node in 0..self.nodes.len() {
+            if self.nodes[node].process.is_none() {
+                self.spawn(node)?;
+            }
+        }
+        let all: Vec<usize> = (0..self.nodes.len()).collect();
+        self.wait_ready(&all, &all).await
+    }
+
+    /// Polls (every 100 ms, at most `limit`) until every partition of each of `topics` has a
+    /// leader and every node in its ISR: the cluster is back to full replication (after a node
+    /// restarted). Metadata errors in between count as "not yet".
+    pub async fn wait_fully_replicated(
+        &self,
+        topics: &[&str],
+        limit: Duration,
+    ) -> anyhow::Result<()> {
+        let size = self.nodes.len();
+        let started = Instant::now();
+        loop {
+            let mut lagging = Vec::new();
+            for topic in topics {
+                match self.partitions(topic).await {
+                    Ok(partitions) if !partitions.is_empty() => lagging.extend(
+                        partitions
+                            .into_iter()
+                            .filter(|p| p.leader.is_none() || p.isr.len() < size)
+                            .map(|p| format!("{topic}-{}: {p:?}", p.partition)),
+                    ),
+                    Ok(_) => lagging.push(format!("{topic}: not listed")),
+                    Err(e) => lagging.push(format!("{topic}: {e:#}")),
+                }
+            }
+            if lagging.is_empty() {
+                return Ok(());
+            }
+            if started.elapsed() > limit {
+                bail!("not fully replicated within {limit:?}: {lagging:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Creates `topic` with `partitions` partitions replicated to every node ("already exists"
     /// is fine) and waits until every partition has a leader and its full ISR.
     pub async fn create_topic(&self, topic: &str, partitions: i32) -> anyhow::Result<()> {
