@@ -76,6 +76,10 @@ pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub const RESULTS_CHANNEL_CAPACITY: usize = 4096;
 /// Bound on [`KafkaDataPlane::close`] (leaving the group, committing stored offsets).
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How recent a client error must be for a failed readiness check to quote it. librdkafka
+/// reports a failing connection again when it reconnects, but suppresses identical errors for a
+/// while.
+const LAST_ERROR_RELEVANCE: Duration = Duration::from_secs(300);
 /// Pause after a consumer error before polling again.
 const CONSUMER_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
@@ -929,8 +933,20 @@ impl DataPlane for KafkaDataPlane {
         Ok(rx)
     }
 
+    /// The broker answers a metadata request; if not, the error says what the clients last
+    /// reported (refused credentials, an untrusted certificate, a refused connection) when that
+    /// was recent.
     async fn ping(&self, limit: Duration) -> PortResult<()> {
-        self.brokers(limit).await.map(|_| ())
+        self.brokers(limit).await.map(|_| ()).map_err(|e| {
+            match kafka_logs::last_error(LAST_ERROR_RELEVANCE) {
+                Some(last) if last.is_authentication() => unavailable(last.explain()),
+                Some(last) => unavailable(format!(
+                    "{e}; the clients last reported: {}",
+                    last.explain()
+                )),
+                None => e,
+            }
+        })
     }
 
     fn store_positions(&self, positions: &[Position]) -> PortResult<()> {
