@@ -502,6 +502,16 @@ fn is_permanent_admin_error(code: RDKafkaErrorCode) -> bool {
     )
 }
 
+/// `detail`, followed by what the clients last reported when that is recent: a request that timed
+/// out says why the broker did not answer (e.g. `…; the clients last reported: authentication
+/// failed: …`).
+fn with_last_error(detail: String) -> String {
+    match kafka_logs::last_error(LAST_ERROR_RELEVANCE) {
+        Some(last) => format!("{detail}; the clients last reported: {}", last.explain()),
+        None => detail,
+    }
+}
+
 fn unavailable(detail: String) -> PortError {
     PortError::Unavailable {
         service: SERVICE,
@@ -801,12 +811,12 @@ impl DataPlane for KafkaDataPlane {
         )
         .await
         .map_err(|_| {
-            unavailable(format!(
+            unavailable(with_last_error(format!(
                 "create topics {names:?}: no answer within {:?}",
                 ADMIN_TIMEOUT + DELIVERY_MARGIN
-            ))
+            )))
         })?
-        .map_err(|e| unavailable(format!("create topics {names:?}: {e}")))?;
+        .map_err(|e| unavailable(with_last_error(format!("create topics {names:?}: {e}"))))?;
         let mut created = Vec::new();
         let mut errors = Vec::new();
         let mut permanent = false;
@@ -938,13 +948,10 @@ impl DataPlane for KafkaDataPlane {
     /// was recent.
     async fn ping(&self, limit: Duration) -> PortResult<()> {
         self.brokers(limit).await.map(|_| ()).map_err(|e| {
-            match kafka_logs::last_error(LAST_ERROR_RELEVANCE) {
-                Some(last) if last.is_authentication() => unavailable(last.explain()),
-                Some(last) => unavailable(format!(
-                    "{e}; the clients last reported: {}",
-                    last.explain()
-                )),
-                None => e,
+            match (kafka_logs::last_error(LAST_ERROR_RELEVANCE), e) {
+                (Some(last), _) if last.is_authentication() => unavailable(last.explain()),
+                (_, PortError::Unavailable { detail, .. }) => unavailable(with_last_error(detail)),
+                (_, e) => e,
             }
         })
     }
