@@ -70,6 +70,9 @@ impl Errors {
     }
 }
 
+/// A client that must be refused: what it is, its properties, what its errors must say.
+type Refusal<'a> = (&'a str, Vec<(String, String)>, &'a [&'a str]);
+
 /// `base` with `properties` set.
 fn with(mut base: ClientConfig, properties: &[(String, String)]) -> ClientConfig {
     for (k, v) in properties {
@@ -159,7 +162,7 @@ async fn the_sasl_ssl_listener_takes_its_user_and_refuses_everyone_else() -> any
 
     // Refused: a wrong password (named as an authentication failure), no credentials (TLS but
     // no SASL), plaintext on the SASL_SSL port, and the right user without the CA.
-    let refused: [(&str, Vec<(String, String)>, &[&str]); 4] = [
+    let refused: [Refusal; 4] = [
         (
             "wrong password",
             sasl.client_properties(Some("not-the-password")),
