@@ -66,7 +66,7 @@ pub struct AgentArgs {
     /// Extra librdkafka property for the agent's consumer and producer (`key=value`, repeatable;
     /// e.g. tuning, or security settings the dedicated flags below do not cover). Security
     /// settings are never sent by the control plane.
-    #[arg(long = "kafka-property", env = "STRATA_KAFKA_PROPERTIES", value_delimiter = ',', value_parser = parse_key_value)]
+    #[arg(long = "kafka-property", env = "STRATA_KAFKA_PROPERTIES", hide_env_values = true, value_delimiter = ',', value_parser = parse_key_value)]
     pub kafka_properties: Vec<(String, String)>,
 
     /// Kafka `security.protocol`: plaintext, ssl, sasl_plaintext or sasl_ssl (default: sasl_ssl

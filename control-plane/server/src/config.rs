@@ -64,6 +64,7 @@ pub struct Flags {
     #[arg(
         long = "kafka-property",
         env = "STRATA_KAFKA_PROPERTIES",
+        hide_env_values = true,
         value_delimiter = ','
     )]
     pub kafka_properties: Option<Vec<String>>,
