@@ -759,7 +759,7 @@ async fn control_plane(o: &Options) -> anyhow::Result<()> {
             topic_prefix: config.topic_prefix.clone(),
             partitions: config.topic_partitions,
             consumer_group: config.consumer_group.clone(),
-            extra: config.kafka_properties.clone(),
+            extra: config.kafka_client_properties(),
             ..KafkaSettings::new(config.kafka_brokers.clone())
         })
         .context("connect kafka")?,

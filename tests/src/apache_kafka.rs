@@ -46,6 +46,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use strata_runtime::kafka_config::{self, ClientSettings};
 use tempfile::TempDir;
 
+use crate::kafka_sasl::SaslListener;
 use crate::process::ServerProcess;
 use crate::{free_port, on_path, temp_dir};
 
@@ -107,6 +108,8 @@ struct Node {
     process: Option<ServerProcess>,
     /// `SIGSTOP`ped by [`KafkaCluster::stop`] and not resumed yet.
     stopped: bool,
+    /// Its SASL_SSL listener, when started with one ([`ApacheKafka::start_sasl`]).
+    sasl: Option<SaslListener>,
 }
 
 /// A partition as the cluster's metadata shows it, node ids being [`KafkaCluster`] node indexes.
@@ -143,6 +146,12 @@ impl KafkaCluster {
     /// Starts `size` nodes (1 to 9) and waits (bounded) until every node's metadata lists every
     /// broker. Internal topics and new topics replicate to all of them.
     pub async fn start(size: usize) -> anyhow::Result<Self> {
+        Self::start_with(size, false).await
+    }
+
+    /// [`Self::start`], each node with a SASL_SSL listener too when `sasl`
+    /// ([`crate::kafka_sasl`]).
+    async fn start_with(size: usize, sasl: bool) -> anyhow::Result<Self> {
         ensure!(
             (1..=9).contains(&size),
             "a cluster has 1 to 9 nodes, not {size}"
@@ -151,7 +160,7 @@ impl KafkaCluster {
         let libs = kafka_libs()?;
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
-            match Self::start_once(&java, &libs, size).await {
+            match Self::start_once(&java, &libs, size, sasl).await {
                 Ok(cluster) => return Ok(cluster),
                 Err(e) if is_addr_in_use(&format!("{e:#}")) => last_error = Some(e),
                 Err(e) => return Err(e),
@@ -160,23 +169,30 @@ impl KafkaCluster {
         Err(last_error.unwrap_or_else(|| anyhow::anyhow!("apache kafka did not start")))
     }
 
-    async fn start_once(java: &Path, libs: &Path, size: usize) -> anyhow::Result<Self> {
+    async fn start_once(java: &Path, libs: &Path, size: usize, sasl: bool) -> anyhow::Result<Self> {
         let dir = temp_dir(if size == 1 {
             "apache-kafka"
         } else {
             "kafka-cluster"
         })?;
-        let ports = distinct_free_ports(2 * size)?;
+        let ports = distinct_free_ports(if sasl { 3 * size } else { 2 * size })?;
         let nodes = (0..size)
-            .map(|id| Node {
-                id,
-                port: ports[2 * id],
-                controller_port: ports[2 * id + 1],
-                dir: dir.path().join(format!("node-{id}")),
-                process: None,
-                stopped: false,
+            .map(|id| {
+                let node_dir = dir.path().join(format!("node-{id}"));
+                let sasl = sasl
+                    .then(|| SaslListener::create(&node_dir.join("sasl"), ports[2 * size + id]))
+                    .transpose()?;
+                Ok(Node {
+                    id,
+                    port: ports[2 * id],
+                    controller_port: ports[2 * id + 1],
+                    dir: node_dir,
+                    process: None,
+                    stopped: false,
+                    sasl,
+                })
             })
-            .collect();
+            .collect::<anyhow::Result<_>>()?;
         let mut cluster = Self {
             java: java.to_owned(),
             libs: libs.to_owned(),
@@ -486,18 +502,30 @@ impl KafkaCluster {
             .join(",");
         let (id, port, controller) = (node.id, node.port, node.controller_port);
         let data = node.dir.join("data");
+        // The SASL_SSL listener, if any, beside the others (`kafka_sasl`).
+        let (sasl_listener, sasl_protocol) =
+            node.sasl.as_ref().map_or_else(Default::default, |s| {
+                (
+                    format!(",{}", s.listener_entry()),
+                    format!(",{0}:{0}", crate::kafka_sasl::LISTENER),
+                )
+            });
         let mut text = String::from("# Written by strata-tests (tests/src/apache_kafka.rs).\n");
         for line in [
             "process.roles=broker,controller".to_owned(),
             format!("node.id={id}"),
             format!("controller.quorum.voters={voters}"),
-            format!("listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}"),
             format!(
-                "advertised.listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}"
+                "listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}{sasl_listener}"
+            ),
+            format!(
+                "advertised.listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}{sasl_listener}"
             ),
             "controller.listener.names=CONTROLLER".to_owned(),
             "inter.broker.listener.name=PLAINTEXT".to_owned(),
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT".to_owned(),
+            format!(
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT{sasl_protocol}"
+            ),
             format!("log.dirs={}", data.display()),
             "num.partitions=1".to_owned(),
             // As on Tansu: a topic exists only once created (Strata's clients never ask for
@@ -521,6 +549,9 @@ impl KafkaCluster {
             "num.recovery.threads.per.data.dir=1".to_owned(),
         ] {
             let _ = writeln!(text, "{line}");
+        }
+        if let Some(sasl) = &node.sasl {
+            text.push_str(&sasl.server_properties());
         }
         text
     }
@@ -550,6 +581,9 @@ impl KafkaCluster {
             command
                 .args(["format", "--cluster-id", CLUSTER_ID, "--config"])
                 .arg(node.dir.join("server.properties"));
+            if let Some(sasl) = &node.sasl {
+                command.args(sasl.format_args());
+            }
             let name = format!("kafka storage format, node {}", node.id);
             running.push((
                 name.clone(),
@@ -709,6 +743,20 @@ impl ApacheKafka {
         Ok(Self {
             cluster: KafkaCluster::start(1).await?,
         })
+    }
+
+    /// [`Self::start`] with a SASL_SSL listener (SCRAM-SHA-512, a certificate the harness
+    /// made) beside the `PLAINTEXT` one: [`Self::sasl`] says where and with what
+    /// ([`crate::kafka_sasl`]).
+    pub async fn start_sasl() -> anyhow::Result<Self> {
+        Ok(Self {
+            cluster: KafkaCluster::start_with(1, true).await?,
+        })
+    }
+
+    /// The SASL_SSL listener, if started with [`Self::start_sasl`].
+    pub fn sasl(&self) -> Option<&SaslListener> {
+        self.cluster.nodes[0].sasl.as_ref()
     }
 
     /// `127.0.0.1:PORT`, for `bootstrap.servers` (stable across restarts).

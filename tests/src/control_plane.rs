@@ -134,6 +134,48 @@ impl ControlPlane {
         Err(last_error.unwrap_or_else(|| anyhow::anyhow!("strata-control-plane did not start")))
     }
 
+    /// Starts the binary like [`Self::start_with_env`] but returns at once, without waiting for
+    /// gRPC: for a control plane that is not expected to become ready (e.g. one the broker
+    /// refuses). Its admin port is [`Self::admin_port`]; [`Self::exit_status`] says whether it
+    /// exited.
+    pub fn spawn_unready(
+        kafka_brokers: &str,
+        redis_url: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let bin = control_plane_binary()?;
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let dir = temp_dir("control-plane")?;
+        let (port, admin_port) = (free_port()?, free_port()?);
+        let mut args: Vec<String> = vec![
+            "--kafka-brokers".into(),
+            kafka_brokers.into(),
+            "--redis-url".into(),
+            redis_url.into(),
+        ];
+        args.extend(extra_args.iter().map(|a| (*a).to_owned()));
+        args.extend(["--admin-addr".to_owned(), format!("127.0.0.1:{admin_port}")]);
+        let process = ServerProcess::spawn(
+            "strata-control-plane (run 1)",
+            command(&bin, port, &args, &env, dir.path()),
+            &dir.path().join("control-plane.log"),
+        )?;
+        Ok(Self {
+            bin,
+            port,
+            admin_port,
+            args,
+            env,
+            process: Some(process),
+            starts: 1,
+            dir,
+        })
+    }
+
     /// `http://127.0.0.1:PORT`, for a gRPC client (stable across restarts).
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
@@ -259,23 +301,9 @@ async fn spawn_ready(
     run: usize,
 ) -> anyhow::Result<ServerProcess> {
     let addr = format!("127.0.0.1:{port}");
-    let mut command = Command::new(bin);
-    command
-        .arg("--grpc-addr")
-        .arg(&addr)
-        .args(args)
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("NO_COLOR", "1")
-        .env(
-            "STRATA_LOG",
-            std::env::var(CONTROL_PLANE_LOG_ENV).unwrap_or_else(|_| "info".into()),
-        )
-        .envs(env.iter().map(|(k, v)| (k, v)));
     let mut process = ServerProcess::spawn(
         &format!("strata-control-plane (run {run})"),
-        command,
+        command(bin, port, args, env, dir),
         &dir.join("control-plane.log"),
     )?;
     let endpoint = format!("http://{addr}");
@@ -300,6 +328,32 @@ async fn spawn_ready(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The command line of a run on `port`: from an empty environment but `PATH`, the log level and
+/// `env`.
+fn command(
+    bin: &Path,
+    port: u16,
+    args: &[String],
+    env: &[(String, String)],
+    dir: &Path,
+) -> Command {
+    let mut command = Command::new(bin);
+    command
+        .arg("--grpc-addr")
+        .arg(format!("127.0.0.1:{port}"))
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("NO_COLOR", "1")
+        .env(
+            "STRATA_LOG",
+            std::env::var(CONTROL_PLANE_LOG_ENV).unwrap_or_else(|_| "info".into()),
+        )
+        .envs(env.iter().map(|(k, v)| (k, v)));
+    command
 }
 
 /// Ok once `GetBatch` for an unknown batch is answered with `NOT_FOUND`: the server is up and its

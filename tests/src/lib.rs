@@ -35,6 +35,7 @@ pub mod apache_kafka;
 pub mod broker;
 pub mod control_plane;
 pub mod kafka;
+pub mod kafka_sasl;
 pub mod process;
 pub mod redis_server;
 pub mod stack;

@@ -28,6 +28,59 @@ use anyhow::Context as _;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
+/// `command` as a shell would read it, secrets masked: the values of environment variables
+/// whose name says PASSWORD, SECRET or TOKEN, and whatever follows `password=` in an argument
+/// (up to `,` or `]`), so that a log never shows the credentials a test hands a server.
+pub fn describe(command: &Command) -> String {
+    let mut shown = String::new();
+    if let Some(dir) = command.get_current_dir() {
+        shown.push_str(&format!("cd {dir:?} && "));
+    }
+    shown.push_str("env");
+    for (key, value) in command.get_envs() {
+        let key = key.to_string_lossy();
+        let upper = key.to_ascii_uppercase();
+        let value = match value {
+            None => continue,
+            Some(_)
+                if ["PASSWORD", "SECRET", "TOKEN"]
+                    .iter()
+                    .any(|s| upper.contains(s)) =>
+            {
+                "***".to_owned()
+            }
+            Some(v) => v.to_string_lossy().into_owned(),
+        };
+        shown.push_str(&format!(" {key}={value:?}"));
+    }
+    shown.push_str(&format!(" {:?}", command.get_program()));
+    for arg in command.get_args() {
+        shown.push_str(&format!(
+            " {:?}",
+            mask_password_values(&arg.to_string_lossy())
+        ));
+    }
+    shown
+}
+
+/// `…password=secret,…` → `…password=***,…` (every occurrence, any case).
+fn mask_password_values(arg: &str) -> String {
+    const KEY: &str = "password=";
+    let lower = arg.to_ascii_lowercase();
+    let mut out = String::new();
+    let mut rest = 0;
+    while let Some(found) = lower[rest..].find(KEY) {
+        let value_start = rest + found + KEY.len();
+        out.push_str(&arg[rest..value_start]);
+        out.push_str("***");
+        rest = arg[value_start..]
+            .find([',', ']'])
+            .map_or(arg.len(), |end| value_start + end);
+    }
+    out.push_str(&arg[rest..]);
+    out
+}
+
 /// How many bytes of a server's log go into error messages.
 const LOG_TAIL_BYTES: u64 = 4_000;
 
@@ -53,7 +106,8 @@ impl ServerProcess {
             .open(log_path)
             .with_context(|| format!("open log {}", log_path.display()))?;
         let log_start = log.metadata()?.len();
-        writeln!(log, "---- strata-tests: starting {name}: {command:?}")?;
+        let shown = describe(&command);
+        writeln!(log, "---- strata-tests: starting {name}: {shown}")?;
         let stderr = log.try_clone()?;
         command
             .stdin(Stdio::null())
@@ -62,7 +116,7 @@ impl ServerProcess {
             .process_group(0);
         let child = command
             .spawn()
-            .with_context(|| format!("spawn {name}: {command:?}"))?;
+            .with_context(|| format!("spawn {name}: {shown}"))?;
         let mut process = Self {
             name: name.to_owned(),
             child,
@@ -170,5 +224,29 @@ pub fn log_tail(path: &Path, from: u64) -> String {
     match read() {
         Ok(text) => text,
         Err(e) => format!("(cannot read {}: {e})", path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_described_command_shows_no_secret() {
+        let mut command = Command::new("java");
+        command
+            .args([
+                "--add-scram",
+                "SCRAM-SHA-512=[name=strata,password=hunter2]",
+            ])
+            .args(["--kafka-property", "sasl.password=hunter2"])
+            .env("STRATA_KAFKA_SASL_PASSWORD", "hunter2")
+            .env("STRATA_LOG", "info");
+        let shown = describe(&command);
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("[name=strata,password=***]"), "{shown}");
+        assert!(shown.contains("STRATA_LOG=\"info\""), "{shown}");
+        assert_eq!(mask_password_values("a=b"), "a=b");
+        assert_eq!(mask_password_values("PASSWORD=x,y=z"), "PASSWORD=***,y=z");
     }
 }

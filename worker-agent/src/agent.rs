@@ -230,7 +230,9 @@ async fn serve_from_args<P: Processor>(
     };
     let transport = crate::kafka_ports::KafkaTransport {
         brokers: args.kafka_brokers.clone(),
-        properties: args.kafka_properties.clone(),
+        properties: args
+            .kafka_client_properties()
+            .map_err(|e| anyhow::anyhow!("kafka: {e}"))?,
         zone: args.zone.clone(),
     };
     let registry = crate::registry::Registry::new(&args.control_plane)?;

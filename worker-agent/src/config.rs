@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use strata_runtime::kafka_security::{self, Secret, SecurityArgs};
 
 /// The built-in processors (`docs/design.md#agents-and-processors`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -31,7 +32,10 @@ pub enum ProcessorKind {
     after_help = "Examples:\n  strata-worker-agent --zone raw --processor simulate \
                   --simulate-duration-ms 50\n  strata-worker-agent --zone std --processor exec \
                   --exec-command ./load.sh --concurrency 8\n  strata-worker-agent --zone app \
-                  --processor http --http-url http://loader:8080/load\n\nTraces: set \
+                  --processor http --http-url http://loader:8080/load\n\nKafka SASL password: \
+                  STRATA_KAFKA_SASL_PASSWORD (environment only) or --kafka-sasl-password-file; \
+                  there is no flag for it, the control plane never sends credentials, and it is \
+                  never logged.\n\nTraces: set \
                   OTEL_EXPORTER_OTLP_ENDPOINT (e.g. http://127.0.0.1:4317) to export a `process` \
                   span per attempt over OTLP/gRPC, a child of the control plane's span named by \
                   the Ready's traceparent; OTEL_SERVICE_NAME (default strata-worker-agent) and \
@@ -60,9 +64,38 @@ pub struct AgentArgs {
     pub kafka_brokers: Option<String>,
 
     /// Extra librdkafka property for the agent's consumer and producer (`key=value`, repeatable;
-    /// e.g. `security.protocol=SASL_SSL`). Security settings are never sent by the control plane.
-    #[arg(long = "kafka-property", env = "STRATA_KAFKA_PROPERTIES", value_delimiter = ',', value_parser = parse_key_value)]
+    /// e.g. tuning, or security settings the dedicated flags below do not cover). Security
+    /// settings are never sent by the control plane.
+    #[arg(long = "kafka-property", env = "STRATA_KAFKA_PROPERTIES", hide_env_values = true, value_delimiter = ',', value_parser = parse_key_value)]
     pub kafka_properties: Vec<(String, String)>,
+
+    /// Kafka `security.protocol`: plaintext, ssl, sasl_plaintext or sasl_ssl (default: sasl_ssl
+    /// with --kafka-sasl-username, ssl with --kafka-ca alone, else plaintext).
+    #[arg(long, env = "STRATA_KAFKA_SECURITY_PROTOCOL")]
+    pub kafka_security_protocol: Option<String>,
+
+    /// Kafka SASL mechanism: SCRAM-SHA-512 (the default with a user name), SCRAM-SHA-256 or
+    /// PLAIN.
+    #[arg(long, env = "STRATA_KAFKA_SASL_MECHANISM")]
+    pub kafka_sasl_mechanism: Option<String>,
+
+    /// Kafka SASL user name. Its password: STRATA_KAFKA_SASL_PASSWORD or
+    /// --kafka-sasl-password-file.
+    #[arg(long, env = "STRATA_KAFKA_SASL_USERNAME")]
+    pub kafka_sasl_username: Option<String>,
+
+    /// File holding the Kafka SASL password (a trailing line break is ignored).
+    #[arg(long, env = "STRATA_KAFKA_SASL_PASSWORD_FILE")]
+    pub kafka_sasl_password_file: Option<PathBuf>,
+
+    /// PEM file of the CA certificates that signed the brokers' certificates (librdkafka's
+    /// `ssl.ca.location`; default: the system's CAs).
+    #[arg(long, env = "STRATA_KAFKA_CA")]
+    pub kafka_ca: Option<PathBuf>,
+
+    /// The Kafka SASL password, from STRATA_KAFKA_SASL_PASSWORD only (no flag).
+    #[arg(skip = kafka_security::password_from_env())]
+    pub kafka_sasl_password: Option<Secret>,
 
     /// Address of the HTTP admin port (`/metrics`, `/health/liveness`, `/health/readiness`).
     #[arg(long, env = "STRATA_ADMIN_ADDR", default_value = "0.0.0.0:9464")]
@@ -133,6 +166,22 @@ pub struct AgentArgs {
 }
 
 impl AgentArgs {
+    /// Every extra property of the agent's Kafka clients: the security settings' (the SASL
+    /// password in clear, for the clients only), then `--kafka-property`'s. The error names the
+    /// bad or conflicting setting, never the password.
+    pub fn kafka_client_properties(&self) -> Result<Vec<(String, String)>, String> {
+        SecurityArgs {
+            security_protocol: self.kafka_security_protocol.clone(),
+            sasl_mechanism: self.kafka_sasl_mechanism.clone(),
+            sasl_username: self.kafka_sasl_username.clone(),
+            sasl_password_file: self.kafka_sasl_password_file.clone(),
+            sasl_password: self.kafka_sasl_password.clone(),
+            ca: self.kafka_ca.clone(),
+        }
+        .resolve()?
+        .with_extra(&self.kafka_properties)
+    }
+
     /// The drain grace period.
     pub fn drain_grace(&self) -> Duration {
         Duration::from_secs(self.drain_grace_secs)
@@ -206,5 +255,32 @@ mod tests {
             .to_string();
         assert!(err.contains("\"oops\" is not key=value"), "{err}");
         assert!(AgentArgs::try_parse_from(["a", "--zone", "raw", "--concurrency", "0"]).is_err());
+    }
+
+    #[test]
+    fn kafka_credentials_come_from_flags_and_the_password_from_elsewhere() {
+        let mut args = AgentArgs::try_parse_from([
+            "a",
+            "--zone",
+            "raw",
+            "--kafka-sasl-username",
+            "strata",
+            "--kafka-property",
+            "linger.ms=1",
+        ])
+        .expect("parses");
+        let err = args.kafka_client_properties().expect_err("no password");
+        assert!(err.contains("STRATA_KAFKA_SASL_PASSWORD"), "{err}");
+        args.kafka_sasl_password = Some(Secret::new("hunter2"));
+        let properties = args.kafka_client_properties().expect("complete");
+        assert!(properties.contains(&("sasl.password".into(), "hunter2".into())));
+        assert!(properties.contains(&("sasl.mechanisms".into(), "SCRAM-SHA-512".into())));
+        assert!(properties.contains(&("linger.ms".into(), "1".into())));
+        assert!(!format!("{args:?}").contains("hunter2"));
+        // There is no flag for the password.
+        assert!(
+            AgentArgs::try_parse_from(["a", "--zone", "raw", "--kafka-sasl-password", "x"])
+                .is_err()
+        );
     }
 }

@@ -20,8 +20,8 @@ use crate::registry::Lease;
 /// Bound on closing the consumer at exit (librdkafka's close can hang on a broker that is gone).
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Kafka clients for one zone's agent.
-#[derive(Debug, Clone)]
+/// Kafka clients for one zone's agent. Its `Debug` masks secret-looking properties.
+#[derive(Clone)]
 pub struct KafkaTransport {
     /// Bootstrap servers overriding the ones the control plane sends.
     pub brokers: Option<String>,
@@ -29,6 +29,19 @@ pub struct KafkaTransport {
     pub properties: Vec<(String, String)>,
     /// The zone (the clients' id is `strata-agent-<zone>`).
     pub zone: String,
+}
+
+impl std::fmt::Debug for KafkaTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaTransport")
+            .field("brokers", &self.brokers)
+            .field(
+                "properties",
+                &strata_runtime::kafka_config::masked(&self.properties),
+            )
+            .field("zone", &self.zone)
+            .finish()
+    }
 }
 
 impl KafkaTransport {

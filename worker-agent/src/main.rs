@@ -18,6 +18,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Checked before anything starts (the agent builds its clients only once registered).
+    if let Err(e) = args.kafka_client_properties() {
+        eprintln!("strata-worker-agent: kafka: {e}");
+        return ExitCode::from(2);
+    }
     logs::init("info", std::io::stdout);
     let runtime = match executor::build() {
         Ok(r) => r,

@@ -10,6 +10,7 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 
 use crate::kafka_logs;
+use crate::kafka_security::is_secret_property;
 
 /// Bound on one record's delivery (`message.timeout.ms`): a send resolves, delivered or failed,
 /// within about this long.
@@ -42,14 +43,15 @@ impl fmt::Debug for ClientSettings {
 pub fn masked(extra: &[(String, String)]) -> Vec<(&str, &str)> {
     extra
         .iter()
-        .map(|(k, v)| (k.as_str(), if is_secret(k) { "***" } else { v.as_str() }))
+        .map(|(k, v)| {
+            let shown = if is_secret_property(k) {
+                "***"
+            } else {
+                v.as_str()
+            };
+            (k.as_str(), shown)
+        })
         .collect()
-}
-
-fn is_secret(key: &str) -> bool {
-    ["password", "secret", "key", "token", "jaas"]
-        .iter()
-        .any(|s| key.contains(s))
 }
 
 /// A client of `role`: the settings every client shares (bootstrap servers, client id, no topic

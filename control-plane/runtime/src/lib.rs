@@ -3,6 +3,7 @@
 //!
 //! - `kafka_config`: Kafka client configuration, one function per role (feature `kafka`).
 //! - `kafka_logs`: librdkafka log routing into `tracing` (feature `kafka`).
+//! - `kafka_security`: SASL/TLS settings of the Kafka clients, the password as a `Secret`.
 //! - `producer`: producer-replacement rules (feature `kafka`).
 //! - `detached`: drop on a thread, for handles whose destruction blocks.
 //! - `otlp`: OTLP install and the `traceparent` header (feature `otlp`).
@@ -21,6 +22,7 @@ pub mod executor;
 pub mod kafka_config;
 #[cfg(feature = "kafka")]
 pub mod kafka_logs;
+pub mod kafka_security;
 pub mod logs;
 #[cfg(feature = "otlp")]
 pub mod otlp;

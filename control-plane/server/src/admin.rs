@@ -21,7 +21,7 @@ use tracing::{info, warn};
 
 use crate::driver::Handle;
 use crate::metrics::Metrics;
-use crate::ports::{DataPlane, StateStore};
+use crate::ports::{DataPlane, PortError, StateStore};
 use crate::service::{REGISTRY_SERVICE_NAME, SERVICE_NAME};
 
 /// Bound on each readiness check.
@@ -93,12 +93,12 @@ impl<D: DataPlane, S: StateStore> Admin<D, S> {
         let mut reasons = Vec::new();
         match broker {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => reasons.push(format!("kafka: {e}")),
+            Ok(Err(e)) => reasons.push(reason("kafka", &e)),
             Err(_) => reasons.push(format!("kafka: no answer within {CHECK_TIMEOUT:?}")),
         }
         match redis {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => reasons.push(format!("redis: {e}")),
+            Ok(Err(e)) => reasons.push(reason("redis", &e)),
             Err(_) => reasons.push(format!("redis: no answer within {CHECK_TIMEOUT:?}")),
         }
         let zones_without_agents = match driver {
@@ -178,6 +178,15 @@ impl<D: DataPlane, S: StateStore> Admin<D, S> {
                 }
             }
         })
+    }
+}
+
+/// `<service>: <why>`: an unavailable service's detail as is (e.g. `kafka: authentication
+/// failed: SASL authentication error: …`), any other error in full.
+fn reason(service: &str, e: &PortError) -> String {
+    match e {
+        PortError::Unavailable { detail, .. } => format!("{service}: {detail}"),
+        other => format!("{service}: {other}"),
     }
 }
 

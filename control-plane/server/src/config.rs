@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use strata_core::Zone;
 use strata_core::preflight::PreflightRules;
 use strata_core::retry::RetryPolicy;
+use strata_runtime::kafka_security::{self, KafkaSecurity, Secret, SecurityArgs};
 
 /// Command-line flags and environment variables of `strata-control-plane`.
 #[derive(Debug, Clone, Default, Parser, Serialize, Deserialize)]
@@ -20,7 +21,10 @@ use strata_core::retry::RetryPolicy;
     version,
     about = "Strata control plane: plans batches of data objects and drives them to loaded through worker agents over Kafka, with state in Redis.",
     long_about = None,
-    after_help = "Traces: set OTEL_EXPORTER_OTLP_ENDPOINT (e.g. http://127.0.0.1:4317) to export \
+    after_help = "Kafka SASL password: STRATA_KAFKA_SASL_PASSWORD (environment only) or \
+                  --kafka-sasl-password-file; there is no flag for it, and it is never printed \
+                  (--print-config shows the file's path).\n\n\
+                  Traces: set OTEL_EXPORTER_OTLP_ENDPOINT (e.g. http://127.0.0.1:4317) to export \
                   OpenTelemetry traces over OTLP/gRPC (one trace per batch, one span per object \
                   attempt); OTEL_SERVICE_NAME (default strata-control-plane) and the other \
                   standard OTEL_* variables apply."
@@ -54,13 +58,45 @@ pub struct Flags {
     #[arg(long, env = "STRATA_KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
 
-    /// Extra Kafka client properties, `key=value`, repeatable (e.g. SASL/SSL settings).
+    /// Extra Kafka client properties (librdkafka's), `key=value`, repeatable (e.g. tuning, or
+    /// security settings the dedicated flags below do not cover). Secret-looking values are
+    /// masked when shown.
     #[arg(
         long = "kafka-property",
         env = "STRATA_KAFKA_PROPERTIES",
+        hide_env_values = true,
         value_delimiter = ','
     )]
     pub kafka_properties: Option<Vec<String>>,
+
+    /// Kafka `security.protocol`: plaintext, ssl, sasl_plaintext or sasl_ssl (default: sasl_ssl
+    /// with --kafka-sasl-username, ssl with --kafka-ca alone, else plaintext).
+    #[arg(long, env = "STRATA_KAFKA_SECURITY_PROTOCOL")]
+    pub kafka_security_protocol: Option<String>,
+
+    /// Kafka SASL mechanism: SCRAM-SHA-512 (the default with a user name), SCRAM-SHA-256 or
+    /// PLAIN.
+    #[arg(long, env = "STRATA_KAFKA_SASL_MECHANISM")]
+    pub kafka_sasl_mechanism: Option<String>,
+
+    /// Kafka SASL user name. Its password: STRATA_KAFKA_SASL_PASSWORD or
+    /// --kafka-sasl-password-file.
+    #[arg(long, env = "STRATA_KAFKA_SASL_USERNAME")]
+    pub kafka_sasl_username: Option<String>,
+
+    /// File holding the Kafka SASL password (a trailing line break is ignored).
+    #[arg(long, env = "STRATA_KAFKA_SASL_PASSWORD_FILE")]
+    pub kafka_sasl_password_file: Option<PathBuf>,
+
+    /// PEM file of the CA certificates that signed the brokers' certificates (librdkafka's
+    /// `ssl.ca.location`; default: the system's CAs).
+    #[arg(long, env = "STRATA_KAFKA_CA")]
+    pub kafka_ca: Option<PathBuf>,
+
+    /// The Kafka SASL password, from STRATA_KAFKA_SASL_PASSWORD only (no flag, no file key).
+    #[arg(skip = kafka_security::password_from_env())]
+    #[serde(skip)]
+    pub kafka_sasl_password: Option<Secret>,
 
     /// Prefix of every topic name (`<prefix>.ready.<zone>`, `<prefix>.results`, …).
     #[arg(long, env = "STRATA_TOPIC_PREFIX")]
@@ -173,8 +209,8 @@ pub struct ZoneSettings {
     pub preflight: Option<PreflightRules>,
 }
 
-/// The effective, validated configuration.
-#[derive(Debug, Clone, PartialEq)]
+/// The effective, validated configuration. Its `Debug` is masked like `--print-config`.
+#[derive(Clone, PartialEq)]
 pub struct Config {
     /// gRPC listen address.
     pub grpc_addr: SocketAddr,
@@ -184,6 +220,8 @@ pub struct Config {
     pub kafka_brokers: String,
     /// Extra Kafka client properties.
     pub kafka_properties: Vec<(String, String)>,
+    /// The Kafka clients' security settings (SASL, TLS).
+    pub kafka_security: KafkaSecurity,
     /// Topic prefix.
     pub topic_prefix: String,
     /// Partitions of created topics.
@@ -306,6 +344,19 @@ impl Flags {
                 }),
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let kafka_security = SecurityArgs {
+            security_protocol: f.kafka_security_protocol.or(file.kafka_security_protocol),
+            sasl_mechanism: f.kafka_sasl_mechanism.or(file.kafka_sasl_mechanism),
+            sasl_username: f.kafka_sasl_username.or(file.kafka_sasl_username),
+            sasl_password_file: f.kafka_sasl_password_file.or(file.kafka_sasl_password_file),
+            sasl_password: f.kafka_sasl_password,
+            ca: f.kafka_ca.or(file.kafka_ca),
+        }
+        .resolve()
+        .map_err(|detail| ConfigError::Invalid {
+            name: "kafka security",
+            detail,
+        })?;
         let config = Config {
             grpc_addr: f
                 .grpc_addr
@@ -320,6 +371,7 @@ impl Flags {
                 .or(file.kafka_brokers)
                 .unwrap_or_else(|| "127.0.0.1:9092".into()),
             kafka_properties,
+            kafka_security,
             topic_prefix: f
                 .topic_prefix
                 .or(file.topic_prefix)
@@ -504,6 +556,9 @@ impl Config {
         if self.kafka_brokers.trim().is_empty() {
             return invalid("kafka-brokers", "must not be empty");
         }
+        if let Err(e) = self.kafka_security.with_extra(&self.kafka_properties) {
+            return invalid("kafka-property", &e);
+        }
         if !(self.redis_url.starts_with("redis://") || self.redis_url.starts_with("rediss://")) {
             return invalid("redis-url", "must start with redis:// or rediss://");
         }
@@ -543,27 +598,65 @@ impl Config {
         mask_url_password(&self.redis_url)
     }
 
-    /// The effective configuration as TOML, with secrets masked (Redis password, Kafka
-    /// properties whose name mentions a password, secret or key).
+    /// Every Kafka client property of the control plane's clients: the security settings',
+    /// then `--kafka-property`'s ([`Self::validate`] refused any overlap). Holds the SASL
+    /// password in clear: for the clients' configuration only.
+    pub fn kafka_client_properties(&self) -> Vec<(String, String)> {
+        let mut all = self.kafka_security.properties();
+        all.extend(self.kafka_properties.iter().cloned());
+        all
+    }
+
+    /// The effective configuration as TOML, with secrets masked: the Redis password, Kafka
+    /// properties whose name mentions a password, secret, key, token or JAAS configuration; the
+    /// SASL password is never shown (its file's path is, or a comment saying it came from the
+    /// environment).
     pub fn to_display_toml(&self) -> String {
+        let shown = self.masked();
+        let mut text = String::new();
+        if shown.kafka_security.sasl_password.is_some()
+            && shown.kafka_security.sasl_password_file.is_none()
+        {
+            text.push_str(&format!(
+                "# The Kafka SASL password is set by {} (not shown).\n",
+                kafka_security::PASSWORD_ENV
+            ));
+        }
+        text.push_str(&toml::to_string(&DisplayConfig::from(&shown)).unwrap_or_default());
+        text
+    }
+
+    /// A copy without secrets in clear: the Redis password and secret-looking Kafka properties
+    /// masked (the SASL password is a [`Secret`], shown as `***` anyway).
+    fn masked(&self) -> Config {
         let mut shown = self.clone();
         shown.redis_url = mask_url_password(&shown.redis_url);
         for (k, v) in &mut shown.kafka_properties {
-            let k = k.to_ascii_lowercase();
-            if k.contains("password") || k.contains("secret") || k.contains("key") {
+            if kafka_security::is_secret_property(k) {
                 *v = "***".into();
             }
         }
-        toml::to_string(&DisplayConfig::from(&shown)).unwrap_or_default()
+        shown
     }
 }
 
-#[derive(Serialize)]
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Config {:?}", DisplayConfig::from(&self.masked()))
+    }
+}
+
+#[derive(Debug, Serialize)]
 struct DisplayConfig {
     grpc_addr: String,
     admin_addr: String,
     kafka_brokers: String,
     kafka_properties: Vec<String>,
+    kafka_security_protocol: Option<String>,
+    kafka_sasl_mechanism: Option<String>,
+    kafka_sasl_username: Option<String>,
+    kafka_sasl_password_file: Option<String>,
+    kafka_ca: Option<String>,
     topic_prefix: String,
     topic_partitions: i32,
     topic_replication_factor: i32,
@@ -598,6 +691,19 @@ impl From<&Config> for DisplayConfig {
                 .iter()
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect(),
+            kafka_security_protocol: c.kafka_security.security_protocol.clone(),
+            kafka_sasl_mechanism: c.kafka_security.sasl_mechanism.clone(),
+            kafka_sasl_username: c.kafka_security.sasl_username.clone(),
+            kafka_sasl_password_file: c
+                .kafka_security
+                .sasl_password_file
+                .as_ref()
+                .map(|p| p.display().to_string()),
+            kafka_ca: c
+                .kafka_security
+                .ca
+                .as_ref()
+                .map(|p| p.display().to_string()),
             topic_prefix: c.topic_prefix.clone(),
             topic_partitions: c.topic_partitions,
             topic_replication_factor: c.topic_replication_factor,
@@ -797,5 +903,89 @@ max_attempts = 4
         let shown = c.to_display_toml();
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("redis://app:***@redis:6379/0"), "{shown}");
+    }
+
+    #[test]
+    fn the_sasl_password_is_used_but_never_shown() {
+        let dir = std::env::temp_dir().join(format!("strata-sasl-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("kafka-password");
+        std::fs::write(&file, "s3cret-from-file\n").unwrap();
+        let from_file = Flags {
+            kafka_sasl_username: Some("strata".into()),
+            kafka_sasl_password_file: Some(file.clone()),
+            kafka_properties: Some(vec!["sasl.jaas.config=x s3cret-jaas".into()]),
+            ..Flags::default()
+        }
+        .resolve()
+        .unwrap();
+        let properties = from_file.kafka_client_properties();
+        assert!(
+            properties.contains(&("sasl.password".into(), "s3cret-from-file".into())),
+            "{properties:?}"
+        );
+        assert!(properties.contains(&("security.protocol".into(), "SASL_SSL".into())));
+        for shown in [from_file.to_display_toml(), format!("{from_file:?}")] {
+            assert!(!shown.contains("s3cret"), "{shown}");
+        }
+        let shown = from_file.to_display_toml();
+        assert!(
+            shown.contains("kafka_sasl_username = \"strata\""),
+            "{shown}"
+        );
+        assert!(shown.contains(&file.display().to_string()), "{shown}");
+        // What it shows reads back as the same configuration (the password from the file again).
+        let path = dir.join("shown.toml");
+        std::fs::write(&path, &shown).unwrap();
+        let again = Flags {
+            config: Some(path.clone()),
+            ..Flags::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(again.kafka_security, from_file.kafka_security);
+
+        let from_env = Flags {
+            kafka_sasl_username: Some("strata".into()),
+            kafka_sasl_password: Some(Secret::new("s3cret-from-env")),
+            ..Flags::default()
+        }
+        .resolve()
+        .unwrap();
+        let shown = from_env.to_display_toml();
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains(kafka_security::PASSWORD_ENV), "{shown}");
+
+        // A password in the TOML file is refused: it belongs in a file of its own or the
+        // environment.
+        std::fs::write(&path, "kafka_sasl_password = \"s3cret\"\n").unwrap();
+        let err = Flags {
+            config: Some(path),
+            ..Flags::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("kafka_sasl_password"), "{err}");
+        // No password for a user: named, and refused.
+        let err = Flags {
+            kafka_sasl_username: Some("strata".into()),
+            ..Flags::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("STRATA_KAFKA_SASL_PASSWORD"),
+            "{err}"
+        );
+        // The same property twice.
+        let err = Flags {
+            kafka_sasl_username: Some("strata".into()),
+            kafka_sasl_password: Some(Secret::new("s3cret-from-env")),
+            kafka_properties: Some(vec!["sasl.username=other".into()]),
+            ..Flags::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("sasl.username"), "{err}");
     }
 }

@@ -68,7 +68,7 @@ fn main() -> ExitCode {
             replication_factor: config.topic_replication_factor,
             min_insync_replicas: config.topic_min_insync_replicas,
             consumer_group: config.consumer_group.clone(),
-            extra: config.kafka_properties.clone(),
+            extra: config.kafka_client_properties(),
             ..KafkaSettings::new(config.kafka_brokers.clone())
         })
         .map_err(|e| anyhow::anyhow!("kafka at {}: {e}", config.kafka_brokers))?;

@@ -76,6 +76,10 @@ pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub const RESULTS_CHANNEL_CAPACITY: usize = 4096;
 /// Bound on [`KafkaDataPlane::close`] (leaving the group, committing stored offsets).
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How recent a client error must be for a failed readiness check to quote it. librdkafka
+/// reports a failing connection again when it reconnects, but suppresses identical errors for a
+/// while.
+const LAST_ERROR_RELEVANCE: Duration = Duration::from_secs(300);
 /// Pause after a consumer error before polling again.
 const CONSUMER_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
@@ -498,6 +502,16 @@ fn is_permanent_admin_error(code: RDKafkaErrorCode) -> bool {
     )
 }
 
+/// `detail`, followed by what the clients last reported when that is recent: a request that timed
+/// out says why the broker did not answer (e.g. `…; the clients last reported: authentication
+/// failed: …`).
+fn with_last_error(detail: String) -> String {
+    match kafka_logs::last_error(LAST_ERROR_RELEVANCE) {
+        Some(last) => format!("{detail}; the clients last reported: {}", last.explain()),
+        None => detail,
+    }
+}
+
 fn unavailable(detail: String) -> PortError {
     PortError::Unavailable {
         service: SERVICE,
@@ -797,12 +811,12 @@ impl DataPlane for KafkaDataPlane {
         )
         .await
         .map_err(|_| {
-            unavailable(format!(
+            unavailable(with_last_error(format!(
                 "create topics {names:?}: no answer within {:?}",
                 ADMIN_TIMEOUT + DELIVERY_MARGIN
-            ))
+            )))
         })?
-        .map_err(|e| unavailable(format!("create topics {names:?}: {e}")))?;
+        .map_err(|e| unavailable(with_last_error(format!("create topics {names:?}: {e}"))))?;
         let mut created = Vec::new();
         let mut errors = Vec::new();
         let mut permanent = false;
@@ -929,8 +943,17 @@ impl DataPlane for KafkaDataPlane {
         Ok(rx)
     }
 
+    /// The broker answers a metadata request; if not, the error says what the clients last
+    /// reported (refused credentials, an untrusted certificate, a refused connection) when that
+    /// was recent.
     async fn ping(&self, limit: Duration) -> PortResult<()> {
-        self.brokers(limit).await.map(|_| ())
+        self.brokers(limit).await.map(|_| ()).map_err(|e| {
+            match (kafka_logs::last_error(LAST_ERROR_RELEVANCE), e) {
+                (Some(last), _) if last.is_authentication() => unavailable(last.explain()),
+                (_, PortError::Unavailable { detail, .. }) => unavailable(with_last_error(detail)),
+                (_, e) => e,
+            }
+        })
     }
 
     fn store_positions(&self, positions: &[Position]) -> PortResult<()> {
