@@ -98,7 +98,8 @@ pub struct AgentArgs {
     pub kafka_sasl_password: Option<Secret>,
 
     /// Address of the HTTP admin port (`/metrics`, `/health/liveness`, `/health/readiness`).
-    #[arg(long, env = "STRATA_ADMIN_ADDR", default_value = "0.0.0.0:9464")]
+    /// Loopback by default: give a routable address (e.g. `0.0.0.0:9464`) for a scraper elsewhere.
+    #[arg(long, env = "STRATA_ADMIN_ADDR", default_value = "127.0.0.1:9464")]
     pub admin_addr: SocketAddr,
 
     /// On SIGTERM, how long in-flight objects may still run before they are handed back.
@@ -245,6 +246,11 @@ mod tests {
         .expect("parses");
         assert_eq!(args.zone, "raw");
         assert_eq!(args.concurrency, 8);
+        assert_eq!(
+            args.admin_addr,
+            "127.0.0.1:9464".parse().unwrap(),
+            "the admin port binds loopback unless told otherwise"
+        );
         assert_eq!(args.labels, vec![("team".into(), "data".into())]);
         assert_eq!(
             args.simulate_zone_durations().expect("ms")["raw"],
