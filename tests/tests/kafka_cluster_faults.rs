@@ -90,8 +90,6 @@ const AGENT_CONCURRENCY: &str = "8";
 /// for the faults to land mid-batch with attempts in flight: about 30 s undisturbed (measured,
 /// three JVMs on 2 cores).
 const EXEC_SLEEP: &str = "0.03";
-/// The rolling restart's: three restarts of 10-15 s each must land mid-batch.
-const EXEC_SLEEP_ROLLING: &str = "0.1";
 
 // ------------------------------------------------------------------------------------------------
 // The catalogue
@@ -167,11 +165,13 @@ fn catalogue() -> Catalogue {
 // The processor and its log
 
 /// The processor of every agent (`--processor exec`): appends `start <object> <attempt>
-/// <agent>` to `$FAULT_LOG`, sleeps `$FAULT_SLEEP` s, appends `done …` and exits 0 (the agent
+/// <agent>` to `$FAULT_LOG`, waits while the file `$FAULT_HOLD` exists (a zone held, see
+/// [`Rig::start_holding`]), sleeps `$FAULT_SLEEP` s, appends `done …` and exits 0 (the agent
 /// publishes Loaded after the exit). `O_APPEND` writes of a short line are atomic, so the log's
 /// line order is the order in which the lines were written, across agents.
 const SCRIPT: &str = r#"#!/bin/sh
 echo "start $STRATA_OBJECT_ID $STRATA_ATTEMPT $AGENT_NAME" >> "$FAULT_LOG"
+while [ -e "$FAULT_HOLD" ]; do sleep 0.05; done
 sleep "$FAULT_SLEEP"
 echo "done $STRATA_OBJECT_ID $STRATA_ATTEMPT $AGENT_NAME" >> "$FAULT_LOG"
 exit 0
@@ -180,7 +180,7 @@ exit 0
 struct Work {
     script: PathBuf,
     log: PathBuf,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl Work {
@@ -192,11 +192,12 @@ impl Work {
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
         let log = dir.path().join("events.log");
         std::fs::write(&log, "")?;
-        Ok(Self {
-            script,
-            log,
-            _dir: dir,
-        })
+        Ok(Self { script, log, dir })
+    }
+
+    /// The file whose existence holds every execution of `zone` after its `start` line.
+    fn hold_file(&self, zone: &str) -> PathBuf {
+        self.dir.path().join(format!("hold-{zone}"))
     }
 
     /// `(done, object, attempt, agent)` of every line so far, in file order.
@@ -666,6 +667,17 @@ struct Rig {
 impl Rig {
     /// Starts everything and submits the batch; each execution sleeps `exec_sleep` seconds.
     async fn start(name: &'static str, exec_sleep: &str) -> anyhow::Result<Self> {
+        Self::start_holding(name, exec_sleep, None).await
+    }
+
+    /// [`Rig::start`], with every execution of zone `held` (if any) held after it started,
+    /// until [`Rig::release`]: the batch cannot end before then, however slowly the faults
+    /// between go.
+    async fn start_holding(
+        name: &'static str,
+        exec_sleep: &str,
+        held: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let t0 = Instant::now();
         let catalogue = catalogue();
         let cluster = within(LONG, "start a 3-broker cluster", KafkaCluster::start(3)).await??;
@@ -702,11 +714,15 @@ impl Rig {
         .await??;
         let client = within(LONG, "connect", OrchestratorClient::connect(cp.endpoint())).await??;
         let work = Work::new()?;
+        if let Some(zone) = held {
+            std::fs::write(work.hold_file(zone), "")?;
+        }
         let mut agents = Vec::new();
         for zone in ZONES {
             let agent_name = format!("{zone}-1");
             let script = work.script.display().to_string();
             let log = work.log.display().to_string();
+            let hold = work.hold_file(zone).display().to_string();
             agents.push(WorkerAgent::start(
                 &agent_name,
                 &cp.endpoint(),
@@ -723,6 +739,7 @@ impl Rig {
                     ("AGENT_NAME", agent_name.as_str()),
                     ("FAULT_LOG", log.as_str()),
                     ("FAULT_SLEEP", exec_sleep),
+                    ("FAULT_HOLD", hold.as_str()),
                 ],
             )?);
         }
@@ -776,6 +793,12 @@ impl Rig {
             t0.elapsed()
         );
         Ok(rig)
+    }
+
+    /// Lets the held executions ([`Rig::start_holding`]) go on.
+    fn release(&self, zone: &str) -> anyhow::Result<()> {
+        std::fs::remove_file(self.work.hold_file(zone))
+            .with_context(|| format!("release the {zone} zone's executions"))
     }
 
     fn results_topic(&self) -> String {
@@ -1398,7 +1421,9 @@ async fn a_batch_survives_a_broker_frozen_beyond_its_session_timeout() -> anyhow
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_batch_survives_a_rolling_restart_of_every_broker() -> anyhow::Result<()> {
-    let mut rig = Rig::start("rolling", EXEC_SLEEP_ROLLING).await?;
+    // The application zone's executions wait until every broker has been restarted: the
+    // restarts land mid-batch however long each takes, with those attempts in flight.
+    let mut rig = Rig::start_holding("rolling", EXEC_SLEEP, Some("application")).await?;
     rig.wait_loaded(TOTAL / 8).await?;
     let (leader, _) = rig.results_leader().await?;
     // The results partition's leader last: the others first, as an operator would.
@@ -1428,7 +1453,8 @@ async fn a_batch_survives_a_rolling_restart_of_every_broker() -> anyhow::Result<
         );
         ensure!(
             batch.state() == pb::BatchState::Running,
-            "the batch ended before node {node}'s restart: the restart was not mid-batch"
+            "the batch ended before node {node}'s restart, with the application zone held: {:?}",
+            counts(&batch)
         );
         rig.faults.push(Fault {
             what: format!("restart of node {node}"),
@@ -1436,6 +1462,7 @@ async fn a_batch_survives_a_rolling_restart_of_every_broker() -> anyhow::Result<
             healed,
         });
     }
+    rig.release("application")?;
     rig.finish().await
 }
 
