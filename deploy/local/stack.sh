@@ -470,7 +470,7 @@ cmd_up() {
         "$BIN_DIR/strata-control-plane" --grpc-addr "127.0.0.1:$GRPC_PORT" \
         --admin-addr "127.0.0.1:$CP_ADMIN_PORT" \
         --kafka-brokers "127.0.0.1:$KAFKA_PORT" --redis-url "redis://127.0.0.1:$REDIS_PORT/" \
-        "${cp_args[@]+"${cp_args[@]}"}"
+        --insecure "${cp_args[@]+"${cp_args[@]}"}"
     wait_ready control-plane "gRPC answers on 127.0.0.1:$GRPC_PORT" control_plane_ready
     wait_ready control-plane "/health/readiness = 200 on 127.0.0.1:$CP_ADMIN_PORT" \
         admin_ready "$CP_ADMIN_PORT"

@@ -331,7 +331,7 @@ async fn spawn_ready(
 }
 
 /// The command line of a run on `port`: from an empty environment but `PATH`, the log level and
-/// `env`.
+/// `env`; `--insecure` unless `args` configure authentication.
 fn command(
     bin: &Path,
     port: u16,
@@ -344,6 +344,11 @@ fn command(
         .arg("--grpc-addr")
         .arg(format!("127.0.0.1:{port}"))
         .args(args)
+        // Open to every caller on loopback unless the test brings an auth file (the binary
+        // refuses to start with neither).
+        .args(
+            (!args.iter().any(|a| a == "--auth-file" || a == "--insecure")).then_some("--insecure"),
+        )
         .current_dir(dir)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())

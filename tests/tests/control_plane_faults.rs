@@ -971,6 +971,7 @@ async fn sigterm_stops_a_control_plane_still_waiting_for_its_broker() -> anyhow:
             &absent_broker,
             "--redis-url",
             &redis.url(),
+            "--insecure",
         ])
         .args([
             "--grpc-addr",

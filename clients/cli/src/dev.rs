@@ -35,7 +35,7 @@ const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// `strata dev` options.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DevArgs {
-    /// Address of the gRPC API.
+    /// Address of the gRPC API: a loopback address (dev mode authenticates nobody).
     #[arg(long, env = "STRATA_DEV_ADDR", default_value = "127.0.0.1:50051")]
     pub addr: SocketAddr,
 
@@ -67,8 +67,16 @@ pub struct DevArgs {
 
 /// Runs dev mode; returns the process exit code.
 pub async fn run(args: DevArgs, output: Output) -> anyhow::Result<u8> {
+    // Dev mode authenticates nobody, so it serves only this machine.
+    anyhow::ensure!(
+        args.addr.ip().is_loopback(),
+        "strata dev serves without authentication, so only on a loopback address: {} is not one \
+         (run strata-control-plane with --auth-file to serve a network)",
+        args.addr
+    );
     let config = Flags {
         grpc_addr: Some(args.addr),
+        insecure: Some(true),
         ..Flags::default()
     }
     .resolve()
@@ -114,7 +122,7 @@ pub async fn run(args: DevArgs, output: Output) -> anyhow::Result<u8> {
     if output == Output::Text {
         println!(
             "strata dev: control plane and simulated agents for {} serving gRPC on {endpoint} \
-             (in memory: no Kafka, no Redis)",
+             (in memory: no Kafka, no Redis; open on loopback, no authentication)",
             zones.join(", ")
         );
     }

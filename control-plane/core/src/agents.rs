@@ -65,6 +65,8 @@ pub struct Registration {
     pub hostname: String,
     /// Free labels.
     pub labels: BTreeMap<String, String>,
+    /// The principal that registers it (only it may renew or end the lease).
+    pub owner: String,
 }
 
 /// One registered agent.
@@ -94,6 +96,9 @@ pub struct Agent {
     pub state: AgentState,
     /// The attempts it held at its last heartbeat.
     pub in_flight: Vec<HeldAttempt>,
+    /// The principal that registered it (empty: stored before principals existed).
+    #[serde(default)]
+    pub owner: String,
 }
 
 /// Why a heartbeat or deregistration was refused.
@@ -111,6 +116,24 @@ pub enum LeaseError {
         given: u64,
         /// The agent's epoch.
         current: u64,
+    },
+    /// The caller is not the principal that registered the agent.
+    #[error("agent {agent} was registered by another principal than {principal:?}")]
+    NotHolder {
+        /// The agent.
+        agent: String,
+        /// The caller.
+        principal: String,
+    },
+    /// The principal holds as many live leases as it may.
+    #[error(
+        "principal {principal:?} holds {max} live agent leases already (at most {max}); deregister some first"
+    )]
+    TooManyLeases {
+        /// The principal.
+        principal: String,
+        /// The bound.
+        max: usize,
     },
     /// The lease has ended.
     #[error("agent {agent}: its lease has {how}; register again")]
@@ -254,6 +277,7 @@ impl Registry {
             expires_at: now + self.ttl,
             state: AgentState::Active,
             in_flight: Vec::new(),
+            owner: reg.owner,
         };
         self.removed.remove(&id);
         self.dirty.insert(id.clone());
@@ -311,6 +335,14 @@ impl Registry {
         }
         self.dirty.insert(id.to_owned());
         Ok(&self.agents[id])
+    }
+
+    /// How many live leases `owner` holds.
+    pub fn live_leases_of(&self, owner: &str) -> usize {
+        self.agents
+            .values()
+            .filter(|a| a.state.is_live() && a.owner == owner)
+            .count()
     }
 
     /// Ends a lease; returns the attempts the agent still held (to be handed back). Unknown or

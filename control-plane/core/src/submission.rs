@@ -164,6 +164,27 @@ pub struct PreparedBatch {
     pub created_at: DateTime<Utc>,
 }
 
+/// Separates the submitting principal from the caller's key in a scoped idempotency key. A
+/// caller's key holds no control character, so the last separator always starts it.
+const SCOPE_SEPARATOR: char = '\u{1f}';
+
+/// The idempotency key as stored: the caller's `key` within `scope` (the submitting principal),
+/// so that one principal can neither pre-claim nor look up another's key. Without a scope
+/// (insecure mode: every caller is the same anonymous principal) the key is global.
+pub fn scoped_idempotency_key(scope: Option<&str>, key: &str) -> String {
+    match scope {
+        Some(scope) => format!("{scope}{SCOPE_SEPARATOR}{key}"),
+        None => key.to_owned(),
+    }
+}
+
+/// The caller's part of a stored idempotency key (what it submitted; the scope is not shown).
+pub fn caller_idempotency_key(stored: &str) -> &str {
+    stored
+        .rsplit_once(SCOPE_SEPARATOR)
+        .map_or(stored, |(_, key)| key)
+}
+
 /// The batch id of an idempotency key: the same key always names the same batch.
 pub fn batch_id_for(idempotency_key: &str) -> String {
     let digest = Sha256::digest(idempotency_key.as_bytes());
@@ -255,4 +276,24 @@ fn content_hash(plan_hash: &str, options: &BatchOptions) -> String {
     h.update(plan_hash.as_bytes());
     h.update(serde_json::to_vec(&requested).unwrap_or_default());
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotency_keys_are_scoped_to_their_principal() {
+        let mine = scoped_idempotency_key(Some("ci"), "nightly-1");
+        let theirs = scoped_idempotency_key(Some("etl"), "nightly-1");
+        assert_ne!(batch_id_for(&mine), batch_id_for(&theirs));
+        assert_eq!(caller_idempotency_key(&mine), "nightly-1");
+        assert_eq!(caller_idempotency_key(&theirs), "nightly-1");
+        // Insecure mode (and batches stored before scoping): the key as given.
+        assert_eq!(scoped_idempotency_key(None, "nightly-1"), "nightly-1");
+        assert_eq!(caller_idempotency_key("nightly-1"), "nightly-1");
+        // A principal name with the separator in it still shows only the caller's key.
+        let odd = scoped_idempotency_key(Some("a\u{1f}b"), "k");
+        assert_eq!(caller_idempotency_key(&odd), "k");
+    }
 }

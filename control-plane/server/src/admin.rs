@@ -41,6 +41,9 @@ pub struct Admin<D, S> {
     pub metrics: Metrics,
     /// The configured zones (reported even when they have no agent).
     pub zones: Vec<Zone>,
+    /// Why the gRPC port authenticates nobody, if it does not (`--insecure`): said in the
+    /// readiness body.
+    pub unauthenticated: Option<&'static str>,
 }
 
 impl<D, S> std::fmt::Debug for Admin<D, S> {
@@ -59,6 +62,7 @@ impl<D, S> Clone for Admin<D, S> {
             store: self.store.clone(),
             metrics: self.metrics.clone(),
             zones: self.zones.clone(),
+            unauthenticated: self.unauthenticated,
         }
     }
 }
@@ -70,6 +74,8 @@ pub struct Readiness {
     pub reasons: Vec<String>,
     /// Configured zones without a live agent (informational: agents come and go).
     pub zones_without_agents: Vec<String>,
+    /// How the gRPC port authenticates callers.
+    pub authentication: String,
 }
 
 impl<D: DataPlane, S: StateStore> Admin<D, S> {
@@ -115,6 +121,10 @@ impl<D: DataPlane, S: StateStore> Admin<D, S> {
         Readiness {
             reasons,
             zones_without_agents,
+            authentication: match self.unauthenticated {
+                Some(why) => format!("none ({why}): every caller has every role"),
+                None => "auth file (bearer tokens, client certificates)".into(),
+            },
         }
     }
 
@@ -199,6 +209,7 @@ impl Readiness {
             "zones_without_agents".into(),
             json!(self.zones_without_agents),
         );
+        details.insert("authentication".into(), json!(self.authentication));
         runtime_admin::Readiness {
             ready: self.reasons.is_empty(),
             details,

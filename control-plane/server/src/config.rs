@@ -45,9 +45,25 @@ pub struct Flags {
     #[serde(skip)]
     pub print_config: bool,
 
+    /// A command to run instead of serving.
+    #[command(subcommand)]
+    #[serde(skip)]
+    pub command: Option<Command>,
+
     /// gRPC listen address.
     #[arg(long, env = "STRATA_GRPC_ADDR")]
     pub grpc_addr: Option<SocketAddr>,
+
+    /// The auth file: bearer tokens (their SHA-256) and client-certificate subjects, each with
+    /// its roles (docs/SECURITY.md; `strata-control-plane new-token` adds tokens). Re-read on
+    /// SIGHUP. Required unless --insecure.
+    #[arg(long, env = "STRATA_AUTH_FILE")]
+    pub auth_file: Option<PathBuf>,
+
+    /// Serve every caller of the gRPC port with every role, without credentials (for a trusted
+    /// network only; logged and shown in the readiness body). Refused with --auth-file.
+    #[arg(long, env = "STRATA_INSECURE", num_args = 0..=1, default_missing_value = "true")]
+    pub insecure: Option<bool>,
 
     /// HTTP admin listen address: `/metrics` (Prometheus), `/health/liveness`,
     /// `/health/readiness` (default 127.0.0.1:9463; agents default to 9464).
@@ -189,6 +205,21 @@ pub struct Flags {
     pub zones_config: Option<BTreeMap<String, ZoneSettings>>,
 }
 
+/// Commands of `strata-control-plane` besides serving.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Make a bearer token: add its entry (name, SHA-256, roles) to --auth-file (created if
+    /// missing) and print the token, once, on stdout. Running control planes take it on SIGHUP.
+    NewToken {
+        /// The principal's name (1-64 letters, digits or `.-_@:=,`).
+        #[arg(long)]
+        name: String,
+        /// A role to grant (repeat for several): read, submit, operate, admin, agent:<zone>.
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+    },
+}
+
 /// Settings of one zone.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -216,6 +247,10 @@ pub struct Config {
     pub grpc_addr: SocketAddr,
     /// HTTP admin listen address.
     pub admin_addr: SocketAddr,
+    /// The auth file (`None`: no authentication, allowed only with `insecure`).
+    pub auth_file: Option<PathBuf>,
+    /// No authentication, explicitly.
+    pub insecure: bool,
     /// Kafka bootstrap servers.
     pub kafka_brokers: String,
     /// Extra Kafka client properties.
@@ -366,6 +401,8 @@ impl Flags {
                 .admin_addr
                 .or(file.admin_addr)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9463))),
+            auth_file: f.auth_file.or(file.auth_file),
+            insecure: f.insecure.or(file.insecure).unwrap_or(false),
             kafka_brokers: f
                 .kafka_brokers
                 .or(file.kafka_brokers)
@@ -499,6 +536,12 @@ impl Config {
         };
         if let Err(e) = self.retry.validate() {
             return invalid("retry policy", &e.to_string());
+        }
+        if self.insecure && self.auth_file.is_some() {
+            return invalid(
+                "insecure",
+                "--insecure serves every caller with every role; it cannot go with --auth-file",
+            );
         }
         for (zone, retry) in &self.zone_retry {
             if let Err(e) = retry.validate() {
@@ -649,6 +692,9 @@ impl std::fmt::Debug for Config {
 #[derive(Debug, Serialize)]
 struct DisplayConfig {
     grpc_addr: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth_file: Option<String>,
+    insecure: bool,
     admin_addr: String,
     kafka_brokers: String,
     kafka_properties: Vec<String>,
@@ -684,6 +730,8 @@ impl From<&Config> for DisplayConfig {
     fn from(c: &Config) -> Self {
         Self {
             grpc_addr: c.grpc_addr.to_string(),
+            auth_file: c.auth_file.as_ref().map(|p| p.display().to_string()),
+            insecure: c.insecure,
             admin_addr: c.admin_addr.to_string(),
             kafka_brokers: c.kafka_brokers.clone(),
             kafka_properties: c
@@ -731,8 +779,9 @@ impl From<&Config> for DisplayConfig {
 
 fn mask_url_password(url: &str) -> String {
     // redis://user:password@host → redis://user:***@host
+    // (the last '@' ends the credentials: a password may hold '@')
     if let Some((scheme, rest)) = url.split_once("://")
-        && let Some((auth, host)) = rest.split_once('@')
+        && let Some((auth, host)) = rest.rsplit_once('@')
     {
         let user = auth.split_once(':').map_or(auth, |(u, _)| u);
         return format!("{scheme}://{user}:***@{host}");
@@ -903,6 +952,23 @@ max_attempts = 4
         let shown = c.to_display_toml();
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("redis://app:***@redis:6379/0"), "{shown}");
+        // A password holding '@' (or written percent-encoded) is masked whole, in both forms.
+        for url in [
+            "redis://app:s3cr@t@redis:6379/0",
+            "redis://:s3cr@t@redis:6379/0",
+            "rediss://app:s3cr%40t@redis:6379/0",
+        ] {
+            let c = Flags {
+                redis_url: Some(url.into()),
+                ..Flags::default()
+            }
+            .resolve()
+            .unwrap();
+            for shown in [c.to_display_toml(), format!("{c:?}"), c.redis_url_masked()] {
+                assert!(!shown.contains("s3cr") && !shown.contains("t@"), "{shown}");
+                assert!(shown.contains(":***@redis:6379/0"), "{shown}");
+            }
+        }
     }
 
     #[test]

@@ -70,6 +70,12 @@ pub enum ServiceError {
     /// The request stream of a client-streaming call failed (the client's status is kept).
     #[error("request stream failed: {}", .0.message())]
     Stream(Status),
+    /// The caller presented no credentials, or unknown ones.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller's principal may not do this.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// The control plane is stopping.
     #[error("the control plane is shutting down")]
     ShuttingDown,
@@ -100,6 +106,8 @@ impl ServiceError {
             ServiceError::IdempotencyConflict { .. } => Code::AlreadyExists,
             ServiceError::FailedPrecondition(_) => Code::FailedPrecondition,
             ServiceError::TooLarge(_) => Code::ResourceExhausted,
+            ServiceError::Unauthenticated(_) => Code::Unauthenticated,
+            ServiceError::PermissionDenied(_) => Code::PermissionDenied,
             ServiceError::Unsupported(_) => Code::Unimplemented,
             ServiceError::Port(e) if e.retryable() => Code::Unavailable,
             ServiceError::ShuttingDown => Code::Unavailable,

@@ -10,6 +10,7 @@
 
 pub mod adapters;
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod convert;
 pub mod driver;

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use clap::Parser;
 use strata_control_plane::adapters::kafka::{KafkaDataPlane, KafkaSettings};
 use strata_control_plane::adapters::redis::RedisStore;
-use strata_control_plane::config::Flags;
+use strata_control_plane::auth::grants;
+use strata_control_plane::config::{Command, Flags};
 use strata_control_plane::run::run_with;
 use strata_control_plane::telemetry;
 use strata_runtime::{executor, logs, otlp, shutdown};
@@ -17,7 +18,10 @@ use strata_runtime::{executor, logs, otlp, shutdown};
 const TRACES_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn main() -> ExitCode {
-    let flags = Flags::parse();
+    let mut flags = Flags::parse();
+    if let Some(command) = flags.command.take() {
+        return run_command(command, &flags);
+    }
     let print = flags.print_config;
     let config = match flags.resolve() {
         Ok(c) => c,
@@ -29,6 +33,15 @@ fn main() -> ExitCode {
     if print {
         print!("{}", config.to_display_toml());
         return ExitCode::SUCCESS;
+    }
+    if config.auth_file.is_none() && !config.insecure {
+        eprintln!(
+            "strata-control-plane: no authentication configured: give --auth-file (bearer tokens \
+             and certificate subjects with their roles; `strata-control-plane --auth-file FILE \
+             new-token --name NAME --role submit` makes one) or, on a trusted network only, \
+             --insecure"
+        );
+        return ExitCode::from(2);
     }
     logs::init("info", std::io::stdout);
     let runtime = match executor::build() {
@@ -98,6 +111,33 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("strata-control-plane: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a command instead of serving.
+fn run_command(command: Command, flags: &Flags) -> ExitCode {
+    match command {
+        Command::NewToken { name, roles } => {
+            let Some(path) = &flags.auth_file else {
+                eprintln!("strata-control-plane new-token: give --auth-file (or STRATA_AUTH_FILE)");
+                return ExitCode::from(2);
+            };
+            match grants::add_new_token(path, &name, &roles) {
+                Ok(token) => {
+                    println!("{token}");
+                    eprintln!(
+                        "strata-control-plane: token for {name:?} added to {} (its SHA-256 only); \
+                         send SIGHUP to running control planes",
+                        path.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("strata-control-plane new-token: {e}");
+                    ExitCode::from(2)
+                }
+            }
         }
     }
 }

@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::admin::Admin;
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::driver::{Driver, DriverError, DriverSettings};
 use crate::error::ServiceError;
@@ -25,6 +26,19 @@ pub enum RunError {
     /// The gRPC server failed.
     #[error("grpc: {0}")]
     Service(#[from] ServiceError),
+    /// The auth file cannot be used.
+    #[error("{0}")]
+    Auth(String),
+}
+
+/// How the gRPC port authenticates callers under `config`: the auth file, or nobody (allowed by
+/// `--insecure`; the binary refuses to start with neither, in-process servers may).
+pub fn authenticator(config: &Config) -> Result<Authenticator, RunError> {
+    match &config.auth_file {
+        Some(path) => Authenticator::from_file(path.clone()).map_err(RunError::Auth),
+        None if config.insecure => Ok(Authenticator::open("--insecure")),
+        None => Ok(Authenticator::open("no --auth-file")),
+    }
 }
 
 /// The driver settings of a configuration.
@@ -54,6 +68,11 @@ pub async fn run_with<D: DataPlane, S: StateStore>(
     admin: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
+    let auth = authenticator(config)?;
+    auth.log_mode();
+    #[cfg(unix)]
+    auth.reload_on_sighup()
+        .map_err(|e| RunError::Auth(format!("cannot watch SIGHUP: {e}")))?;
     let settings = driver_settings(config);
     let metrics = settings.metrics.clone();
     metrics.init_zones(&config.zones);
@@ -75,8 +94,11 @@ pub async fn run_with<D: DataPlane, S: StateStore>(
         store: store.clone(),
         metrics,
         zones: config.zones.clone(),
+        unauthenticated: auth.open_because(),
     };
-    let services = grpc_services(handle, store, ServiceSettings::from_config(config)).await?;
+    let services = grpc_services(handle, store, ServiceSettings::from_config(config))
+        .await?
+        .authenticated_by(auth);
     info!(addr = ?listener.local_addr().ok(), "control plane serving gRPC");
     let grpc_health = admin_state
         .clone()

@@ -100,6 +100,7 @@ fn registration() -> Registration {
         version: "test".into(),
         hostname: "host".into(),
         labels: BTreeMap::new(),
+        owner: "agent-raw".into(),
     }
 }
 
@@ -129,8 +130,9 @@ async fn tick() {
 async fn a_lease_without_heartbeats_expires_after_its_ttl_and_not_before() {
     let (handle, _stop) = driver().await;
     let (agent, _) = handle
-        .register_agent(raw(), registration(), 1)
+        .register_agent(raw(), registration(), 1, None)
         .await
+        .expect("driver answers")
         .expect("registered");
 
     tokio::time::advance(TTL - Duration::from_secs(1)).await;
@@ -146,13 +148,20 @@ async fn a_lease_without_heartbeats_expires_after_its_ttl_and_not_before() {
 async fn a_heartbeat_renews_the_lease_for_a_full_ttl() {
     let (handle, _stop) = driver().await;
     let (agent, _) = handle
-        .register_agent(raw(), registration(), 1)
+        .register_agent(raw(), registration(), 1, None)
         .await
+        .expect("driver answers")
         .expect("registered");
 
     tokio::time::advance(TTL - Duration::from_secs(5)).await;
     let reply = handle
-        .heartbeat(agent.id.clone(), agent.lease_epoch, Vec::new(), false)
+        .heartbeat(
+            agent.id.clone(),
+            agent.lease_epoch,
+            "agent-raw".into(),
+            Vec::new(),
+            false,
+        )
         .await
         .expect("driver answers")
         .expect("lease renewed");

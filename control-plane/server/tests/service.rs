@@ -2638,8 +2638,10 @@ async fn first_ready(log: &ReadyLog, object_id: &str) -> pb::ObjectReady {
 async fn attempts_of_an_agent_whose_lease_expires_or_that_deregisters_are_retried() {
     let data = Arc::new(MemoryDataPlane::new());
     let log = ready_log(&data);
-    // Every first attempt hangs (its agent is gone); later ones load.
-    let _agents = agents(&data, true, |_, attempt| {
+    // The data-plane agents wait behind a closed gate, so agents A and B below are the ones that
+    // hold the first attempts (READY, started by nobody else); once the gate opens, every first
+    // attempt hangs (its agent is gone) and later ones load.
+    let agents = agents(&data, false, |_, attempt| {
         if attempt == 1 {
             Answer::Hang
         } else {
@@ -2705,6 +2707,22 @@ async fn attempts_of_an_agent_whose_lease_expires_or_that_deregisters_are_retrie
     .expect("b leaves")
     .into_inner();
     assert_eq!(handed.handed_back_count, 1);
+    // A's lease expires (no heartbeat for its 300 ms TTL): the attempt it held is lost. Only
+    // then does the data-plane agent run anything (had it started 1001's first attempt, that
+    // attempt would be its own, not A's).
+    t(async {
+        loop {
+            let o = get_object(&mut plane.client, &r.batch_id, "1001")
+                .await
+                .expect("1001");
+            if o.attempt == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    agents.open();
 
     let mut watch = Watch::open(&mut plane.client, &r.batch_id).await;
     assert_eq!(watch.until_end().await, pb::BatchState::Succeeded);

@@ -23,27 +23,40 @@ pub struct HeartbeatReply {
 }
 
 impl DriverState {
-    /// Registers an agent for `zone`: a new id and lease.
+    /// Registers an agent for `zone`: a new id and lease, unless its principal holds
+    /// `max_leases` live ones already.
     pub(super) fn register_agent(
         &mut self,
         zone: Zone,
         registration: Registration,
         nonce: u64,
+        max_leases: Option<usize>,
         now: DateTime<Utc>,
-    ) -> (Agent, u64) {
+    ) -> Result<(Agent, u64), LeaseError> {
+        if let Some(max) = max_leases
+            && self.agents.live_leases_of(&registration.owner) >= max
+        {
+            return Err(LeaseError::TooManyLeases {
+                principal: registration.owner,
+                max,
+            });
+        }
         let agent = self.agents.register(zone, registration, nonce, now).clone();
-        (agent, self.topics_generation)
+        Ok((agent, self.topics_generation))
     }
 
-    /// Renews agent `agent_id`'s lease `epoch`, recording the attempts it holds.
+    /// Renews agent `agent_id`'s lease `epoch` for `principal` (the one that registered it),
+    /// recording the attempts it holds.
     pub(super) fn heartbeat(
         &mut self,
         agent_id: &str,
         epoch: u64,
+        principal: &str,
         held: Vec<HeldAttempt>,
         draining: bool,
         now: DateTime<Utc>,
     ) -> Result<HeartbeatReply, LeaseError> {
+        self.check_holder(agent_id, principal)?;
         let lease_expires_at = self
             .agents
             .heartbeat(agent_id, epoch, held.clone(), draining, now)?
@@ -62,8 +75,10 @@ impl DriverState {
         &mut self,
         agent_id: &str,
         epoch: u64,
+        principal: &str,
         now: DateTime<Utc>,
     ) -> Result<Vec<(String, Event)>, LeaseError> {
+        self.check_holder(agent_id, principal)?;
         let reported = self.agents.deregister(agent_id, epoch, now)?;
         Ok(held_attempts(
             self,
@@ -71,6 +86,17 @@ impl DriverState {
             &reported,
             LossReason::Drained,
         ))
+    }
+
+    /// Refuses a lease operation by a principal other than the one that registered the agent.
+    fn check_holder(&self, agent_id: &str, principal: &str) -> Result<(), LeaseError> {
+        match self.agents.get(agent_id) {
+            Some(a) if a.owner != principal => Err(LeaseError::NotHolder {
+                agent: agent_id.to_owned(),
+                principal: principal.to_owned(),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Whether the control plane still waits for this attempt: its object is READY or RUNNING
@@ -88,14 +114,32 @@ impl DriverState {
 }
 
 /// The events that declare lost (reason `agent_lost`) the attempts agent `agent_id` held: those
-/// it last reported, and every RUNNING attempt it was the last to report on. The machine ignores
-/// any that moved on meanwhile.
+/// it last reported and holds ([`holds`]), and every RUNNING attempt it was the last to report
+/// on. The machine ignores any that moved on meanwhile.
 pub(super) fn held_attempts_lost(
     state: &DriverState,
     agent_id: &str,
     reported: &[HeldAttempt],
 ) -> Vec<(String, Event)> {
     held_attempts(state, agent_id, reported, LossReason::AgentLost)
+}
+
+/// Whether agent `agent_id` of `zone` may hand back the current attempt of `node`: the object
+/// is of its zone and either READY (no agent has started this attempt yet) or RUNNING with this
+/// agent the last to report on it. An agent reporting another agent's RUNNING attempt (to have
+/// it retried, burning an attempt) is not believed.
+fn holds(state: &DriverState, agent_id: &str, zone: &Zone, batch_id: &str, node: NodeIx) -> bool {
+    let Some(rt) = state.batches.get(batch_id) else {
+        return false;
+    };
+    if &rt.object(node).zone != zone {
+        return false;
+    }
+    match rt.machine.record(node).map(|r| r.state) {
+        Some(NodeState::Ready) => true,
+        Some(NodeState::Running) => rt.last_agent.get(&node).is_some_and(|a| a == agent_id),
+        _ => false,
+    }
 }
 
 /// Like [`held_attempts_lost`], with the loss `reason`.
@@ -120,8 +164,13 @@ pub(super) fn held_attempts(
             ));
         }
     };
+    let zone = state.agents.get(agent_id).map(|a| a.zone.clone());
     for h in reported {
-        if let Some(node) = state.node_of(&h.batch_id, &h.object_id) {
+        if let Some(node) = state.node_of(&h.batch_id, &h.object_id)
+            && zone
+                .as_ref()
+                .is_some_and(|z| holds(state, agent_id, z, &h.batch_id, node))
+        {
             add(&h.batch_id, node, h.attempt, h.dispatch_epoch);
         }
     }

@@ -84,20 +84,23 @@ impl Handle {
         zone: Zone,
         registration: Registration,
         nonce: u64,
-    ) -> Result<(Agent, u64), DriverError> {
-        self.mutate(move |s, _| s.register_agent(zone, registration, nonce, s.now()))
+        max_leases: Option<usize>,
+    ) -> Result<Result<(Agent, u64), LeaseError>, DriverError> {
+        self.mutate(move |s, _| s.register_agent(zone, registration, nonce, max_leases, s.now()))
             .await
     }
 
-    /// Renews an agent's lease; the reply names the attempts it should abandon.
+    /// Renews an agent's lease for `principal` (the one that registered it); the reply names
+    /// the attempts it should abandon.
     pub async fn heartbeat(
         &self,
         agent_id: String,
         epoch: u64,
+        principal: String,
         held: Vec<HeldAttempt>,
         draining: bool,
     ) -> Result<Result<HeartbeatReply, LeaseError>, DriverError> {
-        self.mutate(move |s, _| s.heartbeat(&agent_id, epoch, held, draining, s.now()))
+        self.mutate(move |s, _| s.heartbeat(&agent_id, epoch, &principal, held, draining, s.now()))
             .await
     }
 
@@ -107,9 +110,10 @@ impl Handle {
         &self,
         agent_id: String,
         epoch: u64,
+        principal: String,
     ) -> Result<Result<u32, LeaseError>, DriverError> {
         self.mutate(move |s, events| {
-            let lost = s.deregister(&agent_id, epoch, s.now())?;
+            let lost = s.deregister(&agent_id, epoch, &principal, s.now())?;
             let n = lost.len() as u32;
             events.extend(lost);
             Ok(n)

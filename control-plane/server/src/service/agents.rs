@@ -13,6 +13,8 @@ use strata_proto::v1::{self as pb, agent_registry_server::AgentRegistry};
 use tonic::{Request, Response, Status};
 use tracing::info;
 
+use super::validate;
+use crate::auth::principal_of;
 use crate::convert;
 use crate::driver::Handle;
 use crate::error::ServiceError;
@@ -79,6 +81,8 @@ impl AgentRegistryService {
 fn lease_error(e: LeaseError) -> ServiceError {
     match e {
         LeaseError::UnknownAgent(id) => ServiceError::AgentNotFound(id),
+        e @ LeaseError::NotHolder { .. } => ServiceError::PermissionDenied(e.to_string()),
+        e @ LeaseError::TooManyLeases { .. } => ServiceError::TooLarge(e.to_string()),
         e => ServiceError::FailedPrecondition(e.to_string()),
     }
 }
@@ -134,6 +138,7 @@ impl AgentRegistry for AgentRegistryService {
         &self,
         request: Request<pb::RegisterAgentRequest>,
     ) -> Result<Response<pb::RegisterAgentResponse>, Status> {
+        let principal = principal_of(&request);
         let req = request.into_inner();
         let configured: Vec<String> = self
             .settings
@@ -150,24 +155,30 @@ impl AgentRegistry for AgentRegistryService {
                     configured.join(", ")
                 ))
             })?;
-        if req.capacity == 0 {
-            return Err(ServiceError::InvalidArgument(
-                "capacity must be at least 1 (the agent's processor concurrency)".into(),
-            )
+        if !principal.is_agent_of(&zone) {
+            return Err(ServiceError::PermissionDenied(format!(
+                "principal {:?} may not register agents of zone {zone}: it needs agent:{zone}",
+                principal.name()
+            ))
             .into());
         }
+        validate::registration(&req)?;
         let reg = Registration {
             zone: Some(zone.clone()),
             capacity: req.capacity,
             version: req.version,
             hostname: req.hostname,
             labels: req.labels.into_iter().collect(),
+            owner: principal.name().to_owned(),
         };
+        let per_principal =
+            (principal.idempotency_scope().is_some()).then_some(validate::MAX_LEASES_PER_PRINCIPAL);
         let (agent, topics_generation) = self
             .handle
-            .register_agent(zone.clone(), reg, self.nonce)
+            .register_agent(zone.clone(), reg, self.nonce, per_principal)
             .await
-            .map_err(ServiceError::from)?;
+            .map_err(ServiceError::from)?
+            .map_err(lease_error)?;
         info!(agent_id = %agent.id, zone = %agent.zone, capacity = agent.capacity, hostname = %agent.hostname, "agent registered");
         let prefix = &self.settings.topic_prefix;
         Ok(Response::new(pb::RegisterAgentResponse {
@@ -195,13 +206,16 @@ impl AgentRegistry for AgentRegistryService {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let principal = principal_of(&request);
         let req = request.into_inner();
+        validate::heartbeat(&req)?;
         let in_flight = req.in_flight;
         let reply = self
             .handle
             .heartbeat(
                 req.agent_id,
                 req.lease_epoch,
+                principal.name().to_owned(),
                 held(in_flight.clone()),
                 req.draining,
             )
@@ -225,12 +239,13 @@ impl AgentRegistry for AgentRegistryService {
         &self,
         request: Request<pb::DeregisterRequest>,
     ) -> Result<Response<pb::DeregisterResponse>, Status> {
+        let principal = principal_of(&request);
         let req = request.into_inner();
         let agent = req.agent_id.clone();
-        let reason = req.reason;
+        let reason = validate::reason(req.reason);
         let handed_back = self
             .handle
-            .deregister(req.agent_id, req.lease_epoch)
+            .deregister(req.agent_id, req.lease_epoch, principal.name().to_owned())
             .await
             .map_err(ServiceError::from)?
             .map_err(lease_error)?;

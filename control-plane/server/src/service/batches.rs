@@ -12,7 +12,7 @@ use tracing::{info, instrument};
 use super::MAX_STORE_PAGES;
 use super::OrchestratorService;
 use super::submit::replan;
-use super::validate::required;
+use super::validate::{self, required};
 use super::wire;
 use crate::driver::BatchRuntime;
 use crate::error::ServiceError;
@@ -275,13 +275,14 @@ impl<S: StateStore> OrchestratorService<S> {
             }
             BatchState::Running => {}
         }
-        if !req.reason.is_empty()
+        let reason = validate::reason(req.reason);
+        if !reason.is_empty()
             && let Ok(mut m) = self.cancel_reasons.lock()
         {
-            m.insert(batch_id.clone(), req.reason.clone());
+            m.insert(batch_id.clone(), reason.clone());
         }
         match self.handle.event(&batch_id, Event::Cancel).await? {
-            Outcome::Applied => info!(%batch_id, reason = %req.reason, "batch cancelled"),
+            Outcome::Applied => info!(%batch_id, %reason, "batch cancelled"),
             Outcome::Ignored(_) => {
                 // It finished (or was cancelled) between the check and the event.
                 let state = self

@@ -47,6 +47,8 @@ use tonic::service::Routes;
 use tonic::{Request, Response, Status, Streaming};
 use tonic_health::server::HealthReporter;
 
+use crate::auth::layer::AuthLayer;
+use crate::auth::{Authenticator, principal_of};
 use crate::config::Config;
 use crate::driver::Handle;
 use crate::error::{OversizeAsResourceExhausted, ServiceError};
@@ -181,9 +183,17 @@ pub struct GrpcServices {
     /// The health reporter: `strata.v1.Orchestrator` (and the server, `""`) are SERVING.
     pub health: HealthReporter,
     closing: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Who may call (every caller, with every role, until [`GrpcServices::authenticated_by`]).
+    auth: Authenticator,
 }
 
 impl GrpcServices {
+    /// Serves only the callers `auth` admits ([`crate::auth`]).
+    pub fn authenticated_by(mut self, auth: Authenticator) -> Self {
+        self.auth = auth;
+        self
+    }
+
     /// Marks the services NOT_SERVING and ends every `WatchBatch` stream with `UNAVAILABLE`, so a
     /// graceful server shutdown does not wait for watchers. Idempotent.
     pub async fn begin_shutdown(&self) {
@@ -201,8 +211,10 @@ impl GrpcServices {
             routes,
             health,
             closing,
+            auth,
         } = self;
         tonic::transport::Server::builder()
+            .layer(AuthLayer::new(auth))
             .add_routes(routes)
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(listener),
@@ -270,6 +282,7 @@ pub async fn grpc_services<S: StateStore>(
         routes,
         health,
         closing,
+        auth: Authenticator::open("no --auth-file"),
     })
 }
 
@@ -308,15 +321,20 @@ impl<S: StateStore> Orchestrator for OrchestratorService<S> {
         &self,
         request: Request<pb::SubmitBatchRequest>,
     ) -> Result<Response<pb::SubmitBatchResponse>, Status> {
-        Ok(Response::new(self.do_submit(request.into_inner()).await?))
+        let principal = principal_of(&request);
+        Ok(Response::new(
+            self.do_submit(&principal, request.into_inner()).await?,
+        ))
     }
 
     async fn submit_batch_stream(
         &self,
         request: Request<Streaming<pb::SubmitBatchStreamRequest>>,
     ) -> Result<Response<pb::SubmitBatchResponse>, Status> {
+        let principal = principal_of(&request);
         Ok(Response::new(
-            self.do_submit_stream(request.into_inner()).await?,
+            self.do_submit_stream(&principal, request.into_inner())
+                .await?,
         ))
     }
 

@@ -18,6 +18,7 @@ use super::validate::configured_zones;
 use super::validate::idempotency_key;
 use super::validate::input_of;
 use super::wire;
+use crate::auth::Principal;
 use crate::convert;
 use crate::error::ServiceError;
 use crate::ports::StateStore;
@@ -160,9 +161,10 @@ impl<S: StateStore> OrchestratorService<S> {
     #[instrument(skip_all, fields(batch_id = field::Empty, key = %req.idempotency_key))]
     pub(super) async fn do_submit(
         &self,
+        principal: &Principal,
         req: pb::SubmitBatchRequest,
     ) -> Result<pb::SubmitBatchResponse, ServiceError> {
-        let key = idempotency_key(&req.idempotency_key)?;
+        let key = idempotency_key(&req.idempotency_key, principal.idempotency_scope())?;
         let options = batch_options(req.options, &self.settings)?;
         let input = input_of(req.input)?;
         self.submit_input(key, input, options).await
@@ -171,6 +173,7 @@ impl<S: StateStore> OrchestratorService<S> {
     #[instrument(skip_all, fields(batch_id = field::Empty, key = field::Empty))]
     pub(super) async fn do_submit_stream(
         &self,
+        principal: &Principal,
         mut stream: Streaming<pb::SubmitBatchStreamRequest>,
     ) -> Result<pb::SubmitBatchResponse, ServiceError> {
         use submit_batch_stream_request::Chunk;
@@ -189,7 +192,7 @@ impl<S: StateStore> OrchestratorService<S> {
         let key = if header.dry_run {
             header.idempotency_key.clone()
         } else {
-            idempotency_key(&header.idempotency_key)?
+            idempotency_key(&header.idempotency_key, principal.idempotency_scope())?
         };
         let options = batch_options(header.options, &self.settings)?;
         let catalogue = header.catalogue_format != pb::CatalogueFormat::Unspecified as i32;

@@ -41,7 +41,9 @@ pub(super) fn optional_zone(token: &str) -> Result<Option<Zone>, ServiceError> {
         .ok_or_else(|| ServiceError::InvalidArgument(format!("zone {token:?} is not a zone name")))
 }
 
-pub(super) fn idempotency_key(key: &str) -> Result<String, ServiceError> {
+/// The idempotency key as stored: `key` checked, then scoped to the submitting principal
+/// ([`strata_core::submission::scoped_idempotency_key`]).
+pub(super) fn idempotency_key(key: &str, scope: Option<&str>) -> Result<String, ServiceError> {
     if key.trim().is_empty() {
         return Err(ServiceError::InvalidArgument(
             "idempotency_key is required (e.g. a UUID per logical submission)".into(),
@@ -53,7 +55,13 @@ pub(super) fn idempotency_key(key: &str) -> Result<String, ServiceError> {
             key.len()
         )));
     }
-    Ok(key.to_owned())
+    if key.chars().any(char::is_control) {
+        return Err(ServiceError::InvalidArgument(format!(
+            "idempotency_key {:?} holds a control character; use printable text (e.g. a UUID)",
+            key.escape_debug().to_string()
+        )));
+    }
+    Ok(strata_core::submission::scoped_idempotency_key(scope, key))
 }
 
 pub(super) fn input_of(input: Option<pb::BatchInput>) -> Result<Input, ServiceError> {
@@ -190,4 +198,86 @@ pub(super) fn configured_zones(objects: &[ObjectDef], zones: &[Zone]) -> Result<
     } else {
         Err(CatalogueError { problems }.into())
     }
+}
+
+/// Most live agent leases one principal may hold (not applied in insecure mode, where every
+/// agent is the same anonymous principal).
+pub(super) const MAX_LEASES_PER_PRINCIPAL: usize = 256;
+/// Most attempts one agent may run at once, and report in one heartbeat.
+pub(super) const MAX_AGENT_CAPACITY: u32 = 10_000;
+/// Longest agent hostname and version, in bytes.
+const MAX_HOSTNAME_BYTES: usize = 253;
+const MAX_VERSION_BYTES: usize = 64;
+/// Most labels of an agent, and the longest key and value.
+const MAX_LABELS: usize = 32;
+const MAX_LABEL_KEY_BYTES: usize = 63;
+const MAX_LABEL_VALUE_BYTES: usize = 256;
+/// Longest reason (cancel, deregister) kept, in bytes; a longer one is cut.
+pub(super) const MAX_REASON_BYTES: usize = 512;
+
+/// The bounds of a registration: capacity, hostname, version and labels.
+pub(super) fn registration(req: &pb::RegisterAgentRequest) -> Result<(), ServiceError> {
+    if req.capacity == 0 || req.capacity > MAX_AGENT_CAPACITY {
+        return Err(ServiceError::InvalidArgument(format!(
+            "capacity {} is out of range: 1 to {MAX_AGENT_CAPACITY} (the agent's processor \
+             concurrency)",
+            req.capacity
+        )));
+    }
+    let text = |field: &str, value: &str, max: usize| -> Result<(), ServiceError> {
+        if value.len() > max {
+            return Err(ServiceError::InvalidArgument(format!(
+                "{field} is {} bytes long; at most {max} are allowed",
+                value.len()
+            )));
+        }
+        if value.chars().any(char::is_control) {
+            return Err(ServiceError::InvalidArgument(format!(
+                "{field} {value:?} holds control characters"
+            )));
+        }
+        Ok(())
+    };
+    text("hostname", &req.hostname, MAX_HOSTNAME_BYTES)?;
+    text("version", &req.version, MAX_VERSION_BYTES)?;
+    if req.labels.len() > MAX_LABELS {
+        return Err(ServiceError::InvalidArgument(format!(
+            "{} labels; at most {MAX_LABELS} are allowed",
+            req.labels.len()
+        )));
+    }
+    for (k, v) in &req.labels {
+        text("label key", k, MAX_LABEL_KEY_BYTES)?;
+        text(&format!("label {k:?}"), v, MAX_LABEL_VALUE_BYTES)?;
+    }
+    Ok(())
+}
+
+/// The bound of a heartbeat: the attempts it reports.
+pub(super) fn heartbeat(req: &pb::HeartbeatRequest) -> Result<(), ServiceError> {
+    if req.in_flight.len() > MAX_AGENT_CAPACITY as usize {
+        return Err(ServiceError::InvalidArgument(format!(
+            "the heartbeat reports {} attempts in flight; at most {MAX_AGENT_CAPACITY} are allowed",
+            req.in_flight.len()
+        )));
+    }
+    Ok(())
+}
+
+/// A reason as kept: at most [`MAX_REASON_BYTES`] (cut at a character boundary, marked with
+/// `…`), control characters replaced by spaces so that it logs on one line.
+pub(super) fn reason(reason: String) -> String {
+    let mut out: String = reason
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if out.len() > MAX_REASON_BYTES {
+        let mut cut = MAX_REASON_BYTES;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        out.push('…');
+    }
+    out
 }

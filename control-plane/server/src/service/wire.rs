@@ -19,6 +19,7 @@ use strata_core::machine::{
 use strata_core::model::NodeIx;
 use strata_core::planner::Plan;
 use strata_core::retry::RetryPolicy;
+use strata_core::submission::caller_idempotency_key;
 use strata_core::{ObjectDef, ObjectId, Zone};
 use strata_proto::v1 as pb;
 
@@ -321,7 +322,7 @@ pub(crate) fn batch_of(rt: &BatchRuntime, cancel_reason: Option<&str>) -> pb::Ba
     pb::Batch {
         batch_id: rt.batch_id().to_owned(),
         state: convert::batch_state(state) as i32,
-        idempotency_key: rt.idempotency_key().to_owned(),
+        idempotency_key: caller_idempotency_key(rt.idempotency_key()).to_owned(),
         created_at: Some(convert::timestamp(rt.created_at())),
         finished_at: rt.finished_at().map(convert::timestamp),
         summary: Some(plan_summary(
@@ -413,7 +414,7 @@ pub(crate) fn stored_batch(
     pb::Batch {
         batch_id: stored.batch_id.clone(),
         state: state as i32,
-        idempotency_key: stored.idempotency_key.clone(),
+        idempotency_key: caller_idempotency_key(&stored.idempotency_key).to_owned(),
         created_at: ts(stored.created_at_ms),
         finished_at: head.finished_at_ms.and_then(ts),
         summary,
