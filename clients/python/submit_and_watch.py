@@ -2,15 +2,20 @@
 """Submit a catalogue to Strata and stream the batch until it ends.
 
     python submit_and_watch.py [--endpoint HOST:PORT] [--idempotency-key KEY] [--all]
-                               [--format auto|seed|native] CATALOGUE.json
+                               [--format auto|seed|native] [--ca CA.pem]
+                               [--cert CERT.pem --key KEY.pem] CATALOGUE.json
 
 Submits the file as a `CatalogueDocument` (`SubmitBatch`), prints the batch id and the plan's
 summary, then streams `WatchBatch`: where each object stands (the snapshot), one line per object
 transition after it, and at the end the batch's state and a per-zone summary of the objects'
 states (from the terminal batch the stream ends with).
 
+TLS with `--ca` (or an `https://` endpoint), mutual TLS with `--cert` and `--key`, a bearer
+token from `STRATA_TOKEN`: see `strata_channel.py`.
+
 Exit code: 0 if the batch SUCCEEDED, 1 if it ended otherwise (FAILED, CANCELLED, or the stream
-ended before the batch did), 2 on an RPC error (one line naming the endpoint and the gRPC status).
+ended before the batch did), 2 on an RPC error (one line naming the endpoint and the gRPC status)
+or unusable TLS settings or token (one line naming the file or setting).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import grpc
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from strata.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc  # noqa: E402
+from strata_channel import ChannelSettingsError, add_arguments, from_arguments  # noqa: E402
 
 DEFAULT_ENDPOINT = "127.0.0.1:50051"
 FORMATS = {
@@ -50,14 +56,6 @@ def object_state(value: int) -> str:
 def batch_state(value: int) -> str:
     """`BATCH_STATE_SUCCEEDED` -> `SUCCEEDED`."""
     return common_pb2.BatchState.Name(value).removeprefix("BATCH_STATE_")
-
-
-def channel_target(endpoint: str) -> str:
-    """Accepts `host:port` as well as `http://host:port` (what the Rust tools print)."""
-    for prefix in ("http://", "grpc://"):
-        if endpoint.startswith(prefix):
-            return endpoint[len(prefix) :].rstrip("/")
-    return endpoint
 
 
 def call(endpoint: str, rpc: str, fn, *args, **kwargs):
@@ -170,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--endpoint",
         default=os.environ.get("STRATA_ENDPOINT") or DEFAULT_ENDPOINT,
-        help=f"the control plane's gRPC address (env STRATA_ENDPOINT; default {DEFAULT_ENDPOINT})",
+        help="the control plane's gRPC address, https://HOST:PORT for TLS "
+        f"(env STRATA_ENDPOINT; default {DEFAULT_ENDPOINT})",
     )
     parser.add_argument(
         "--idempotency-key",
@@ -186,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="the document's format (default auto: seed records are recognised by IdObjet)",
     )
+    add_arguments(parser)
     args = parser.parse_args(argv)
 
     try:
@@ -203,7 +203,12 @@ def main(argv: list[str] | None = None) -> int:
         options=orchestrator_pb2.SubmitOptions(all=args.all),
     )
     try:
-        with grpc.insecure_channel(channel_target(endpoint)) as channel:
+        channel, _ = from_arguments(endpoint, args)
+    except ChannelSettingsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        with channel:
             stub = orchestrator_pb2_grpc.OrchestratorStub(channel)
             response = call(
                 endpoint, "SubmitBatch", stub.SubmitBatch, request, timeout=SUBMIT_TIMEOUT_SECS

@@ -15,16 +15,23 @@
 //! [`ControlPlane::start`] returns once gRPC answers a `GetBatch` (which the driver serves, so
 //! after the restart recovery has reloaded every active batch). Logs (`STRATA_LOG`, default
 //! `info`) go to `control-plane.log` in its temp dir.
+//!
+//! [`ControlPlane::start_tls_on`] serves gRPC over TLS ([`GrpcTls`]: `--tls-cert`, `--tls-key`,
+//! and `--tls-client-ca` for mutual TLS); its [`ControlPlane::endpoint`] is then `https://…`
+//! and [`ControlPlane::tls`] holds the CA a client trusts.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
+use nix::sys::signal::Signal;
+use strata_client::{ClientOptions, Security};
 use strata_proto::v1::GetBatchRequest;
 use strata_proto::v1::orchestrator_client::OrchestratorClient;
 use tempfile::TempDir;
 
+use crate::certs::CertFiles;
 use crate::process::ServerProcess;
 use crate::{TestBroker, free_port, temp_dir, workspace_binary};
 
@@ -43,6 +50,32 @@ const PORT_ATTEMPTS: usize = 3;
 /// The batch id the readiness probe asks for (answered `NOT_FOUND`).
 const PROBE_BATCH_ID: &str = "strata-tests-readiness-probe";
 
+/// The TLS of a control plane's gRPC port.
+#[derive(Debug, Clone)]
+pub struct GrpcTls {
+    /// The CA that signed [`Self::server`]: what clients trust (`--ca`).
+    pub ca: PathBuf,
+    /// The server's certificate and key (`--tls-cert`, `--tls-key`).
+    pub server: CertFiles,
+    /// The CA of client certificates (`--tls-client-ca`: mutual TLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+impl GrpcTls {
+    fn flags(&self) -> Vec<String> {
+        let mut flags = vec![
+            "--tls-cert".to_owned(),
+            self.server.cert.display().to_string(),
+            "--tls-key".to_owned(),
+            self.server.key.display().to_string(),
+        ];
+        if let Some(ca) = &self.client_ca {
+            flags.extend(["--tls-client-ca".to_owned(), ca.display().to_string()]);
+        }
+        flags
+    }
+}
+
 /// A running (or deliberately killed) `strata-control-plane`, killed when this drops.
 #[derive(Debug)]
 pub struct ControlPlane {
@@ -51,6 +84,7 @@ pub struct ControlPlane {
     admin_port: u16,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    tls: Option<GrpcTls>,
     process: Option<ServerProcess>,
     starts: usize,
     // Declared last: dropped after the process is dead.
@@ -86,12 +120,45 @@ impl ControlPlane {
         Self::start_with_env(&broker.bootstrap_servers(), redis_url, &args, env).await
     }
 
+    /// [`Self::start_on`] serving gRPC over `tls`; the readiness probe trusts `tls.ca`.
+    pub async fn start_tls_on(
+        broker: &TestBroker,
+        redis_url: &str,
+        tls: GrpcTls,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let namespace = broker.control_plane_flags();
+        let args: Vec<&str> = namespace
+            .iter()
+            .map(String::as_str)
+            .chain(extra_args.iter().copied())
+            .collect();
+        Self::launch(
+            &broker.bootstrap_servers(),
+            redis_url,
+            &args,
+            &[],
+            Some(tls),
+        )
+        .await
+    }
+
     /// [`Self::start`] with `env` added to the process's environment (every run, restarts too).
     pub async fn start_with_env(
         kafka_brokers: &str,
         redis_url: &str,
         extra_args: &[&str],
         env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        Self::launch(kafka_brokers, redis_url, extra_args, env, None).await
+    }
+
+    async fn launch(
+        kafka_brokers: &str,
+        redis_url: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+        tls: Option<GrpcTls>,
     ) -> anyhow::Result<Self> {
         let bin = control_plane_binary()?;
         let env: Vec<(String, String)> = env
@@ -106,13 +173,14 @@ impl ControlPlane {
             redis_url.into(),
         ];
         args.extend(extra_args.iter().map(|a| (*a).to_owned()));
+        args.extend(tls.iter().flat_map(GrpcTls::flags));
         let mut last_error = None;
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port()?;
             let admin_port = free_port()?;
             let mut args = args.clone();
             args.extend(["--admin-addr".to_owned(), format!("127.0.0.1:{admin_port}")]);
-            match spawn_ready(&bin, port, &args, &env, dir.path(), 1).await {
+            match spawn_ready(&bin, port, &args, &env, dir.path(), 1, tls.as_ref()).await {
                 Ok(process) => {
                     return Ok(Self {
                         bin,
@@ -120,6 +188,7 @@ impl ControlPlane {
                         admin_port,
                         args,
                         env,
+                        tls,
                         process: Some(process),
                         starts: 1,
                         dir,
@@ -170,15 +239,31 @@ impl ControlPlane {
             admin_port,
             args,
             env,
+            tls: None,
             process: Some(process),
             starts: 1,
             dir,
         })
     }
 
-    /// `http://127.0.0.1:PORT`, for a gRPC client (stable across restarts).
+    /// `http://127.0.0.1:PORT` (`https://` with TLS), for a gRPC client (stable across
+    /// restarts).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// Its gRPC TLS, if it serves TLS.
+    pub fn tls(&self) -> Option<&GrpcTls> {
+        self.tls.as_ref()
+    }
+
+    /// `SIGHUP`: the control plane reads its TLS files again.
+    pub fn hangup(&self) -> anyhow::Result<()> {
+        match self.process.as_ref() {
+            Some(p) => p.signal(Signal::SIGHUP),
+            None => bail!("the control plane is not running"),
+        }
     }
 
     /// The gRPC port.
@@ -273,6 +358,7 @@ impl ControlPlane {
                 &self.env,
                 self.dir.path(),
                 self.starts,
+                self.tls.as_ref(),
             )
             .await?,
         );
@@ -291,7 +377,8 @@ pub fn control_plane_binary() -> anyhow::Result<PathBuf> {
 }
 
 /// Spawns the binary on `port` and waits (bounded) until a `GetBatch` for an unknown id is
-/// answered `NOT_FOUND` (or the process exits, which is an error with its log tail).
+/// answered `NOT_FOUND` (or the process exits, which is an error with its log tail). With `tls`,
+/// the probe speaks TLS and trusts its CA.
 async fn spawn_ready(
     bin: &Path,
     port: u16,
@@ -299,6 +386,7 @@ async fn spawn_ready(
     env: &[(String, String)],
     dir: &Path,
     run: usize,
+    tls: Option<&GrpcTls>,
 ) -> anyhow::Result<ServerProcess> {
     let addr = format!("127.0.0.1:{port}");
     let mut process = ServerProcess::spawn(
@@ -306,7 +394,9 @@ async fn spawn_ready(
         command(bin, port, args, env, dir),
         &dir.join("control-plane.log"),
     )?;
-    let endpoint = format!("http://{addr}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let endpoint = format!("{scheme}://{addr}");
+    let ca = tls.map(|t| t.ca.clone());
     let started = Instant::now();
     loop {
         if let Some(status) = process.exit_status()? {
@@ -315,7 +405,7 @@ async fn spawn_ready(
                 process.log_tail()
             );
         }
-        let last_error = match probe(&endpoint).await {
+        let last_error = match probe(&endpoint, ca.clone()).await {
             Ok(()) => return Ok(process),
             Err(e) => format!("{e:#}"),
         };
@@ -362,10 +452,18 @@ fn command(
 }
 
 /// Ok once `GetBatch` for an unknown batch is answered with `NOT_FOUND`: the server is up and its
-/// driver serves reads.
-async fn probe(endpoint: &str) -> anyhow::Result<()> {
+/// driver serves reads. Over TLS when `ca` (the CA to trust) is given.
+async fn probe(endpoint: &str, ca: Option<PathBuf>) -> anyhow::Result<()> {
+    let options = ClientOptions {
+        security: Security {
+            ca,
+            ..Security::default()
+        },
+        ..ClientOptions::default()
+    };
+    let (_, channel) = strata_client::channel::connect(endpoint, &options)?;
     let call = async {
-        let mut client = OrchestratorClient::connect(endpoint.to_owned()).await?;
+        let mut client = OrchestratorClient::new(channel);
         let answer = client
             .get_batch(GetBatchRequest {
                 batch_id: PROBE_BATCH_ID.into(),

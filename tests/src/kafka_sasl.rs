@@ -5,8 +5,8 @@
 //!
 //! What it is, in the node's temp dir `sasl/`: a CA (`ca.pem`, `ca-key.pem`) and a server
 //! certificate it signed (`server.pem`, `server-key.pem`, unencrypted PKCS#8; subject alternative
-//! names `IP:127.0.0.1` and `DNS:localhost`, valid two days), all made with the `openssl` command
-//! (Debian package `openssl`, as for Redis TLS). The broker reads them as PEM
+//! names `IP:127.0.0.1` and `DNS:localhost`, valid two days), made by [`crate::certs`] with the
+//! `openssl` command. The broker reads them as PEM
 //! (`ssl.keystore.type=PEM`, the key and chain inline in `server.properties`); clients trust
 //! `ca.pem` (`ssl.ca.location`) and check the host name as librdkafka does by default.
 //!
@@ -18,9 +18,10 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
+
+use crate::certs::{TestCa, openssl};
 
 /// The SCRAM user the storage format creates.
 pub const SASL_USERNAME: &str = "strata";
@@ -33,7 +34,7 @@ pub const LISTENER: &str = "SASL_SSL";
 #[derive(Clone)]
 pub struct SaslListener {
     port: u16,
-    dir: PathBuf,
+    ca: PathBuf,
     password: String,
     /// The server's certificate and key, PEM with `\n` escaped for `server.properties`.
     chain_property: String,
@@ -44,7 +45,7 @@ impl std::fmt::Debug for SaslListener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SaslListener")
             .field("port", &self.port)
-            .field("dir", &self.dir)
+            .field("ca", &self.ca)
             .field("password", &"***")
             .finish()
     }
@@ -54,77 +55,21 @@ impl SaslListener {
     /// Makes the CA, the server certificate and the user's password in `dir` (created), for a
     /// listener on `port`.
     pub(crate) fn create(dir: &Path, port: u16) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-        openssl(
-            dir,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=strata-tests CA",
-                "-keyout",
-                "ca-key.pem",
-                "-out",
-                "ca.pem",
-            ],
-        )?;
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-subj",
-                "/CN=127.0.0.1",
-                "-keyout",
-                "server-key.pem",
-                "-out",
-                "server.csr",
-            ],
-        )?;
-        std::fs::write(
-            dir.join("server-ext.cnf"),
-            "subjectAltName = IP:127.0.0.1, DNS:localhost\nextendedKeyUsage = serverAuth\n",
-        )?;
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "server.csr",
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca-key.pem",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                "server-ext.cnf",
-                "-out",
-                "server.pem",
-            ],
-        )?;
+        let ca = TestCa::create(dir, "ca")?;
+        let server = ca.server_cert("server")?;
         // Letters and digits only: it goes into StorageTool's `[name=…,password=…]` syntax.
         let password = format!("pw{}", openssl(dir, &["rand", "-hex", "16"])?.trim());
-        let pem = |file: &str| -> anyhow::Result<String> {
-            let text = std::fs::read_to_string(dir.join(file))
-                .with_context(|| format!("read {}", dir.join(file).display()))?;
+        let pem = |file: &Path| -> anyhow::Result<String> {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("read {}", file.display()))?;
             Ok(text.trim_end().replace('\n', "\\n"))
         };
         Ok(Self {
             port,
-            dir: dir.to_owned(),
+            ca: ca.cert_path(),
             password,
-            chain_property: pem("server.pem")?,
-            key_property: pem("server-key.pem")?,
+            chain_property: pem(&server.cert)?,
+            key_property: pem(&server.key)?,
         })
     }
 
@@ -151,7 +96,7 @@ impl SaslListener {
     /// The CA certificate (PEM) that signed the broker's certificate: clients'
     /// `ssl.ca.location`.
     pub fn ca_path(&self) -> PathBuf {
-        self.dir.join("ca.pem")
+        self.ca.clone()
     }
 
     /// librdkafka properties of a client of this listener with the CA: SASL_SSL, SCRAM-SHA-512,
@@ -216,22 +161,4 @@ impl SaslListener {
             ),
         ]
     }
-}
-
-/// Runs `openssl args` in `dir`; its stdout, or an error with its stderr.
-fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .context("run openssl (Debian package openssl) to make the broker's certificates")?;
-    if !out.status.success() {
-        bail!(
-            "openssl {} failed ({}): {}",
-            args.first().copied().unwrap_or_default(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -16,6 +16,8 @@
 //!   controller), one node or a cluster on free loopback ports, from its own dirs; a node can be
 //!   killed (`SIGKILL`), stopped (`SIGSTOP`), resumed and restarted from its disks, which keep
 //!   topics, records and committed offsets.
+//! - [`certs::TestCa`]: a CA, server and client certificates (the `openssl` command) for the TLS
+//!   tests.
 //! - Client configuration with the settings `docs/brokers.md` requires
 //!   ([`KafkaBroker::producer_config`], [`KafkaBroker::consumer_config`]) and idempotent topic
 //!   creation ([`KafkaBroker::create_topics`]).
@@ -33,6 +35,8 @@
 pub mod agent;
 pub mod apache_kafka;
 pub mod broker;
+pub mod certs;
+pub mod client_tools;
 pub mod control_plane;
 pub mod kafka;
 pub mod kafka_sasl;

@@ -154,9 +154,14 @@ impl ServerProcess {
     /// `SIGTERM` to the process (not its group), as a supervisor asking it to stop. An error if
     /// it was already reaped.
     pub fn terminate(&self) -> anyhow::Result<()> {
+        self.signal(Signal::SIGTERM)
+    }
+
+    /// Sends `signal` to the process (not its group), e.g. `SIGHUP`.
+    pub fn signal(&self, signal: Signal) -> anyhow::Result<()> {
         anyhow::ensure!(self.reaped.is_none(), "{} was already reaped", self.name);
         let pid = i32::try_from(self.child.id())?;
-        nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGTERM)?;
+        nix::sys::signal::kill(Pid::from_raw(pid), signal)?;
         Ok(())
     }
 

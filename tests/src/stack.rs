@@ -1,16 +1,17 @@
 //! The whole system for a test: a broker ([`TestBroker`]: Apache Kafka by default, the run's
 //! shared one when there is one), a Redis, the real `strata-control-plane` binary (in the test's
 //! own topic prefix and consumer group on that broker) and a gRPC client of it, plus helpers to
-//! start real agents and to read a batch's outcome.
+//! start real agents and to read a batch's outcome. [`Stack::start_tls`] serves gRPC over TLS
+//! (the client trusts its CA).
 
 use std::time::{Duration, Instant};
 
 use anyhow::ensure;
+use strata_client::{AuthChannel, ClientOptions, Security};
 use strata_proto::v1::orchestrator_client::OrchestratorClient;
 use strata_proto::v1::{self as pb};
-use tonic::transport::Channel;
 
-use crate::control_plane::ControlPlane;
+use crate::control_plane::{ControlPlane, GrpcTls};
 use crate::worker_agent::WorkerAgent;
 use crate::{RedisServer, TestBroker, within};
 
@@ -24,7 +25,7 @@ pub struct Stack {
     /// The control plane.
     pub cp: ControlPlane,
     /// A client of its `Orchestrator` service.
-    pub client: OrchestratorClient<Channel>,
+    pub client: OrchestratorClient<AuthChannel>,
     /// Its Redis (declared after the control plane: dropped after it).
     pub redis: RedisServer,
     /// Its broker (topics: `broker.topic_prefix()`).
@@ -35,10 +36,30 @@ impl Stack {
     /// Starts everything; `flags` go to the control plane (besides broker, topic prefix,
     /// consumer group, Redis and address).
     pub async fn start(flags: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with(flags, None).await
+    }
+
+    /// [`Self::start`] with gRPC over `tls`.
+    pub async fn start_tls(flags: &[&str], tls: GrpcTls) -> anyhow::Result<Self> {
+        Self::start_with(flags, Some(tls)).await
+    }
+
+    async fn start_with(flags: &[&str], tls: Option<GrpcTls>) -> anyhow::Result<Self> {
         let broker = within(STACK_WAIT, "start the broker", TestBroker::start()).await??;
         let redis = within(STACK_WAIT, "start redis", RedisServer::start()).await??;
-        let cp = ControlPlane::start_on(&broker, &redis.url(), flags, &[]).await?;
-        let client = OrchestratorClient::connect(cp.endpoint()).await?;
+        let cp = match tls {
+            Some(tls) => ControlPlane::start_tls_on(&broker, &redis.url(), tls, flags).await?,
+            None => ControlPlane::start_on(&broker, &redis.url(), flags, &[]).await?,
+        };
+        let options = ClientOptions {
+            security: Security {
+                ca: cp.tls().map(|t| t.ca.clone()),
+                ..Security::default()
+            },
+            ..ClientOptions::default()
+        };
+        let (_, channel) = strata_client::channel::connect(&cp.endpoint(), &options)?;
+        let client = OrchestratorClient::new(channel);
         Ok(Self {
             cp,
             client,

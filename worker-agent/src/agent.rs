@@ -235,7 +235,8 @@ async fn serve_from_args<P: Processor>(
             .map_err(|e| anyhow::anyhow!("kafka: {e}"))?,
         zone: args.zone.clone(),
     };
-    let registry = crate::registry::Registry::new(&args.control_plane)?;
+    let registry =
+        crate::registry::Registry::new(&args.control_plane, args.control_plane_security()?)?;
     run(
         options,
         registry,

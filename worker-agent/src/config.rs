@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use strata_client::{ClientError, IdentityFiles, Security, Token};
 use strata_runtime::kafka_security::{self, Secret, SecurityArgs};
 
 /// The built-in processors (`docs/design.md#agents-and-processors`).
@@ -35,7 +36,9 @@ pub enum ProcessorKind {
                   --processor http --http-url http://loader:8080/load\n\nKafka SASL password: \
                   STRATA_KAFKA_SASL_PASSWORD (environment only) or --kafka-sasl-password-file; \
                   there is no flag for it, the control plane never sends credentials, and it is \
-                  never logged.\n\nTraces: set \
+                  never logged.\n\nControl plane token: --control-plane-token-file or \
+                  STRATA_CONTROL_PLANE_TOKEN (environment only: a flag would show it in `ps`); \
+                  sent as `authorization: Bearer …`, never logged.\n\nTraces: set \
                   OTEL_EXPORTER_OTLP_ENDPOINT (e.g. http://127.0.0.1:4317) to export a `process` \
                   span per attempt over OTLP/gRPC, a child of the control plane's span named by \
                   the Ready's traceparent; OTEL_SERVICE_NAME (default strata-worker-agent) and \
@@ -50,13 +53,33 @@ pub struct AgentArgs {
     #[arg(long, env = "STRATA_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub concurrency: u32,
 
-    /// The control plane's gRPC endpoint.
+    /// The control plane's gRPC endpoint (`https://` for TLS).
     #[arg(
         long,
         env = "STRATA_CONTROL_PLANE",
         default_value = "http://127.0.0.1:50051"
     )]
     pub control_plane: String,
+
+    /// PEM file of the CA certificates that signed the control plane's certificate (TLS; default
+    /// with an https:// endpoint: the system's CAs). A `host:port` endpoint is then reached over
+    /// TLS.
+    #[arg(long, env = "STRATA_CONTROL_PLANE_CA")]
+    pub control_plane_ca: Option<PathBuf>,
+
+    /// PEM certificate (chain) the agent presents to a control plane that verifies client
+    /// certificates (mutual TLS); with --control-plane-key.
+    #[arg(long, env = "STRATA_CONTROL_PLANE_CERT")]
+    pub control_plane_cert: Option<PathBuf>,
+
+    /// PEM private key of --control-plane-cert.
+    #[arg(long, env = "STRATA_CONTROL_PLANE_KEY")]
+    pub control_plane_key: Option<PathBuf>,
+
+    /// File holding the bearer token sent with every call to the control plane (surrounding
+    /// white space ignored). Or STRATA_CONTROL_PLANE_TOKEN (environment only, not both).
+    #[arg(long, env = "STRATA_CONTROL_PLANE_TOKEN_FILE")]
+    pub control_plane_token_file: Option<PathBuf>,
 
     /// Kafka bootstrap servers (`host:port,...`). Unset = the addresses the control plane sends
     /// at registration.
@@ -166,7 +189,30 @@ pub struct AgentArgs {
     pub http_headers: Vec<(String, String)>,
 }
 
+/// The environment variable holding the control plane's bearer token (no flag: a token on a
+/// command line shows in `ps`).
+pub const CONTROL_PLANE_TOKEN_ENV: &str = "STRATA_CONTROL_PLANE_TOKEN";
+
 impl AgentArgs {
+    /// How to reach the control plane: its CA, the agent's certificate, the token. The error
+    /// names the flag or file, never the token.
+    pub fn control_plane_security(&self) -> Result<Security, ClientError> {
+        Ok(Security {
+            ca: self.control_plane_ca.clone(),
+            identity: IdentityFiles::pair(
+                self.control_plane_cert.clone(),
+                self.control_plane_key.clone(),
+                "--control-plane-cert",
+                "--control-plane-key",
+            )?,
+            token: Token::from_file_or_env(
+                self.control_plane_token_file.as_deref(),
+                "--control-plane-token-file",
+                CONTROL_PLANE_TOKEN_ENV,
+            )?,
+        })
+    }
+
     /// Every extra property of the agent's Kafka clients: the security settings' (the SASL
     /// password in clear, for the clients only), then `--kafka-property`'s. The error names the
     /// bad or conflicting setting, never the password.

@@ -4,13 +4,14 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use strata_client::ClientOptions;
+use strata_client::channel::{self, AuthChannel, Security};
 use strata_proto::v1::agent_registry_client::AgentRegistryClient;
 use strata_proto::v1::{
     DeregisterRequest, HeartbeatRequest, HeartbeatResponse, InFlightAttempt, RegisterAgentRequest,
     RegisterAgentResponse,
 };
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
 use tracing::{info, warn};
 
 /// Bound on one registry call.
@@ -22,7 +23,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Why the agent cannot work at all (not worth retrying).
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    /// The endpoint is not a URL.
+    /// The endpoint is not a URL, or its TLS settings or token cannot be used.
     #[error("control-plane endpoint {endpoint:?}: {error}")]
     Endpoint {
         /// The endpoint given.
@@ -115,24 +116,30 @@ pub struct Registration {
 /// A client of the control plane's registry.
 #[derive(Debug, Clone)]
 pub struct Registry {
-    client: AgentRegistryClient<Channel>,
+    client: AgentRegistryClient<AuthChannel>,
     endpoint: String,
 }
 
 impl Registry {
-    /// A client of `endpoint` (connects lazily, so a control plane that is not up yet is fine).
-    pub fn new(endpoint: &str) -> Result<Self, RegistryError> {
-        let channel = Endpoint::from_shared(endpoint.to_owned())
-            .map_err(|e| RegistryError::Endpoint {
+    /// A client of `endpoint` with `security` (TLS, a client certificate, a bearer token: the
+    /// Rust client's channel, [`strata_client::channel`]). Connects lazily, so a control plane
+    /// that is not up yet is fine; a CA, certificate, key or token that cannot be used is an
+    /// error now.
+    pub fn new(endpoint: &str, security: Security) -> Result<Self, RegistryError> {
+        let options = ClientOptions {
+            timeout: CALL_TIMEOUT,
+            connect_timeout: CALL_TIMEOUT,
+            security,
+            ..ClientOptions::default()
+        };
+        let (endpoint, channel) =
+            channel::connect(endpoint, &options).map_err(|e| RegistryError::Endpoint {
                 endpoint: endpoint.to_owned(),
                 error: e.to_string(),
-            })?
-            .connect_timeout(CALL_TIMEOUT)
-            .timeout(CALL_TIMEOUT)
-            .connect_lazy();
+            })?;
         Ok(Self {
             client: AgentRegistryClient::new(channel),
-            endpoint: endpoint.to_owned(),
+            endpoint,
         })
     }
 
@@ -168,7 +175,7 @@ impl Registry {
                 }
                 Err(s) if retryable(s.code()) => {
                     if attempts == 1 || attempts.is_power_of_two() {
-                        warn!(endpoint = %self.endpoint, code = ?s.code(), error = %s.message(), attempts, "control plane not answering; registering again with backoff");
+                        warn!(endpoint = %self.endpoint, code = ?s.code(), error = %channel::error_chain(&s), attempts, "control plane not answering; registering again with backoff");
                     }
                 }
                 Err(s) => {
@@ -204,7 +211,7 @@ impl Registry {
             Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::NotFound) => {
                 Beat::LeaseLost(s.message().to_owned())
             }
-            Err(s) => Beat::Unavailable(format!("{:?}: {}", s.code(), s.message())),
+            Err(s) => Beat::Unavailable(format!("{:?}: {}", s.code(), channel::error_chain(&s))),
         }
     }
 

@@ -103,7 +103,7 @@ pub async fn run(args: DevArgs, output: Output) -> anyhow::Result<u8> {
     let mut agents = Vec::new();
     for zone in &config.zones {
         agents.push(tokio::spawn(dev_agent(
-            Registry::new(&endpoint)?,
+            Registry::new(&endpoint, Default::default())?,
             zone.clone(),
             &data,
             processor.clone(),

@@ -13,12 +13,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use strata_client::{Client, ClientError, ClientOptions, DEFAULT_ENDPOINT};
+use strata_client::{
+    Client, ClientError, ClientOptions, DEFAULT_ENDPOINT, IdentityFiles, Security, Token,
+};
 use strata_proto::v1 as pb;
 use strata_runtime::{executor, logs};
 use tonic::Code;
 
 use crate::render::{Output, print_json};
+
+/// The environment variable holding the bearer token (no flag: see `--help`).
+const TOKEN_ENV: &str = "STRATA_TOKEN";
 
 /// Strata: gets a catalogue of layered data objects loaded in dependency order by worker agents.
 #[derive(Debug, Parser)]
@@ -28,12 +33,36 @@ use crate::render::{Output, print_json};
     after_help = "Exit codes: 0 done (a watched batch succeeded), 1 a watched batch did not \
                   succeed, 2 bad usage or input, 3 control plane unreachable or call refused.\n\n\
                   Quick start (no services needed):\n  strata dev --submit \
-                  clients/samples/catalogue.json"
+                  clients/samples/catalogue.json\n\n\
+                  TLS: an https:// endpoint (or --ca / --cert with host:port) is reached over \
+                  TLS, trusting --ca (default: the system's CAs); --cert and --key present a \
+                  client certificate to a control plane that verifies them (mutual TLS).\n\n\
+                  Token: --token-file FILE or STRATA_TOKEN (environment only, not both; there \
+                  is no --token flag, since a command line shows in `ps`). It is sent as \
+                  `authorization: Bearer …` with every call and never printed."
 )]
 struct Cli {
-    /// The control plane's gRPC endpoint.
+    /// The control plane's gRPC endpoint (`https://` for TLS).
     #[arg(long, global = true, env = "STRATA_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
     endpoint: String,
+
+    /// PEM file of the CA certificates that signed the control plane's certificate (TLS).
+    #[arg(long, global = true, env = "STRATA_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
+
+    /// PEM client certificate (chain) for a control plane that verifies clients (mutual TLS);
+    /// with --key.
+    #[arg(long, global = true, env = "STRATA_CLIENT_CERT", value_name = "FILE")]
+    cert: Option<PathBuf>,
+
+    /// PEM private key of --cert.
+    #[arg(long, global = true, env = "STRATA_CLIENT_KEY", value_name = "FILE")]
+    key: Option<PathBuf>,
+
+    /// File holding the bearer token to send (surrounding white space ignored); or set
+    /// STRATA_TOKEN.
+    #[arg(long, global = true, env = "STRATA_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<PathBuf>,
 
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
@@ -224,7 +253,7 @@ impl From<anyhow::Error> for Failure {
     fn from(e: anyhow::Error) -> Self {
         let code = match e.downcast_ref::<ClientError>() {
             Some(ClientError::Status { status }) if status.code() == Code::InvalidArgument => 2,
-            Some(ClientError::Endpoint { .. }) => 2,
+            Some(ClientError::Endpoint { .. } | ClientError::Credentials { .. }) => 2,
             Some(_) => 3,
             None if e.downcast_ref::<std::io::Error>().is_some() => 2,
             None => 3,
@@ -266,7 +295,18 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
     if let Command::Dev(args) = cli.command {
         return Ok(dev::run(args, output).await?);
     }
-    let client = Client::connect(&cli.endpoint, ClientOptions::default())?;
+    let security = Security {
+        ca: cli.ca.clone(),
+        identity: IdentityFiles::pair(cli.cert.clone(), cli.key.clone(), "--cert", "--key")?,
+        token: Token::from_file_or_env(cli.token_file.as_deref(), "--token-file", TOKEN_ENV)?,
+    };
+    let client = Client::connect(
+        &cli.endpoint,
+        ClientOptions {
+            security,
+            ..ClientOptions::default()
+        },
+    )?;
     match cli.command {
         Command::Dev(_) => unreachable!("handled above"),
         Command::Submit(args) => Ok(submit_and_watch(&client, &args, output).await?),

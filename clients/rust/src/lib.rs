@@ -21,7 +21,12 @@
 //! # Ok(()) }
 //! ```
 //!
+//! TLS, mutual TLS and a bearer token are [`ClientOptions::security`] ([`channel`]): an
+//! `https://` endpoint is reached over TLS, the token is sent on every call and never shown.
+//!
 //! Depends on the wire crate and tonic only: no Strata domain logic.
+
+pub mod channel;
 
 use std::future::Future;
 use std::time::Duration;
@@ -29,8 +34,9 @@ use std::time::Duration;
 use strata_proto::v1 as pb;
 use strata_proto::v1::agent_registry_client::AgentRegistryClient;
 use strata_proto::v1::orchestrator_client::OrchestratorClient;
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status, Streaming};
+
+pub use crate::channel::{AuthChannel, IdentityFiles, Security, Token};
 
 /// The control plane's default gRPC address (what `strata dev` and `strata-control-plane` serve).
 pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:50051";
@@ -46,6 +52,8 @@ pub struct ClientOptions {
     pub attempts: u32,
     /// The largest message the client sends or accepts.
     pub max_message_bytes: usize,
+    /// TLS (the CA to trust, a client certificate) and the bearer token.
+    pub security: Security,
 }
 
 impl Default for ClientOptions {
@@ -55,6 +63,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(5),
             attempts: 3,
             max_message_bytes: strata_proto::DEFAULT_MAX_MESSAGE_BYTES,
+            security: Security::default(),
         }
     }
 }
@@ -81,6 +90,36 @@ pub enum ClientError {
         /// The transport's reason.
         reason: String,
     },
+    /// A CA, client certificate, key or token cannot be used (the message names the file or
+    /// the setting, never a token).
+    #[error("{detail}")]
+    Credentials {
+        /// What is wrong.
+        detail: String,
+    },
+    /// The TLS handshake with the control plane failed (an untrusted certificate, a refused
+    /// client certificate, a plaintext server).
+    #[error(
+        "TLS with the control plane at {endpoint} failed ({reason}); check the CA given for it \
+         (the one that signed its certificate), the client certificate, and that it serves TLS"
+    )]
+    Tls {
+        /// The endpoint.
+        endpoint: String,
+        /// The handshake's reason.
+        reason: String,
+    },
+    /// A plaintext connection broke during the call: typically a plaintext client of a TLS port.
+    #[error(
+        "the control plane at {endpoint} closed the connection ({reason}); if it serves TLS, \
+         use an https:// endpoint and the CA that signed its certificate"
+    )]
+    Dropped {
+        /// The endpoint.
+        endpoint: String,
+        /// The transport's reason.
+        reason: String,
+    },
     /// The control plane answered with an error.
     #[error("{}: {}", code_name(status.code()), status.message())]
     Status {
@@ -99,13 +138,40 @@ impl ClientError {
     }
 
     fn from_status(endpoint: &str, status: Status) -> Self {
-        if status.code() == Code::Unavailable && is_transport(&status) {
-            Self::Unreachable {
+        // A status the transport made (it has a cause) rather than one the server sent.
+        let from_transport = std::error::Error::source(&status).is_some()
+            || (status.code() == Code::Unavailable && is_transport(&status));
+        if !from_transport
+            || !matches!(
+                status.code(),
+                Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Internal
+            )
+        {
+            return Self::Status { status };
+        }
+        let reason = transport_reason(&status);
+        if endpoint.starts_with("https://") && is_tls_failure(&status) {
+            return Self::Tls {
                 endpoint: endpoint.to_owned(),
-                reason: transport_reason(&status),
-            }
-        } else {
-            Self::Status { status }
+                reason,
+            };
+        }
+        if status.code() == Code::Unavailable && is_transport(&status) {
+            return Self::Unreachable {
+                endpoint: endpoint.to_owned(),
+                reason,
+            };
+        }
+        if endpoint.starts_with("https://") {
+            // Closed by the server after the handshake: a refused client certificate (TLS 1.3).
+            return Self::Tls {
+                endpoint: endpoint.to_owned(),
+                reason,
+            };
+        }
+        Self::Dropped {
+            endpoint: endpoint.to_owned(),
+            reason,
         }
     }
 }
@@ -151,6 +217,25 @@ fn is_transport(status: &Status) -> bool {
     .any(|needle| text.contains(needle))
 }
 
+/// A failed TLS handshake (rustls' errors, tonic's own TLS errors).
+fn is_tls_failure(status: &Status) -> bool {
+    let text = channel::error_chain(status);
+    [
+        "certificate",
+        "InvalidCertificate",
+        "alert",
+        "AlertReceived",
+        "HTTP/2 was not negotiated",
+        "handshake",
+        "tls",
+        "TLS",
+        "CorruptMessage",
+        "InvalidContentType",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
+}
+
 /// The innermost cause of a transport failure ("Connection refused (os error 111)").
 fn transport_reason(status: &Status) -> String {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
@@ -165,8 +250,8 @@ fn transport_reason(status: &Status) -> String {
 /// A client of one control plane. Cheap to clone (one HTTP/2 connection, shared).
 #[derive(Debug, Clone)]
 pub struct Client {
-    orchestrator: OrchestratorClient<Channel>,
-    agents: AgentRegistryClient<Channel>,
+    orchestrator: OrchestratorClient<AuthChannel>,
+    agents: AgentRegistryClient<AuthChannel>,
     endpoint: String,
     attempts: u32,
 }
@@ -175,22 +260,12 @@ pub struct Client {
 pub type Result<T> = std::result::Result<T, ClientError>;
 
 impl Client {
-    /// A client of `endpoint` (`http://host:port`; `host:port` is taken as plain HTTP). Connects
-    /// lazily: an unreachable endpoint is reported by the first call.
+    /// A client of `endpoint` (`http://host:port`, or `https://host:port` for TLS; `host:port`
+    /// is taken as plain HTTP, or as TLS when [`ClientOptions::security`] names a CA or a client
+    /// certificate). Connects lazily: an unreachable endpoint is reported by the first call; a
+    /// CA, certificate or key file that cannot be read is an error now.
     pub fn connect(endpoint: &str, options: ClientOptions) -> Result<Self> {
-        let endpoint = if endpoint.contains("://") {
-            endpoint.to_owned()
-        } else {
-            format!("http://{endpoint}")
-        };
-        let channel = Endpoint::from_shared(endpoint.clone())
-            .map_err(|e| ClientError::Endpoint {
-                endpoint: endpoint.clone(),
-                reason: e.to_string(),
-            })?
-            .timeout(options.timeout)
-            .connect_timeout(options.connect_timeout)
-            .connect_lazy();
+        let (endpoint, channel) = channel::connect(endpoint, &options)?;
         Ok(Self {
             orchestrator: OrchestratorClient::new(channel.clone())
                 .max_decoding_message_size(options.max_message_bytes)
@@ -209,7 +284,7 @@ impl Client {
     /// Sends an idempotent call, again while the server is unavailable (100 ms, then 400 ms, …).
     async fn idempotent<T, F, Fut>(&self, mut call: F) -> Result<T>
     where
-        F: FnMut(OrchestratorClient<Channel>) -> Fut,
+        F: FnMut(OrchestratorClient<AuthChannel>) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
     {
         let mut backoff = Duration::from_millis(100);

@@ -14,6 +14,8 @@ use strata_core::preflight::PreflightRules;
 use strata_core::retry::RetryPolicy;
 use strata_runtime::kafka_security::{self, KafkaSecurity, Secret, SecurityArgs};
 
+use crate::tls::TlsFiles;
+
 /// Command-line flags and environment variables of `strata-control-plane`.
 #[derive(Debug, Clone, Default, Parser, Serialize, Deserialize)]
 #[command(
@@ -64,6 +66,21 @@ pub struct Flags {
     /// network only; logged and shown in the readiness body). Refused with --auth-file.
     #[arg(long, env = "STRATA_INSECURE", num_args = 0..=1, default_missing_value = "true")]
     pub insecure: Option<bool>,
+
+    /// PEM certificate chain of the gRPC port (its own certificate first): gRPC is served over
+    /// TLS. With --tls-key. Re-read, with the key and the client CA, on SIGHUP.
+    #[arg(long, env = "STRATA_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "STRATA_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates that sign client certificates (mutual TLS, with --tls-cert): a client
+    /// certificate is verified against them when presented; a client without one still gets
+    /// through the handshake (what it may do is up to authorization).
+    #[arg(long, env = "STRATA_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
 
     /// HTTP admin listen address: `/metrics` (Prometheus), `/health/liveness`,
     /// `/health/readiness` (default 127.0.0.1:9463; agents default to 9464).
@@ -245,6 +262,12 @@ pub struct ZoneSettings {
 pub struct Config {
     /// gRPC listen address.
     pub grpc_addr: SocketAddr,
+    /// The gRPC port's certificate chain (TLS when set).
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key.
+    pub tls_key: Option<PathBuf>,
+    /// The CA of client certificates (mutual TLS).
+    pub tls_client_ca: Option<PathBuf>,
     /// HTTP admin listen address.
     pub admin_addr: SocketAddr,
     /// The auth file (`None`: no authentication, allowed only with `insecure`).
@@ -397,6 +420,9 @@ impl Flags {
                 .grpc_addr
                 .or(file.grpc_addr)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 50051))),
+            tls_cert: f.tls_cert.or(file.tls_cert),
+            tls_key: f.tls_key.or(file.tls_key),
+            tls_client_ca: f.tls_client_ca.or(file.tls_client_ca),
             admin_addr: f
                 .admin_addr
                 .or(file.admin_addr)
@@ -605,7 +631,34 @@ impl Config {
         if !(self.redis_url.starts_with("redis://") || self.redis_url.starts_with("rediss://")) {
             return invalid("redis-url", "must start with redis:// or rediss://");
         }
+        match (&self.tls_cert, &self.tls_key, &self.tls_client_ca) {
+            (Some(_), None, _) => {
+                return invalid("tls-cert", "needs --tls-key (its private key)");
+            }
+            (None, Some(_), _) => {
+                return invalid(
+                    "tls-key",
+                    "needs --tls-cert (the certificate it belongs to)",
+                );
+            }
+            (None, None, Some(_)) => {
+                return invalid(
+                    "tls-client-ca",
+                    "needs --tls-cert and --tls-key (mutual TLS is TLS first)",
+                );
+            }
+            _ => {}
+        }
         Ok(())
+    }
+
+    /// The gRPC port's TLS files, when it serves TLS ([`Self::validate`] checked the pairs).
+    pub fn grpc_tls(&self) -> Option<TlsFiles> {
+        Some(TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.tls_client_ca.clone(),
+        })
     }
 
     /// The per-zone settings that differ from the global ones, as a TOML file states them.
@@ -695,6 +748,9 @@ struct DisplayConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     auth_file: Option<String>,
     insecure: bool,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
+    tls_client_ca: Option<String>,
     admin_addr: String,
     kafka_brokers: String,
     kafka_properties: Vec<String>,
@@ -732,6 +788,9 @@ impl From<&Config> for DisplayConfig {
             grpc_addr: c.grpc_addr.to_string(),
             auth_file: c.auth_file.as_ref().map(|p| p.display().to_string()),
             insecure: c.insecure,
+            tls_cert: c.tls_cert.as_ref().map(|p| p.display().to_string()),
+            tls_key: c.tls_key.as_ref().map(|p| p.display().to_string()),
+            tls_client_ca: c.tls_client_ca.as_ref().map(|p| p.display().to_string()),
             admin_addr: c.admin_addr.to_string(),
             kafka_brokers: c.kafka_brokers.clone(),
             kafka_properties: c
@@ -938,6 +997,44 @@ max_attempts = 4
         .resolve()
         .unwrap_err();
         assert!(err.to_string().contains("allow_ids"), "{err}");
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs_named_by_their_flag_and_print_back() {
+        let c = Flags {
+            tls_cert: Some("/etc/strata/grpc.pem".into()),
+            tls_key: Some("/etc/strata/grpc-key.pem".into()),
+            tls_client_ca: Some("/etc/strata/clients-ca.pem".into()),
+            ..Flags::default()
+        }
+        .resolve()
+        .unwrap();
+        let files = c.grpc_tls().expect("TLS");
+        assert_eq!(
+            files.client_ca.as_deref(),
+            Some("/etc/strata/clients-ca.pem".as_ref())
+        );
+        let shown = c.to_display_toml();
+        assert!(
+            shown.contains("tls_key = \"/etc/strata/grpc-key.pem\""),
+            "{shown}"
+        );
+        assert_eq!(Flags::default().resolve().unwrap().grpc_tls(), None);
+        for (cert, key, ca, offending) in [
+            (Some("c.pem"), None, None, "tls-cert"),
+            (None, Some("k.pem"), None, "tls-key"),
+            (None, None, Some("ca.pem"), "tls-client-ca"),
+        ] {
+            let err = Flags {
+                tls_cert: cert.map(PathBuf::from),
+                tls_key: key.map(PathBuf::from),
+                tls_client_ca: ca.map(PathBuf::from),
+                ..Flags::default()
+            }
+            .resolve()
+            .unwrap_err();
+            assert!(err.to_string().contains(offending), "{err}");
+        }
     }
 
     #[test]

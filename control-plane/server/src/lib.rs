@@ -24,3 +24,4 @@ pub mod records;
 pub mod run;
 pub mod service;
 pub mod telemetry;
+pub mod tls;

@@ -41,6 +41,7 @@ struct Inner {
     dead_letters: IntCounterVec,
     kafka_errors: IntCounterVec,
     redis_errors: IntCounterVec,
+    tls_handshake_failures: IntCounterVec,
     release_latency: Histogram,
     object_latency: HistogramVec,
     processing: HistogramVec,
@@ -131,6 +132,12 @@ impl Metrics {
                 "Failed Redis operations (each failed try), by operation.",
                 &["op"],
             ),
+            tls_handshake_failures: counter(
+                "grpc_tls_handshake_failures_total",
+                "Connections to the gRPC port whose TLS handshake failed (a plaintext or \
+                 untrusting client, a refused client certificate), by reason (error, timeout).",
+                &["reason"],
+            ),
             release_latency: Histogram::with_opts(
                 HistogramOpts::new(
                     "release_latency_seconds",
@@ -165,6 +172,7 @@ impl Metrics {
             Box::new(inner.dead_letters.clone()),
             Box::new(inner.kafka_errors.clone()),
             Box::new(inner.redis_errors.clone()),
+            Box::new(inner.tls_handshake_failures.clone()),
             Box::new(inner.release_latency.clone()),
             Box::new(inner.object_latency.clone()),
             Box::new(inner.processing.clone()),
@@ -185,6 +193,14 @@ impl Metrics {
             self.inner.retries_scheduled.with_label_values(&z);
             self.inner.dead_letters.with_label_values(&z);
         }
+    }
+
+    /// A TLS handshake on the gRPC port failed (`error`) or did not finish in time (`timeout`).
+    pub fn tls_handshake_failed(&self, reason: &str) {
+        self.inner
+            .tls_handshake_failures
+            .with_label_values(&[reason])
+            .inc();
     }
 
     /// Ready records of `zone` delivered.

@@ -16,6 +16,7 @@ use crate::error::ServiceError;
 use crate::metrics::Metrics;
 use crate::ports::{DataPlane, StateStore};
 use crate::service::{ServiceSettings, grpc_services};
+use crate::tls::{GrpcTls, TlsError};
 
 /// Why the control plane stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +30,12 @@ pub enum RunError {
     /// The auth file cannot be used.
     #[error("{0}")]
     Auth(String),
+    /// The gRPC port's TLS files cannot be used.
+    #[error("grpc tls: {0}")]
+    Tls(#[from] TlsError),
+    /// The SIGHUP handler (TLS reload) cannot be installed.
+    #[error("grpc tls: cannot handle SIGHUP: {0}")]
+    Signal(#[from] std::io::Error),
 }
 
 /// How the gRPC port authenticates callers under `config`: the auth file, or nobody (allowed by
@@ -56,10 +63,12 @@ pub fn driver_settings(config: &Config) -> DriverSettings {
     }
 }
 
-/// Serves the control plane over the given adapters, gRPC on `listener` and the HTTP admin port
-/// (metrics, health; [`crate::admin`]) on `admin` if given, until `shutdown` resolves: the gRPC
-/// server stops taking calls (watch streams end), then the driver stops between two steps.
-/// Everything acknowledged before is durable in the store.
+/// Serves the control plane over the given adapters, gRPC on `listener` (over TLS when the
+/// configuration names a certificate: [`crate::tls`], reloaded on SIGHUP) and the HTTP admin
+/// port (metrics, health; [`crate::admin`]) on `admin` if given, until `shutdown` resolves: the
+/// gRPC server stops taking calls (watch streams end), then the driver stops between two steps.
+/// Everything acknowledged before is durable in the store. TLS files that cannot be used are an
+/// error before anything starts.
 pub async fn run_with<D: DataPlane, S: StateStore>(
     config: &Config,
     data: Arc<D>,
@@ -73,6 +82,15 @@ pub async fn run_with<D: DataPlane, S: StateStore>(
     #[cfg(unix)]
     auth.reload_on_sighup()
         .map_err(|e| RunError::Auth(format!("cannot watch SIGHUP: {e}")))?;
+    let tls = match config.grpc_tls() {
+        Some(files) => {
+            let (tls, served) = GrpcTls::load(files)?;
+            info!(subject = %served.subject, not_after = %served.not_after, mode = tls.mode(), "gRPC TLS certificate loaded");
+            Some(tls)
+        }
+        None => None,
+    };
+    let reload = tls.as_ref().map(GrpcTls::reload_on_sighup).transpose()?;
     let settings = driver_settings(config);
     let metrics = settings.metrics.clone();
     metrics.init_zones(&config.zones);
@@ -92,14 +110,15 @@ pub async fn run_with<D: DataPlane, S: StateStore>(
         handle: handle.clone(),
         data,
         store: store.clone(),
-        metrics,
+        metrics: metrics.clone(),
         zones: config.zones.clone(),
         unauthenticated: auth.open_because(),
     };
     let services = grpc_services(handle, store, ServiceSettings::from_config(config))
         .await?
         .authenticated_by(auth);
-    info!(addr = ?listener.local_addr().ok(), "control plane serving gRPC");
+    let security = tls.as_ref().map_or("plaintext", |t| t.mode());
+    info!(addr = ?listener.local_addr().ok(), security, "control plane serving gRPC");
     let grpc_health = admin_state
         .clone()
         .keep_grpc_health(services.health.clone());
@@ -126,7 +145,17 @@ pub async fn run_with<D: DataPlane, S: StateStore>(
         // From now on the gRPC health says NOT_SERVING, whatever the checks find.
         grpc_health.abort();
     };
-    let served = services.serve(listener, shutdown).await;
+    let served = match &tls {
+        Some(tls) => {
+            services
+                .serve_incoming(tls.incoming(listener, metrics), shutdown)
+                .await
+        }
+        None => services.serve(listener, shutdown).await,
+    };
+    if let Some(reload) = reload {
+        reload.abort();
+    }
     let _ = admin_stop_tx.send(());
     if let Some(task) = admin_task {
         let _ = task.await;

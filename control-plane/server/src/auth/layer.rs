@@ -10,11 +10,6 @@ use tower::{Layer, Service};
 
 use super::{Authenticator, Credentials};
 
-/// The subject common name of the caller's verified client certificate, put in the request's
-/// extensions by the TLS acceptor (mutual TLS); absent otherwise.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerSubject(pub String);
-
 /// Wraps services with [`AuthService`].
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
@@ -59,13 +54,13 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let subject = request.extensions().get::<PeerSubject>().cloned();
+        let subject = crate::tls::client_subject(&request);
         let credentials = Credentials {
             authorization: request
                 .headers()
                 .get(http::header::AUTHORIZATION)
                 .map(http::HeaderValue::as_bytes),
-            certificate_subject: subject.as_ref().map(|s| s.0.as_str()),
+            certificate_subject: subject.as_deref(),
         };
         match self.auth.admit(request.uri().path(), credentials) {
             Ok(principal) => {

@@ -41,9 +41,12 @@ pub use strata_proto::v1::agent_registry_server::SERVICE_NAME as REGISTRY_SERVIC
 pub use strata_proto::v1::orchestrator_server::SERVICE_NAME;
 use strata_proto::v1::orchestrator_server::{Orchestrator, OrchestratorServer};
 use strata_proto::v1::{self as pb};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::Routes;
+use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status, Streaming};
 use tonic_health::server::HealthReporter;
 
@@ -207,6 +210,23 @@ impl GrpcServices {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ServiceError> {
+        self.serve_incoming(
+            tonic::transport::server::TcpIncoming::from(listener),
+            shutdown,
+        )
+        .await
+    }
+
+    /// [`Self::serve`] on the connections of `incoming` (e.g. TLS ones, [`crate::tls`]).
+    pub async fn serve_incoming<IO, IE>(
+        self,
+        incoming: impl Stream<Item = Result<IO, IE>>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ServiceError>
+    where
+        IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+        IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let GrpcServices {
             routes,
             health,
@@ -216,13 +236,10 @@ impl GrpcServices {
         tonic::transport::Server::builder()
             .layer(AuthLayer::new(auth))
             .add_routes(routes)
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener),
-                async move {
-                    shutdown.await;
-                    begin_shutdown(&health, &closing).await;
-                },
-            )
+            .serve_with_incoming_shutdown(incoming, async move {
+                shutdown.await;
+                begin_shutdown(&health, &closing).await;
+            })
             .await
             .map_err(|e| ServiceError::Internal(format!("grpc server failed: {e}")))
     }
