@@ -37,7 +37,10 @@ fn main() -> Result<(), Box<dyn Error>> {
     // type URLs for `google.protobuf.Any` error details.
     config
         .enable_type_names()
-        .type_name_domain(["."], "type.googleapis.com");
+        .type_name_domain(["."], "type.googleapis.com")
+        // A Ready's signature covers the SHA-256 of its encoded `ObjectDefinition`, which the
+        // agent encodes again after decoding: its attributes must encode in one order (by key).
+        .btree_map([".strata.v1.ObjectDefinition.attributes"]);
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

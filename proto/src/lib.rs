@@ -7,10 +7,12 @@
 //! enum value, service and RPC has a doc comment there, carried into the generated rustdoc and
 //! into [`FILE_DESCRIPTOR_SET`] (for gRPC server reflection).
 //!
-//! This crate is **wire only**: generated code plus a few constants that are part of the
-//! contract. No domain logic, no validation, no proto ↔ domain conversion (that lives in one
-//! module of the crate that owns the domain types). It depends only on prost, prost-types, tonic
-//! and tonic-prost, and must never depend on the core crate, tokio runtime features, rdkafka,
+//! This crate is **wire only**: generated code, a few constants that are part of the contract,
+//! and the signatures of the signed records ([`signing`]: the canonical text each covers, signed
+//! and verified in one place for both sides). No domain logic, no validation, no proto ↔ domain
+//! conversion (that lives in one module of the crate that owns the domain types). It depends only
+//! on prost, prost-types, tonic, tonic-prost and the signatures' pure-Rust crypto (sha2, hmac,
+//! ed25519-dalek), and must never depend on the core crate, tokio runtime features, rdkafka,
 //! redis or configuration types, so that changing any of them does not recompile every client.
 //!
 //! Code generation uses protox (pure Rust) in `build.rs`; no system `protoc` is needed.
@@ -24,6 +26,8 @@
 pub mod v1 {
     tonic::include_proto!("strata.v1");
 }
+
+pub mod signing;
 
 /// The encoded `google.protobuf.FileDescriptorSet` of package `strata.v1`, with the imported
 /// well-known types (`google/protobuf/timestamp.proto`, `duration.proto`) and source info
@@ -92,6 +96,8 @@ pub mod kafka {
 
     /// First line of the canonical text that result signatures cover (see `ObjectResult`).
     pub const RESULT_SIGNATURE_DOMAIN: &str = "strata.v1.result";
+    /// First line of the canonical text that Ready signatures cover (see `ObjectReady`).
+    pub const READY_SIGNATURE_DOMAIN: &str = "strata.v1.ready";
 }
 
 /// Default maximum size of one gRPC message, in bytes: 16 MiB (about 60,000 objects in one unary

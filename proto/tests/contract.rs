@@ -482,6 +482,7 @@ fn object_ready_round_trips() {
             traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
             tracestate: "vendor=x".into(),
         }),
+        signature: vec![0x5a; 64],
     };
     let bytes = ready.encode_to_vec();
     let back = ObjectReady::decode(bytes.as_slice()).expect("decodes");

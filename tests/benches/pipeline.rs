@@ -67,6 +67,7 @@ use strata_core::agents::{Agent, RegistryChanges};
 use strata_core::machine::NodeRecord;
 use strata_core::{ObjectDef, Zone, synth};
 use strata_proto::kafka as wire;
+use strata_proto::signing::ReadySigner;
 use strata_proto::v1::orchestrator_client::OrchestratorClient;
 use strata_proto::v1::{self as pb, submit_batch_stream_request::Chunk, watch_batch_response};
 use strata_tests::broker::{BrokerKind, TestBroker};
@@ -632,6 +633,13 @@ impl StateStore for TimedStore {
         r
     }
 
+    async fn ready_signing_seed(&self, candidate: [u8; 32]) -> PortResult<[u8; 32]> {
+        let t = Instant::now();
+        let r = self.inner.ready_signing_seed(candidate).await;
+        self.calls.record("ready_signing_seed", t, 0);
+        r
+    }
+
     async fn ping(&self) -> PortResult<()> {
         let t = Instant::now();
         let r = self.inner.ping().await;
@@ -663,10 +671,10 @@ impl DataPlane for TimedData {
         self.inner.resubscribe_results().await
     }
 
-    async fn publish_ready(&self, ready: &[ReadyRecord]) -> PortResult<()> {
+    async fn publish_ready(&self, ready: &[ReadyRecord], signer: &ReadySigner) -> PortResult<()> {
         let n = ready.len();
         let t = Instant::now();
-        let r = self.inner.publish_ready(ready).await;
+        let r = self.inner.publish_ready(ready, signer).await;
         self.calls.record("publish_ready", t, n);
         r
     }
@@ -746,8 +754,9 @@ async fn control_plane(o: &Options) -> anyhow::Result<()> {
         kafka_brokers: Some(o.kafka.clone()),
         redis_url: Some(o.redis.clone()),
         topic_partitions: Some(o.partitions),
-        // The bench's no-op agents do not register.
-        require_agent_lease: Some(false),
+        // The bench's no-op agents do not register (their results go unsigned; they run the
+        // signed Ready records without verifying them).
+        verify_results: Some(false),
         ..Flags::default()
     }
     .resolve()?;

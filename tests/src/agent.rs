@@ -1,5 +1,5 @@
 //! An in-process worker agent over the real topics, for the control plane's end-to-end suites
-//! that run without the agent registry (`require_agent_lease = false`): the worker agent's own
+//! that run without the agent registry (`verify_results = false`): the worker agent's own
 //! loop ([`agent::run`] over Kafka, with a [`FixedLease`]) and a processor that answers each Ready
 //! as a closure says, one attempt at a time. Every Ready it handles is written to a shared log
 //! the tests inspect.

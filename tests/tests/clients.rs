@@ -35,7 +35,7 @@ const LONG: Duration = Duration::from_secs(120);
 const CP_FLAGS: &[&str] = &[
     "--topic-partitions",
     "2",
-    "--require-agent-lease",
+    "--verify-results",
     "true",
     "--lease-ttl-secs",
     "3",

@@ -81,7 +81,7 @@ async fn start_gated(behaviour: Behaviour, gate: watch::Receiver<bool>) -> anyho
         max_backoff_ms: Some(100),
         // The in-process test agents hold a fixed lease and do not register (tests/tests/worker_agents.rs
         // runs the real agent with leases required).
-        require_agent_lease: Some(false),
+        verify_results: Some(false),
         ..Flags::default()
     }
     .resolve()?;

@@ -31,6 +31,7 @@ use strata_control_plane::records::{AgentReport, DeadLetterRecord, ReadyRecord};
 use strata_core::machine::FailureKind;
 use strata_core::{ObjectDef, Zone};
 use strata_proto::kafka as wire;
+use strata_proto::signing::ReadySigner;
 use strata_proto::v1::{
     ObjectDefinition, ObjectLoaded, ObjectReady, ObjectResult, ObjectStarted, object_result,
 };
@@ -39,6 +40,9 @@ use strata_tests::{BrokerKind, TestBroker, blocking, within};
 use tokio::sync::mpsc;
 
 /// Bound on a single step (start a broker, a publish, a group join plus a record).
+/// The key the Ready records of these tests are signed with.
+static SIGNER: std::sync::LazyLock<ReadySigner> =
+    std::sync::LazyLock::new(|| ReadySigner::from_seed(&[5; 32]));
 const STEP: Duration = Duration::from_secs(30);
 /// Bound on recovering after a broker restart.
 const RECOVERY: Duration = Duration::from_secs(60);
@@ -368,7 +372,7 @@ async fn publish_ready_delivers_keyed_typed_decodable_records() -> anyhow::Resul
         ready("2001", "application", false),
     ];
     let t = Instant::now();
-    within(STEP, "publish ready", data.publish_ready(&sent)).await??;
+    within(STEP, "publish ready", data.publish_ready(&sent, &SIGNER)).await??;
     eprintln!(
         "publish_ready of 3 records (first publish, cold producer): {:?}",
         t.elapsed()
@@ -378,7 +382,7 @@ async fn publish_ready_delivers_keyed_typed_decodable_records() -> anyhow::Resul
         within(
             STEP,
             "publish one ready",
-            data.publish_ready(&[ready(&format!("30{i}"), "standardized", false)]),
+            data.publish_ready(&[ready(&format!("30{i}"), "standardized", false)], &SIGNER),
         )
         .await??;
         eprintln!("publish_ready of 1 record (warm): {:?}", t.elapsed());
@@ -389,7 +393,12 @@ async fn publish_ready_delivers_keyed_typed_decodable_records() -> anyhow::Resul
         .map(|i| ready(&format!("4{i:04}"), "standardized", true))
         .collect();
     let t = Instant::now();
-    within(STEP, "publish 1000 ready", data.publish_ready(&bulk)).await??;
+    within(
+        STEP,
+        "publish 1000 ready",
+        data.publish_ready(&bulk, &SIGNER),
+    )
+    .await??;
     eprintln!("publish_ready of 1000 records: {:?}", t.elapsed());
     let standardized = read_topic(
         &broker,
@@ -413,7 +422,7 @@ async fn publish_ready_delivers_keyed_typed_decodable_records() -> anyhow::Resul
     by_key.sort_by(|a, b| a.0.cmp(&b.0));
     ensure!(by_key.len() == 2, "{by_key:?}");
     for ((key, decoded, read), want) in by_key.iter().zip(&sent[..2]) {
-        let want_message = convert::ready_message(want);
+        let want_message = convert::ready_message(want, &SIGNER);
         ensure!(
             key == &want_message.object_id,
             "key {key} for {}",
@@ -462,7 +471,10 @@ async fn publishing_to_a_missing_topic_fails_retryably_until_the_topic_exists() 
     let result = within(
         bound,
         "publish to a missing topic",
-        data.publish_ready(&[ready("1001", "raw", false), ready("9001", "nowhere", false)]),
+        data.publish_ready(
+            &[ready("1001", "raw", false), ready("9001", "nowhere", false)],
+            &SIGNER,
+        ),
     )
     .await?;
     let elapsed = t.elapsed();
@@ -493,7 +505,7 @@ async fn publishing_to_a_missing_topic_fails_retryably_until_the_topic_exists() 
     within(
         bound,
         "publish after ensure_topics",
-        data.publish_ready(&[ready("9001", "nowhere", false)]),
+        data.publish_ready(&[ready("9001", "nowhere", false)], &SIGNER),
     )
     .await?
     .context("publish after the topic was created")?;
@@ -688,7 +700,7 @@ async fn a_broker_that_lost_everything_is_usable_after_ensure_topics() -> anyhow
         within(
             STEP,
             "publish before",
-            data.publish_ready(&[ready(&format!("100{i}"), "raw", false)]),
+            data.publish_ready(&[ready(&format!("100{i}"), "raw", false)], &SIGNER),
         )
         .await??;
     }
@@ -757,7 +769,7 @@ async fn a_broker_that_lost_everything_is_usable_after_ensure_topics() -> anyhow
         match within(
             STEP,
             "publish after restart",
-            data.publish_ready(&[ready("2001", "raw", false)]),
+            data.publish_ready(&[ready("2001", "raw", false)], &SIGNER),
         )
         .await?
         {
@@ -820,7 +832,7 @@ async fn a_down_broker_fails_every_call_within_its_bound() -> anyhow::Result<()>
     within(
         STEP,
         "publish before",
-        data.publish_ready(&[ready("1001", "raw", false)]),
+        data.publish_ready(&[ready("1001", "raw", false)], &SIGNER),
     )
     .await??;
     let mut rx = data.subscribe_results()?;
@@ -831,7 +843,7 @@ async fn a_down_broker_fails_every_call_within_its_bound() -> anyhow::Result<()>
     let err = within(
         bound,
         "publish to a dead broker",
-        data.publish_ready(&[ready("1002", "raw", false)]),
+        data.publish_ready(&[ready("1002", "raw", false)], &SIGNER),
     )
     .await?
     .err()
@@ -877,7 +889,7 @@ async fn a_down_broker_fails_every_call_within_its_bound() -> anyhow::Result<()>
         match within(
             STEP,
             "publish after the broker came back",
-            data.publish_ready(&[ready("1003", "raw", false)]),
+            data.publish_ready(&[ready("1003", "raw", false)], &SIGNER),
         )
         .await?
         {

@@ -1,6 +1,6 @@
 //! Worker agents as users run them: the real `strata-worker-agent` binary (child processes,
 //! [`strata_tests::worker_agent::WorkerAgent`]) against the real `strata-control-plane` binary,
-//! the real broker and Redis, with `--require-agent-lease` on (results are only accepted from an
+//! the real broker and Redis, with `--verify-results` on (results are only accepted signed by an
 //! agent holding a live lease for the object's zone).
 //!
 //! What is checked is what an operator sees: the batch's outcome and each object's state, attempt
@@ -50,7 +50,7 @@ const LONG: Duration = Duration::from_secs(120);
 const CP_FLAGS: &[&str] = &[
     "--topic-partitions",
     "3",
-    "--require-agent-lease",
+    "--verify-results",
     "true",
     "--lease-ttl-secs",
     "3",

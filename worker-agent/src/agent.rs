@@ -13,8 +13,11 @@
 //! - a Ready's offset is stored only after its final result was delivered (or the attempt was
 //!   abandoned or handed back), and only when every record before it on its partition is done
 //!   too ([`OffsetTracker`]): a crash re-delivers, never loses;
-//! - results carry the attempt, its dispatch epoch, the agent id and its lease epoch; after the
-//!   lease is lost, running attempts are dropped without a result and the agent registers again;
+//! - a Ready reaches the processor only if the control plane signed it (the lease's Ready verify
+//!   key); any other is counted, logged (rate-limited) and its offset stored, never run;
+//! - results carry the attempt, its dispatch epoch, the agent id and its lease epoch, signed with
+//!   the lease's key; after the lease is lost, running attempts are dropped without a result and
+//!   the agent registers again (with a new key);
 //! - on shutdown the agent stops fetching, lets in-flight attempts finish within the grace period,
 //!   hands the rest back as retryable `DRAINED` failures, commits, and deregisters.
 
@@ -26,6 +29,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use futures::FutureExt as _;
 use strata_proto::v1::{InFlightAttempt, ObjectReady, ObjectResult};
+use strata_runtime::log_limit::LogLimiter;
 use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
@@ -163,6 +167,7 @@ pub async fn run<P: Processor, L: Leases, T: Transport>(
         tasks: JoinSet::new(),
         heartbeat: None,
         stop: stop_rx,
+        rejections_log: LogLimiter::default(),
     };
     let reason = agent.serve().await;
     agent.drain(options.drain_grace, reason).await;
@@ -278,6 +283,8 @@ struct Agent<P, L, T: Transport> {
     tasks: JoinSet<Done>,
     heartbeat: Option<JoinHandle<Beat>>,
     stop: watch::Receiver<bool>,
+    /// One warning per Ready rejection reason per interval.
+    rejections_log: LogLimiter,
 }
 
 impl<P: Processor, L: Leases, T: Transport> Agent<P, L, T> {
@@ -328,6 +335,19 @@ impl<P: Processor, L: Leases, T: Transport> Agent<P, L, T> {
                 return self.skip(partition, offset, ReadyVerdict::Undecodable);
             }
         };
+        if let Some(key) = &self.lease.ready_key
+            && let Err(rejection) = key.verify(&ready)
+        {
+            let reason = rejection.as_str();
+            self.metrics
+                .ready_rejected
+                .with_label_values(&[reason])
+                .inc();
+            if let Some(suppressed) = self.rejections_log.admit(reason) {
+                warn!(reason, partition, offset, batch_id = ?ready.batch_id, object_id = ?ready.object_id, suppressed, "ready record not signed by the control plane skipped (at most one line per reason per 10 s)");
+            }
+            return self.skip(partition, offset, ReadyVerdict::Rejected);
+        }
         if ready.zone != self.zone {
             warn!(partition, offset, object_id = %ready.object_id, zone = %ready.zone, "ready record for another zone skipped");
             return self.skip(partition, offset, ReadyVerdict::OtherZone);
@@ -363,6 +383,7 @@ impl<P: Processor, L: Leases, T: Transport> Agent<P, L, T> {
         let who = Who {
             agent_id: self.lease.agent_id.clone(),
             lease_epoch: self.lease.epoch,
+            result_key: self.lease.result_key.clone(),
         };
         let timeout = ready
             .execution_timeout

@@ -18,6 +18,9 @@ pub enum ReadyVerdict {
     Duplicate,
     /// Not an `ObjectReady` (wrong type header or bad protobuf).
     Undecodable,
+    /// Not signed by the control plane (unsigned or a bad signature; by reason in
+    /// `ready_rejected_total`).
+    Rejected,
 }
 
 impl ReadyVerdict {
@@ -29,6 +32,7 @@ impl ReadyVerdict {
             Self::Stale => "stale",
             Self::Duplicate => "duplicate",
             Self::Undecodable => "undecodable",
+            Self::Rejected => "rejected",
         }
     }
 }
@@ -39,6 +43,9 @@ pub struct Metrics {
     registry: Registry,
     /// Ready records consumed, by verdict.
     pub readies: IntCounterVec,
+    /// Ready records not run because they are not the control plane's, by reason: `unsigned`,
+    /// `bad_signature`.
+    pub ready_rejected: IntCounterVec,
     /// Results published (delivered), by outcome: `started`, `loaded`, `failed_retryable`,
     /// `failed_permanent`, `timeout`, `drained`.
     pub results: IntCounterVec,
@@ -121,6 +128,15 @@ impl Metrics {
             "Ready consumers replaced because the control plane created the topics again.",
         )
         .expect("valid");
+        let ready_rejected = IntCounterVec::new(
+            Opts::new(
+                "ready_rejected_total",
+                "Ready records not run because the control plane did not sign them, by reason \
+                 (unsigned, bad_signature).",
+            ),
+            &["reason"],
+        )
+        .expect("valid");
         let heartbeat_failures = IntCounterVec::new(
             Opts::new("heartbeat_failures_total", "Failed heartbeats, by kind."),
             &["kind"],
@@ -155,6 +171,7 @@ impl Metrics {
         .expect("valid");
         for c in [
             Box::new(readies.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(ready_rejected.clone()),
             Box::new(results.clone()),
             Box::new(abandoned.clone()),
             Box::new(in_flight.clone()),
@@ -174,6 +191,7 @@ impl Metrics {
         Self {
             registry,
             readies,
+            ready_rejected,
             results,
             abandoned,
             in_flight,

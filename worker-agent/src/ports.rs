@@ -137,8 +137,9 @@ impl Leases for Registry {
     }
 }
 
-/// A lease given up front, for an agent of a control plane that does not require leases (its
-/// results carry lease epoch 0): registering returns it, heartbeats renew it, nothing is handed
+/// A lease given up front, for an agent of a control plane that does not verify results
+/// (`--verify-results false`; its results carry lease epoch 0 and no signature, and its Ready
+/// records are not verified): registering returns it, heartbeats renew it, nothing is handed
 /// back. Used by component and end-to-end tests that drive the control plane without registry.
 #[derive(Debug, Clone)]
 pub struct FixedLease(pub Arc<Lease>);
@@ -163,6 +164,8 @@ impl FixedLease {
             bootstrap_servers: Vec::new(),
             execution_timeout: Duration::from_secs(3600),
             topics_generation: 0,
+            result_key: None,
+            ready_key: None,
         }))
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use strata_client::ClientOptions;
 use strata_client::channel::{self, AuthChannel, Security};
+use strata_proto::signing::{ReadyVerifier, ResultKey};
 use strata_proto::v1::agent_registry_client::AgentRegistryClient;
 use strata_proto::v1::{
     DeregisterRequest, HeartbeatRequest, HeartbeatResponse, InFlightAttempt, RegisterAgentRequest,
@@ -64,16 +65,32 @@ pub struct Lease {
     pub execution_timeout: Duration,
     /// Changes when the control plane created the topics again (0 = not known).
     pub topics_generation: u64,
+    /// The key this lease's results are signed with (none: results go unsigned, for a control
+    /// plane that does not verify them; only a [`crate::ports::FixedLease`] has none).
+    pub result_key: Option<ResultKey>,
+    /// The control plane's public key every Ready must be signed with (none: Ready records are
+    /// not verified; only a [`crate::ports::FixedLease`] has none).
+    pub ready_key: Option<ReadyVerifier>,
 }
 
 impl Lease {
-    fn from_response(r: RegisterAgentResponse) -> Self {
+    /// The lease of a registration reply; an error unless it carries both keys (a control plane
+    /// that sends none predates signed records).
+    fn from_response(r: RegisterAgentResponse) -> Result<Self, String> {
+        let result_key = ResultKey::from_slice(&r.result_signing_key).ok_or(
+            "the registration reply carries no 32-byte result signing key (is the control plane \
+             older than this agent?)",
+        )?;
+        let ready_key = ReadyVerifier::from_slice(&r.ready_verify_key).ok_or(
+            "the registration reply carries no Ed25519 Ready verify key (is the control plane \
+             older than this agent?)",
+        )?;
         let duration = |d: Option<prost_types::Duration>, default: Duration| {
             d.and_then(|d| Duration::try_from(d).ok())
                 .filter(|d| !d.is_zero())
                 .unwrap_or(default)
         };
-        Self {
+        Ok(Self {
             agent_id: r.agent_id,
             epoch: r.lease_epoch,
             heartbeat_interval: duration(r.heartbeat_interval, Duration::from_secs(3)),
@@ -84,7 +101,9 @@ impl Lease {
             bootstrap_servers: r.bootstrap_servers,
             execution_timeout: duration(r.execution_timeout, Duration::from_secs(3600)),
             topics_generation: r.topics_generation,
-        }
+            result_key: Some(result_key),
+            ready_key: Some(ready_key),
+        })
     }
 }
 
@@ -169,7 +188,12 @@ impl Registry {
             attempts += 1;
             match answer {
                 Ok(r) => {
-                    let lease = Lease::from_response(r.into_inner());
+                    let lease = Lease::from_response(r.into_inner()).map_err(|message| {
+                        RegistryError::Refused {
+                            endpoint: self.endpoint.clone(),
+                            message,
+                        }
+                    })?;
                     info!(agent_id = %lease.agent_id, lease_epoch = lease.epoch, zone = %me.zone, ready_topic = %lease.ready_topic, attempts, "agent registered");
                     return Ok(Some(lease));
                 }

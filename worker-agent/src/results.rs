@@ -1,9 +1,10 @@
-//! The results an agent reports for one attempt, built from the Ready and the agent's lease.
-//! Pure: times are arguments. Shared by the agent runtime and by in-process agents (dev mode).
+//! The results an agent reports for one attempt, built from the Ready and the agent's lease, and
+//! signed with the lease's key. Pure: times are arguments. Shared by the agent runtime and by in-process agents (dev mode).
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use strata_proto::signing::ResultKey;
 use strata_proto::v1::{
     FailureReason, ObjectFailed, ObjectLoaded, ObjectReady, ObjectResult, ObjectStarted,
     object_result,
@@ -14,13 +15,25 @@ use crate::processor::Outcome;
 /// Longest error text sent in a result (events.proto: "may be truncated by the agent to 4 KiB").
 pub const MAX_ERROR_BYTES: usize = 4096;
 
-/// The lease an attempt runs under: echoed in every result.
+/// The lease an attempt runs under: echoed in every result, and the key that signs them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Who {
     /// The agent id from registration.
     pub agent_id: String,
     /// The lease epoch from registration.
     pub lease_epoch: u64,
+    /// The lease's result signing key (none: results go unsigned).
+    pub result_key: Option<ResultKey>,
+}
+
+impl Who {
+    /// `result` signed with the lease's key, if it has one.
+    fn seal(&self, mut result: ObjectResult) -> ObjectResult {
+        if let Some(key) = &self.result_key {
+            key.sign(&mut result);
+        }
+        result
+    }
 }
 
 /// How an attempt ended.
@@ -36,7 +49,7 @@ pub enum Ending {
 
 /// `ObjectStarted` for `ready`, started at `at`.
 pub fn started(ready: &ObjectReady, who: &Who, at: DateTime<Utc>) -> ObjectResult {
-    ObjectResult {
+    who.seal(ObjectResult {
         result: Some(object_result::Result::Started(ObjectStarted {
             batch_id: ready.batch_id.clone(),
             object_id: ready.object_id.clone(),
@@ -48,7 +61,7 @@ pub fn started(ready: &ObjectReady, who: &Who, at: DateTime<Utc>) -> ObjectResul
             started_at: Some(timestamp(at)),
             signature: Vec::new(),
         })),
-    }
+    })
 }
 
 /// The final result of an attempt started at `start` and ended at `end` after `elapsed`
@@ -133,9 +146,9 @@ pub fn finished(
         ),
     };
     (
-        ObjectResult {
+        who.seal(ObjectResult {
             result: Some(result),
-        },
+        }),
         label,
     )
 }
@@ -152,7 +165,7 @@ pub fn handed_back(
     let duration = start
         .and_then(|t| (now - t).to_std().ok())
         .and_then(|d| prost_types::Duration::try_from(d).ok());
-    ObjectResult {
+    who.seal(ObjectResult {
         result: Some(object_result::Result::Failed(failed(
             ready,
             who,
@@ -163,7 +176,7 @@ pub fn handed_back(
             error,
             FailureReason::Drained,
         ))),
-    }
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -233,10 +246,12 @@ mod tests {
     }
 
     #[test]
-    fn results_echo_the_attempt_and_the_lease() {
+    fn results_echo_the_attempt_and_the_lease_and_are_signed_with_its_key() {
+        let key = ResultKey::from_slice(&[4; 32]).expect("32 bytes");
         let who = Who {
             agent_id: "agent-raw-1".into(),
             lease_epoch: 3,
+            result_key: Some(key.clone()),
         };
         let t = Utc::now();
         let (r, label) = finished(
@@ -257,10 +272,25 @@ mod tests {
         );
         assert!(f.retryable && f.reason == FailureReason::Timeout as i32);
         assert!(f.error.contains("after 2 s"), "{}", f.error);
+        let signed = ObjectResult {
+            result: Some(object_result::Result::Failed(f)),
+        };
+        let (signature, _) = strata_proto::signing::result_seal(&signed).expect("an outcome");
+        let text = strata_proto::signing::result_signed_text(&signed).expect("an outcome");
+        assert!(key.verify(&text, signature), "signed with the lease's key");
         let Some(object_result::Result::Started(s)) = started(&ready(), &who, t).result else {
             panic!("started")
         };
         assert_eq!(s.agent_id, "agent-raw-1");
+        assert_eq!(s.signature.len(), 32);
+        let unsigned = Who {
+            result_key: None,
+            ..who
+        };
+        let Some(object_result::Result::Started(s)) = started(&ready(), &unsigned, t).result else {
+            panic!("started")
+        };
+        assert!(s.signature.is_empty(), "no key, no signature");
     }
 
     #[test]

@@ -52,6 +52,55 @@ impl AgentState {
     }
 }
 
+/// A lease's secret result signing key (32 random bytes the caller draws): what the agent signs
+/// its results with and the control plane verifies them against. `Debug` never shows it; stored
+/// with the lease as lowercase hex.
+#[derive(Clone, PartialEq, Eq)]
+pub struct LeaseKey([u8; LeaseKey::LEN]);
+
+impl LeaseKey {
+    /// Its length in bytes.
+    pub const LEN: usize = 32;
+
+    /// The key of these bytes.
+    pub fn new(bytes: [u8; Self::LEN]) -> Self {
+        Self(bytes)
+    }
+
+    /// Its bytes.
+    pub fn as_bytes(&self) -> &[u8; Self::LEN] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for LeaseKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LeaseKey(<redacted>)")
+    }
+}
+
+impl Serialize for LeaseKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let hex: String = self.0.iter().map(|b| format!("{b:02x}")).collect();
+        s.serialize_str(&hex)
+    }
+}
+
+impl<'de> Deserialize<'de> for LeaseKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let hex = String::deserialize(d)?;
+        let bad = || serde::de::Error::custom("a lease key is 64 hex digits");
+        if hex.len() != 2 * Self::LEN || !hex.is_ascii() {
+            return Err(bad());
+        }
+        let mut bytes = [0u8; Self::LEN];
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        }
+        Ok(Self(bytes))
+    }
+}
+
 /// What an agent says about itself when it registers.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Registration {
@@ -67,6 +116,8 @@ pub struct Registration {
     pub labels: BTreeMap<String, String>,
     /// The principal that registers it (only it may renew or end the lease).
     pub owner: String,
+    /// The new lease's result signing key.
+    pub result_key: Option<LeaseKey>,
 }
 
 /// One registered agent.
@@ -99,6 +150,10 @@ pub struct Agent {
     /// The principal that registered it (empty: stored before principals existed).
     #[serde(default)]
     pub owner: String,
+    /// Its lease's result signing key (none: stored before result keys existed, or granted
+    /// without one; its results are then of an unknown lease).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_key: Option<LeaseKey>,
 }
 
 /// Why a heartbeat or deregistration was refused.
@@ -278,6 +333,7 @@ impl Registry {
             state: AgentState::Active,
             in_flight: Vec::new(),
             owner: reg.owner,
+            result_key: reg.result_key,
         };
         self.removed.remove(&id);
         self.dirty.insert(id.clone());
@@ -469,6 +525,34 @@ mod tests {
             attempt: 1,
             dispatch_epoch: 7,
         }
+    }
+
+    #[test]
+    fn a_lease_key_is_stored_as_hex_and_never_printed() {
+        let mut r = Registry::new(Duration::from_secs(10));
+        let key = LeaseKey::new([0xab; LeaseKey::LEN]);
+        let a = r
+            .register(
+                zone("raw"),
+                Registration {
+                    result_key: Some(key.clone()),
+                    ..reg()
+                },
+                1,
+                t(0),
+            )
+            .clone();
+        let shown = format!("{a:?}");
+        assert!(shown.contains("LeaseKey(<redacted>)"), "{shown}");
+        assert!(!shown.contains("171") && !shown.contains("abab"), "{shown}");
+        let json = serde_json::to_string(&a).expect("encodable");
+        assert!(json.contains(&"ab".repeat(LeaseKey::LEN)), "{json}");
+        let back: Agent = serde_json::from_str(&json).expect("decodable");
+        assert_eq!(back.result_key, Some(key));
+        let mut old: serde_json::Value = serde_json::from_str(&json).unwrap();
+        old.as_object_mut().unwrap().remove("result_key");
+        let old: Agent = serde_json::from_value(old).expect("a lease stored before keys");
+        assert_eq!(old.result_key, None);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! - `kafka_config`: Kafka client configuration, one function per role (feature `kafka`).
 //! - `kafka_logs`: librdkafka log routing into `tracing` (feature `kafka`).
 //! - `kafka_security`: SASL/TLS settings of the Kafka clients, the password as a `Secret`.
+//! - `log_limit`: a recurring log line at most once per interval per key.
 //! - `producer`: producer-replacement rules (feature `kafka`).
 //! - `detached`: drop on a thread, for handles whose destruction blocks.
 //! - `otlp`: OTLP install and the `traceparent` header (feature `otlp`).
@@ -23,6 +24,7 @@ pub mod kafka_config;
 #[cfg(feature = "kafka")]
 pub mod kafka_logs;
 pub mod kafka_security;
+pub mod log_limit;
 pub mod logs;
 #[cfg(feature = "otlp")]
 pub mod otlp;

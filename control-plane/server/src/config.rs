@@ -210,11 +210,13 @@ pub struct Flags {
     #[arg(long, env = "STRATA_AGENT_KAFKA_BROKERS")]
     pub agent_kafka_brokers: Option<String>,
 
-    /// Reject (and count) results from agents without a live lease for the object's zone (the
-    /// default; `strata-worker-agent` registers). `false` accepts results from any producer of
-    /// the results topic, e.g. agents that do not register.
-    #[arg(long, env = "STRATA_REQUIRE_AGENT_LEASE")]
-    pub require_agent_lease: Option<bool>,
+    /// Verify every result before it changes anything: signed (HMAC-SHA256) with the key of
+    /// its agent's current, live lease of the object's zone; others are rejected and counted in
+    /// `strata_results_rejected_total{reason}` (the default; `strata-worker-agent` registers and
+    /// signs). `false` accepts results from any producer of the results topic, e.g. agents that
+    /// do not register.
+    #[arg(long, env = "STRATA_VERIFY_RESULTS")]
+    pub verify_results: Option<bool>,
 
     /// Per-zone settings (TOML only), e.g. `[zones_config.raw] max_attempts = 5` and
     /// `[zones_config.raw.preflight] reject_ids = ["*99"]`; see [`ZoneSettings`].
@@ -320,8 +322,8 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// Bootstrap servers told to agents.
     pub agent_kafka_brokers: String,
-    /// Results only from agents with a live lease for the object's zone.
-    pub require_agent_lease: bool,
+    /// Results only when signed by their agent's current, live lease of the object's zone.
+    pub verify_results: bool,
 }
 
 /// A configuration that cannot be used.
@@ -510,10 +512,7 @@ impl Flags {
                 .agent_kafka_brokers
                 .or(file.agent_kafka_brokers)
                 .unwrap_or_default(),
-            require_agent_lease: f
-                .require_agent_lease
-                .or(file.require_agent_lease)
-                .unwrap_or(true),
+            verify_results: f.verify_results.or(file.verify_results).unwrap_or(true),
         };
         let config = config.with_zone_settings(zone_settings);
         config.validate()?;
@@ -778,7 +777,7 @@ struct DisplayConfig {
     lease_ttl_secs: u64,
     heartbeat_interval_secs: u64,
     agent_kafka_brokers: String,
-    require_agent_lease: bool,
+    verify_results: bool,
     zones_config: BTreeMap<String, ZoneSettings>,
 }
 
@@ -830,7 +829,7 @@ impl From<&Config> for DisplayConfig {
             lease_ttl_secs: c.lease_ttl.as_secs(),
             heartbeat_interval_secs: c.heartbeat_interval.as_secs(),
             agent_kafka_brokers: c.agent_kafka_brokers.clone(),
-            require_agent_lease: c.require_agent_lease,
+            verify_results: c.verify_results,
             zones_config: c.zone_settings(),
         }
     }

@@ -9,9 +9,12 @@ use sha2::{Digest, Sha256};
 use strata_core::catalogue::{Problem, ProblemKind};
 use strata_core::machine::{BatchState, FailureKind, NodeState};
 use strata_core::{ObjectDef, ObjectId, Zone};
+use strata_proto::signing::{self, ReadySigner};
 use strata_proto::v1::{self as pb, object_result};
 
-use crate::records::{AgentReport, DeadLetterRecord, ReadyRecord, ReportOutcome, StatusChange};
+use crate::records::{
+    AgentReport, DeadLetterRecord, ReadyRecord, ReportOutcome, ReportSeal, StatusChange,
+};
 
 /// Object state to proto.
 pub fn object_state(s: NodeState) -> pb::ObjectState {
@@ -66,9 +69,9 @@ pub fn failure_kind(reason: i32) -> FailureKind {
     }
 }
 
-/// A Ready as its protobuf message.
-pub fn ready_message(r: &ReadyRecord) -> pb::ObjectReady {
-    pb::ObjectReady {
+/// A Ready as its protobuf message, signed by `signer`.
+pub fn ready_message(r: &ReadyRecord, signer: &ReadySigner) -> pb::ObjectReady {
+    let mut ready = pb::ObjectReady {
         batch_id: r.batch_id.clone(),
         object_id: r.object.id.to_string(),
         zone: r.object.zone.to_string(),
@@ -82,7 +85,10 @@ pub fn ready_message(r: &ReadyRecord) -> pb::ObjectReady {
             traceparent: tp.clone(),
             tracestate: String::new(),
         }),
-    }
+        signature: Vec::new(),
+    };
+    signer.sign(&mut ready);
+    ready
 }
 
 /// A dead letter as its protobuf message (`blocked_descendant_count` is filled by readers that
@@ -147,9 +153,17 @@ pub fn status_message(c: &StatusChange) -> pb::StatusChanged {
     }
 }
 
-/// An agent's result message as a report; `None` when it carries no outcome.
+/// An agent's result message as a report, with its seal; `None` when it carries no outcome.
 pub fn agent_report(result: pb::ObjectResult) -> Option<AgentReport> {
     let processed = |d: Option<prost_types::Duration>| d.and_then(|d| Duration::try_from(d).ok());
+    let seal = {
+        let (signature, lease_epoch) = signing::result_seal(&result)?;
+        ReportSeal {
+            lease_epoch,
+            signature: signature.to_vec(),
+            signed_text: signing::result_signed_text(&result)?,
+        }
+    };
     Some(match result.result? {
         object_result::Result::Started(s) => AgentReport {
             batch_id: s.batch_id,
@@ -158,6 +172,7 @@ pub fn agent_report(result: pb::ObjectResult) -> Option<AgentReport> {
             attempt: s.attempt,
             dispatch_epoch: s.dispatch_epoch,
             outcome: ReportOutcome::Started,
+            seal,
         },
         object_result::Result::Loaded(l) => AgentReport {
             batch_id: l.batch_id,
@@ -168,6 +183,7 @@ pub fn agent_report(result: pb::ObjectResult) -> Option<AgentReport> {
             outcome: ReportOutcome::Loaded {
                 processed: processed(l.duration),
             },
+            seal,
         },
         object_result::Result::Failed(f) => AgentReport {
             batch_id: f.batch_id,
@@ -181,6 +197,7 @@ pub fn agent_report(result: pb::ObjectResult) -> Option<AgentReport> {
                 error: f.error,
                 kind: failure_kind(f.reason),
             },
+            seal,
         },
     })
 }

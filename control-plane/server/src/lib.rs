@@ -17,6 +17,7 @@ pub mod driver;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod keys;
 pub mod latency;
 pub mod metrics;
 pub mod ports;

@@ -37,6 +37,7 @@ struct Inner {
     ready_published: IntCounterVec,
     results: IntCounterVec,
     results_ignored: IntCounterVec,
+    results_rejected: IntCounterVec,
     retries_scheduled: IntCounterVec,
     dead_letters: IntCounterVec,
     kafka_errors: IntCounterVec,
@@ -108,8 +109,14 @@ impl Metrics {
             ),
             results_ignored: counter(
                 "results_ignored_total",
-                "Results that changed nothing, by reason (duplicates, stale attempts, no lease, \
-                 unknown batch, ...).",
+                "Results that changed nothing, by reason (duplicates, stale attempts, unknown \
+                 batch, ...).",
+                &["reason"],
+            ),
+            results_rejected: counter(
+                "results_rejected_total",
+                "Results rejected before they could change anything, by reason: unsigned, \
+                 bad_signature, unknown_lease, old_lease, wrong_zone.",
                 &["reason"],
             ),
             retries_scheduled: counter(
@@ -168,6 +175,7 @@ impl Metrics {
             Box::new(inner.ready_published.clone()),
             Box::new(inner.results.clone()),
             Box::new(inner.results_ignored.clone()),
+            Box::new(inner.results_rejected.clone()),
             Box::new(inner.retries_scheduled.clone()),
             Box::new(inner.dead_letters.clone()),
             Box::new(inner.kafka_errors.clone()),
@@ -214,6 +222,14 @@ impl Metrics {
     /// A result record consumed (`started`, `loaded`, `failed`, `undecodable`).
     pub fn result(&self, outcome: &str) {
         self.inner.results.with_label_values(&[outcome]).inc();
+    }
+
+    /// A result rejected before the machine saw it (`driver/verify.rs`).
+    pub fn result_rejected(&self, reason: &str) {
+        self.inner
+            .results_rejected
+            .with_label_values(&[reason])
+            .inc();
     }
 
     /// A result that changed nothing.

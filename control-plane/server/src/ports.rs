@@ -18,6 +18,8 @@ use strata_core::submission::BatchOptions;
 use strata_core::{ObjectDef, Zone};
 use tokio::sync::mpsc;
 
+use strata_proto::signing::ReadySigner;
+
 use crate::records::{AgentReport, DeadLetterRecord, ReadyRecord, StatusChange};
 
 /// An I/O failure at the boundary.
@@ -100,9 +102,14 @@ pub trait DataPlane: Send + Sync + 'static {
     /// anything but 0 means the broker lost topics (and with them every record in flight).
     fn ensure_topics(&self, zones: &[Zone]) -> impl Future<Output = PortResult<usize>> + Send;
 
-    /// Produces each Ready to its zone's ready topic, keyed by object id, and resolves when every
-    /// delivery report is in (acks=all). Fails if any record was not delivered.
-    fn publish_ready(&self, ready: &[ReadyRecord]) -> impl Future<Output = PortResult<()>> + Send;
+    /// Produces each Ready, signed by `signer`, to its zone's ready topic, keyed by object id,
+    /// and resolves when every delivery report is in (acks=all). Fails if any record was not
+    /// delivered.
+    fn publish_ready(
+        &self,
+        ready: &[ReadyRecord],
+        signer: &ReadySigner,
+    ) -> impl Future<Output = PortResult<()>> + Send;
 
     /// Produces dead letters to the dead-letter topic (keyed by object id); delivery awaited.
     fn publish_dead_letters(
@@ -312,6 +319,14 @@ pub trait StateStore: Send + Sync + 'static {
 
     /// Every stored agent and the next lease epoch (1 when none was stored).
     fn load_agents(&self) -> impl Future<Output = PortResult<(Vec<Agent>, u64)>> + Send;
+
+    /// The seed of the control plane's Ready signing key (Ed25519): `candidate` stored if no seed
+    /// is, and the stored one returned, atomically, so that every control plane on this store
+    /// signs with one key, across restarts.
+    fn ready_signing_seed(
+        &self,
+        candidate: [u8; 32],
+    ) -> impl Future<Output = PortResult<[u8; 32]>> + Send;
 
     /// Round-trip check for readiness.
     fn ping(&self) -> impl Future<Output = PortResult<()>> + Send;

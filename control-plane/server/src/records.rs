@@ -85,6 +85,29 @@ pub struct AgentReport {
     pub dispatch_epoch: u64,
     /// What happened.
     pub outcome: ReportOutcome,
+    /// Its signature and what it covers, checked before the report is applied.
+    pub seal: ReportSeal,
+}
+
+/// A report's signature (`strata_proto::signing`): the lease it claims, the canonical text the
+/// signature covers, and the signature (empty: unsigned).
+#[derive(Clone, PartialEq, Default)]
+pub struct ReportSeal {
+    /// The agent's lease epoch, as sent.
+    pub lease_epoch: u64,
+    /// The canonical text of the report.
+    pub signed_text: Vec<u8>,
+    /// The HMAC-SHA256 tag, as sent.
+    pub signature: Vec<u8>,
+}
+
+impl std::fmt::Debug for ReportSeal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReportSeal")
+            .field("lease_epoch", &self.lease_epoch)
+            .field("signed", &!self.signature.is_empty())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The outcome an [`AgentReport`] carries.

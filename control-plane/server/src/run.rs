@@ -57,7 +57,7 @@ pub fn driver_settings(config: &Config) -> DriverSettings {
         execution_timeout: config.execution_timeout,
         zone_execution_timeouts: config.zone_execution_timeouts.clone(),
         lease_ttl: config.lease_ttl,
-        require_agent_lease: config.require_agent_lease,
+        verify_results: config.verify_results,
         metrics: Metrics::default(),
         ..DriverSettings::default()
     }

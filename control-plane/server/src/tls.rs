@@ -188,6 +188,15 @@ impl GrpcTls {
     }
 }
 
+/// Whether the request came over TLS (the gRPC port's TLS acceptor put the connection's
+/// `TlsConnectInfo` in it).
+pub fn over_tls<T>(request: &tonic::Request<T>) -> bool {
+    request
+        .extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .is_some()
+}
+
 /// The subject of the client certificate the caller presented and the server verified
 /// (mutual TLS): its common name, else its first DNS or URI subject alternative name. `None`
 /// over plaintext, without a client certificate, or without `--tls-client-ca` (then none is

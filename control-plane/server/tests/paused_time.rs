@@ -101,6 +101,7 @@ fn registration() -> Registration {
         hostname: "host".into(),
         labels: BTreeMap::new(),
         owner: "agent-raw".into(),
+        result_key: None,
     }
 }
 
@@ -129,11 +130,12 @@ async fn tick() {
 #[tokio::test(start_paused = true)]
 async fn a_lease_without_heartbeats_expires_after_its_ttl_and_not_before() {
     let (handle, _stop) = driver().await;
-    let (agent, _) = handle
+    let agent = handle
         .register_agent(raw(), registration(), 1, None)
         .await
         .expect("driver answers")
-        .expect("registered");
+        .expect("registered")
+        .agent;
 
     tokio::time::advance(TTL - Duration::from_secs(1)).await;
     tick().await;
@@ -147,11 +149,12 @@ async fn a_lease_without_heartbeats_expires_after_its_ttl_and_not_before() {
 #[tokio::test(start_paused = true)]
 async fn a_heartbeat_renews_the_lease_for_a_full_ttl() {
     let (handle, _stop) = driver().await;
-    let (agent, _) = handle
+    let agent = handle
         .register_agent(raw(), registration(), 1, None)
         .await
         .expect("driver answers")
-        .expect("registered");
+        .expect("registered")
+        .agent;
 
     tokio::time::advance(TTL - Duration::from_secs(5)).await;
     let reply = handle

@@ -14,6 +14,7 @@ use strata_control_plane::adapters::memory::{MemoryDataPlane, MemoryStore};
 use strata_control_plane::driver::{Driver, DriverCounters, DriverSettings, Handle};
 use strata_control_plane::service::{ServiceSettings, grpc_services};
 use strata_core::Zone;
+use strata_proto::signing::ResultKey;
 use strata_proto::v1::agent_registry_client::AgentRegistryClient;
 use strata_proto::v1::orchestrator_client::OrchestratorClient;
 use strata_proto::v1::{self as pb, object_result, watch_batch_response};
@@ -2756,7 +2757,7 @@ async fn attempts_of_an_agent_whose_lease_expires_or_that_deregisters_are_retrie
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_leases_required_only_an_agent_of_the_objects_zone_is_heard() {
+async fn with_results_verified_only_a_signed_result_of_the_objects_zone_is_heard() {
     let data = Arc::new(MemoryDataPlane::new());
     let log = ready_log(&data);
     let mut plane = start_driven(
@@ -2767,7 +2768,7 @@ async fn with_leases_required_only_an_agent_of_the_objects_zone_is_heard() {
             ..ServiceSettings::default()
         },
         DriverSettings {
-            require_agent_lease: true,
+            verify_results: true,
             ..DriverSettings::default()
         },
     )
@@ -2775,6 +2776,8 @@ async fn with_leases_required_only_an_agent_of_the_objects_zone_is_heard() {
     let mut registry = AgentRegistryClient::new(plane.channel.clone());
     let app_agent = register(&mut registry, "application", 1).await;
     let raw_agent = register(&mut registry, "raw", 1).await;
+    assert_eq!(raw_agent.result_signing_key.len(), 32);
+    assert_ne!(raw_agent.result_signing_key, app_agent.result_signing_key);
     let r = submit(
         &mut plane.client,
         "leases",
@@ -2784,15 +2787,37 @@ async fn with_leases_required_only_an_agent_of_the_objects_zone_is_heard() {
     .await
     .expect("submitted");
     let ready = first_ready(&log, "1001").await;
-    // A forged Loaded from an agent of another zone, and one from no agent at all.
-    for agent in [app_agent.agent_id.as_str(), "agent-unregistered"] {
-        data.send_result(pb::ObjectResult {
-            result: Some(object_result::Result::Loaded(loaded(&ready, agent))),
-        })
-        .await;
+    // `agent`'s Loaded for lease `epoch`, signed with `key` (empty: unsigned).
+    let result = |agent: &str, epoch: u64, key: &[u8]| {
+        let mut l = loaded(&ready, agent);
+        l.agent_lease_epoch = epoch;
+        let mut result = pb::ObjectResult {
+            result: Some(object_result::Result::Loaded(l)),
+        };
+        if let Some(key) = ResultKey::from_slice(key) {
+            key.sign(&mut result);
+        }
+        result
+    };
+    // Forged or misdirected Loaded results: each is rejected with its reason.
+    for forged in [
+        result(&app_agent.agent_id, app_agent.lease_epoch, &[]),
+        result(
+            &app_agent.agent_id,
+            app_agent.lease_epoch,
+            &app_agent.result_signing_key,
+        ),
+        result(
+            &raw_agent.agent_id,
+            raw_agent.lease_epoch,
+            &app_agent.result_signing_key,
+        ),
+        result("agent-unregistered", 1, &[9; 32]),
+    ] {
+        data.send_result(forged).await;
     }
     t(async {
-        while counters(&plane.handle).await.no_lease < 2 {
+        while counters(&plane.handle).await.rejected.values().sum::<u64>() < 4 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     })
@@ -2805,17 +2830,26 @@ async fn with_leases_required_only_an_agent_of_the_objects_zone_is_heard() {
         pb::ObjectState::Ready,
         "rejected results change nothing"
     );
-    // The zone's own agent is heard.
-    data.send_result(pb::ObjectResult {
-        result: Some(object_result::Result::Loaded(loaded(
-            &ready,
-            &raw_agent.agent_id,
-        ))),
-    })
+    // The zone's own agent, signing with its lease's key, is heard.
+    data.send_result(result(
+        &raw_agent.agent_id,
+        raw_agent.lease_epoch,
+        &raw_agent.result_signing_key,
+    ))
     .await;
     let mut watch = Watch::open(&mut plane.client, &r.batch_id).await;
     assert_eq!(watch.until_end().await, pb::BatchState::Succeeded);
-    assert_eq!(counters(&plane.handle).await.no_lease, 2);
+    assert_eq!(
+        counters(&plane.handle).await.rejected,
+        [
+            ("bad_signature", 1),
+            ("unknown_lease", 1),
+            ("unsigned", 1),
+            ("wrong_zone", 1)
+        ]
+        .into_iter()
+        .collect()
+    );
 }
 
 /// Registers an agent of `zone` with `capacity` and returns its lease.

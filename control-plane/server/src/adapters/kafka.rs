@@ -47,6 +47,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
 use strata_core::Zone;
 use strata_proto::kafka as wire;
+use strata_proto::signing::ReadySigner;
 use strata_proto::v1::ObjectResult;
 use strata_runtime::detached::{Detached, NotDestroyed};
 use strata_runtime::kafka_config::{self, ClientSettings};
@@ -845,14 +846,14 @@ impl DataPlane for KafkaDataPlane {
         Ok(created.len())
     }
 
-    async fn publish_ready(&self, ready: &[ReadyRecord]) -> PortResult<()> {
+    async fn publish_ready(&self, ready: &[ReadyRecord], signer: &ReadySigner) -> PortResult<()> {
         let prefix = &self.settings.topic_prefix;
         let records = ready
             .iter()
             .map(|r| Outgoing {
                 topic: ready_topic(prefix, r.object.zone.as_str()),
                 key: r.object.id.to_string(),
-                value: convert::ready_message(r).encode_to_vec(),
+                value: convert::ready_message(r, signer).encode_to_vec(),
                 kind: wire::TYPE_OBJECT_READY,
                 traceparent: r.traceparent.clone().unwrap_or_default(),
                 tracestate: String::new(),
@@ -1122,6 +1123,11 @@ mod tests {
                 attempt: 0,
                 dispatch_epoch: 0,
                 outcome: crate::records::ReportOutcome::Loaded { processed: None },
+                seal: crate::records::ReportSeal {
+                    signed_text: strata_proto::signing::result_signed_text(&loaded())
+                        .expect("an outcome"),
+                    ..Default::default()
+                },
             })
         );
     }

@@ -12,6 +12,7 @@ use strata_bus::Topic;
 use strata_core::agents::{Agent, RegistryChanges};
 use strata_core::machine::NodeRecord;
 use strata_core::{ObjectDef, Zone};
+use strata_proto::signing::ReadySigner;
 use strata_proto::v1::{DeadLetter, ObjectReady, ObjectResult, StatusChanged};
 use tokio::sync::{broadcast, mpsc};
 
@@ -178,10 +179,10 @@ impl DataPlane for MemoryDataPlane {
         Ok(created)
     }
 
-    async fn publish_ready(&self, ready: &[ReadyRecord]) -> PortResult<()> {
+    async fn publish_ready(&self, ready: &[ReadyRecord], signer: &ReadySigner) -> PortResult<()> {
         for record in ready {
             let zone = &record.object.zone;
-            let r = convert::ready_message(record);
+            let r = convert::ready_message(record, signer);
             let tap = self.ready_tap(zone);
             if tap.receiver_count() > 0 {
                 let _ = tap.send(r.clone());
@@ -263,6 +264,8 @@ struct StoreInner {
     /// agent id → agent, and the next lease epoch
     agents: BTreeMap<String, Agent>,
     next_agent_epoch: u64,
+    /// The Ready signing seed, once created.
+    ready_seed: Option<[u8; 32]>,
 }
 
 impl MemoryStore {
@@ -450,6 +453,10 @@ impl StateStore for MemoryStore {
             s.agents.values().cloned().collect(),
             s.next_agent_epoch.max(1),
         ))
+    }
+
+    async fn ready_signing_seed(&self, candidate: [u8; 32]) -> PortResult<[u8; 32]> {
+        Ok(*self.lock().ready_seed.get_or_insert(candidate))
     }
 
     async fn ping(&self) -> PortResult<()> {

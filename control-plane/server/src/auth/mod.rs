@@ -57,6 +57,11 @@ impl Principal {
         &self.name
     }
 
+    /// Whether it is the caller of insecure mode (no authentication: `--insecure`, `strata dev`).
+    pub fn is_open(&self) -> bool {
+        self.open
+    }
+
     /// Whether it may call an RPC that needs `needs`.
     pub fn may(&self, needs: &Needs) -> bool {
         self.open || self.roles.iter().any(|r| r.grants(needs))

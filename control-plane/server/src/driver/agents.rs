@@ -22,6 +22,17 @@ pub struct HeartbeatReply {
     pub topics_generation: u64,
 }
 
+/// A lease granted at registration, with what the agent needs besides it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Granted {
+    /// The agent and its lease.
+    pub agent: Agent,
+    /// The topics' generation.
+    pub topics_generation: u64,
+    /// The public key Ready records are signed with.
+    pub ready_verify_key: [u8; strata_proto::signing::KEY_LEN],
+}
+
 impl DriverState {
     /// Registers an agent for `zone`: a new id and lease, unless its principal holds
     /// `max_leases` live ones already.
@@ -32,7 +43,7 @@ impl DriverState {
         nonce: u64,
         max_leases: Option<usize>,
         now: DateTime<Utc>,
-    ) -> Result<(Agent, u64), LeaseError> {
+    ) -> Result<Granted, LeaseError> {
         if let Some(max) = max_leases
             && self.agents.live_leases_of(&registration.owner) >= max
         {
@@ -42,7 +53,15 @@ impl DriverState {
             });
         }
         let agent = self.agents.register(zone, registration, nonce, now).clone();
-        Ok((agent, self.topics_generation))
+        Ok(Granted {
+            agent,
+            topics_generation: self.topics_generation,
+            ready_verify_key: self
+                .ready_signer
+                .as_ref()
+                .expect("the Ready signing key is loaded at start-up")
+                .verify_key(),
+        })
     }
 
     /// Renews agent `agent_id`'s lease `epoch` for `principal` (the one that registered it),

@@ -5,7 +5,7 @@ use strata_core::machine::{Event, Outcome};
 use tokio::sync::{mpsc, oneshot};
 
 use strata_core::Zone;
-use strata_core::agents::{Agent, HeldAttempt, LeaseError, Registration};
+use strata_core::agents::{HeldAttempt, LeaseError, Registration};
 
 use super::agents::HeartbeatReply;
 use super::error::DriverError;
@@ -78,14 +78,15 @@ impl Handle {
         rx.await.map_err(|_| DriverError::ShuttingDown)?
     }
 
-    /// Registers an agent for `zone`; returns it with the topics' generation.
+    /// Registers an agent for `zone`; returns its lease with the topics' generation and the
+    /// Ready verify key.
     pub async fn register_agent(
         &self,
         zone: Zone,
         registration: Registration,
         nonce: u64,
         max_leases: Option<usize>,
-    ) -> Result<Result<(Agent, u64), LeaseError>, DriverError> {
+    ) -> Result<Result<super::Granted, LeaseError>, DriverError> {
         self.mutate(move |s, _| s.register_agent(zone, registration, nonce, max_leases, s.now()))
             .await
     }

@@ -1,5 +1,5 @@
-//! Result intake: records from the results topic turned into machine events (after the lease
-//! check) and applied in one step.
+//! Result intake: records from the results topic turned into machine events (after their
+//! signature and lease are verified: [`super::verify`]) and applied in one step.
 
 use std::time::Instant;
 
@@ -9,6 +9,7 @@ use tracing::{debug, warn};
 
 use super::Driver;
 use super::step::Step;
+use super::verify::verify;
 use crate::ports::{DataPlane, StateStore};
 
 impl<D: DataPlane, S: StateStore> Driver<D, S> {
@@ -71,13 +72,21 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                     .metrics
                     .processed(rt.object(node).zone.as_str(), processed.as_secs_f64());
             }
-            if self.settings.require_agent_lease
-                && !self.state.agents.is_live_in(&agent, &rt.object(node).zone)
+            if self.settings.verify_results
+                && let Err(rejection) = verify(
+                    &self.state.agents,
+                    &agent,
+                    &report.seal,
+                    &rt.object(node).zone,
+                )
             {
-                self.state.counters.no_lease += 1;
-                self.settings.metrics.result_ignored("no_lease");
-                warn!(%batch_id, object_id = %report.object_id, agent_id = %agent, "result from an agent without a live lease for the object's zone rejected");
-                decided(&mut span, Err("no_lease"));
+                let reason = rejection.as_str();
+                *self.state.counters.rejected.entry(reason).or_default() += 1;
+                self.settings.metrics.result_rejected(reason);
+                if let Some(suppressed) = self.rejections_log.admit(reason) {
+                    warn!(reason, batch_id = ?batch_id, object_id = ?report.object_id, agent_id = ?agent, lease_epoch = report.seal.lease_epoch, suppressed, "result rejected (at most one line per reason per 10 s)");
+                }
+                decided(&mut span, Err(reason));
                 continue;
             }
             let event = report.into_event(node);

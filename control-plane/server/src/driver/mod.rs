@@ -23,7 +23,8 @@
 //!
 //! One module per job:
 //! - `run_loop`: the loop itself; `handle`: the handle and its commands;
-//! - `submit`, `restore`, `intake` (results), `timers` (deadlines, leases, due retries);
+//! - `submit`, `restore`, `intake` (results), `verify` (their signatures and leases), `timers`
+//!   (deadlines, leases, due retries);
 //! - `effects`: the effect interpreter; `step`: performing a step in order;
 //! - `publish`: Ready delivery and redelivery, status changes, topic checks;
 //! - `agents`: registration, heartbeats, deregistration; `clock`: the time of day it reads;
@@ -43,8 +44,9 @@ mod state;
 mod step;
 mod submit;
 mod timers;
+mod verify;
 
-pub use agents::HeartbeatReply;
+pub use agents::{Granted, HeartbeatReply};
 pub use clock::{Clock, SystemClock, TokioClock};
 pub use error::DriverError;
 pub use handle::{Handle, SubmitOutcome};
@@ -102,6 +104,8 @@ pub struct Driver<D, S> {
     /// dispatch epoch). Entries whose attempt ended are dropped when they come up.
     deadlines: BinaryHeap<Reverse<Deadline>>,
     rng: u64,
+    /// One warning per rejection reason per interval.
+    rejections_log: strata_runtime::log_limit::LogLimiter,
     /// Spans, when traces are exported (`None` otherwise: nothing traced, nothing formatted).
     traces: Option<crate::telemetry::DriverTraces>,
 }
@@ -129,6 +133,7 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                     coalescer: Coalescer::default(),
                     agents: Registry::new(lease_ttl),
                     topics_generation: 0,
+                    ready_signer: None,
                     clock,
                 },
                 commands,
@@ -141,6 +146,7 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                 published_rx: Some(published_rx),
                 status_tx: None,
                 rng: seed | 1,
+                rejections_log: Default::default(),
                 traces: crate::telemetry::DriverTraces::from_installed(),
             },
             Handle { tx },

@@ -29,11 +29,16 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
             return;
         };
         let data = self.data.clone();
+        let signer = self
+            .state
+            .ready_signer
+            .clone()
+            .expect("the Ready signing key is loaded at start-up");
         let zones = self.settings.zones.clone();
         let report = self.published_tx.clone();
         tokio::spawn(async move {
             let latency = consumed_at.map(|t| t.elapsed());
-            let result = data.publish_ready(&ready).await;
+            let result = data.publish_ready(&ready, &signer).await;
             let failed = match result {
                 Ok(()) => None,
                 Err(e) => {

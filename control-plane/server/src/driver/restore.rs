@@ -20,6 +20,11 @@ use crate::ports::{DataPlane, StateStore};
 
 impl<D: DataPlane, S: StateStore> Driver<D, S> {
     pub(super) async fn restore(&mut self) -> Result<(), DriverError> {
+        let signer = retry_port(&self.settings.metrics, "load the Ready signing key", || {
+            crate::keys::ready_signer(&*self.store)
+        })
+        .await?;
+        self.state.ready_signer = Some(std::sync::Arc::new(signer));
         let (agents, next_epoch) = retry_port(&self.settings.metrics, "load agent leases", || {
             self.store.load_agents()
         })

@@ -29,10 +29,11 @@ pub struct DriverSettings {
     pub watch_capacity: usize,
     /// How long an agent's lease lives without a heartbeat.
     pub lease_ttl: Duration,
-    /// Results only from agents with a live lease for the object's zone (others are counted
-    /// as `no_lease` and ignored). Off in [`DriverSettings::default`] (component tests drive
-    /// results by hand); the binary's configuration turns it on unless told otherwise.
-    pub require_agent_lease: bool,
+    /// Results only when signed with the key of their agent's current, live lease of the
+    /// object's zone (others are rejected and counted by reason: `driver/verify.rs`). Off in
+    /// [`DriverSettings::default`] (component tests drive unsigned results by hand); the
+    /// binary's configuration and dev mode turn it on unless told otherwise.
+    pub verify_results: bool,
     /// How often the topics are checked (and re-created): a broker that lost them lost every
     /// Ready in flight, which the driver then publishes again.
     pub topic_check: Duration,
@@ -60,7 +61,7 @@ impl Default for DriverSettings {
             topic_check: Duration::from_secs(5),
             watch_capacity: 1024,
             lease_ttl: Duration::from_secs(15),
-            require_agent_lease: false,
+            verify_results: false,
             metrics: Metrics::default(),
             clock: Arc::new(SystemClock),
             seed: None,

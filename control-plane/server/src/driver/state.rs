@@ -190,9 +190,9 @@ pub struct DriverCounters {
     pub undecodable: u64,
     /// Results naming a batch this control plane does not know.
     pub unknown_batch: u64,
-    /// Results from an agent without a live lease for the object's zone (when leases are
-    /// required).
-    pub no_lease: u64,
+    /// Results rejected before the machine saw them (unsigned, bad signature, unknown, old or
+    /// wrong-zone lease), by reason, when results are verified.
+    pub rejected: BTreeMap<&'static str, u64>,
     /// Results applied.
     pub applied: u64,
     /// Ready records published (delivery reported).
@@ -219,6 +219,9 @@ pub struct DriverState {
     /// Changes whenever this control plane created the topics (at start-up, or after the broker
     /// lost them): agents that see it change subscribe again. 0 = it found them in place.
     pub(super) topics_generation: u64,
+    /// The key every Ready is signed with, from the store (loaded at start-up, before any
+    /// command or publication).
+    pub(super) ready_signer: Option<std::sync::Arc<strata_proto::signing::ReadySigner>>,
     /// Where the time of day is read (the settings' clock).
     pub(super) clock: Arc<dyn Clock>,
 }

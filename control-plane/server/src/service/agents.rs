@@ -139,6 +139,7 @@ impl AgentRegistry for AgentRegistryService {
         request: Request<pb::RegisterAgentRequest>,
     ) -> Result<Response<pb::RegisterAgentResponse>, Status> {
         let principal = principal_of(&request);
+        let over_tls = crate::tls::over_tls(&request);
         let req = request.into_inner();
         let configured: Vec<String> = self
             .settings
@@ -163,6 +164,16 @@ impl AgentRegistry for AgentRegistryService {
             .into());
         }
         validate::registration(&req)?;
+        if !(over_tls || principal.is_open()) {
+            return Err(ServiceError::FailedPrecondition(
+                "RegisterAgent hands out the lease's result signing key, which is only sent over \
+                 TLS: configure the control plane's gRPC TLS (--tls-cert, --tls-key) and connect \
+                 the agent with https://"
+                    .into(),
+            )
+            .into());
+        }
+        let result_key = crate::keys::new_lease_key().map_err(ServiceError::Internal)?;
         let reg = Registration {
             zone: Some(zone.clone()),
             capacity: req.capacity,
@@ -170,15 +181,17 @@ impl AgentRegistry for AgentRegistryService {
             hostname: req.hostname,
             labels: req.labels.into_iter().collect(),
             owner: principal.name().to_owned(),
+            result_key: Some(result_key.clone()),
         };
         let per_principal =
             (principal.idempotency_scope().is_some()).then_some(validate::MAX_LEASES_PER_PRINCIPAL);
-        let (agent, topics_generation) = self
+        let granted = self
             .handle
             .register_agent(zone.clone(), reg, self.nonce, per_principal)
             .await
             .map_err(ServiceError::from)?
             .map_err(lease_error)?;
+        let agent = &granted.agent;
         info!(agent_id = %agent.id, zone = %agent.zone, capacity = agent.capacity, hostname = %agent.hostname, "agent registered");
         let prefix = &self.settings.topic_prefix;
         Ok(Response::new(pb::RegisterAgentResponse {
@@ -197,8 +210,9 @@ impl AgentRegistry for AgentRegistryService {
                     .copied()
                     .unwrap_or(self.settings.execution_timeout),
             )),
-            result_signing_key: Vec::new(),
-            topics_generation,
+            result_signing_key: result_key.as_bytes().to_vec(),
+            topics_generation: granted.topics_generation,
+            ready_verify_key: granted.ready_verify_key.to_vec(),
         }))
     }
 

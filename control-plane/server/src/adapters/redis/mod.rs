@@ -25,6 +25,7 @@
 //! | `{p}loaded` | hash | object id → when it was last loaded (ms), by any batch (freshness; no TTL: one field per object ever loaded) |
 //! | `{p}agents` | hash | agent id → the agent's lease as JSON (`strata_core::agents::Agent`); ended leases are deleted an hour after they end |
 //! | `{p}agents:next_epoch` | string | the next lease epoch to hand out |
+//! | `{p}ready_signing_seed` | string | the 32-byte seed of the control planes' Ed25519 Ready signing key, created once (`SET NX`); a secret, like the lease keys in `{p}agents` |
 //!
 //! # Finished batches
 //!
@@ -39,7 +40,7 @@
 //!
 //! `create_batch`, `apply`, `claim_due_retries`, `list_batches`, `list_dead_letters`, `ping`: 1.
 //! `last_loaded`: 1 (a pipeline of `HMGET`s of 10,000 fields each).
-//! `save_agents`, `load_agents`: 1 (a `MULTI` transaction, a pipeline). `get_batch`: 2. `load_active`: 1, plus per active batch 2 + one per 10,000 node records (at
+//! `save_agents`, `load_agents`, `ready_signing_seed`: 1 (a `MULTI` transaction, a pipeline). `get_batch`: 2. `load_active`: 1, plus per active batch 2 + one per 10,000 node records (at
 //! least one). After a Redis restart the first script call costs 2 more (`NOSCRIPT`, then the
 //! scripts are loaded again).
 //! [`RedisStore::round_trips`] counts them.
@@ -762,6 +763,30 @@ impl StateStore for RedisStore {
             }
         }
         Ok((agents, next_epoch))
+    }
+
+    async fn ready_signing_seed(&self, candidate: [u8; 32]) -> PortResult<[u8; 32]> {
+        let key = format!("{}ready_signing_seed", self.prefix);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("SET")
+            .arg(&key)
+            .arg(&candidate[..])
+            .arg("NX")
+            .ignore()
+            .cmd("GET")
+            .arg(&key);
+        let stored = self
+            .query_pipe("ready signing seed", &pipe, candidate.len())
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| corrupt("ready signing seed", "no reply".into()))?;
+        bytes(stored)
+            .and_then(|b| {
+                <[u8; 32]>::try_from(b.as_slice()).map_err(|_| format!("{} bytes, not 32", b.len()))
+            })
+            .map_err(|d| corrupt("ready signing seed", d))
     }
 
     async fn ping(&self) -> PortResult<()> {
