@@ -57,8 +57,7 @@ pub(super) fn idempotency_key(key: &str, scope: Option<&str>) -> Result<String, 
     }
     if key.chars().any(char::is_control) {
         return Err(ServiceError::InvalidArgument(format!(
-            "idempotency_key {:?} holds a control character; use printable text (e.g. a UUID)",
-            key.escape_debug().to_string()
+            "idempotency_key {key:?} holds a control character; use printable text (e.g. a UUID)"
         )));
     }
     Ok(strata_core::submission::scoped_idempotency_key(scope, key))
