@@ -1700,6 +1700,44 @@ async fn health_is_serving_and_reflection_lists_the_orchestrator() {
     assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
 }
 
+/// One connection opens at most `max_concurrent_streams` streams at once: a call beyond them
+/// waits for a stream to end (and is not refused), so one client cannot open streams until the
+/// server's memory runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_opens_at_most_the_concurrent_stream_limit() {
+    let mut plane = start_with(ServiceSettings {
+        max_objects: MAX_OBJECTS,
+        max_concurrent_streams: 2,
+        ..ServiceSettings::default()
+    })
+    .await;
+    let r = submit(&mut plane.client, "streams", catalogue(SAMPLE), None)
+        .await
+        .expect("submitted");
+    let first = Watch::open(&mut plane.client, &r.batch_id).await;
+    let _second = Watch::open(&mut plane.client, &r.batch_id).await;
+    let mut client = plane.client.clone();
+    let batch_id = r.batch_id.clone();
+    let mut third = tokio::spawn(async move {
+        client
+            .get_batch(pb::GetBatchRequest { batch_id })
+            .await
+            .map(|r| r.into_inner().batch_id)
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut third)
+            .await
+            .is_err(),
+        "a third stream on the connection was served while two were open"
+    );
+    drop(first);
+    let served = t(third)
+        .await
+        .expect("joined")
+        .expect("served once a stream ended");
+    assert_eq!(served, r.batch_id);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_watchers_see_the_same_changes() {
     let mut plane = start().await;

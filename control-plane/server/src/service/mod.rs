@@ -65,6 +65,11 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = strata_proto::DEFAULT_MAX_MESSAGE_B
 /// seed catalogue is about 1 GiB).
 pub const DEFAULT_MAX_DOCUMENT_BYTES: usize = 2 << 30;
 
+/// Default most concurrent HTTP/2 streams (calls, `WatchBatch` streams included) one connection
+/// may open; a client asking for more waits for a stream to end. Without it one connection could
+/// open streams until the server's memory ran out.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 256;
+
 /// Objects per `WatchBatch` snapshot part and most planned objects per `PlanBatch` reply.
 const DEFAULT_PART_OBJECTS: usize = 10_000;
 
@@ -96,6 +101,8 @@ pub struct ServiceSettings {
     pub snapshot_part_objects: usize,
     /// Most planned objects in one `PlanBatch` reply (the proto's server default, 10,000).
     pub plan_reply_objects: usize,
+    /// Most concurrent HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
 }
 
 impl Default for ServiceSettings {
@@ -111,6 +118,7 @@ impl Default for ServiceSettings {
             agents: agents::AgentSettings::default(),
             snapshot_part_objects: DEFAULT_PART_OBJECTS,
             plan_reply_objects: DEFAULT_PART_OBJECTS,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
         }
     }
 }
@@ -188,6 +196,8 @@ pub struct GrpcServices {
     closing: Arc<tokio::sync::watch::Sender<bool>>,
     /// Who may call (every caller, with every role, until [`GrpcServices::authenticated_by`]).
     auth: Authenticator,
+    /// Most concurrent HTTP/2 streams per connection.
+    max_concurrent_streams: u32,
 }
 
 impl GrpcServices {
@@ -232,8 +242,10 @@ impl GrpcServices {
             health,
             closing,
             auth,
+            max_concurrent_streams,
         } = self;
         tonic::transport::Server::builder()
+            .max_concurrent_streams(max_concurrent_streams)
             .layer(AuthLayer::new(auth))
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, async move {
@@ -268,6 +280,7 @@ pub async fn grpc_services<S: StateStore>(
     store: Arc<S>,
     settings: ServiceSettings,
 ) -> Result<GrpcServices, ServiceError> {
+    let max_concurrent_streams = settings.max_concurrent_streams;
     let registry = agents::AgentRegistryService::new(handle.clone(), settings.agents.clone());
     let service = OrchestratorService::new(handle, store, settings);
     let closing = service.closing.clone();
@@ -300,6 +313,7 @@ pub async fn grpc_services<S: StateStore>(
         health,
         closing,
         auth: Authenticator::open("no --auth-file"),
+        max_concurrent_streams,
     })
 }
 
