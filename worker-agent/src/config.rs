@@ -175,6 +175,17 @@ pub struct AgentArgs {
     )]
     pub exec_args: Vec<String>,
 
+    /// exec: a variable of the agent's environment the program also gets (repeatable). Without
+    /// it the program gets only PATH, HOME, USER, LOGNAME, LANG, LC_ALL, LC_CTYPE, TZ and TMPDIR
+    /// of the agent's environment, and its own STRATA_* variables; STRATA_* names of the agent
+    /// (its settings, token and Kafka password) are never passed.
+    #[arg(
+        long = "exec-pass-env",
+        env = "STRATA_EXEC_PASS_ENV",
+        value_delimiter = ','
+    )]
+    pub exec_pass_env: Vec<String>,
+
     /// exec: the exit code meaning "temporary failure, retry" (any other non-zero code is
     /// permanent).
     #[arg(long, env = "STRATA_EXEC_TEMP_FAIL_CODE", default_value_t = 75)]
