@@ -225,9 +225,10 @@ impl AgentArgs {
     }
 
     /// Every extra property of the agent's Kafka clients: the security settings' (the SASL
-    /// password in clear, for the clients only), then `--kafka-property`'s. The error names the
-    /// bad or conflicting setting, never the password.
+    /// password in clear, for the clients only), then `--kafka-property`'s, which may not override
+    /// a protected property. The error names the bad or conflicting setting, never the password.
     pub fn kafka_client_properties(&self) -> Result<Vec<(String, String)>, String> {
+        strata_runtime::kafka_config::check_extra(&self.kafka_properties)?;
         SecurityArgs {
             security_protocol: self.kafka_security_protocol.clone(),
             sasl_mechanism: self.kafka_sasl_mechanism.clone(),
@@ -318,6 +319,21 @@ mod tests {
             .to_string();
         assert!(err.contains("\"oops\" is not key=value"), "{err}");
         assert!(AgentArgs::try_parse_from(["a", "--zone", "raw", "--concurrency", "0"]).is_err());
+    }
+
+    #[test]
+    fn kafka_properties_cannot_override_what_the_guarantees_rest_on() {
+        for property in ["group.id=evil", "enable.auto.offset.store=true", "acks=1"] {
+            let args =
+                AgentArgs::try_parse_from(["a", "--zone", "raw", "--kafka-property", property])
+                    .expect("parses");
+            let err = args.kafka_client_properties().expect_err(property);
+            let key = property.split('=').next().unwrap_or_default();
+            assert!(
+                err.contains(key) && err.contains("may not be overridden"),
+                "{err}"
+            );
+        }
     }
 
     #[test]
