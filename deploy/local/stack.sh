@@ -17,6 +17,13 @@
 # agents first (SIGTERM: they drain), then the control plane, then the broker and Redis. Every
 # `up` is a fresh stack: the broker starts empty and Redis persists nothing.
 #
+# Secure like production: gRPC is served over TLS and every caller needs a token. The first `up`
+# makes, in <run dir>/secrets (mode 0700, kept across `up`s): a CA and a certificate for
+# 127.0.0.1/localhost (openssl, valid 825 days), the control plane's auth file, a token with the
+# admin role (operator.token) and one agent:<zone> token per agent (agent-<zone>.token), each
+# made by `strata-control-plane new-token` (only their hashes are in the auth file). The summary
+# prints the STRATA_ENDPOINT, STRATA_CA and STRATA_TOKEN_FILE to export for the CLI.
+#
 # Binaries: built with cargo (release; STRATA_PROFILE=debug for the debug profile; target dir
 # CARGO_TARGET_DIR, default ~/.cache/strata/target as for tests/run.sh) unless STRATA_BIN_DIR names
 # a directory holding strata-control-plane, strata-worker-agent and strata. redis-server and the
@@ -63,6 +70,7 @@ PID_DIR="$RUN_DIR/pids"
 LOG_DIR="$RUN_DIR/logs"
 STACK_ENV="$RUN_DIR/stack.env"
 STOPPING="$RUN_DIR/stopping"
+SECRETS="$RUN_DIR/secrets"
 
 # --- processes ---------------------------------------------------------------------------------
 # A pid file holds "<pid> <start time>": a pid reused by another process is never taken for ours.
@@ -176,8 +184,9 @@ http_status() { # http_status PORT PATH: prints the status code
         echo "$code"
     ) 2>/dev/null
 }
-control_plane_ready() { # a real RPC answered (ListBatches), not just the port bound
-    timeout 10 "$BIN_DIR/strata" --endpoint "http://127.0.0.1:$GRPC_PORT" status >/dev/null 2>&1
+control_plane_ready() { # a real RPC answered (ListBatches, with the operator's token)
+    timeout 10 "$BIN_DIR/strata" --endpoint "$(endpoint)" --ca "$SECRETS/ca.pem" \
+        --token-file "$SECRETS/operator.token" status >/dev/null 2>&1
 }
 admin_ready() { [[ "$(http_status "$1" /health/readiness)" == 200 ]]; } # control plane, agents
 
@@ -231,7 +240,39 @@ load_settings() { # from the environment (up) or from the stack's env file (down
 admin_port() { # admin_port ZONE_INDEX
     echo $((ADMIN_PORT + $1))
 }
-endpoint() { echo "http://127.0.0.1:$GRPC_PORT"; }
+endpoint() { echo "https://127.0.0.1:$GRPC_PORT"; }
+
+# --- secrets: TLS and tokens, made on the first `up` -------------------------------------------
+make_secrets() {
+    [[ -f $SECRETS/complete ]] && return 0
+    rm -rf "$SECRETS"
+    mkdir -p "$SECRETS"
+    chmod 700 "$SECRETS"
+    log "first start: making a CA, a server certificate and tokens in $SECRETS"
+    (
+        cd "$SECRETS"
+        umask 077
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 825 \
+            -subj "/CN=strata local stack CA" -keyout ca-key.pem -out ca.pem 2>/dev/null
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+            -subj "/CN=strata-control-plane" -keyout grpc-key.pem -out grpc.csr 2>/dev/null
+        printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >grpc.ext
+        openssl x509 -req -in grpc.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 825 \
+            -extfile grpc.ext -out grpc.pem 2>/dev/null
+        rm -f grpc.csr grpc.ext ca.srl
+    ) || die "openssl could not make the stack's certificates in $SECRETS"
+    new_token operator admin
+    local zone
+    for zone in "${ZONES[@]}"; do
+        new_token "agent-$zone" "agent:$zone"
+    done
+    touch "$SECRETS/complete"
+}
+new_token() { # new_token NAME ROLE: NAME.token, its hash in the auth file
+    (umask 077 && "$BIN_DIR/strata-control-plane" --auth-file "$SECRETS/auth.toml" \
+        new-token --name "$1" --role "$2" >"$SECRETS/$1.token" 2>/dev/null) ||
+        die "strata-control-plane new-token could not make the $1 token"
+}
 
 # --- up ----------------------------------------------------------------------------------------
 STARTED=0
@@ -287,7 +328,7 @@ provision() {
     PROVISION_CALLER=stack.sh
     # shellcheck source-path=SCRIPTDIR source=provision.sh
     source "$ROOT/deploy/local/provision.sh"
-    local groups=(redis)
+    local groups=(redis openssl)
     if [[ $BROKER == tansu ]]; then
         [[ -n ${STRATA_TANSU_BIN:-} || -n $(strata_tansu_in_venv) ]] || groups+=(python)
     else
@@ -424,6 +465,7 @@ cmd_up() {
     provision
     build_binaries
     check_ports # again: the build may have taken minutes
+    make_secrets
 
     local processor="${STRATA_PROCESSOR:-simulate}" agent_args=() cp_args=()
     read -r -a agent_args <<<"${STRATA_AGENT_ARGS:-}"
@@ -470,7 +512,8 @@ cmd_up() {
         "$BIN_DIR/strata-control-plane" --grpc-addr "127.0.0.1:$GRPC_PORT" \
         --admin-addr "127.0.0.1:$CP_ADMIN_PORT" \
         --kafka-brokers "127.0.0.1:$KAFKA_PORT" --redis-url "redis://127.0.0.1:$REDIS_PORT/" \
-        --insecure "${cp_args[@]+"${cp_args[@]}"}"
+        --tls-cert "$SECRETS/grpc.pem" --tls-key "$SECRETS/grpc-key.pem" \
+        --auth-file "$SECRETS/auth.toml" "${cp_args[@]+"${cp_args[@]}"}"
     wait_ready control-plane "gRPC answers on 127.0.0.1:$GRPC_PORT" control_plane_ready
     wait_ready control-plane "/health/readiness = 200 on 127.0.0.1:$CP_ADMIN_PORT" \
         admin_ready "$CP_ADMIN_PORT"
@@ -479,6 +522,8 @@ cmd_up() {
     for i in "${!ZONES[@]}"; do
         start_process "${AGENTS[$i]}" "$RUN_DIR/${AGENTS[$i]}" env NO_COLOR=1 \
             "$BIN_DIR/strata-worker-agent" --zone "${ZONES[$i]}" --control-plane "$(endpoint)" \
+            --control-plane-ca "$SECRETS/ca.pem" \
+            --control-plane-token-file "$SECRETS/agent-${ZONES[$i]}.token" \
             --admin-addr "127.0.0.1:$(admin_port "$i")" --processor "$processor" \
             "${agent_args[@]+"${agent_args[@]}"}"
     done
@@ -524,7 +569,7 @@ print_summary() {
     cat <<EOF
 
 Strata stack is up (run dir $RUN_DIR)
-  control plane   gRPC $(endpoint)  (Orchestrator, AgentRegistry, grpc.health.v1, reflection)
+  control plane   gRPC $(endpoint)  (TLS; Orchestrator, AgentRegistry, grpc.health.v1, reflection)
                   http://127.0.0.1:$CP_ADMIN_PORT/metrics  /health/readiness  /health/liveness
   broker          127.0.0.1:$KAFKA_PORT  ($(broker_label))
   redis           redis://127.0.0.1:$REDIS_PORT/  (no persistence)
@@ -534,14 +579,17 @@ EOF
             "${ZONES[$i]}" "$(admin_port "$i")"
     done
     cat <<EOF
+  secrets         $SECRETS  (CA, certificate, auth file, tokens: operator = admin, agent-<zone>)
   logs            $LOG_DIR/{redis,broker,control-plane,agent-<zone>}.log
   pids            $PID_DIR
   Prometheus      deploy/observability/ (prometheus.yml targets the default ports; README)
 
 Submit to it (from the repository root):
   export STRATA_ENDPOINT=$(endpoint)
+  export STRATA_CA=$SECRETS/ca.pem
+  export STRATA_TOKEN_FILE=$SECRETS/operator.token
   $BIN_DIR/strata submit clients/samples/catalogue.json --all --watch
-  grpcurl -plaintext 127.0.0.1:$GRPC_PORT list
+  grpcurl -cacert \$STRATA_CA -H "authorization: Bearer \$(cat \$STRATA_TOKEN_FILE)" 127.0.0.1:$GRPC_PORT list
 EOF
     if [[ $detach == 1 ]]; then
         printf '\nStop it: %s down\n' "$0"

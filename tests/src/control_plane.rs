@@ -24,9 +24,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{Context as _, bail, ensure};
 use nix::sys::signal::Signal;
-use strata_client::{ClientOptions, Security};
+use strata_client::{ClientOptions, Security, Token};
 use strata_proto::v1::GetBatchRequest;
 use strata_proto::v1::orchestrator_client::OrchestratorClient;
 use tempfile::TempDir;
@@ -76,6 +76,73 @@ impl GrpcTls {
     }
 }
 
+/// The auth file of a control plane that authenticates callers (`--auth-file`): tokens are
+/// added with the binary's own `new-token` command, so only their hashes are in the file. The
+/// readiness probe calls with a `read` token of its own.
+#[derive(Debug)]
+pub struct AuthFile {
+    path: PathBuf,
+    probe_token: String,
+    _dir: TempDir,
+}
+
+impl AuthFile {
+    /// A new auth file holding only the probe's token.
+    pub fn create() -> anyhow::Result<Self> {
+        let dir = temp_dir("auth-file")?;
+        let path = dir.path().join("auth.toml");
+        let probe_token = new_token(&path, "strata-tests-probe", &["read"])?;
+        Ok(Self {
+            path,
+            probe_token,
+            _dir: dir,
+        })
+    }
+
+    /// Adds a token for principal `name` with `roles` (`strata-control-plane new-token`) and
+    /// returns it. A running control plane sees it after [`ControlPlane::hangup`].
+    pub fn add_token(&self, name: &str, roles: &[&str]) -> anyhow::Result<String> {
+        new_token(&self.path, name, roles)
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Runs `strata-control-plane --auth-file PATH new-token --name NAME --role …`: the token it
+/// prints.
+fn new_token(path: &Path, name: &str, roles: &[&str]) -> anyhow::Result<String> {
+    let mut command = Command::new(control_plane_binary()?);
+    command
+        .arg("--auth-file")
+        .arg(path)
+        .args(["new-token", "--name", name]);
+    for role in roles {
+        command.args(["--role", role]);
+    }
+    let out = command.env_clear().output().context("run new-token")?;
+    ensure!(
+        out.status.success(),
+        "new-token failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout)?.trim().to_owned();
+    ensure!(!token.is_empty(), "new-token printed no token");
+    Ok(token)
+}
+
+/// How a control plane's gRPC port is secured: TLS, authentication, both or neither.
+#[derive(Debug, Default)]
+pub struct Secured {
+    /// Served over TLS.
+    pub tls: Option<GrpcTls>,
+    /// Callers authenticated by this auth file (otherwise `--insecure`).
+    pub auth: Option<AuthFile>,
+}
+
 /// A running (or deliberately killed) `strata-control-plane`, killed when this drops.
 #[derive(Debug)]
 pub struct ControlPlane {
@@ -85,6 +152,7 @@ pub struct ControlPlane {
     args: Vec<String>,
     env: Vec<(String, String)>,
     tls: Option<GrpcTls>,
+    auth: Option<AuthFile>,
     process: Option<ServerProcess>,
     starts: usize,
     // Declared last: dropped after the process is dead.
@@ -138,9 +206,28 @@ impl ControlPlane {
             redis_url,
             &args,
             &[],
-            Some(tls),
+            Secured {
+                tls: Some(tls),
+                auth: None,
+            },
         )
         .await
+    }
+
+    /// [`Self::start_on`] with its gRPC port `secured` (TLS and/or an auth file).
+    pub async fn start_secured_on(
+        broker: &TestBroker,
+        redis_url: &str,
+        secured: Secured,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let namespace = broker.control_plane_flags();
+        let args: Vec<&str> = namespace
+            .iter()
+            .map(String::as_str)
+            .chain(extra_args.iter().copied())
+            .collect();
+        Self::launch(&broker.bootstrap_servers(), redis_url, &args, &[], secured).await
     }
 
     /// [`Self::start`] with `env` added to the process's environment (every run, restarts too).
@@ -150,7 +237,14 @@ impl ControlPlane {
         extra_args: &[&str],
         env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
-        Self::launch(kafka_brokers, redis_url, extra_args, env, None).await
+        Self::launch(
+            kafka_brokers,
+            redis_url,
+            extra_args,
+            env,
+            Secured::default(),
+        )
+        .await
     }
 
     async fn launch(
@@ -158,8 +252,9 @@ impl ControlPlane {
         redis_url: &str,
         extra_args: &[&str],
         env: &[(&str, &str)],
-        tls: Option<GrpcTls>,
+        secured: Secured,
     ) -> anyhow::Result<Self> {
+        let Secured { tls, auth } = secured;
         let bin = control_plane_binary()?;
         let env: Vec<(String, String)> = env
             .iter()
@@ -174,13 +269,17 @@ impl ControlPlane {
         ];
         args.extend(extra_args.iter().map(|a| (*a).to_owned()));
         args.extend(tls.iter().flat_map(GrpcTls::flags));
+        if let Some(auth) = &auth {
+            args.extend(["--auth-file".to_owned(), auth.path.display().to_string()]);
+        }
         let mut last_error = None;
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port()?;
             let admin_port = free_port()?;
             let mut args = args.clone();
             args.extend(["--admin-addr".to_owned(), format!("127.0.0.1:{admin_port}")]);
-            match spawn_ready(&bin, port, &args, &env, dir.path(), 1, tls.as_ref()).await {
+            let probe = Probe::of(tls.as_ref(), auth.as_ref());
+            match spawn_ready(&bin, port, &args, &env, dir.path(), 1, &probe).await {
                 Ok(process) => {
                     return Ok(Self {
                         bin,
@@ -189,6 +288,7 @@ impl ControlPlane {
                         args,
                         env,
                         tls,
+                        auth,
                         process: Some(process),
                         starts: 1,
                         dir,
@@ -240,6 +340,7 @@ impl ControlPlane {
             args,
             env,
             tls: None,
+            auth: None,
             process: Some(process),
             starts: 1,
             dir,
@@ -256,6 +357,11 @@ impl ControlPlane {
     /// Its gRPC TLS, if it serves TLS.
     pub fn tls(&self) -> Option<&GrpcTls> {
         self.tls.as_ref()
+    }
+
+    /// Its auth file, if it authenticates callers.
+    pub fn auth(&self) -> Option<&AuthFile> {
+        self.auth.as_ref()
     }
 
     /// `SIGHUP`: the control plane reads its TLS files again.
@@ -358,7 +464,7 @@ impl ControlPlane {
                 &self.env,
                 self.dir.path(),
                 self.starts,
-                self.tls.as_ref(),
+                &Probe::of(self.tls.as_ref(), self.auth.as_ref()),
             )
             .await?,
         );
@@ -386,7 +492,7 @@ async fn spawn_ready(
     env: &[(String, String)],
     dir: &Path,
     run: usize,
-    tls: Option<&GrpcTls>,
+    probe_with: &Probe,
 ) -> anyhow::Result<ServerProcess> {
     let addr = format!("127.0.0.1:{port}");
     let mut process = ServerProcess::spawn(
@@ -394,9 +500,12 @@ async fn spawn_ready(
         command(bin, port, args, env, dir),
         &dir.join("control-plane.log"),
     )?;
-    let scheme = if tls.is_some() { "https" } else { "http" };
+    let scheme = if probe_with.ca.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let endpoint = format!("{scheme}://{addr}");
-    let ca = tls.map(|t| t.ca.clone());
     let started = Instant::now();
     loop {
         if let Some(status) = process.exit_status()? {
@@ -405,7 +514,7 @@ async fn spawn_ready(
                 process.log_tail()
             );
         }
-        let last_error = match probe(&endpoint, ca.clone()).await {
+        let last_error = match probe(&endpoint, probe_with).await {
             Ok(()) => return Ok(process),
             Err(e) => format!("{e:#}"),
         };
@@ -451,12 +560,33 @@ fn command(
     command
 }
 
+/// What the readiness probe presents: the CA it trusts (TLS) and its `read` token (an auth file).
+#[derive(Debug, Default)]
+struct Probe {
+    ca: Option<PathBuf>,
+    token: Option<String>,
+}
+
+impl Probe {
+    fn of(tls: Option<&GrpcTls>, auth: Option<&AuthFile>) -> Self {
+        Self {
+            ca: tls.map(|t| t.ca.clone()),
+            token: auth.map(|a| a.probe_token.clone()),
+        }
+    }
+}
+
 /// Ok once `GetBatch` for an unknown batch is answered with `NOT_FOUND`: the server is up and its
 /// driver serves reads. Over TLS when `ca` (the CA to trust) is given.
-async fn probe(endpoint: &str, ca: Option<PathBuf>) -> anyhow::Result<()> {
+async fn probe(endpoint: &str, with: &Probe) -> anyhow::Result<()> {
+    let token = match &with.token {
+        Some(t) => Some(Token::new(t, "the harness's auth file")?),
+        None => None,
+    };
     let options = ClientOptions {
         security: Security {
-            ca,
+            ca: with.ca.clone(),
+            token,
             ..Security::default()
         },
         ..ClientOptions::default()

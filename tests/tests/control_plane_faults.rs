@@ -538,6 +538,8 @@ impl Agents {
                 AGENT_CONCURRENCY,
                 "--drain-grace-secs",
                 "5",
+                "--exec-pass-env",
+                "AGENT_NAME,FAULT_LOG,FAULT_GATE,FAULT_LIMIT",
             ],
             &[
                 ("AGENT_NAME", &name),

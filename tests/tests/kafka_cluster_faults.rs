@@ -734,6 +734,8 @@ impl Rig {
                     &script,
                     "--concurrency",
                     AGENT_CONCURRENCY,
+                    "--exec-pass-env",
+                    "AGENT_NAME,FAULT_LOG,FAULT_SLEEP,FAULT_HOLD",
                 ],
                 &[
                     ("AGENT_NAME", agent_name.as_str()),

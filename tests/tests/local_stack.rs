@@ -155,8 +155,9 @@ impl LocalStack {
     }
 
     /// `up --detach` on free ports (new ones if a port was taken in between); returns the
-    /// endpoint it printed.
-    async fn up(&mut self) -> anyhow::Result<String> {
+    /// what it printed to export for the CLI (`STRATA_ENDPOINT`, `STRATA_CA`,
+    /// `STRATA_TOKEN_FILE`).
+    async fn up(&mut self) -> anyhow::Result<Exports> {
         for attempt in 1..=PORT_ATTEMPTS {
             let admin = free_ports(3)?;
             let mut ports = vec![admin, admin + 1, admin + 2];
@@ -182,12 +183,21 @@ impl LocalStack {
             self.env.extend(named);
             let up = self.script(&["up", "--detach"]).await?;
             if up.code == 0 {
-                return up
+                let exports: Exports = up
                     .stdout
                     .lines()
-                    .find_map(|l| l.trim().strip_prefix("export STRATA_ENDPOINT="))
-                    .map(str::to_owned)
-                    .with_context(|| format!("no endpoint printed:\n{}", up.stdout));
+                    .filter_map(|l| l.trim().strip_prefix("export "))
+                    .filter_map(|l| l.split_once('='))
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect();
+                for var in ["STRATA_ENDPOINT", "STRATA_CA", "STRATA_TOKEN_FILE"] {
+                    ensure!(
+                        exports.iter().any(|(k, _)| k == var),
+                        "no {var} printed:\n{}",
+                        up.stdout
+                    );
+                }
+                return Ok(exports);
             }
             let taken = up.stderr.contains("is taken") || up.stderr.contains("in use");
             if !taken || attempt == PORT_ATTEMPTS {
@@ -281,8 +291,11 @@ fn alive(pid: u32, start: &str) -> bool {
     !matches!(fields.first(), Some(&"Z") | Some(&"X")) && fields.get(19) == Some(&start)
 }
 
-/// `strata <args>` from the repository root, from an empty environment.
-async fn strata(args: &[&str]) -> anyhow::Result<Run> {
+/// What `up` prints to export: `(variable, value)`.
+type Exports = Vec<(String, String)>;
+
+/// `strata <args>` from the repository root, from an empty environment but `exports`.
+async fn strata(args: &[&str], exports: &Exports) -> anyhow::Result<Run> {
     let mut command =
         tokio::process::Command::new(workspace_binary("strata", "strata-cli", "STRATA_CLI_BIN")?);
     command
@@ -290,7 +303,8 @@ async fn strata(args: &[&str]) -> anyhow::Result<Run> {
         .current_dir(workspace_root())
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("NO_COLOR", "1");
+        .env("NO_COLOR", "1")
+        .envs(exports.iter().map(|(k, v)| (k, v)));
     run(&format!("strata {}", args.join(" ")), command).await
 }
 
@@ -305,7 +319,7 @@ fn sample_size() -> anyhow::Result<usize> {
 }
 
 /// Everything between `up` and `down`.
-async fn use_the_stack(stack: &LocalStack, endpoint: &str) -> anyhow::Result<()> {
+async fn use_the_stack(stack: &LocalStack, exports: &Exports) -> anyhow::Result<()> {
     // status: every component running, and a log file for each.
     let status = stack.script(&["status"]).await?;
     ensure!(status.code == 0, "status while up: {status:?}");
@@ -322,8 +336,20 @@ async fn use_the_stack(stack: &LocalStack, endpoint: &str) -> anyhow::Result<()>
         ensure!(log.is_file(), "no log {}", log.display());
     }
 
-    // The README's submit, against the printed endpoint: every object loaded, per zone.
-    let run = strata(&["--endpoint", endpoint, "submit", SAMPLE, "--all", "--watch"]).await?;
+    // Without the token it printed, the stack refuses the CLI.
+    let anonymous: Exports = exports
+        .iter()
+        .filter(|(k, _)| k != "STRATA_TOKEN_FILE")
+        .cloned()
+        .collect();
+    let refused = strata(&["status"], &anonymous).await?;
+    ensure!(
+        refused.code != 0 && refused.stderr.contains("no credentials"),
+        "status without a token: {refused:?}"
+    );
+    // The README's submit, with what it printed (TLS endpoint, CA, operator token): every object
+    // loaded, per zone.
+    let run = strata(&["submit", SAMPLE, "--all", "--watch"], exports).await?;
     ensure!(run.code == 0, "exit {}: {}", run.code, run.stderr);
     ensure!(run.stdout.contains("SUCCEEDED"), "{}", run.stdout);
     let rows: Vec<Vec<&str>> = run
@@ -363,7 +389,7 @@ async fn use_the_stack(stack: &LocalStack, endpoint: &str) -> anyhow::Result<()>
     );
 
     // One live agent per zone.
-    let agents = strata(&["--endpoint", endpoint, "agents", "--output", "json"]).await?;
+    let agents = strata(&["agents", "--output", "json"], exports).await?;
     ensure!(agents.code == 0, "{agents:?}");
     let json: Value = serde_json::from_str(&agents.stdout).context("agents JSON")?;
     let list = json["agents"].as_array().context("agents")?;
@@ -382,7 +408,7 @@ async fn use_the_stack(stack: &LocalStack, endpoint: &str) -> anyhow::Result<()>
 async fn the_local_stack_script_runs_the_sample_and_stops_everything() -> anyhow::Result<()> {
     let mut stack = LocalStack::new()?;
     let used = match stack.up().await {
-        Ok(endpoint) => use_the_stack(&stack, &endpoint).await,
+        Ok(exports) => use_the_stack(&stack, &exports).await,
         Err(e) => Err(e),
     };
     // Always `down`, and check that nothing is left, whatever happened above.

@@ -157,7 +157,9 @@ fn objects(zone: &str, ids: &[&str]) -> Vec<pb::ObjectDefinition> {
 }
 
 /// Writes the shell script `body` to `dir/name` and returns the agent flags that run it with
-/// the `exec` processor (through `sh`, so the script needs no exec bit).
+/// the `exec` processor (through `sh`, so the script needs no exec bit), passing it the agent's
+/// `AGENT_NAME`, `RUNS` and `WORK` (the variables the scripts here read; nothing else of the
+/// agent's environment reaches them).
 fn exec_script(dir: &Path, name: &str, body: &str) -> anyhow::Result<Vec<String>> {
     let path = dir.join(name);
     std::fs::write(&path, body).with_context(|| format!("write {}", path.display()))?;
@@ -171,6 +173,8 @@ fn exec_script(dir: &Path, name: &str, body: &str) -> anyhow::Result<Vec<String>
         "sh",
         "--exec-arg",
         path,
+        "--exec-pass-env",
+        "AGENT_NAME,RUNS,WORK",
     ]
     .map(String::from)
     .to_vec())

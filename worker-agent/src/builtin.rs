@@ -4,7 +4,7 @@
 use strata_proto::v1::ObjectReady;
 
 use crate::config::{AgentArgs, ProcessorKind};
-use crate::processor::{Exec, Http, Outcome, Processor, Simulate};
+use crate::processor::{Exec, Http, Outcome, Processor, Simulate, passable};
 
 /// One of the built-in processors.
 #[derive(Debug)]
@@ -41,6 +41,13 @@ impl BuiltIn {
                 )?;
                 let mut exec = Exec::new(program, args.exec_args.clone());
                 exec.temp_fail_code = args.exec_temp_fail_code;
+                if let Some(name) = args.exec_pass_env.iter().find(|n| !passable(n)) {
+                    return Err(format!(
+                        "--exec-pass-env {name}: the agent's STRATA_* variables (its settings, \
+                         token and Kafka credentials) are never passed to the program"
+                    ));
+                }
+                exec.pass_env = args.exec_pass_env.clone();
                 Ok(Self::Exec(exec))
             }
             ProcessorKind::Http => {

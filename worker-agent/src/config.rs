@@ -175,6 +175,17 @@ pub struct AgentArgs {
     )]
     pub exec_args: Vec<String>,
 
+    /// exec: a variable of the agent's environment the program also gets (repeatable). Without
+    /// it the program gets only PATH, HOME, USER, LOGNAME, LANG, LC_ALL, LC_CTYPE, TZ and TMPDIR
+    /// of the agent's environment, and its own STRATA_* variables; STRATA_* names of the agent
+    /// (its settings, token and Kafka password) are never passed.
+    #[arg(
+        long = "exec-pass-env",
+        env = "STRATA_EXEC_PASS_ENV",
+        value_delimiter = ','
+    )]
+    pub exec_pass_env: Vec<String>,
+
     /// exec: the exit code meaning "temporary failure, retry" (any other non-zero code is
     /// permanent).
     #[arg(long, env = "STRATA_EXEC_TEMP_FAIL_CODE", default_value_t = 75)]
@@ -214,9 +225,10 @@ impl AgentArgs {
     }
 
     /// Every extra property of the agent's Kafka clients: the security settings' (the SASL
-    /// password in clear, for the clients only), then `--kafka-property`'s. The error names the
-    /// bad or conflicting setting, never the password.
+    /// password in clear, for the clients only), then `--kafka-property`'s, which may not override
+    /// a protected property. The error names the bad or conflicting setting, never the password.
     pub fn kafka_client_properties(&self) -> Result<Vec<(String, String)>, String> {
+        strata_runtime::kafka_config::check_extra(&self.kafka_properties)?;
         SecurityArgs {
             security_protocol: self.kafka_security_protocol.clone(),
             sasl_mechanism: self.kafka_sasl_mechanism.clone(),
@@ -307,6 +319,21 @@ mod tests {
             .to_string();
         assert!(err.contains("\"oops\" is not key=value"), "{err}");
         assert!(AgentArgs::try_parse_from(["a", "--zone", "raw", "--concurrency", "0"]).is_err());
+    }
+
+    #[test]
+    fn kafka_properties_cannot_override_what_the_guarantees_rest_on() {
+        for property in ["group.id=evil", "enable.auto.offset.store=true", "acks=1"] {
+            let args =
+                AgentArgs::try_parse_from(["a", "--zone", "raw", "--kafka-property", property])
+                    .expect("parses");
+            let err = args.kafka_client_properties().expect_err(property);
+            let key = property.split('=').next().unwrap_or_default();
+            assert!(
+                err.contains(key) && err.contains("may not be overridden"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

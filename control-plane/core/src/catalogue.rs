@@ -59,6 +59,9 @@ pub enum ProblemKind {
     InvalidTimestamp,
     /// A field has a value of the wrong type.
     InvalidValue,
+    /// The object is over a size bound ([`crate::limits`]): its name, parents, attributes, or
+    /// its whole size as a Ready record.
+    OverLimit,
 }
 
 /// One problem found while reading a catalogue.

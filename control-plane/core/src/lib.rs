@@ -14,6 +14,7 @@ pub mod coalesce;
 pub mod dedup;
 pub mod freshness;
 pub mod graph;
+pub mod limits;
 pub mod machine;
 pub mod model;
 pub mod planner;

@@ -375,3 +375,18 @@ fn the_seed_files_give_the_documented_outcome() {
     assert!(!unknown.iter().any(|u| u.as_str() == "2005"));
     assert!(unknown.iter().any(|u| u.as_str() == "2315"));
 }
+
+#[test]
+fn deeply_nested_json_is_a_malformed_document_not_a_stack_overflow() {
+    for depth in [200usize, 100_000] {
+        let doc = format!(
+            r#"[{{"IdObjet": 1001, "extra": {}{}}}]"#,
+            "[".repeat(depth),
+            "]".repeat(depth)
+        );
+        let e = read_catalogue(doc.as_bytes()).expect_err("too deep");
+        assert_eq!(e.problems.len(), 1, "{e}");
+        assert_eq!(e.problems[0].kind, ProblemKind::Malformed, "{e}");
+        assert!(e.to_string().contains("recursion limit exceeded"), "{e}");
+    }
+}

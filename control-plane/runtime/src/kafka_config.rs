@@ -54,6 +54,37 @@ pub fn masked(extra: &[(String, String)]) -> Vec<(&str, &str)> {
         .collect()
 }
 
+/// Client properties Strata sets itself and that extra properties (`--kafka-property`) may not
+/// change: the delivery and offset guarantees of the control plane and the agents depend on them
+/// (which broker and group, idempotent `acks=all` production, offsets stored only after the work
+/// is durable, where a new group starts, no topic created by accident).
+pub const PROTECTED_PROPERTIES: &[&str] = &[
+    "bootstrap.servers",
+    "group.id",
+    "enable.idempotence",
+    "acks",
+    "request.required.acks",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "allow.auto.create.topics",
+];
+
+/// Refuses `extra` properties that would override a [`PROTECTED_PROPERTIES`] one, naming it.
+pub fn check_extra(extra: &[(String, String)]) -> Result<(), String> {
+    match extra
+        .iter()
+        .find(|(k, _)| PROTECTED_PROPERTIES.contains(&k.trim()))
+    {
+        Some((key, _)) => Err(format!(
+            "Kafka property {} is set by Strata and may not be overridden (its delivery and \
+             offset guarantees depend on it)",
+            key.trim()
+        )),
+        None => Ok(()),
+    }
+}
+
 /// A client of `role`: the settings every client shares (bootstrap servers, client id, no topic
 /// auto-creation — topics are created explicitly, as on a broker with auto-creation off —
 /// reconnects within 2 s of a broker coming back, librdkafka's log threshold), then `role_settings`,

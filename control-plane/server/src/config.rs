@@ -177,6 +177,18 @@ pub struct Flags {
     #[arg(long, env = "STRATA_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
 
+    /// Most bytes one SubmitBatchStream may carry (object chunks as encoded, or the catalogue
+    /// document), checked as each chunk arrives: the most a submission holds in memory before it
+    /// is planned. Default 256 MiB (a 1,000,000-object seed catalogue is about 212 MB).
+    #[arg(long, env = "STRATA_MAX_SUBMISSION_BYTES")]
+    pub max_submission_bytes: Option<usize>,
+
+    /// Largest object, in bytes as sent in its Ready record; a larger one is refused at
+    /// submission (the broker could not deliver it). Keep it below the topics' and the
+    /// producer's message limit. Default 524288 (Kafka's default limit is 1 MiB).
+    #[arg(long, env = "STRATA_MAX_OBJECT_BYTES")]
+    pub max_object_bytes: Option<usize>,
+
     /// Default attempts per object.
     #[arg(long, env = "STRATA_MAX_ATTEMPTS")]
     pub max_attempts: Option<u32>,
@@ -304,6 +316,10 @@ pub struct Config {
     pub max_objects: usize,
     /// Largest gRPC message.
     pub max_message_bytes: usize,
+    /// Most bytes of one SubmitBatchStream.
+    pub max_submission_bytes: usize,
+    /// Largest object as sent in its Ready record.
+    pub max_object_bytes: usize,
     /// Default retry policy.
     pub retry: RetryPolicy,
     /// Default execution timeout.
@@ -475,6 +491,14 @@ impl Flags {
                 .max_message_bytes
                 .or(file.max_message_bytes)
                 .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
+            max_submission_bytes: f
+                .max_submission_bytes
+                .or(file.max_submission_bytes)
+                .unwrap_or(crate::service::DEFAULT_MAX_SUBMISSION_BYTES),
+            max_object_bytes: f
+                .max_object_bytes
+                .or(file.max_object_bytes)
+                .unwrap_or(strata_core::limits::DEFAULT_OBJECT_BYTES),
             retry: RetryPolicy {
                 max_attempts: f
                     .max_attempts
@@ -620,6 +644,12 @@ impl Config {
         }
         if self.max_message_bytes < 64 * 1024 {
             return invalid("max-message-bytes", "must be at least 65536");
+        }
+        if self.max_submission_bytes < 64 * 1024 {
+            return invalid("max-submission-bytes", "must be at least 65536");
+        }
+        if self.max_object_bytes < 1024 {
+            return invalid("max-object-bytes", "must be at least 1024");
         }
         if self.kafka_brokers.trim().is_empty() {
             return invalid("kafka-brokers", "must not be empty");
@@ -769,6 +799,8 @@ struct DisplayConfig {
     zones: Vec<String>,
     max_objects: usize,
     max_message_bytes: usize,
+    max_submission_bytes: usize,
+    max_object_bytes: usize,
     max_attempts: u32,
     initial_backoff_ms: u64,
     backoff_multiplier: f64,
@@ -821,6 +853,8 @@ impl From<&Config> for DisplayConfig {
             zones: c.zones.iter().map(ToString::to_string).collect(),
             max_objects: c.max_objects,
             max_message_bytes: c.max_message_bytes,
+            max_submission_bytes: c.max_submission_bytes,
+            max_object_bytes: c.max_object_bytes,
             max_attempts: c.retry.max_attempts,
             initial_backoff_ms: c.retry.initial_backoff.as_millis() as u64,
             backoff_multiplier: c.retry.multiplier,

@@ -388,6 +388,7 @@ fn problem(p: &Problem) -> pb::CatalogueProblem {
         ProblemKind::InvalidFrequency => Kind::InvalidFrequency,
         ProblemKind::InvalidTimestamp => Kind::InvalidTimestamp,
         ProblemKind::InvalidValue => Kind::InvalidValue,
+        ProblemKind::OverLimit => Kind::OverLimit,
     };
     let mut out = pb::CatalogueProblem {
         index: p.index.map(|i| i as u64),

@@ -767,6 +767,18 @@ async fn bad_inputs_are_rejected_with_a_detail_and_nothing_is_persisted() {
             None,
             &["1002", "nowhere", "not configured"],
         ),
+        (
+            "over a size limit",
+            objects(vec![
+                object("1001", &[]),
+                pb::ObjectDefinition {
+                    attributes: [("payload".to_owned(), "x".repeat(600 * 1024))].into(),
+                    ..object("1002", &[])
+                },
+            ]),
+            None,
+            &["1002", "payload", "65536", "524288", "could not deliver"],
+        ),
     ];
     for (name, input, options, named) in cases {
         let e = submit(&mut plane.client, name, input, options)
@@ -816,6 +828,17 @@ async fn bad_inputs_are_rejected_with_a_detail_and_nothing_is_persisted() {
             "over the cap" => {
                 assert_eq!(r.object_count, MAX_OBJECTS as u64 + 1);
                 assert_eq!(r.max_objects, MAX_OBJECTS as u64);
+            }
+            "over a size limit" => {
+                let over: Vec<(&str, &str)> = r
+                    .problems
+                    .iter()
+                    .map(|p| {
+                        assert_eq!(p.kind(), pb::catalogue_problem::Kind::OverLimit, "{p:?}");
+                        (p.object_id.as_str(), p.field.as_str())
+                    })
+                    .collect();
+                assert_eq!(over, [("1002", "attributes"), ("1002", "object")]);
             }
             _ => {
                 let p = &r.problems[0];
@@ -1659,6 +1682,52 @@ async fn large_batches_use_the_stream_and_oversize_unary_is_resource_exhausted()
     .expect_err("over the cap");
     assert_eq!(e.code(), Code::InvalidArgument);
     assert_eq!(rejection(&e).max_objects, 5000);
+
+    // Over the byte limit of one stream, objects or catalogue: refused as the chunk that crosses
+    // it arrives, nothing planned.
+    let mut small = start_with(ServiceSettings {
+        max_submission_bytes: 100_000,
+        ..ServiceSettings::default()
+    })
+    .await;
+    let mut messages = vec![header(false, 0)];
+    messages.extend(chunks(&many));
+    let e = t(small
+        .client
+        .submit_batch_stream(tokio_stream::iter(messages)))
+    .await
+    .expect_err("objects over the byte limit");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(
+        e.message().contains("over the limit of 100000 bytes"),
+        "{}",
+        e.message()
+    );
+    let mut messages = vec![pb::SubmitBatchStreamRequest {
+        chunk: Some(pb::submit_batch_stream_request::Chunk::Header(
+            pb::SubmitBatchHeader {
+                idempotency_key: "doc".into(),
+                catalogue_format: pb::CatalogueFormat::SeedJson as i32,
+                ..Default::default()
+            },
+        )),
+    }];
+    let filler = vec![b' '; 30_000];
+    messages.extend((0..4).map(|_| pb::SubmitBatchStreamRequest {
+        chunk: Some(pb::submit_batch_stream_request::Chunk::Catalogue(
+            pb::CatalogueChunk {
+                content: filler.clone(),
+            },
+        )),
+    }));
+    let e = t(small
+        .client
+        .submit_batch_stream(tokio_stream::iter(messages)))
+    .await
+    .expect_err("catalogue over the byte limit");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("120000 bytes"), "{}", e.message());
+    assert!(list_batches(&mut small.client).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1699,6 +1768,44 @@ async fn health_is_serving_and_reflection_lists_the_orchestrator() {
     let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
     assert!(names.contains(&"strata.v1.Orchestrator"), "{names:?}");
     assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+}
+
+/// One connection opens at most `max_concurrent_streams` streams at once: a call beyond them
+/// waits for a stream to end (and is not refused), so one client cannot open streams until the
+/// server's memory runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_opens_at_most_the_concurrent_stream_limit() {
+    let mut plane = start_with(ServiceSettings {
+        max_objects: MAX_OBJECTS,
+        max_concurrent_streams: 2,
+        ..ServiceSettings::default()
+    })
+    .await;
+    let r = submit(&mut plane.client, "streams", catalogue(SAMPLE), None)
+        .await
+        .expect("submitted");
+    let first = Watch::open(&mut plane.client, &r.batch_id).await;
+    let _second = Watch::open(&mut plane.client, &r.batch_id).await;
+    let mut client = plane.client.clone();
+    let batch_id = r.batch_id.clone();
+    let mut third = tokio::spawn(async move {
+        client
+            .get_batch(pb::GetBatchRequest { batch_id })
+            .await
+            .map(|r| r.into_inner().batch_id)
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut third)
+            .await
+            .is_err(),
+        "a third stream on the connection was served while two were open"
+    );
+    drop(first);
+    let served = t(third)
+        .await
+        .expect("joined")
+        .expect("served once a stream ended");
+    assert_eq!(served, r.batch_id);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,11 +21,25 @@ const KEEP: usize = 4096;
 /// exit (only matters when a process outside the group holds the pipes open).
 const DRAIN_GRACE: Duration = Duration::from_secs(1);
 
+/// The agent's environment variables every command gets (when set).
+pub const BASE_ENV: &[&str] = &[
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR",
+];
+
+/// Whether the agent's variable `name` may reach a command when asked for: not one of the
+/// agent's own (`STRATA_*`: settings, the control-plane token, Kafka credentials).
+pub fn passable(name: &str) -> bool {
+    !name.starts_with("STRATA_")
+}
+
 /// Runs `program args…` per object.
 ///
 /// The command gets:
 /// - on stdin, the [`ready_json`](super::ready_json) document followed by a newline, then EOF;
-/// - the agent's environment, then [`Exec::env`], then (overriding both) `STRATA_BATCH_ID`,
+/// - of the agent's environment only [`BASE_ENV`] (`PATH`, `HOME`, the locale, …) and the
+///   names in [`Exec::pass_env`] (never a `STRATA_*` one: the agent's own settings, its token and
+///   Kafka password among them, do not reach the command), then [`Exec::env`], then (overriding
+///   all) `STRATA_BATCH_ID`,
 ///   `STRATA_OBJECT_ID`, `STRATA_OBJECT_NAME`, `STRATA_ZONE`, `STRATA_ATTEMPT`,
 ///   `STRATA_MAX_ATTEMPTS`, `STRATA_DISPATCH_EPOCH`, and `STRATA_ATTR_<KEY>` for each object
 ///   attribute, `<KEY>` being the attribute key uppercased with every character other than an
@@ -59,7 +73,10 @@ pub struct Exec {
     pub args: Vec<String>,
     /// The exit code meaning a retryable failure (default [`Exec::DEFAULT_TEMP_FAIL_CODE`]).
     pub temp_fail_code: i32,
-    /// Extra environment variables, on top of the agent's (the `STRATA_*` ones win).
+    /// Names of the agent's environment variables the command also gets (beyond
+    /// [`BASE_ENV`]); `STRATA_*` names are never passed.
+    pub pass_env: Vec<String>,
+    /// Extra environment variables (the `STRATA_*` ones of the attempt win).
     pub env: Vec<(String, String)>,
     /// The working directory; `None` = the agent's.
     pub working_dir: Option<PathBuf>,
@@ -80,6 +97,7 @@ impl Exec {
             program: program.into(),
             args: args.into_iter().map(Into::into).collect(),
             temp_fail_code: Self::DEFAULT_TEMP_FAIL_CODE,
+            pass_env: Vec::new(),
             env: Vec::new(),
             working_dir: None,
         }
@@ -124,7 +142,15 @@ impl Exec {
         input.push('\n');
 
         let mut cmd = Command::new(&self.program);
+        let passed = BASE_ENV
+            .iter()
+            .copied()
+            .chain(self.pass_env.iter().map(String::as_str))
+            .filter(|name| passable(name))
+            .filter_map(|name| std::env::var_os(name).map(|v| (name, v)));
         cmd.args(&self.args)
+            .env_clear()
+            .envs(passed)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .envs(Self::strata_env(ready))
             .stdin(Stdio::piped())
@@ -450,6 +476,49 @@ test -n "$PATH" && echo
             Outcome::Loaded { info: expected }
         );
         assert_eq!(attribute_env_name("a.b-c9"), "STRATA_ATTR_A_B_C9");
+    }
+
+    /// The command sees only the base variables, the passed ones and its own `STRATA_*` ones:
+    /// nothing else of the agent's environment (where its token and Kafka password live).
+    #[tokio::test]
+    async fn the_command_gets_an_allow_listed_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = script(dir.path(), "env | cut -d= -f1 | sort | tr '\\n' ' '\n");
+        p.pass_env = vec![
+            "CARGO_MANIFEST_DIR".into(),
+            "STRATA_CONTROL_PLANE_TOKEN".into(),
+        ];
+        p.env = vec![("EXTRA".into(), "1".into())];
+        let Outcome::Loaded { info } = p.process(&ready("1001")).await else {
+            panic!("the script failed");
+        };
+        let names: Vec<&str> = info.split_whitespace().collect();
+        let strata = Exec::strata_env(&ready("1001"));
+        for name in &names {
+            let allowed = BASE_ENV.contains(name)
+                || *name == "CARGO_MANIFEST_DIR"
+                || *name == "EXTRA"
+                || *name == "PWD"
+                || *name == "SHLVL"
+                || *name == "_"
+                || strata.iter().any(|(k, _)| k == name);
+            assert!(allowed, "{name} reached the command: {names:?}");
+        }
+        assert!(
+            names.contains(&"PATH") && names.contains(&"EXTRA"),
+            "{names:?}"
+        );
+        let outside: Vec<String> = std::env::vars()
+            .map(|(k, _)| k)
+            .filter(|k| !BASE_ENV.contains(&k.as_str()) && k != "CARGO_MANIFEST_DIR")
+            // The shell sets these itself.
+            .filter(|k| !matches!(k.as_str(), "PWD" | "SHLVL" | "_" | "OLDPWD"))
+            .collect();
+        assert!(
+            outside.iter().all(|k| !names.contains(&k.as_str())),
+            "the agent's own variables reached the command: {outside:?} in {names:?}"
+        );
+        assert!(!passable("STRATA_KAFKA_SASL_PASSWORD") && passable("WORK"));
     }
 
     #[tokio::test]

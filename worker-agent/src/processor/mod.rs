@@ -29,7 +29,7 @@ mod http;
 mod payload;
 mod simulate;
 
-pub use exec::Exec;
+pub use exec::{BASE_ENV, Exec, passable};
 #[cfg(feature = "runtime")]
 pub use http::{Http, HttpConfigError};
 pub use payload::ready_json;

@@ -711,6 +711,7 @@ class CatalogueProblem(_message.Message):
         KIND_INVALID_FREQUENCY: _ClassVar[CatalogueProblem.Kind]
         KIND_INVALID_TIMESTAMP: _ClassVar[CatalogueProblem.Kind]
         KIND_INVALID_VALUE: _ClassVar[CatalogueProblem.Kind]
+        KIND_OVER_LIMIT: _ClassVar[CatalogueProblem.Kind]
     KIND_UNSPECIFIED: CatalogueProblem.Kind
     KIND_MALFORMED: CatalogueProblem.Kind
     KIND_MISSING_ID: CatalogueProblem.Kind
@@ -720,6 +721,7 @@ class CatalogueProblem(_message.Message):
     KIND_INVALID_FREQUENCY: CatalogueProblem.Kind
     KIND_INVALID_TIMESTAMP: CatalogueProblem.Kind
     KIND_INVALID_VALUE: CatalogueProblem.Kind
+    KIND_OVER_LIMIT: CatalogueProblem.Kind
     KIND_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     OBJECT_ID_FIELD_NUMBER: _ClassVar[int]

@@ -84,20 +84,6 @@ const LAST_ERROR_RELEVANCE: Duration = Duration::from_secs(300);
 /// Pause after a consumer error before polling again.
 const CONSUMER_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
-/// Client properties the adapter sets itself and that [`KafkaSettings::extra`] may not change:
-/// the delivery and offset guarantees depend on them.
-pub const PROTECTED_PROPERTIES: &[&str] = &[
-    "bootstrap.servers",
-    "group.id",
-    "enable.idempotence",
-    "acks",
-    "request.required.acks",
-    "enable.auto.commit",
-    "enable.auto.offset.store",
-    "auto.offset.reset",
-    "allow.auto.create.topics",
-];
-
 // The topic names are contract: the wire crate builds them.
 pub use strata_proto::kafka::{dlq_topic, ready_topic, results_topic, status_topic};
 
@@ -135,7 +121,7 @@ pub struct KafkaSettings {
     pub consumer_group: String,
     /// Client properties passed to every client (producer, consumer, admin), e.g.
     /// `security.protocol`, `sasl.*`, `ssl.*`, or tuning such as `message.timeout.ms`. Applied
-    /// after the adapter's own settings; [`PROTECTED_PROPERTIES`] are refused.
+    /// after the adapter's own settings; [`strata_runtime::kafka_config::PROTECTED_PROPERTIES`] are refused.
     pub extra: Vec<(String, String)>,
 }
 
@@ -200,16 +186,7 @@ impl KafkaSettings {
                 self.replication_factor
             ));
         }
-        if let Some((key, _)) = self
-            .extra
-            .iter()
-            .find(|(k, _)| PROTECTED_PROPERTIES.contains(&k.trim()))
-        {
-            return reject(format!(
-                "kafka property {key} is set by the control plane and may not be overridden"
-            ));
-        }
-        Ok(())
+        strata_runtime::kafka_config::check_extra(&self.extra).or_else(reject)
     }
 }
 

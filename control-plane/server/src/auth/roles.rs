@@ -146,6 +146,12 @@ pub enum RoleName {
     AgentOfZone,
 }
 
+impl fmt::Display for RoleName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.needs().fmt(f)
+    }
+}
+
 impl RoleName {
     fn needs(self) -> Needs {
         match self {
@@ -247,6 +253,32 @@ mod tests {
         assert_eq!(
             needs_for("/strata.v1.Orchestrator/CancelBatch"),
             Needs::Role(Role::Operate)
+        );
+    }
+
+    #[test]
+    fn docs_security_prints_this_table() {
+        let doc = include_str!("../../../../docs/SECURITY.md");
+        let block = doc
+            .split("<!-- rpc-access:begin -->")
+            .nth(1)
+            .and_then(|rest| rest.split("<!-- rpc-access:end -->").next())
+            .expect("docs/SECURITY.md marks the RPC table with rpc-access:begin/end");
+        let documented: Vec<(String, String)> = block
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .map(|l| {
+                let cells: Vec<&str> = l.split('|').map(|c| c.trim().trim_matches('`')).collect();
+                (cells[1].to_owned(), cells[2].to_owned())
+            })
+            .collect();
+        let coded: Vec<(String, String)> = RPC_ACCESS
+            .iter()
+            .map(|(m, r)| ((*m).to_owned(), r.to_string()))
+            .collect();
+        assert_eq!(
+            documented, coded,
+            "docs/SECURITY.md's table differs from RPC_ACCESS"
         );
     }
 }

@@ -34,6 +34,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use strata_core::Zone;
+use strata_core::limits::ObjectLimits;
 use strata_core::planner::DEFAULT_MAX_OBJECTS;
 use strata_core::preflight::PreflightRules;
 use strata_core::retry::RetryPolicy;
@@ -61,9 +62,14 @@ use crate::ports::StateStore;
 /// `strata_proto::DEFAULT_MAX_MESSAGE_BYTES`). Larger batches use `SubmitBatchStream`.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = strata_proto::DEFAULT_MAX_MESSAGE_BYTES;
 
-/// Default largest catalogue document accepted by `SubmitBatchStream` (2 GiB: a 1,000,000-object
-/// seed catalogue is about 1 GiB).
-pub const DEFAULT_MAX_DOCUMENT_BYTES: usize = 2 << 30;
+/// Default most bytes one `SubmitBatchStream` may carry (256 MiB: a 1,000,000-object seed
+/// catalogue is about 212 MB, its objects as `ObjectDefinition`s less).
+pub const DEFAULT_MAX_SUBMISSION_BYTES: usize = 256 << 20;
+
+/// Default most concurrent HTTP/2 streams (calls, `WatchBatch` streams included) one connection
+/// may open; a client asking for more waits for a stream to end. Without it one connection could
+/// open streams until the server's memory ran out.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 256;
 
 /// Objects per `WatchBatch` snapshot part and most planned objects per `PlanBatch` reply.
 const DEFAULT_PART_OBJECTS: usize = 10_000;
@@ -81,9 +87,11 @@ pub struct ServiceSettings {
     /// Largest gRPC message decoded or encoded by the orchestrator service, in bytes (beyond:
     /// `RESOURCE_EXHAUSTED`).
     pub max_message_bytes: usize,
-    /// Largest catalogue document assembled from `SubmitBatchStream` chunks, in bytes (beyond:
-    /// `RESOURCE_EXHAUSTED`).
-    pub max_document_bytes: usize,
+    /// Most bytes one `SubmitBatchStream` may carry, object chunks (encoded) or catalogue
+    /// document, checked as each chunk arrives (beyond: `RESOURCE_EXHAUSTED`).
+    pub max_submission_bytes: usize,
+    /// Bounds on each submitted object (beyond: `INVALID_ARGUMENT`, every object named).
+    pub object_limits: ObjectLimits,
     /// The retry policy of a batch that overrides nothing.
     pub retry: RetryPolicy,
     /// Zones whose default retry policy differs from `retry`.
@@ -96,6 +104,8 @@ pub struct ServiceSettings {
     pub snapshot_part_objects: usize,
     /// Most planned objects in one `PlanBatch` reply (the proto's server default, 10,000).
     pub plan_reply_objects: usize,
+    /// Most concurrent HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
 }
 
 impl Default for ServiceSettings {
@@ -104,13 +114,15 @@ impl Default for ServiceSettings {
             max_objects: DEFAULT_MAX_OBJECTS,
             zone_durations_ms: BTreeMap::new(),
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
-            max_document_bytes: DEFAULT_MAX_DOCUMENT_BYTES,
+            max_submission_bytes: DEFAULT_MAX_SUBMISSION_BYTES,
+            object_limits: ObjectLimits::default(),
             retry: RetryPolicy::default(),
             zone_retry: BTreeMap::new(),
             preflight: BTreeMap::new(),
             agents: agents::AgentSettings::default(),
             snapshot_part_objects: DEFAULT_PART_OBJECTS,
             plan_reply_objects: DEFAULT_PART_OBJECTS,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
         }
     }
 }
@@ -122,6 +134,11 @@ impl ServiceSettings {
             max_objects: config.max_objects,
             zone_durations_ms: config.zone_durations_ms.clone(),
             max_message_bytes: config.max_message_bytes,
+            max_submission_bytes: config.max_submission_bytes,
+            object_limits: ObjectLimits {
+                object_bytes: config.max_object_bytes,
+                ..ObjectLimits::default()
+            },
             retry: config.retry,
             zone_retry: config.zone_retry.clone(),
             preflight: config.preflight.clone(),
@@ -188,6 +205,8 @@ pub struct GrpcServices {
     closing: Arc<tokio::sync::watch::Sender<bool>>,
     /// Who may call (every caller, with every role, until [`GrpcServices::authenticated_by`]).
     auth: Authenticator,
+    /// Most concurrent HTTP/2 streams per connection.
+    max_concurrent_streams: u32,
 }
 
 impl GrpcServices {
@@ -232,8 +251,10 @@ impl GrpcServices {
             health,
             closing,
             auth,
+            max_concurrent_streams,
         } = self;
         tonic::transport::Server::builder()
+            .max_concurrent_streams(max_concurrent_streams)
             .layer(AuthLayer::new(auth))
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, async move {
@@ -268,6 +289,7 @@ pub async fn grpc_services<S: StateStore>(
     store: Arc<S>,
     settings: ServiceSettings,
 ) -> Result<GrpcServices, ServiceError> {
+    let max_concurrent_streams = settings.max_concurrent_streams;
     let registry = agents::AgentRegistryService::new(handle.clone(), settings.agents.clone());
     let service = OrchestratorService::new(handle, store, settings);
     let closing = service.closing.clone();
@@ -300,6 +322,7 @@ pub async fn grpc_services<S: StateStore>(
         health,
         closing,
         auth: Authenticator::open("no --auth-file"),
+        max_concurrent_streams,
     })
 }
 

@@ -17,6 +17,7 @@ use super::validate::batch_options;
 use super::validate::configured_zones;
 use super::validate::idempotency_key;
 use super::validate::input_of;
+use super::validate::within_limits;
 use super::wire;
 use crate::auth::Principal;
 use crate::convert;
@@ -67,6 +68,7 @@ impl<S: StateStore> OrchestratorService<S> {
         let max = self.settings.max_objects;
         let settings = self.settings.clone();
         let zones = self.settings.agents.zones.clone();
+        let limits = self.settings.object_limits;
         let objects = tokio::task::spawn_blocking(move || {
             Ok::<_, ServiceError>(match input {
                 Input::Objects(defs) => {
@@ -83,6 +85,7 @@ impl<S: StateStore> OrchestratorService<S> {
             })
             .and_then(|objects| {
                 configured_zones(&objects, &zones)?;
+                within_limits(&objects, &limits)?;
                 Ok(objects)
             })
         })
@@ -206,6 +209,21 @@ impl<S: StateStore> OrchestratorService<S> {
         }
         let mut objects: Vec<pb::ObjectDefinition> = Vec::new();
         let mut document: Vec<u8> = Vec::new();
+        // Bytes received so far: checked as each chunk arrives, so a stream over the limit is
+        // refused holding at most the limit (and one message) in memory.
+        let mut received: usize = 0;
+        let mut receive = |bytes: usize| {
+            received = received.saturating_add(bytes);
+            let limit = self.settings.max_submission_bytes;
+            if received > limit {
+                Err(ServiceError::TooLarge(format!(
+                    "the SubmitBatchStream carried {received} bytes, over the limit of {limit} \
+                     bytes (--max-submission-bytes); nothing was planned"
+                )))
+            } else {
+                Ok(())
+            }
+        };
         while let Some(msg) = next(stream.message().await)? {
             match msg.chunk {
                 Some(Chunk::Objects(list)) if !catalogue => {
@@ -214,16 +232,11 @@ impl<S: StateStore> OrchestratorService<S> {
                         // Stop reading: nothing beyond the cap is kept in memory.
                         return Err(PlanError::TooLarge { count, max }.into());
                     }
+                    receive(prost::Message::encoded_len(&list))?;
                     objects.extend(list.objects);
                 }
                 Some(Chunk::Catalogue(chunk)) if catalogue => {
-                    let len = document.len() + chunk.content.len();
-                    if len > self.settings.max_document_bytes {
-                        return Err(ServiceError::TooLarge(format!(
-                            "catalogue document of more than {len} bytes is over the limit of {} bytes",
-                            self.settings.max_document_bytes
-                        )));
-                    }
+                    receive(chunk.content.len())?;
                     document.extend_from_slice(&chunk.content);
                 }
                 Some(Chunk::Objects(_) | Chunk::Catalogue(_)) => {

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use strata_core::catalogue::{CatalogueError, Problem, ProblemKind};
+use strata_core::limits::ObjectLimits;
 use strata_core::submission::{BatchOptions, RetryRequest};
 use strata_core::{ObjectDef, ObjectId, Zone};
 use strata_proto::v1::{self as pb, batch_input};
@@ -57,8 +58,7 @@ pub(super) fn idempotency_key(key: &str, scope: Option<&str>) -> Result<String, 
     }
     if key.chars().any(char::is_control) {
         return Err(ServiceError::InvalidArgument(format!(
-            "idempotency_key {:?} holds a control character; use printable text (e.g. a UUID)",
-            key.escape_debug().to_string()
+            "idempotency_key {key:?} holds a control character; use printable text (e.g. a UUID)"
         )));
     }
     Ok(strata_core::submission::scoped_idempotency_key(scope, key))
@@ -200,6 +200,21 @@ pub(super) fn configured_zones(objects: &[ObjectDef], zones: &[Zone]) -> Result<
     }
 }
 
+/// Refuses objects over a bound of `limits` (their name, parents, attributes, or their size as a
+/// Ready record, which the broker could not deliver). Every such object is named with the size
+/// found and the limit (INVALID_ARGUMENT with the batch's problems).
+pub(super) fn within_limits(
+    objects: &[ObjectDef],
+    limits: &ObjectLimits,
+) -> Result<(), ServiceError> {
+    let problems = strata_core::limits::check(objects, limits);
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(CatalogueError { problems }.into())
+    }
+}
+
 /// Most live agent leases one principal may hold (not applied in insecure mode, where every
 /// agent is the same anonymous principal).
 pub(super) const MAX_LEASES_PER_PRINCIPAL: usize = 256;
@@ -280,4 +295,51 @@ pub(super) fn reason(reason: String) -> String {
         out.push('…');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+    use strata_core::limits::wire_bytes;
+
+    use super::*;
+
+    /// The size the limits measure is never below what the Ready record carries.
+    #[test]
+    fn an_objects_measured_size_covers_its_encoded_definition() {
+        let mut objects = vec![
+            convert::object_defs(vec![pb::ObjectDefinition {
+                id: "1001".into(),
+                ..Default::default()
+            }])
+            .expect("valid"),
+        ];
+        let mut big = pb::ObjectDefinition {
+            id: "3001".into(),
+            name: "n".repeat(300),
+            zone: "application".into(),
+            parents: (0..200).map(|i| (2000 + i).to_string()).collect(),
+            frequency: "0 0 * * *".into(),
+            priority: -7,
+            enabled: Some(false),
+            last_loaded_at: Some(prost_types::Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 5,
+            }),
+            ..Default::default()
+        };
+        for i in 0..300 {
+            big.attributes.insert(format!("key{i}"), "v".repeat(i * 7));
+        }
+        objects.push(convert::object_defs(vec![big]).expect("valid"));
+        for object in objects.into_iter().flatten() {
+            let encoded = convert::object_definition(&object).encoded_len();
+            assert!(
+                wire_bytes(&object) >= encoded,
+                "{}: measured {} < encoded {encoded}",
+                object.id,
+                wire_bytes(&object)
+            );
+        }
+    }
 }
