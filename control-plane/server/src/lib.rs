@@ -20,6 +20,7 @@ pub mod fuzzing;
 pub mod latency;
 pub mod metrics;
 pub mod ports;
+pub mod quota;
 pub mod records;
 pub mod run;
 pub mod service;
