@@ -25,7 +25,7 @@ use strata_tests::certs::{CertFiles, TestCa};
 use strata_tests::client_tools::{Ran, grpcurl_bin, python_bin, sh, tools_on_path};
 use strata_tests::control_plane::GrpcTls;
 use strata_tests::stack::{STACK_WAIT, Stack};
-use strata_tests::worker_agent::WorkerAgent;
+use strata_tests::worker_agent::{WorkerAgent, http_get};
 use strata_tests::{temp_dir, workspace_binary};
 use tempfile::TempDir;
 
@@ -136,6 +136,11 @@ async fn agents_cli_grpcurl_and_python_work_over_mutual_tls() -> anyhow::Result<
             .contains("security=\"mutual TLS\""),
         "the start-up log does not say gRPC is mutual TLS:\n{}",
         stack.cp.log_tail()
+    );
+    let (status, body) = http_get(stack.cp.admin_port(), "/health/readiness").await?;
+    ensure!(
+        body.contains("\"transport\":\"mutual TLS\""),
+        "the readiness body ({status}) does not say gRPC is mutual TLS: {body}"
     );
     let _agents = agents(&stack, &certs).await?;
 

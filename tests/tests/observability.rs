@@ -240,6 +240,14 @@ async fn readiness_follows_redis_away_and_back() -> anyhow::Result<()> {
     let body = wait_readiness(&stack, 200, ServingStatus::Serving).await?;
     let ready: serde_json::Value = serde_json::from_str(&body).context("readiness JSON")?;
     ensure!(ready["status"] == "ready", "{ready}");
+    // It says how the gRPC port is reached and who may call: here anyone, in plaintext.
+    ensure!(ready["transport"] == "plaintext", "{ready}");
+    ensure!(
+        ready["authentication"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("none (--insecure)")),
+        "{ready}"
+    );
     ensure!(
         ready["zones_without_agents"]
             .as_array()

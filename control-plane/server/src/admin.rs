@@ -44,6 +44,8 @@ pub struct Admin<D, S> {
     /// Why the gRPC port authenticates nobody, if it does not (`--insecure`): said in the
     /// readiness body.
     pub unauthenticated: Option<&'static str>,
+    /// What the gRPC port speaks: `plaintext`, `TLS` or `mutual TLS` (said in the readiness body).
+    pub transport: &'static str,
 }
 
 impl<D, S> std::fmt::Debug for Admin<D, S> {
@@ -63,6 +65,7 @@ impl<D, S> Clone for Admin<D, S> {
             metrics: self.metrics.clone(),
             zones: self.zones.clone(),
             unauthenticated: self.unauthenticated,
+            transport: self.transport,
         }
     }
 }
@@ -76,6 +79,8 @@ pub struct Readiness {
     pub zones_without_agents: Vec<String>,
     /// How the gRPC port authenticates callers.
     pub authentication: String,
+    /// What the gRPC port speaks: `plaintext`, `TLS` or `mutual TLS`.
+    pub transport: &'static str,
 }
 
 impl<D: DataPlane, S: StateStore> Admin<D, S> {
@@ -125,6 +130,7 @@ impl<D: DataPlane, S: StateStore> Admin<D, S> {
                 Some(why) => format!("none ({why}): every caller has every role"),
                 None => "auth file (bearer tokens, client certificates)".into(),
             },
+            transport: self.transport,
         }
     }
 
@@ -210,6 +216,7 @@ impl Readiness {
             json!(self.zones_without_agents),
         );
         details.insert("authentication".into(), json!(self.authentication));
+        details.insert("transport".into(), json!(self.transport));
         runtime_admin::Readiness {
             ready: self.reasons.is_empty(),
             details,

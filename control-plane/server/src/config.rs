@@ -14,6 +14,7 @@ use strata_core::preflight::PreflightRules;
 use strata_core::retry::RetryPolicy;
 use strata_runtime::kafka_security::{self, KafkaSecurity, Secret, SecurityArgs};
 
+use crate::quota::QuotaSettings;
 use crate::tls::TlsFiles;
 
 /// Command-line flags and environment variables of `strata-control-plane`.
@@ -189,6 +190,24 @@ pub struct Flags {
     #[arg(long, env = "STRATA_MAX_OBJECT_BYTES")]
     pub max_object_bytes: Option<usize>,
 
+    /// Calls per second one principal may make on the gRPC port, sustained (bursts of twice
+    /// that); beyond, RESOURCE_EXHAUSTED with a retry hint. Default 500.
+    #[arg(long, env = "STRATA_MAX_CALLS_PER_SEC")]
+    pub max_calls_per_sec: Option<u32>,
+
+    /// Calls of one principal in progress at once (a WatchBatch stream until it closes).
+    /// Default 256.
+    #[arg(long, env = "STRATA_MAX_CONCURRENT_CALLS")]
+    pub max_concurrent_calls: Option<usize>,
+
+    /// WatchBatch streams one principal may hold open. Default 64.
+    #[arg(long, env = "STRATA_MAX_WATCH_STREAMS_PER_PRINCIPAL")]
+    pub max_watch_streams_per_principal: Option<usize>,
+
+    /// WatchBatch streams open at once, all principals together. Default 4096.
+    #[arg(long, env = "STRATA_MAX_WATCH_STREAMS")]
+    pub max_watch_streams: Option<usize>,
+
     /// Default attempts per object.
     #[arg(long, env = "STRATA_MAX_ATTEMPTS")]
     pub max_attempts: Option<u32>,
@@ -320,6 +339,8 @@ pub struct Config {
     pub max_submission_bytes: usize,
     /// Largest object as sent in its Ready record.
     pub max_object_bytes: usize,
+    /// Per-principal quotas on the gRPC port.
+    pub quotas: QuotaSettings,
     /// Default retry policy.
     pub retry: RetryPolicy,
     /// Default execution timeout.
@@ -499,6 +520,27 @@ impl Flags {
                 .max_object_bytes
                 .or(file.max_object_bytes)
                 .unwrap_or(strata_core::limits::DEFAULT_OBJECT_BYTES),
+            quotas: {
+                let d = QuotaSettings::default();
+                QuotaSettings {
+                    calls_per_sec: f
+                        .max_calls_per_sec
+                        .or(file.max_calls_per_sec)
+                        .unwrap_or(d.calls_per_sec),
+                    concurrent_calls: f
+                        .max_concurrent_calls
+                        .or(file.max_concurrent_calls)
+                        .unwrap_or(d.concurrent_calls),
+                    watch_streams_per_principal: f
+                        .max_watch_streams_per_principal
+                        .or(file.max_watch_streams_per_principal)
+                        .unwrap_or(d.watch_streams_per_principal),
+                    watch_streams_total: f
+                        .max_watch_streams
+                        .or(file.max_watch_streams)
+                        .unwrap_or(d.watch_streams_total),
+                }
+            },
             retry: RetryPolicy {
                 max_attempts: f
                     .max_attempts
@@ -651,6 +693,19 @@ impl Config {
         if self.max_object_bytes < 1024 {
             return invalid("max-object-bytes", "must be at least 1024");
         }
+        for (flag, value) in [
+            ("max-calls-per-sec", self.quotas.calls_per_sec as usize),
+            ("max-concurrent-calls", self.quotas.concurrent_calls),
+            (
+                "max-watch-streams-per-principal",
+                self.quotas.watch_streams_per_principal,
+            ),
+            ("max-watch-streams", self.quotas.watch_streams_total),
+        ] {
+            if value == 0 {
+                return invalid(flag, "must be at least 1");
+            }
+        }
         if self.kafka_brokers.trim().is_empty() {
             return invalid("kafka-brokers", "must not be empty");
         }
@@ -801,6 +856,10 @@ struct DisplayConfig {
     max_message_bytes: usize,
     max_submission_bytes: usize,
     max_object_bytes: usize,
+    max_calls_per_sec: u32,
+    max_concurrent_calls: usize,
+    max_watch_streams_per_principal: usize,
+    max_watch_streams: usize,
     max_attempts: u32,
     initial_backoff_ms: u64,
     backoff_multiplier: f64,
@@ -855,6 +914,10 @@ impl From<&Config> for DisplayConfig {
             max_message_bytes: c.max_message_bytes,
             max_submission_bytes: c.max_submission_bytes,
             max_object_bytes: c.max_object_bytes,
+            max_calls_per_sec: c.quotas.calls_per_sec,
+            max_concurrent_calls: c.quotas.concurrent_calls,
+            max_watch_streams_per_principal: c.quotas.watch_streams_per_principal,
+            max_watch_streams: c.quotas.watch_streams_total,
             max_attempts: c.retry.max_attempts,
             initial_backoff_ms: c.retry.initial_backoff.as_millis() as u64,
             backoff_multiplier: c.retry.multiplier,

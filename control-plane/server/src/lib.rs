@@ -21,6 +21,7 @@ pub mod keys;
 pub mod latency;
 pub mod metrics;
 pub mod ports;
+pub mod quota;
 pub mod records;
 pub mod run;
 pub mod service;

@@ -113,12 +113,12 @@ pub async fn run_with<D: DataPlane, S: StateStore>(
         metrics: metrics.clone(),
         zones: config.zones.clone(),
         unauthenticated: auth.open_because(),
+        transport: tls.as_ref().map_or("plaintext", |t| t.mode()),
     };
     let services = grpc_services(handle, store, ServiceSettings::from_config(config))
         .await?
         .authenticated_by(auth);
-    let security = tls.as_ref().map_or("plaintext", |t| t.mode());
-    info!(addr = ?listener.local_addr().ok(), security, "control plane serving gRPC");
+    info!(addr = ?listener.local_addr().ok(), security = admin_state.transport, "control plane serving gRPC");
     let grpc_health = admin_state
         .clone()
         .keep_grpc_health(services.health.clone());

@@ -1809,6 +1809,105 @@ async fn one_connection_opens_at_most_the_concurrent_stream_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_principal_over_its_quotas_gets_resource_exhausted_with_a_retry_hint() {
+    use strata_control_plane::quota::QuotaSettings;
+    let mut plane = start_with(ServiceSettings {
+        max_objects: MAX_OBJECTS,
+        quotas: QuotaSettings {
+            calls_per_sec: 20,
+            concurrent_calls: 100,
+            watch_streams_per_principal: 2,
+            watch_streams_total: 100,
+        },
+        ..ServiceSettings::default()
+    })
+    .await;
+    let r = submit(&mut plane.client, "quotas", catalogue(SAMPLE), None)
+        .await
+        .expect("submitted");
+    // WatchBatch streams: two held, the third refused, one closed, the next served.
+    let first = Watch::open(&mut plane.client, &r.batch_id).await;
+    let _second = Watch::open(&mut plane.client, &r.batch_id).await;
+    let e = t(plane.client.watch_batch(pb::WatchBatchRequest {
+        batch_id: r.batch_id.clone(),
+    }))
+    .await
+    .expect_err("a third stream");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(
+        e.message().contains("holds 2 WatchBatch streams"),
+        "{}",
+        e.message()
+    );
+    assert!(
+        e.metadata().get("grpc-retry-pushback-ms").is_some(),
+        "{e:?}"
+    );
+    drop(first);
+    let mut reopened = None;
+    for _ in 0..50 {
+        match t(plane.client.watch_batch(pb::WatchBatchRequest {
+            batch_id: r.batch_id.clone(),
+        }))
+        .await
+        {
+            Ok(stream) => {
+                reopened = Some(stream);
+                break;
+            }
+            // The server notices the closed stream a moment after the client drops it.
+            Err(e) if e.message().contains("WatchBatch streams") => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert!(reopened.is_some(), "a closed stream frees its place");
+    // The call rate: a burst of twice the rate passes, then calls are refused with the time to
+    // wait, and pass again once it has gone by.
+    // The bucket refills (40 calls at 20 per second) from what the calls above used.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let calls = (0..100).map(|_| {
+        let mut client = plane.client.clone();
+        let batch_id = r.batch_id.clone();
+        async move { client.get_batch(pb::GetBatchRequest { batch_id }).await }
+    });
+    let started = std::time::Instant::now();
+    let replies = t(futures::future::join_all(calls)).await;
+    let refilled = (started.elapsed().as_secs_f64() * 20.0).ceil() as usize;
+    let served = replies.iter().filter(|r| r.is_ok()).count();
+    assert!(
+        (40..=41 + refilled).contains(&served) && served < 100,
+        "a burst of 40 (and the {refilled} that refilled while it ran) is served, not all 100: \
+         {served}"
+    );
+    let e = replies
+        .into_iter()
+        .find_map(Result::err)
+        .expect("100 calls at once exceed a rate of 20 per second");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(
+        e.message().contains("over its call rate"),
+        "{}",
+        e.message()
+    );
+    let wait: u64 = e
+        .metadata()
+        .get("grpc-retry-pushback-ms")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .expect("a retry hint in ms");
+    assert!((1..=50).contains(&wait), "one call every 50 ms: {wait}");
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    plane
+        .client
+        .get_batch(pb::GetBatchRequest {
+            batch_id: r.batch_id.clone(),
+        })
+        .await
+        .expect("served after the hinted wait");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_watchers_see_the_same_changes() {
     let mut plane = start().await;
     let agents = agents(&plane.data, false, |_, _| Answer::Load);

@@ -57,6 +57,7 @@ use crate::config::Config;
 use crate::driver::Handle;
 use crate::error::{OversizeAsResourceExhausted, ServiceError};
 use crate::ports::StateStore;
+use crate::quota::{QuotaLayer, QuotaSettings, Quotas};
 
 /// Default largest gRPC message, both ways (the contract's default, see
 /// `strata_proto::DEFAULT_MAX_MESSAGE_BYTES`). Larger batches use `SubmitBatchStream`.
@@ -106,6 +107,8 @@ pub struct ServiceSettings {
     pub plan_reply_objects: usize,
     /// Most concurrent HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
+    /// Per-principal call rate, calls in progress and `WatchBatch` streams.
+    pub quotas: QuotaSettings,
 }
 
 impl Default for ServiceSettings {
@@ -123,6 +126,7 @@ impl Default for ServiceSettings {
             snapshot_part_objects: DEFAULT_PART_OBJECTS,
             plan_reply_objects: DEFAULT_PART_OBJECTS,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            quotas: QuotaSettings::default(),
         }
     }
 }
@@ -135,6 +139,7 @@ impl ServiceSettings {
             zone_durations_ms: config.zone_durations_ms.clone(),
             max_message_bytes: config.max_message_bytes,
             max_submission_bytes: config.max_submission_bytes,
+            quotas: config.quotas,
             object_limits: ObjectLimits {
                 object_bytes: config.max_object_bytes,
                 ..ObjectLimits::default()
@@ -207,6 +212,8 @@ pub struct GrpcServices {
     auth: Authenticator,
     /// Most concurrent HTTP/2 streams per connection.
     max_concurrent_streams: u32,
+    /// Per-principal quotas.
+    quotas: Arc<Quotas>,
 }
 
 impl GrpcServices {
@@ -252,10 +259,12 @@ impl GrpcServices {
             closing,
             auth,
             max_concurrent_streams,
+            quotas,
         } = self;
         tonic::transport::Server::builder()
             .max_concurrent_streams(max_concurrent_streams)
             .layer(AuthLayer::new(auth))
+            .layer(QuotaLayer::new(quotas))
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, async move {
                 shutdown.await;
@@ -290,6 +299,7 @@ pub async fn grpc_services<S: StateStore>(
     settings: ServiceSettings,
 ) -> Result<GrpcServices, ServiceError> {
     let max_concurrent_streams = settings.max_concurrent_streams;
+    let quotas = Quotas::new(settings.quotas);
     let registry = agents::AgentRegistryService::new(handle.clone(), settings.agents.clone());
     let service = OrchestratorService::new(handle, store, settings);
     let closing = service.closing.clone();
@@ -323,6 +333,7 @@ pub async fn grpc_services<S: StateStore>(
         closing,
         auth: Authenticator::open("no --auth-file"),
         max_concurrent_streams,
+        quotas,
     })
 }
 
