@@ -10,7 +10,17 @@
 //! of Redis (every key's `DUMP`) and of the end offsets of the test's topics, and the row fails
 //! if either changed: a refused call leaves no trace.
 //!
-//! Beside the table: idempotency keys are scoped to their principal, a token added to the auth
+//! A second table ([`FORGED_RECORDS`]) attacks through the topics, as someone who can produce to
+//! them: an unsigned Loaded naming the live agent lease of the object's zone, a Loaded signed with
+//! the key of an ended lease (a result replayed from an old lease epoch), and an unsigned and a
+//! forged Ready on the zone topic of a running agent whose `exec` processor leaves a marker file.
+//! Each must be counted under its reason (`strata_results_rejected_total`,
+//! `strata_agent_ready_rejected_total`), leave Redis and every other topic as they were, the
+//! object not LOADED and no marker; then a correctly signed result and a Ready the control plane
+//! signed show that the same checks see an admitted change. The gRPC port serves TLS: a lease's
+//! key is only handed out over TLS.
+//!
+//! Beside the tables: idempotency keys are scoped to their principal, a token added to the auth
 //! file is accepted after SIGHUP (and not before), and the readiness body says how callers are
 //! authenticated.
 //!
@@ -25,18 +35,28 @@ use sha2::{Digest as _, Sha256};
 use strata_proto::v1 as pb;
 use strata_proto::v1::agent_registry_client::AgentRegistryClient;
 use strata_proto::v1::orchestrator_client::OrchestratorClient;
-use strata_tests::control_plane::{AuthFile, ControlPlane, Secured};
+use strata_tests::certs::TestCa;
+use strata_tests::control_plane::{AuthFile, ControlPlane, GrpcTls, Secured};
 use strata_tests::redis_server::RedisServer;
 use strata_tests::worker_agent::http_get;
-use strata_tests::{TestBroker, blocking, within};
-use tonic::transport::Channel;
+use strata_tests::{TestBroker, blocking, temp_dir, within};
+use tempfile::TempDir;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 use tonic::{Code, Request};
 
 const LONG: Duration = Duration::from_secs(60);
 /// Bound on one attack's call.
 const CALL: Duration = Duration::from_secs(10);
-/// Leases far longer than the test: no lease expires (and changes Redis) while it runs.
-const CP_FLAGS: &[&str] = &["--topic-partitions", "1", "--lease-ttl-secs", "600"];
+/// Leases far longer than the test, heartbeats rarer than it: no lease expires and no running
+/// agent's heartbeat changes Redis while it runs.
+const CP_FLAGS: &[&str] = &[
+    "--topic-partitions",
+    "1",
+    "--lease-ttl-secs",
+    "600",
+    "--heartbeat-interval-secs",
+    "300",
+];
 
 /// Who calls: a principal of the auth file, or a forged credential.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,10 +244,14 @@ fn attacks() -> Vec<Attack> {
     out
 }
 
-/// The control plane under attack, its callers' tokens, and what the attacks aim at: a running
-/// batch (no agent takes its objects) and a live agent lease of principal `agent-raw`.
+/// The control plane under attack (gRPC over TLS: a lease's result signing key is only handed out
+/// over TLS), its callers' tokens, and what the attacks aim at: a running batch (no agent takes
+/// its objects) and a live agent lease of principal `agent-raw`.
 struct Target {
     cp: ControlPlane,
+    /// The CA clients trust (its directory is `_certs`).
+    ca: TestCa,
+    _certs: TempDir,
     redis: RedisServer,
     broker: TestBroker,
     channel: Channel,
@@ -235,12 +259,17 @@ struct Target {
     batch_id: String,
     agent_id: String,
     lease_epoch: u64,
+    /// The result signing key of that lease.
+    result_key: Vec<u8>,
 }
 
 impl Target {
     async fn start() -> anyhow::Result<Self> {
         let broker = within(LONG, "start broker", TestBroker::start()).await??;
         let redis = within(LONG, "start redis", RedisServer::start()).await??;
+        let certs = temp_dir("security-certs")?;
+        let ca = TestCa::create(certs.path(), "server-ca")?;
+        let server = ca.server_cert("grpc")?;
         let auth = AuthFile::create()?;
         let mut tokens = BTreeMap::new();
         for (name, roles) in [
@@ -250,6 +279,7 @@ impl Target {
             ("admin", &["admin"]),
             ("agent-raw", &["agent:raw"]),
             ("strata-tests-other-agent", &["agent:raw"]),
+            ("agent-standardized", &["agent:standardized"]),
         ] {
             tokens.insert(name, auth.add_token(name, roles)?);
         }
@@ -260,16 +290,26 @@ impl Target {
                 &broker,
                 &redis.url(),
                 Secured {
-                    tls: None,
+                    tls: Some(GrpcTls {
+                        ca: ca.cert_path(),
+                        server,
+                        client_ca: None,
+                    }),
                     auth: Some(auth),
                 },
                 CP_FLAGS,
             ),
         )
         .await??;
-        let channel = Channel::from_shared(cp.endpoint())?.connect().await?;
+        let pem = std::fs::read(ca.cert_path())?;
+        let channel = Channel::from_shared(cp.endpoint())?
+            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))?
+            .connect()
+            .await?;
         let mut target = Self {
             cp,
+            ca,
+            _certs: certs,
             redis,
             broker,
             channel,
@@ -277,6 +317,7 @@ impl Target {
             batch_id: String::new(),
             agent_id: String::new(),
             lease_epoch: 0,
+            result_key: Vec::new(),
         };
         let submitted = target
             .orchestrator()
@@ -292,6 +333,7 @@ impl Target {
             .into_inner();
         target.agent_id = lease.agent_id;
         target.lease_epoch = lease.lease_epoch;
+        target.result_key = lease.result_signing_key;
         Ok(target)
     }
 
@@ -520,6 +562,12 @@ impl Target {
     /// A digest of what a refused call must not change: every Redis key and value, and the
     /// end offset of every partition of the test's topics.
     async fn digest(&self) -> anyhow::Result<String> {
+        self.digest_except(None).await
+    }
+
+    /// [`Self::digest`] without the partitions of topic `skip` (one an attack produces to: its
+    /// end offset moves by construction).
+    async fn digest_except(&self, skip: Option<&str>) -> anyhow::Result<String> {
         let mut con = self.redis.connection().await?;
         let mut keys: Vec<String> = Vec::new();
         let mut cursor = 0u64;
@@ -543,7 +591,8 @@ impl Target {
             hash.update(key.as_bytes());
             hash.update(dump.unwrap_or_default());
         }
-        let offsets = self.end_offsets().await?;
+        let mut offsets = self.end_offsets().await?;
+        offsets.retain(|(topic, _), _| Some(topic.as_str()) != skip);
         hash.update(format!("{offsets:?}"));
         let hex: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
         Ok(format!(
@@ -798,5 +847,378 @@ async fn a_token_added_to_the_auth_file_is_accepted_after_sighup_and_not_before(
     ensure!(!body.contains(&token), "the readiness body shows a token");
     let log = target.cp.log_tail();
     ensure!(!log.contains(&token), "the log shows a token");
+    Ok(())
+}
+
+/// A record an attacker who can produce to Strata's topics writes there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Forged {
+    /// A Loaded for the target's object naming the live agent lease of its zone, unsigned.
+    UnsignedLoaded,
+    /// A Loaded for it signed with the key of an earlier lease of the same principal, since
+    /// ended (a result replayed from an old lease epoch).
+    OldLeaseLoaded,
+    /// A Ready on the zone topic of a running agent (`exec` processor), unsigned.
+    UnsignedReady,
+    /// The same with a signature that is not the control plane's.
+    ForgedReady,
+}
+
+impl Forged {
+    /// Whether it goes to a zone's Ready topic (else to the results topic).
+    fn is_ready(self) -> bool {
+        matches!(self, Forged::UnsignedReady | Forged::ForgedReady)
+    }
+}
+
+/// Rows: the forged record, and the `reason` its rejection must be counted under (by the control
+/// plane for results, `strata_results_rejected_total`; by the agent for Ready records,
+/// `strata_agent_ready_rejected_total`).
+const FORGED_RECORDS: [(Forged, &str); 4] = [
+    (Forged::UnsignedLoaded, "unsigned"),
+    (Forged::OldLeaseLoaded, "old_lease"),
+    (Forged::UnsignedReady, "unsigned"),
+    (Forged::ForgedReady, "bad_signature"),
+];
+
+/// A Loaded for `object` (its current attempt) by `agent_id` of lease `epoch`, signed with `key`
+/// (empty: unsigned).
+fn loaded(object: &pb::ObjectStatus, agent_id: &str, epoch: u64, key: &[u8]) -> pb::ObjectResult {
+    let mut result = pb::ObjectResult {
+        result: Some(pb::object_result::Result::Loaded(pb::ObjectLoaded {
+            batch_id: object.batch_id.clone(),
+            object_id: "1001".into(),
+            zone: object.zone.clone(),
+            attempt: object.attempt,
+            dispatch_epoch: object.dispatch_epoch,
+            agent_id: agent_id.into(),
+            agent_lease_epoch: epoch,
+            ..Default::default()
+        })),
+    };
+    if let Some(key) = strata_proto::signing::ResultKey::from_slice(key) {
+        key.sign(&mut result);
+    }
+    result
+}
+
+/// Writes `payload` (of wire type `kind`) to `topic` under `key`.
+async fn produce(
+    broker: &TestBroker,
+    topic: &str,
+    key: &str,
+    kind: &str,
+    payload: Vec<u8>,
+) -> anyhow::Result<()> {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = broker.producer_config().create()?;
+    let record =
+        FutureRecord::to(topic)
+            .key(key)
+            .payload(&payload)
+            .headers(OwnedHeaders::new().insert(Header {
+                key: strata_proto::kafka::HEADER_TYPE,
+                value: Some(kind),
+            }));
+    within(LONG, "produce", producer.send(record, LONG))
+        .await?
+        .map_err(|(e, _)| e)?;
+    Ok(())
+}
+
+/// A counter of the admin port's `/metrics` at `port` (0 when absent).
+async fn counter(port: u16, sample: &str) -> anyhow::Result<f64> {
+    let (status, body) = http_get(port, "/metrics").await?;
+    ensure!(status == 200, "/metrics answered {status}");
+    Ok(strata_tests::worker_agent::metric_value(&body, sample))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_records_on_the_topics_are_refused_and_change_nothing() -> anyhow::Result<()> {
+    use prost::Message as _;
+    use strata_proto::kafka;
+    let target = Target::start().await?;
+    // An earlier lease of principal agent-raw, ended: its key is a real one, its epoch old.
+    let old = target
+        .registry()
+        .register_agent(target.authed("agent-raw", registration("raw", "host-old")))
+        .await?
+        .into_inner();
+    target
+        .registry()
+        .deregister(target.authed(
+            "agent-raw",
+            pb::DeregisterRequest {
+                agent_id: old.agent_id.clone(),
+                lease_epoch: old.lease_epoch,
+                reason: "restarted".into(),
+            },
+        ))
+        .await?;
+    ensure!(old.lease_epoch < target.lease_epoch || old.agent_id != target.agent_id);
+    // A real agent of zone standardized (over TLS, with its token) whose exec processor leaves a
+    // marker file for every Ready it runs.
+    let work = temp_dir("security-exec")?;
+    let marker = work.path().join("ran");
+    let script = work.path().join("run.sh");
+    std::fs::write(&script, format!("touch '{}'\n", marker.display()))?;
+    let token_file = work.path().join("token");
+    std::fs::write(&token_file, &target.tokens["agent-standardized"])?;
+    let path = |p: &std::path::Path| p.to_str().map(str::to_owned).context("UTF-8 path");
+    let (script, ca, token_file) = (
+        path(&script)?,
+        path(&target.ca.cert_path())?,
+        path(&token_file)?,
+    );
+    ensure!(!script.contains(','), "{script} has a comma");
+    let mut agent = strata_tests::worker_agent::WorkerAgent::start(
+        "standardized-agent",
+        &target.cp.endpoint(),
+        "standardized",
+        &[
+            "--processor",
+            "exec",
+            "--exec-command",
+            "sh",
+            "--exec-arg",
+            &script,
+            "--control-plane-ca",
+            &ca,
+            "--control-plane-token-file",
+            &token_file,
+        ],
+        &[],
+    )?;
+    within(LONG, "the agent ready", agent.wait_ready(LONG)).await??;
+
+    let object = target
+        .orchestrator()
+        .get_object(target.authed(
+            "reader",
+            pb::GetObjectRequest {
+                batch_id: target.batch_id.clone(),
+                object_id: "1001".into(),
+            },
+        ))
+        .await?
+        .into_inner();
+    ensure!(
+        object.state() == pb::ObjectState::Ready && object.zone == "raw" && object.attempt >= 1,
+        "{object:?}"
+    );
+    let prefix = target.broker.topic_prefix().to_owned();
+    let results_topic = kafka::results_topic(&prefix);
+    let ready_topic = kafka::ready_topic(&prefix, "standardized");
+    target
+        .broker
+        .create_topics(&[results_topic.as_str(), ready_topic.as_str()], 1)
+        .await?;
+
+    let mut failures = Vec::new();
+    for (forged, reason) in FORGED_RECORDS {
+        let (topic, sample) = if forged.is_ready() {
+            (
+                &ready_topic,
+                format!(
+                    "strata_agent_ready_rejected_total{{reason=\"{reason}\",zone=\"standardized\"}}"
+                ),
+            )
+        } else {
+            (
+                &results_topic,
+                format!("strata_results_rejected_total{{reason=\"{reason}\"}}"),
+            )
+        };
+        let before = within(LONG, "settle", async {
+            // Settled apart from the attacked topic.
+            let mut last = target.digest_except(Some(topic)).await?;
+            for _ in 0..30 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let now = target.digest_except(Some(topic)).await?;
+                if now == last {
+                    return anyhow::Ok(now);
+                }
+                last = now;
+            }
+            bail!("Redis and the topics kept changing: {last}")
+        })
+        .await??;
+        let count = || async {
+            if forged.is_ready() {
+                agent.metric(&sample).await
+            } else {
+                counter(target.cp.admin_port(), &sample).await
+            }
+        };
+        let counted = count().await?;
+        match forged {
+            Forged::UnsignedLoaded => {
+                let r = loaded(&object, &target.agent_id, target.lease_epoch, &[]);
+                produce(
+                    &target.broker,
+                    topic,
+                    &object.batch_id,
+                    kafka::TYPE_OBJECT_RESULT,
+                    r.encode_to_vec(),
+                )
+                .await?
+            }
+            Forged::OldLeaseLoaded => {
+                let r = loaded(
+                    &object,
+                    &old.agent_id,
+                    old.lease_epoch,
+                    &old.result_signing_key,
+                );
+                produce(
+                    &target.broker,
+                    topic,
+                    &object.batch_id,
+                    kafka::TYPE_OBJECT_RESULT,
+                    r.encode_to_vec(),
+                )
+                .await?
+            }
+            Forged::UnsignedReady | Forged::ForgedReady => {
+                let ready = pb::ObjectReady {
+                    batch_id: target.batch_id.clone(),
+                    object_id: "2001".into(),
+                    zone: "standardized".into(),
+                    attempt: 1,
+                    max_attempts: 3,
+                    dispatch_epoch: 1,
+                    object: Some(pb::ObjectDefinition {
+                        id: "2001".into(),
+                        zone: "standardized".into(),
+                        attributes: [("note".to_owned(), "forged".to_owned())]
+                            .into_iter()
+                            .collect(),
+                        ..Default::default()
+                    }),
+                    signature: if forged == Forged::ForgedReady {
+                        vec![7; 64]
+                    } else {
+                        Vec::new()
+                    },
+                    ..Default::default()
+                };
+                produce(
+                    &target.broker,
+                    topic,
+                    "2001",
+                    kafka::TYPE_OBJECT_READY,
+                    ready.encode_to_vec(),
+                )
+                .await?
+            }
+        }
+        let limit = tokio::time::Instant::now() + LONG;
+        let now = loop {
+            let now = count().await?;
+            if now > counted || tokio::time::Instant::now() > limit {
+                break now;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        if now != counted + 1.0 {
+            failures.push(format!("{forged:?}: {sample} went {counted} -> {now}"));
+        }
+        // Let anything the record might have set off happen before looking.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = target.digest_except(Some(topic)).await?;
+        if after != before {
+            failures.push(format!("{forged:?}: state changed: {before} -> {after}"));
+        }
+        let status = target
+            .orchestrator()
+            .get_object(target.authed(
+                "reader",
+                pb::GetObjectRequest {
+                    batch_id: target.batch_id.clone(),
+                    object_id: "1001".into(),
+                },
+            ))
+            .await?
+            .into_inner();
+        if status.state() != pb::ObjectState::Ready || status.attempt != object.attempt {
+            failures.push(format!("{forged:?}: the object moved: {status:?}"));
+        }
+        if marker.exists() {
+            failures.push(format!("{forged:?}: the exec processor ran"));
+        }
+    }
+    ensure!(
+        failures.is_empty(),
+        "forged records were not refused cleanly:\n{}\n\ncontrol plane log:\n{}\n\nagent log:\n{}",
+        failures.join("\n"),
+        target.cp.log_tail(),
+        agent.log_tail()
+    );
+    // The rejections were logged, and no key was.
+    let log = std::fs::read_to_string(target.cp.dir().join("control-plane.log"))?;
+    ensure!(log.contains("result rejected"), "{}", target.cp.log_tail());
+    ensure!(
+        agent
+            .log()
+            .contains("ready record not signed by the control plane")
+    );
+
+    // The same record as the first, signed with the live lease's key, is heard: the object loads.
+    let before = target.digest_except(Some(&results_topic)).await?;
+    let r = loaded(
+        &object,
+        &target.agent_id,
+        target.lease_epoch,
+        &target.result_key,
+    );
+    produce(
+        &target.broker,
+        &results_topic,
+        &object.batch_id,
+        kafka::TYPE_OBJECT_RESULT,
+        r.encode_to_vec(),
+    )
+    .await?;
+    within(LONG, "the signed result applied", async {
+        loop {
+            let status = target
+                .orchestrator()
+                .get_object(target.authed(
+                    "reader",
+                    pb::GetObjectRequest {
+                        batch_id: target.batch_id.clone(),
+                        object_id: "1001".into(),
+                    },
+                ))
+                .await?
+                .into_inner();
+            if status.state() == pb::ObjectState::Loaded {
+                return anyhow::Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await??;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = target.digest_except(Some(&results_topic)).await?;
+    ensure!(
+        after != before,
+        "the digest did not change with an admitted result"
+    );
+    // And a Ready the control plane signs is run: the marker the forged ones did not leave.
+    target
+        .orchestrator()
+        .submit_batch(target.authed(
+            "submitter",
+            submit_request("signed-ready", "2001", "standardized"),
+        ))
+        .await?;
+    within(LONG, "the exec processor to run a signed Ready", async {
+        while !marker.exists() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The agent loop ([`agent::run`]) on the in-memory bus, with a fixed lease: every Ready is
 //! answered and its offset stored, duplicates and stale releases are skipped, a newer release
-//! supersedes the attempt in flight, and a drain hands back what is still running. Every wait is
+//! supersedes the attempt in flight, a drain hands back what is still running, and with a signed
+//! lease a Ready the control plane did not sign never reaches the processor. Every wait is
 //! bounded.
 
 use std::future::Future;
@@ -60,6 +61,20 @@ struct Running {
 }
 
 fn start<P: Processor>(processor: P, capacity: u32, drain_grace: Duration) -> Running {
+    start_with(
+        FixedLease::new("agent-raw", "ready.raw", GROUP, "results"),
+        processor,
+        capacity,
+        drain_grace,
+    )
+}
+
+fn start_with<P: Processor>(
+    lease: FixedLease,
+    processor: P,
+    capacity: u32,
+    drain_grace: Duration,
+) -> Running {
     let ready = Topic::new(1);
     let results_topic = Topic::new(1);
     let results = results_topic.subscribe("test");
@@ -75,7 +90,7 @@ fn start<P: Processor>(processor: P, capacity: u32, drain_grace: Duration) -> Ru
             },
             drain_grace,
         },
-        FixedLease::new("agent-raw", "ready.raw", GROUP, "results"),
+        lease,
         MemoryTransport {
             ready: ready.clone(),
             results: results_topic,
@@ -191,4 +206,73 @@ async fn a_drain_hands_back_what_is_still_running_and_stores_its_offset() {
     assert!(f.retryable, "{f:?}");
     assert_eq!(f.reason, FailureReason::Drained as i32);
     assert_eq!(a.ready.lag(GROUP), 0, "handed back counts as done");
+}
+
+/// Records the object of every Ready it is given, and loads it.
+#[derive(Default, Clone)]
+struct Recording(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Processor for Recording {
+    async fn process(&self, ready: &ObjectReady) -> Outcome {
+        self.0.lock().expect("lock").push(ready.object_id.clone());
+        Outcome::Loaded {
+            info: String::new(),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ready_the_control_plane_did_not_sign_is_never_run_and_its_offset_is_stored() {
+    use strata_proto::signing::{ReadySigner, ResultKey, result_seal, result_signed_text};
+    let signer = ReadySigner::from_seed(&[3; 32]);
+    let result_key = ResultKey::from_slice(&[9; 32]).expect("32 bytes");
+    let mut lease = (*FixedLease::new("agent-raw", "ready.raw", GROUP, "results").0).clone();
+    lease.epoch = 7;
+    lease.result_key = Some(result_key.clone());
+    lease.ready_key = strata_proto::signing::ReadyVerifier::from_slice(&signer.verify_key());
+    assert!(lease.ready_key.is_some());
+    let processor = Recording::default();
+    let mut a = start_with(
+        FixedLease(Arc::new(lease)),
+        processor.clone(),
+        4,
+        Duration::from_secs(1),
+    );
+    // Unsigned; signed by another key; signed and then altered (its object); the control plane's.
+    a.ready.publish(b"b-1", ready("1001", 1));
+    let mut other = ready("1002", 1);
+    ReadySigner::from_seed(&[4; 32]).sign(&mut other);
+    a.ready.publish(b"b-1", other);
+    let mut altered = ready("1000", 1);
+    signer.sign(&mut altered);
+    altered.object_id = "1003".into();
+    a.ready.publish(b"b-1", altered);
+    let mut good = ready("1004", 1);
+    signer.sign(&mut good);
+    a.ready.publish(b"b-1", good);
+
+    for kind in ["started", "loaded"] {
+        let result = next(&mut a.results).await;
+        assert_eq!(describe(&result), (kind, "1004".into(), 1));
+        let (signature, epoch) = result_seal(&result).expect("an outcome");
+        assert_eq!(epoch, 7, "the lease's epoch");
+        let text = result_signed_text(&result).expect("an outcome");
+        assert!(
+            result_key.verify(&text, signature),
+            "signed with the lease key"
+        );
+    }
+    until_stored(&a.ready).await;
+    assert_eq!(
+        *processor.0.lock().expect("lock"),
+        ["1004"],
+        "only the signed Ready ran"
+    );
+    let rejected = |r: &str| a.metrics.ready_rejected.with_label_values(&[r]).get();
+    assert_eq!((rejected("unsigned"), rejected("bad_signature")), (1, 2));
+    let verdict = |v: &str| a.metrics.readies.with_label_values(&[v]).get();
+    assert_eq!((verdict("accepted"), verdict("rejected")), (1, 3));
+    assert!(a.results.try_recv().is_none(), "nothing else was published");
+    a.stop.send_replace(true);
+    t(a.task).await.expect("task").expect("a clean drain");
 }

@@ -14,7 +14,7 @@ use strata_control_plane::adapters::memory::{MemoryDataPlane, MemoryStore};
 use strata_control_plane::driver::{Driver, DriverCounters, DriverSettings, Handle};
 use strata_control_plane::service::{ServiceSettings, grpc_services};
 use strata_core::Zone;
-use strata_proto::signing::ResultKey;
+use strata_proto::signing::{ReadyVerifier, ResultKey};
 use strata_proto::v1::agent_registry_client::AgentRegistryClient;
 use strata_proto::v1::orchestrator_client::OrchestratorClient;
 use strata_proto::v1::{self as pb, object_result, watch_batch_response};
@@ -3072,4 +3072,61 @@ async fn register(
     .await
     .expect("registered")
     .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_signed_before_a_restart_is_verified_after_it_and_the_ready_key_is_kept() {
+    let store = Arc::new(MemoryStore::new());
+    let settings = ServiceSettings {
+        max_objects: MAX_OBJECTS,
+        ..ServiceSettings::default()
+    };
+    let driver = DriverSettings {
+        verify_results: true,
+        ..DriverSettings::default()
+    };
+    let data = Arc::new(MemoryDataPlane::new());
+    let log = ready_log(&data);
+    let mut first = start_driven(store.clone(), data, settings.clone(), driver.clone()).await;
+    let mut registry = AgentRegistryClient::new(first.channel.clone());
+    let agent = register(&mut registry, "raw", 1).await;
+    let r = submit(
+        &mut first.client,
+        "restart",
+        objects(vec![object("1001", &[])]),
+        None,
+    )
+    .await
+    .expect("submitted");
+    let ready = first_ready(&log, "1001").await;
+    let verifier = ReadyVerifier::from_slice(&agent.ready_verify_key).expect("a verify key");
+    assert_eq!(verifier.verify(&ready), Ok(()), "the Ready is signed");
+    // The agent's Loaded, signed with its lease's key before the control plane stops.
+    let mut l = loaded(&ready, &agent.agent_id);
+    l.agent_lease_epoch = agent.lease_epoch;
+    let mut result = pb::ObjectResult {
+        result: Some(object_result::Result::Loaded(l)),
+    };
+    ResultKey::from_slice(&agent.result_signing_key)
+        .expect("a result key")
+        .sign(&mut result);
+    drop(registry);
+    drop(first);
+
+    // A new control plane over the same store: the Ready it publishes again is signed with the
+    // same key, and the lease's key still verifies the result.
+    let data = Arc::new(MemoryDataPlane::new());
+    let log = ready_log(&data);
+    let mut plane = start_driven(store, data.clone(), settings, driver).await;
+    let again = first_ready(&log, "1001").await;
+    assert_eq!(verifier.verify(&again), Ok(()), "the same Ready key");
+    data.send_result(result).await;
+    let mut watch = Watch::open(&mut plane.client, &r.batch_id).await;
+    assert_eq!(watch.until_end().await, pb::BatchState::Succeeded);
+    assert!(counters(&plane.handle).await.rejected.is_empty());
+    // A registration after the restart gets the same Ready key and a new result key.
+    let mut registry = AgentRegistryClient::new(plane.channel.clone());
+    let next = register(&mut registry, "raw", 1).await;
+    assert_eq!(next.ready_verify_key, agent.ready_verify_key);
+    assert_ne!(next.result_signing_key, agent.result_signing_key);
 }
