@@ -368,7 +368,7 @@ fn kafka_payload_field_numbers_are_frozen() {
         (
             "ObjectReady",
             "batch_id=1 object_id=2 zone=3 attempt=4 max_attempts=5 dispatch_epoch=6 object=7 \
-             released_at=8 execution_timeout=9 trace=10",
+             released_at=8 execution_timeout=9 trace=10 signature=11",
         ),
         (
             "ObjectStarted",
