@@ -244,8 +244,8 @@ pub struct Flags {
     /// Verify every result before it changes anything: signed (HMAC-SHA256) with the key of
     /// its agent's current, live lease of the object's zone; others are rejected and counted in
     /// `strata_results_rejected_total{reason}` (the default; `strata-worker-agent` registers and
-    /// signs). `false` accepts results from any producer of the results topic, e.g. agents that
-    /// do not register.
+    /// signs). `false` accepts results from any producer of the results topic: only for
+    /// in-process test agents and benchmarks, never in production.
     #[arg(long, env = "STRATA_VERIFY_RESULTS")]
     pub verify_results: Option<bool>,
 

@@ -228,7 +228,7 @@ impl DriverTraces {
 }
 
 /// Records on an `apply_result` span what became of its result: the machine's `outcome`, or the
-/// driver's own reason for not applying it (`unknown_batch`, `unknown_node`, `no_lease`).
+/// driver's own reason for not applying it (`unknown_batch`, `unknown_node`, or a rejection: `unsigned`, `old_lease`, …).
 pub fn result_decided(span: &mut Span, decided: Result<Outcome, &'static str>) {
     let (accepted, reason) = match decided {
         Ok(Outcome::Applied) => (true, None),
