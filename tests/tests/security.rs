@@ -602,7 +602,25 @@ impl Target {
         ))
     }
 
+    /// The end offset of every partition of the test's topics. A broker that has just created
+    /// a topic may answer a metadata request with a transient error (`NotLeaderForPartition`)
+    /// for a moment: asked again, up to 10 times.
     async fn end_offsets(&self) -> anyhow::Result<BTreeMap<(String, i32), i64>> {
+        let mut tries = 0;
+        loop {
+            match self.end_offsets_once().await {
+                Ok(offsets) => return Ok(offsets),
+                Err(e) if tries < 10 => {
+                    tries += 1;
+                    println!("end offsets, try {tries}: {e:#}");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn end_offsets_once(&self) -> anyhow::Result<BTreeMap<(String, i32), i64>> {
         let config = self.broker.consumer_config("security-digest");
         let prefix = self.broker.topic_prefix().to_owned();
         blocking(LONG, "topic end offsets", move || {
@@ -861,13 +879,13 @@ enum Forged {
     /// A Ready on the zone topic of a running agent (`exec` processor), unsigned.
     UnsignedReady,
     /// The same with a signature that is not the control plane's.
-    ForgedReady,
+    BadlySignedReady,
 }
 
 impl Forged {
     /// Whether it goes to a zone's Ready topic (else to the results topic).
     fn is_ready(self) -> bool {
-        matches!(self, Forged::UnsignedReady | Forged::ForgedReady)
+        matches!(self, Forged::UnsignedReady | Forged::BadlySignedReady)
     }
 }
 
@@ -878,7 +896,7 @@ const FORGED_RECORDS: [(Forged, &str); 4] = [
     (Forged::UnsignedLoaded, "unsigned"),
     (Forged::OldLeaseLoaded, "old_lease"),
     (Forged::UnsignedReady, "unsigned"),
-    (Forged::ForgedReady, "bad_signature"),
+    (Forged::BadlySignedReady, "bad_signature"),
 ];
 
 /// A Loaded for `object` (its current attempt) by `agent_id` of lease `epoch`, signed with `key`
@@ -1080,7 +1098,7 @@ async fn forged_records_on_the_topics_are_refused_and_change_nothing() -> anyhow
                 )
                 .await?
             }
-            Forged::UnsignedReady | Forged::ForgedReady => {
+            Forged::UnsignedReady | Forged::BadlySignedReady => {
                 let ready = pb::ObjectReady {
                     batch_id: target.batch_id.clone(),
                     object_id: "2001".into(),
@@ -1096,7 +1114,7 @@ async fn forged_records_on_the_topics_are_refused_and_change_nothing() -> anyhow
                             .collect(),
                         ..Default::default()
                     }),
-                    signature: if forged == Forged::ForgedReady {
+                    signature: if forged == Forged::BadlySignedReady {
                         vec![7; 64]
                     } else {
                         Vec::new()
@@ -1220,5 +1238,60 @@ async fn forged_records_on_the_topics_are_refused_and_change_nothing() -> anyhow
         }
     })
     .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_lease_key_is_handed_out_over_plaintext_when_callers_are_authenticated()
+-> anyhow::Result<()> {
+    let broker = within(LONG, "start broker", TestBroker::start()).await??;
+    let redis = within(LONG, "start redis", RedisServer::start()).await??;
+    let auth = AuthFile::create()?;
+    let token = auth.add_token("agent-raw", &["agent:raw"])?;
+    let cp = within(
+        LONG,
+        "start the control plane",
+        ControlPlane::start_secured_on(
+            &broker,
+            &redis.url(),
+            Secured {
+                tls: None,
+                auth: Some(auth),
+            },
+            CP_FLAGS,
+        ),
+    )
+    .await??;
+    let channel = Channel::from_shared(cp.endpoint())?.connect().await?;
+    let mut request = Request::new(registration("raw", "host-a"));
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ASCII"),
+    );
+    let refused = AgentRegistryClient::new(channel)
+        .register_agent(request)
+        .await
+        .err()
+        .context("a registration over plaintext was answered with a lease")?;
+    ensure!(
+        refused.code() == Code::FailedPrecondition && refused.message().contains("TLS"),
+        "{refused:?}"
+    );
+    let mut con = redis.connection().await?;
+    let agents: Vec<String> = redis::cmd("KEYS")
+        .arg("*agents*")
+        .query_async(&mut con)
+        .await?;
+    let mut leases = 0usize;
+    for key in &agents {
+        if let Ok(n) = redis::cmd("HLEN")
+            .arg(key)
+            .query_async::<usize>(&mut con)
+            .await
+        {
+            leases += n;
+        }
+    }
+    ensure!(leases == 0, "a lease was stored: {agents:?}");
     Ok(())
 }

@@ -20,8 +20,8 @@
 //!   code DEAD with stderr in `last_error`, the object's JSON on stdin;
 //! - `http` against a local server: 2xx loads, 5xx is retried, 4xx is DEAD, the object's JSON
 //!   is the request body;
-//! - a result forged with a live agent's identity for an object of another zone is rejected
-//!   (logged), and the object is loaded by an agent of its zone.
+//! - a result signed by a live lease of another zone for an object of this one is rejected
+//!   (`wrong_zone`, logged), and the object is loaded by an agent of its zone.
 //!
 //! Needs both binaries built (`cargo nextest run --workspace`, what `./tests/run.sh` runs, builds
 //! them; or `cargo build -p strata-control-plane -p strata-worker-agent`).
@@ -914,16 +914,14 @@ async fn http_2xx_loads_5xx_is_retried_and_4xx_is_dead() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What the control plane logs when it drops a result from an agent without a live lease for
-/// the object's zone.
-const REJECTED: &str = "result from an agent without a live lease for the object's zone rejected";
+/// What the control plane logs when it drops a result that fails verification.
+const REJECTED: &str = "result rejected";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_result_forged_by_an_agent_of_another_zone_is_rejected() -> anyhow::Result<()> {
     let mut stack = start(&[]).await?;
     let mut raw = stack.agent("raw-agent", "raw", &["--simulate-duration-ms", "10"], &[])?;
     raw.wait_ready(LONG).await?;
-    let raw_lease = stack.agent_info("raw-agent").await?;
 
     // The raw object loads; the application one is released and waits: no agent of its zone.
     let mut batch_objects = objects("raw", &["1000"]);
@@ -940,9 +938,23 @@ async fn a_result_forged_by_an_agent_of_another_zone_is_rejected() -> anyhow::Re
         })
         .await?;
 
-    // The raw agent's identity on a result for the application object, right in every other
-    // respect (attempt, dispatch epoch, the agent's live lease epoch).
-    let forged = pb::ObjectResult {
+    // A live lease of zone raw whose key the test holds (the control plane is `--insecure`, so
+    // it hands the key out over plaintext): an agent of raw gone rogue. Registered
+    // just before it forges: the lease lives 3 s without heartbeats.
+    let raw_lease = AgentRegistryClient::connect(stack.cp.endpoint())
+        .await?
+        .register_agent(pb::RegisterAgentRequest {
+            zone: "raw".into(),
+            capacity: 1,
+            hostname: "rogue".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+
+    // The raw lease's identity on a result for the application object, right in every other
+    // respect (attempt, dispatch epoch, the live lease epoch) and signed with the lease's key.
+    let mut forged = pb::ObjectResult {
         result: Some(pb::object_result::Result::Loaded(pb::ObjectLoaded {
             batch_id: batch_id.clone(),
             object_id: "3000".into(),
@@ -954,6 +966,9 @@ async fn a_result_forged_by_an_agent_of_another_zone_is_rejected() -> anyhow::Re
             ..Default::default()
         })),
     };
+    strata_proto::signing::ResultKey::from_slice(&raw_lease.result_signing_key)
+        .context("a result key")?
+        .sign(&mut forged);
     let producer: FutureProducer = stack.broker.producer_config().create()?;
     let topic = format!(
         "{}.{}",
@@ -981,7 +996,8 @@ async fn a_result_forged_by_an_agent_of_another_zone_is_rejected() -> anyhow::Re
         log.lines()
             .filter(|l| {
                 l.contains(REJECTED)
-                    && l.contains("object_id=3000")
+                    && l.contains("reason=\"wrong_zone\"")
+                    && l.contains("object_id=\"3000\"")
                     && l.contains(&raw_lease.agent_id)
             })
             .count()
