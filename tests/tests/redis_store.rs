@@ -18,7 +18,7 @@ use strata_control_plane::ports::{
 use strata_control_plane::records::DeadLetterRecord;
 use strata_core::ObjectDef;
 use strata_core::Zone;
-use strata_core::agents::{HeldAttempt, Registration, Registry};
+use strata_core::agents::{HeldAttempt, LeaseKey, Registration, Registry};
 use strata_core::machine::{BatchState, DeadReason, FailureKind, NodeRecord, NodeState};
 use strata_core::submission::BatchOptions;
 use strata_core::submission::batch_id_for;
@@ -562,6 +562,7 @@ async fn agent_leases_survive_a_control_plane_restart() -> anyhow::Result<()> {
         capacity: 2,
         version: "0.1.0".into(),
         hostname: "host-a".into(),
+        result_key: Some(LeaseKey::new([0x42; 32])),
         ..Registration::default()
     };
     let mut registry = Registry::new(ttl);
@@ -617,15 +618,26 @@ async fn agent_leases_survive_a_control_plane_restart() -> anyhow::Result<()> {
     let stored_raw = agents.iter().find(|a| a.id == raw.id).expect("raw agent");
     assert_eq!(stored_raw.in_flight, vec![held]);
     assert_eq!(stored_raw.zone, zone("raw"));
+    assert_eq!(
+        stored_raw.result_key,
+        Some(LeaseKey::new([0x42; 32])),
+        "the lease's result key is kept: results signed before the restart verify after it"
+    );
     let later = t0 + chrono::TimeDelta::seconds(60);
     let mut restored = Registry::restore(ttl, agents, next_epoch, later);
     restored
         .heartbeat(&raw.id, raw.lease_epoch, vec![], false, later)
         .expect("the lease taken before the restart is honoured");
-    assert!(restored.is_live_in(&app.id, &zone("application")));
-    assert!(!restored.is_live_in(&app.id, &zone("raw")));
+    let restored_app = restored.get(&app.id).expect("app agent");
+    assert!(restored_app.state.is_live());
+    assert_eq!(restored_app.zone, zone("application"));
     let fresh = restored.register(zone("raw"), reg(), 8, later).clone();
     assert_eq!(fresh.lease_epoch, 4, "epochs continue");
+
+    // The Ready signing seed: the first candidate stored is the one every later caller gets.
+    let first = within(STEP, "seed", restarted.ready_signing_seed([1; 32])).await??;
+    let second = within(STEP, "seed", store.ready_signing_seed([2; 32])).await??;
+    assert_eq!((first, second), ([1; 32], [1; 32]));
 
     // An empty store: no agents, epochs from 1.
     redis::cmd("FLUSHALL").query_async::<()>(&mut con).await?;

@@ -459,13 +459,6 @@ impl Registry {
         self.agents.get(id)
     }
 
-    /// Whether `id` holds a live lease for `zone`.
-    pub fn is_live_in(&self, id: &str, zone: &Zone) -> bool {
-        self.agents
-            .get(id)
-            .is_some_and(|a| a.state.is_live() && a.zone == *zone)
-    }
-
     /// Live agents of `zone` that take work (active, not draining).
     pub fn active_in(&self, zone: &Zone) -> usize {
         self.agents
@@ -500,6 +493,12 @@ mod tests {
     use chrono::TimeZone;
 
     use super::*;
+
+    /// Whether `id` holds a live lease for `zone` in `r`.
+    fn live_in(r: &Registry, id: &str, zone: &Zone) -> bool {
+        r.get(id)
+            .is_some_and(|a| a.state.is_live() && a.zone == *zone)
+    }
 
     fn t(secs: i64) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 11, 29, 0, 0, 0).unwrap() + TimeDelta::seconds(secs)
@@ -560,8 +559,8 @@ mod tests {
         let mut r = Registry::new(Duration::from_secs(10));
         let a = r.register(zone("raw"), reg(), 0xab, t(0)).clone();
         assert_eq!(a.lease_epoch, 1);
-        assert!(r.is_live_in(&a.id, &zone("raw")));
-        assert!(!r.is_live_in(&a.id, &zone("application")));
+        assert!(live_in(&r, &a.id, &zone("raw")));
+        assert!(!live_in(&r, &a.id, &zone("application")));
         assert_eq!(r.active_in(&zone("raw")), 1);
         r.heartbeat(&a.id, 1, vec![held("1001")], false, t(8))
             .expect("renewed");
@@ -575,7 +574,7 @@ mod tests {
                 in_flight: vec![held("1001")]
             }]
         );
-        assert!(!r.is_live_in(&a.id, &zone("raw")));
+        assert!(!live_in(&r, &a.id, &zone("raw")));
         assert!(r.expire(t(30)).is_empty(), "expired once");
         assert!(matches!(
             r.heartbeat(&a.id, 1, vec![], false, t(31)),
@@ -649,7 +648,7 @@ mod tests {
             .expect("the old lease is honoured")
             .clone();
         assert_eq!(kept.zone, zone("raw"));
-        assert!(restored.is_live_in(&a.id, &zone("raw")));
+        assert!(live_in(&restored, &a.id, &zone("raw")));
         assert_eq!(
             restored.get(&b.id).map(|b| b.state),
             Some(AgentState::Draining)

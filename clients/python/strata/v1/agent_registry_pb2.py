@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1estrata/v1/agent_registry.proto\x12\tstrata.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc5\x01\n\x14RegisterAgentRequest\x12\x0c\n\x04zone\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x02 \x01(\r\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x10\n\x08hostname\x18\x04 \x01(\t\x12;\n\x06labels\x18\x05 \x03(\x0b\x32+.strata.v1.RegisterAgentRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xef\x02\n\x15RegisterAgentResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x13\n\x0blease_epoch\x18\x02 \x01(\x04\x12\x35\n\x12heartbeat_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\tlease_ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0bready_topic\x18\x05 \x01(\t\x12\x15\n\rresults_topic\x18\x06 \x01(\t\x12\x16\n\x0e\x63onsumer_group\x18\x07 \x01(\t\x12\x19\n\x11\x62ootstrap_servers\x18\x08 \x03(\t\x12\x34\n\x11\x65xecution_timeout\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\x12result_signing_key\x18\n \x01(\x0c\x12\x19\n\x11topics_generation\x18\x0b \x01(\x04\"\x8f\x01\n\x0fInFlightAttempt\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x11\n\tobject_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x16\n\x0e\x64ispatch_epoch\x18\x04 \x01(\x04\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"z\n\x10HeartbeatRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x13\n\x0blease_epoch\x18\x02 \x01(\x04\x12-\n\tin_flight\x18\x03 \x03(\x0b\x32\x1a.strata.v1.InFlightAttempt\x12\x10\n\x08\x64raining\x18\x04 \x01(\x08\"\xd7\x01\n\x11HeartbeatResponse\x12\x34\n\x10lease_expires_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x64rain\x18\x02 \x01(\x08\x12+\n\x07\x61\x62\x61ndon\x18\x03 \x03(\x0b\x32\x1a.strata.v1.InFlightAttempt\x12\x35\n\x12heartbeat_interval\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x19\n\x11topics_generation\x18\x05 \x01(\x04\"J\n\x11\x44\x65registerRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x13\n\x0blease_epoch\x18\x02 \x01(\x04\x12\x0e\n\x06reason\x18\x03 \x01(\t\"/\n\x12\x44\x65registerResponse\x12\x19\n\x11handed_back_count\x18\x01 \x01(\r\";\n\x11ListAgentsRequest\x12\x0c\n\x04zone\x18\x01 \x01(\t\x12\x18\n\x10include_inactive\x18\x02 \x01(\x08\":\n\x12ListAgentsResponse\x12$\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x14.strata.v1.AgentInfo\"\xaf\x03\n\tAgentInfo\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04zone\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x05 \x01(\r\x12\x11\n\tin_flight\x18\x06 \x01(\r\x12\x13\n\x0blease_epoch\x18\x07 \x01(\x04\x12\x31\n\rregistered_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11last_heartbeat_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x05state\x18\n \x01(\x0e\x32\x15.strata.v1.AgentState\x12\x34\n\x10lease_expires_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x06labels\x18\x0c \x03(\x0b\x32 .strata.v1.AgentInfo.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\x92\x01\n\nAgentState\x12\x1b\n\x17\x41GENT_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41GENT_STATE_ACTIVE\x10\x01\x12\x18\n\x14\x41GENT_STATE_DRAINING\x10\x02\x12\x17\n\x13\x41GENT_STATE_EXPIRED\x10\x03\x12\x1c\n\x18\x41GENT_STATE_DEREGISTERED\x10\x04\x32\xc1\x02\n\rAgentRegistry\x12R\n\rRegisterAgent\x12\x1f.strata.v1.RegisterAgentRequest\x1a .strata.v1.RegisterAgentResponse\x12\x46\n\tHeartbeat\x12\x1b.strata.v1.HeartbeatRequest\x1a\x1c.strata.v1.HeartbeatResponse\x12I\n\nDeregister\x12\x1c.strata.v1.DeregisterRequest\x1a\x1d.strata.v1.DeregisterResponse\x12I\n\nListAgents\x12\x1c.strata.v1.ListAgentsRequest\x1a\x1d.strata.v1.ListAgentsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1estrata/v1/agent_registry.proto\x12\tstrata.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc5\x01\n\x14RegisterAgentRequest\x12\x0c\n\x04zone\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x02 \x01(\r\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x10\n\x08hostname\x18\x04 \x01(\t\x12;\n\x06labels\x18\x05 \x03(\x0b\x32+.strata.v1.RegisterAgentRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x89\x03\n\x15RegisterAgentResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x13\n\x0blease_epoch\x18\x02 \x01(\x04\x12\x35\n\x12heartbeat_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\tlease_ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0bready_topic\x18\x05 \x01(\t\x12\x15\n\rresults_topic\x18\x06 \x01(\t\x12\x16\n\x0e\x63onsumer_group\x18\x07 \x01(\t\x12\x19\n\x11\x62ootstrap_servers\x18\x08 \x03(\t\x12\x34\n\x11\x65xecution_timeout\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\x12result_signing_key\x18\n \x01(\x0c\x12\x19\n\x11topics_generation\x18\x0b \x01(\x04\x12\x18\n\x10ready_verify_key\x18\x0c \x01(\x0c\"\x8f\x01\n\x0fInFlightAttempt\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x11\n\tobject_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x16\n\x0e\x64ispatch_epoch\x18\x04 \x01(\x04\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"z\n\x10HeartbeatRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x13\n\x0blease_epoch\x18\x02 \x01(\x04\x12-\n\tin_flight\x18\x03 \x03(\x0b\x32\x1a.strata.v1.InFlightAttempt\x12\x10\n\x08\x64raining\x18\x04 \x01(\x08\"\xd7\x01\n\x11HeartbeatResponse\x12\x34\n\x10lease_expires_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x64rain\x18\x02 \x01(\x08\x12+\n\x07\x61\x62\x61ndon\x18\x03 \x03(\x0b\x32\x1a.strata.v1.InFlightAttempt\x12\x35\n\x12heartbeat_interval\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x19\n\x11topics_generation\x18\x05 \x01(\x04\"J\n\x11\x44\x65registerRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x13\n\x0blease_epoch\x18\x02 \x01(\x04\x12\x0e\n\x06reason\x18\x03 \x01(\t\"/\n\x12\x44\x65registerResponse\x12\x19\n\x11handed_back_count\x18\x01 \x01(\r\";\n\x11ListAgentsRequest\x12\x0c\n\x04zone\x18\x01 \x01(\t\x12\x18\n\x10include_inactive\x18\x02 \x01(\x08\":\n\x12ListAgentsResponse\x12$\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x14.strata.v1.AgentInfo\"\xaf\x03\n\tAgentInfo\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04zone\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x05 \x01(\r\x12\x11\n\tin_flight\x18\x06 \x01(\r\x12\x13\n\x0blease_epoch\x18\x07 \x01(\x04\x12\x31\n\rregistered_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11last_heartbeat_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x05state\x18\n \x01(\x0e\x32\x15.strata.v1.AgentState\x12\x34\n\x10lease_expires_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x06labels\x18\x0c \x03(\x0b\x32 .strata.v1.AgentInfo.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\x92\x01\n\nAgentState\x12\x1b\n\x17\x41GENT_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41GENT_STATE_ACTIVE\x10\x01\x12\x18\n\x14\x41GENT_STATE_DRAINING\x10\x02\x12\x17\n\x13\x41GENT_STATE_EXPIRED\x10\x03\x12\x1c\n\x18\x41GENT_STATE_DEREGISTERED\x10\x04\x32\xc1\x02\n\rAgentRegistry\x12R\n\rRegisterAgent\x12\x1f.strata.v1.RegisterAgentRequest\x1a .strata.v1.RegisterAgentResponse\x12\x46\n\tHeartbeat\x12\x1b.strata.v1.HeartbeatRequest\x1a\x1c.strata.v1.HeartbeatResponse\x12I\n\nDeregister\x12\x1c.strata.v1.DeregisterRequest\x1a\x1d.strata.v1.DeregisterResponse\x12I\n\nListAgents\x12\x1c.strata.v1.ListAgentsRequest\x1a\x1d.strata.v1.ListAgentsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,32 +37,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERAGENTREQUEST_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_AGENTINFO_LABELSENTRY']._loaded_options = None
   _globals['_AGENTINFO_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_AGENTSTATE']._serialized_start=1849
-  _globals['_AGENTSTATE']._serialized_end=1995
+  _globals['_AGENTSTATE']._serialized_start=1875
+  _globals['_AGENTSTATE']._serialized_end=2021
   _globals['_REGISTERAGENTREQUEST']._serialized_start=111
   _globals['_REGISTERAGENTREQUEST']._serialized_end=308
   _globals['_REGISTERAGENTREQUEST_LABELSENTRY']._serialized_start=263
   _globals['_REGISTERAGENTREQUEST_LABELSENTRY']._serialized_end=308
   _globals['_REGISTERAGENTRESPONSE']._serialized_start=311
-  _globals['_REGISTERAGENTRESPONSE']._serialized_end=678
-  _globals['_INFLIGHTATTEMPT']._serialized_start=681
-  _globals['_INFLIGHTATTEMPT']._serialized_end=824
-  _globals['_HEARTBEATREQUEST']._serialized_start=826
-  _globals['_HEARTBEATREQUEST']._serialized_end=948
-  _globals['_HEARTBEATRESPONSE']._serialized_start=951
-  _globals['_HEARTBEATRESPONSE']._serialized_end=1166
-  _globals['_DEREGISTERREQUEST']._serialized_start=1168
-  _globals['_DEREGISTERREQUEST']._serialized_end=1242
-  _globals['_DEREGISTERRESPONSE']._serialized_start=1244
-  _globals['_DEREGISTERRESPONSE']._serialized_end=1291
-  _globals['_LISTAGENTSREQUEST']._serialized_start=1293
-  _globals['_LISTAGENTSREQUEST']._serialized_end=1352
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=1354
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=1412
-  _globals['_AGENTINFO']._serialized_start=1415
-  _globals['_AGENTINFO']._serialized_end=1846
+  _globals['_REGISTERAGENTRESPONSE']._serialized_end=704
+  _globals['_INFLIGHTATTEMPT']._serialized_start=707
+  _globals['_INFLIGHTATTEMPT']._serialized_end=850
+  _globals['_HEARTBEATREQUEST']._serialized_start=852
+  _globals['_HEARTBEATREQUEST']._serialized_end=974
+  _globals['_HEARTBEATRESPONSE']._serialized_start=977
+  _globals['_HEARTBEATRESPONSE']._serialized_end=1192
+  _globals['_DEREGISTERREQUEST']._serialized_start=1194
+  _globals['_DEREGISTERREQUEST']._serialized_end=1268
+  _globals['_DEREGISTERRESPONSE']._serialized_start=1270
+  _globals['_DEREGISTERRESPONSE']._serialized_end=1317
+  _globals['_LISTAGENTSREQUEST']._serialized_start=1319
+  _globals['_LISTAGENTSREQUEST']._serialized_end=1378
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=1380
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=1438
+  _globals['_AGENTINFO']._serialized_start=1441
+  _globals['_AGENTINFO']._serialized_end=1872
   _globals['_AGENTINFO_LABELSENTRY']._serialized_start=263
   _globals['_AGENTINFO_LABELSENTRY']._serialized_end=308
-  _globals['_AGENTREGISTRY']._serialized_start=1998
-  _globals['_AGENTREGISTRY']._serialized_end=2319
+  _globals['_AGENTREGISTRY']._serialized_start=2024
+  _globals['_AGENTREGISTRY']._serialized_end=2345
 # @@protoc_insertion_point(module_scope)

@@ -46,7 +46,7 @@ class RegisterAgentRequest(_message.Message):
     def __init__(self, zone: _Optional[str] = ..., capacity: _Optional[int] = ..., version: _Optional[str] = ..., hostname: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class RegisterAgentResponse(_message.Message):
-    __slots__ = ("agent_id", "lease_epoch", "heartbeat_interval", "lease_ttl", "ready_topic", "results_topic", "consumer_group", "bootstrap_servers", "execution_timeout", "result_signing_key", "topics_generation")
+    __slots__ = ("agent_id", "lease_epoch", "heartbeat_interval", "lease_ttl", "ready_topic", "results_topic", "consumer_group", "bootstrap_servers", "execution_timeout", "result_signing_key", "topics_generation", "ready_verify_key")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_EPOCH_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +58,7 @@ class RegisterAgentResponse(_message.Message):
     EXECUTION_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     RESULT_SIGNING_KEY_FIELD_NUMBER: _ClassVar[int]
     TOPICS_GENERATION_FIELD_NUMBER: _ClassVar[int]
+    READY_VERIFY_KEY_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     lease_epoch: int
     heartbeat_interval: _duration_pb2.Duration
@@ -69,7 +70,8 @@ class RegisterAgentResponse(_message.Message):
     execution_timeout: _duration_pb2.Duration
     result_signing_key: bytes
     topics_generation: int
-    def __init__(self, agent_id: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., ready_topic: _Optional[str] = ..., results_topic: _Optional[str] = ..., consumer_group: _Optional[str] = ..., bootstrap_servers: _Optional[_Iterable[str]] = ..., execution_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., result_signing_key: _Optional[bytes] = ..., topics_generation: _Optional[int] = ...) -> None: ...
+    ready_verify_key: bytes
+    def __init__(self, agent_id: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., ready_topic: _Optional[str] = ..., results_topic: _Optional[str] = ..., consumer_group: _Optional[str] = ..., bootstrap_servers: _Optional[_Iterable[str]] = ..., execution_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., result_signing_key: _Optional[bytes] = ..., topics_generation: _Optional[int] = ..., ready_verify_key: _Optional[bytes] = ...) -> None: ...
 
 class InFlightAttempt(_message.Message):
     __slots__ = ("batch_id", "object_id", "attempt", "dispatch_epoch", "started_at")

@@ -12,7 +12,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ObjectReady(_message.Message):
-    __slots__ = ("batch_id", "object_id", "zone", "attempt", "max_attempts", "dispatch_epoch", "object", "released_at", "execution_timeout", "trace")
+    __slots__ = ("batch_id", "object_id", "zone", "attempt", "max_attempts", "dispatch_epoch", "object", "released_at", "execution_timeout", "trace", "signature")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     ZONE_FIELD_NUMBER: _ClassVar[int]
@@ -23,6 +23,7 @@ class ObjectReady(_message.Message):
     RELEASED_AT_FIELD_NUMBER: _ClassVar[int]
     EXECUTION_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     TRACE_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     batch_id: str
     object_id: str
     zone: str
@@ -33,7 +34,8 @@ class ObjectReady(_message.Message):
     released_at: _timestamp_pb2.Timestamp
     execution_timeout: _duration_pb2.Duration
     trace: _common_pb2.TraceContext
-    def __init__(self, batch_id: _Optional[str] = ..., object_id: _Optional[str] = ..., zone: _Optional[str] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., dispatch_epoch: _Optional[int] = ..., object: _Optional[_Union[_common_pb2.ObjectDefinition, _Mapping]] = ..., released_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., execution_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., trace: _Optional[_Union[_common_pb2.TraceContext, _Mapping]] = ...) -> None: ...
+    signature: bytes
+    def __init__(self, batch_id: _Optional[str] = ..., object_id: _Optional[str] = ..., zone: _Optional[str] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., dispatch_epoch: _Optional[int] = ..., object: _Optional[_Union[_common_pb2.ObjectDefinition, _Mapping]] = ..., released_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., execution_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., trace: _Optional[_Union[_common_pb2.TraceContext, _Mapping]] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class ObjectStarted(_message.Message):
     __slots__ = ("batch_id", "object_id", "zone", "attempt", "dispatch_epoch", "agent_id", "agent_lease_epoch", "started_at", "signature")
