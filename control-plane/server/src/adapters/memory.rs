@@ -249,6 +249,15 @@ struct StoredEntry {
     nodes: BTreeMap<u32, NodeRecord>,
 }
 
+/// The Ready signing seed: a secret, so its `Debug` never shows it.
+struct Seed([u8; 32]);
+
+impl std::fmt::Debug for Seed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Seed(<redacted>)")
+    }
+}
+
 #[derive(Debug, Default)]
 struct StoreInner {
     batches: HashMap<String, StoredEntry>,
@@ -265,7 +274,7 @@ struct StoreInner {
     agents: BTreeMap<String, Agent>,
     next_agent_epoch: u64,
     /// The Ready signing seed, once created.
-    ready_seed: Option<[u8; 32]>,
+    ready_seed: Option<Seed>,
 }
 
 impl MemoryStore {
@@ -456,7 +465,7 @@ impl StateStore for MemoryStore {
     }
 
     async fn ready_signing_seed(&self, candidate: [u8; 32]) -> PortResult<[u8; 32]> {
-        Ok(*self.lock().ready_seed.get_or_insert(candidate))
+        Ok(self.lock().ready_seed.get_or_insert(Seed(candidate)).0)
     }
 
     async fn ping(&self) -> PortResult<()> {
