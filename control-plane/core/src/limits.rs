@@ -26,7 +26,8 @@ pub struct ObjectLimits {
 }
 
 /// Largest object by default: half of Kafka's default message limit (1 MiB), leaving room for the
-/// Ready record's other fields and the record's headers.
+/// Ready record's other fields (ids, epochs, timeout, trace context, its 64-byte signature) and
+/// the record's headers.
 pub const DEFAULT_OBJECT_BYTES: usize = 512 * 1024;
 
 impl Default for ObjectLimits {
