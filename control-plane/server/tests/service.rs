@@ -1267,6 +1267,72 @@ async fn get_object_says_why_an_object_is_blocked() {
     assert!(unknown.message().contains("b-nope"));
 }
 
+/// When results and queries both wait, the results are applied first: a flood of reads cannot
+/// hold up what the agents report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_are_applied_before_the_queries_waiting_with_them() {
+    let mut plane = start().await;
+    let mut ready = plane
+        .data
+        .subscribe_ready(&Zone::parse("raw").expect("zone"));
+    submit(
+        &mut plane.client,
+        "priority",
+        objects(vec![object("1001", &[])]),
+        None,
+    )
+    .await
+    .expect("submitted");
+    let first = t(ready.recv()).await.expect("ready");
+    let applied = counters(&plane.handle).await.applied;
+    // Hold the driver in a read until the result and 50 reads wait together.
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let blocker = tokio::spawn({
+        let handle = plane.handle.clone();
+        async move {
+            handle
+                .read(move |_| {
+                    let _ = held.recv_timeout(Duration::from_secs(20));
+                })
+                .await
+        }
+    });
+    t(async {
+        while plane.handle.queries_waiting() > 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    plane
+        .data
+        .send_result(pb::ObjectResult {
+            result: Some(object_result::Result::Loaded(loaded(&first, "agent-x"))),
+        })
+        .await;
+    let reads: Vec<_> = (0..50)
+        .map(|_| {
+            let handle = plane.handle.clone();
+            tokio::spawn(async move { handle.read(|s| s.counters().applied).await })
+        })
+        .collect();
+    t(async {
+        while plane.data.results_waiting() < 1 || plane.handle.queries_waiting() < 50 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    release.send(()).expect("the driver holds the read");
+    t(blocker).await.expect("joined").expect("read");
+    for read in reads {
+        let seen = t(read).await.expect("joined").expect("read");
+        assert_eq!(
+            seen,
+            applied + 1,
+            "a query that waited with a result was served before it"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_and_stale_results_change_nothing_and_are_counted() {
     let mut plane = start().await;
