@@ -482,6 +482,24 @@ pub fn control_plane_binary() -> anyhow::Result<PathBuf> {
     )
 }
 
+/// `strata-control-plane --print-config` with `args` and `env` (nothing else in its
+/// environment): its stdout, or an error with its stderr.
+pub fn print_config(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<String> {
+    let out = Command::new(control_plane_binary()?)
+        .arg("--print-config")
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "--print-config failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
 /// Spawns the binary on `port` and waits (bounded) until a `GetBatch` for an unknown id is
 /// answered `NOT_FOUND` (or the process exits, which is an error with its log tail). With `tls`,
 /// the probe speaks TLS and trusts its CA.

@@ -29,8 +29,9 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
 /// `command` as a shell would read it, secrets masked: the values of environment variables
-/// whose name says PASSWORD, SECRET or TOKEN, and whatever follows `password=` in an argument
-/// (up to `,` or `]`), so that a log never shows the credentials a test hands a server.
+/// whose name says PASSWORD, SECRET or TOKEN, whatever follows `password=` in an argument (up
+/// to `,` or `]`), and the password of a URL (`redis://user:***@host`), so that a log never
+/// shows the credentials a test hands a server.
 pub fn describe(command: &Command) -> String {
     let mut shown = String::new();
     if let Some(dir) = command.get_current_dir() {
@@ -49,7 +50,7 @@ pub fn describe(command: &Command) -> String {
             {
                 "***".to_owned()
             }
-            Some(v) => v.to_string_lossy().into_owned(),
+            Some(v) => mask_url_password(&v.to_string_lossy()),
         };
         shown.push_str(&format!(" {key}={value:?}"));
     }
@@ -57,10 +58,25 @@ pub fn describe(command: &Command) -> String {
     for arg in command.get_args() {
         shown.push_str(&format!(
             " {:?}",
-            mask_password_values(&arg.to_string_lossy())
+            mask_url_password(&mask_password_values(&arg.to_string_lossy()))
         ));
     }
     shown
+}
+
+/// `scheme://user:secret@host…` → `scheme://user:***@host…` (the credentials end at the last
+/// `@`: a password may hold one).
+fn mask_url_password(arg: &str) -> String {
+    let Some(scheme_end) = arg.find("://").map(|i| i + 3) else {
+        return arg.to_owned();
+    };
+    let Some(at) = arg[scheme_end..].rfind('@').map(|i| scheme_end + i) else {
+        return arg.to_owned();
+    };
+    match arg[scheme_end..at].find(':') {
+        Some(colon) => format!("{}***{}", &arg[..scheme_end + colon + 1], &arg[at..]),
+        None => arg.to_owned(),
+    }
 }
 
 /// `…password=secret,…` → `…password=***,…` (every occurrence, any case).
@@ -252,6 +268,15 @@ mod tests {
         assert!(shown.contains("[name=strata,password=***]"), "{shown}");
         assert!(shown.contains("STRATA_LOG=\"info\""), "{shown}");
         assert_eq!(mask_password_values("a=b"), "a=b");
+        assert_eq!(
+            mask_url_password("rediss://strata:p@ss:w/rd@127.0.0.1:6379/#insecure"),
+            "rediss://strata:***@127.0.0.1:6379/#insecure"
+        );
+        assert_eq!(
+            mask_url_password("redis://127.0.0.1:1/"),
+            "redis://127.0.0.1:1/"
+        );
+        assert_eq!(mask_url_password("http://user@host/"), "http://user@host/");
         assert_eq!(mask_password_values("PASSWORD=x,y=z"), "PASSWORD=***,y=z");
     }
 }

@@ -28,6 +28,8 @@ pub struct RedisServer {
     port: u16,
     /// TLS only (a self-signed certificate made with the `openssl` command in its dir).
     tls: bool,
+    /// The one ACL user (name, password) when the default user is off.
+    acl: Option<(String, String)>,
     process: Option<ServerProcess>,
     // Declared last: dropped after the process is dead.
     dir: TempDir,
@@ -36,17 +38,23 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts a server on a free port and waits (bounded) until it answers `PING`.
     pub async fn start() -> anyhow::Result<Self> {
-        Self::start_with(false).await
+        Self::start_with(false, None).await
     }
 
     /// Like [`RedisServer::start`], but it speaks TLS only, with a self-signed certificate made
     /// by the `openssl` command; [`RedisServer::url`] is then `rediss://…/#insecure` (clients do
     /// not verify the certificate).
     pub async fn start_tls() -> anyhow::Result<Self> {
-        Self::start_with(true).await
+        Self::start_with(true, None).await
     }
 
-    async fn start_with(tls: bool) -> anyhow::Result<Self> {
+    /// Like [`RedisServer::start_tls`], with the default user off and one ACL user, `user` with
+    /// `password`, allowed every key and command: [`RedisServer::url`] then carries them.
+    pub async fn start_secured(user: &str, password: &str) -> anyhow::Result<Self> {
+        Self::start_with(true, Some((user.to_owned(), password.to_owned()))).await
+    }
+
+    async fn start_with(tls: bool, acl: Option<(String, String)>) -> anyhow::Result<Self> {
         let bin = redis_server_binary()?;
         let dir = temp_dir("redis")?;
         if tls {
@@ -55,12 +63,13 @@ impl RedisServer {
         let mut last_error = None;
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port()?;
-            match spawn_ready(&bin, port, dir.path(), tls).await {
+            match spawn_ready(&bin, port, dir.path(), tls, acl.as_ref()).await {
                 Ok(process) => {
                     return Ok(Self {
                         bin,
                         port,
                         tls,
+                        acl,
                         process: Some(process),
                         dir,
                     });
@@ -79,9 +88,21 @@ impl RedisServer {
         self.port
     }
 
-    /// `redis://127.0.0.1:PORT/` (`rediss://127.0.0.1:PORT/#insecure` over TLS).
+    /// `redis://127.0.0.1:PORT/` (`rediss://127.0.0.1:PORT/#insecure` over TLS), with the ACL
+    /// user's name and password when it has one.
     pub fn url(&self) -> String {
-        url(self.port, self.tls)
+        url(self.port, self.tls, self.acl.as_ref())
+    }
+
+    /// [`RedisServer::url`] without `#insecure`: a client verifies the server's certificate
+    /// (against [`RedisServer::ca_file`], e.g. through OpenSSL's `SSL_CERT_FILE`).
+    pub fn verified_url(&self) -> String {
+        self.url().trim_end_matches("#insecure").to_owned()
+    }
+
+    /// The self-signed certificate of a TLS server (for `127.0.0.1`): its own CA.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("cert.pem")
     }
 
     /// The server's temp dir (holds `redis.log`).
@@ -113,7 +134,16 @@ impl RedisServer {
     /// Starts a new server on the same port after [`Self::stop`] and waits until it answers.
     pub async fn start_again(&mut self) -> anyhow::Result<()> {
         self.stop();
-        self.process = Some(spawn_ready(&self.bin, self.port, self.dir.path(), self.tls).await?);
+        self.process = Some(
+            spawn_ready(
+                &self.bin,
+                self.port,
+                self.dir.path(),
+                self.tls,
+                self.acl.as_ref(),
+            )
+            .await?,
+        );
         Ok(())
     }
 }
@@ -130,11 +160,14 @@ pub fn redis_server_binary() -> anyhow::Result<PathBuf> {
     )
 }
 
-fn url(port: u16, tls: bool) -> String {
+fn url(port: u16, tls: bool, acl: Option<&(String, String)>) -> String {
+    let credentials = acl.map_or_else(String::new, |(user, password)| {
+        format!("{user}:{password}@")
+    });
     if tls {
-        format!("rediss://127.0.0.1:{port}/#insecure")
+        format!("rediss://{credentials}127.0.0.1:{port}/#insecure")
     } else {
-        format!("redis://127.0.0.1:{port}/")
+        format!("redis://{credentials}127.0.0.1:{port}/")
     }
 }
 
@@ -147,6 +180,8 @@ fn self_signed_certificate(dir: &Path) -> anyhow::Result<()> {
         .args([
             "-subj",
             "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
             "-keyout",
             "key.pem",
             "-out",
@@ -171,6 +206,7 @@ async fn spawn_ready(
     port: u16,
     dir: &Path,
     tls: bool,
+    acl: Option<&(String, String)>,
 ) -> anyhow::Result<ServerProcess> {
     let port_arg = port.to_string();
     let mut command = Command::new(bin);
@@ -189,6 +225,13 @@ async fn spawn_ready(
     } else {
         command.args(["--port", &port_arg, "--bind", "127.0.0.1"]);
     }
+    if let Some((user, password)) = acl {
+        // One argument per word: redis-server joins an option's arguments into one config line.
+        command
+            .args(["--user", "default", "off", "--user", user, "on"])
+            .arg(format!(">{password}"))
+            .args(["~*", "&*", "+@all"]);
+    }
     command
         .args(["--save", "", "--appendonly", "no"])
         .args(["--daemonize", "no", "--logfile", ""])
@@ -196,7 +239,7 @@ async fn spawn_ready(
         .arg(dir)
         .current_dir(dir);
     let mut process = ServerProcess::spawn("redis-server", command, &dir.join("redis.log"))?;
-    let url = url(port, tls);
+    let url = url(port, tls, acl);
     let started = Instant::now();
     loop {
         if let Some(status) = process.exit_status()? {

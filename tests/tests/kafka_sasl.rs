@@ -16,7 +16,6 @@
 //! (`./tests/run.sh` provisions it). Each test starts a private broker (the shared one of a run
 //! has no SASL listener).
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
@@ -29,7 +28,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use strata_proto::v1::orchestrator_client::OrchestratorClient;
 use strata_proto::v1::{self as pb};
 use strata_runtime::kafka_config::{self, ClientSettings};
-use strata_tests::control_plane::{ControlPlane, control_plane_binary};
+use strata_tests::control_plane::{ControlPlane, print_config};
 use strata_tests::kafka::{consumer_config, producer_config};
 use strata_tests::kafka_sasl::SaslListener;
 use strata_tests::worker_agent::{WorkerAgent, http_get};
@@ -198,24 +197,6 @@ async fn the_sasl_ssl_listener_takes_its_user_and_refuses_everyone_else() -> any
     let (answer, _) = metadata(admin_config(&kafka.bootstrap(), &[])).await?;
     ensure!(answer == Ok(1), "plaintext listener: {answer:?}");
     Ok(())
-}
-
-/// `strata-control-plane --print-config` with `args` and `env` (nothing else in its
-/// environment): its stdout, or an error with its stderr.
-fn print_config(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<String> {
-    let out = Command::new(control_plane_binary()?)
-        .arg("--print-config")
-        .args(args)
-        .env_clear()
-        .envs(env.iter().copied())
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "--print-config failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?)
 }
 
 /// `n` raw objects without parents.

@@ -23,7 +23,11 @@ fn main() -> ExitCode {
         eprintln!("strata-worker-agent: kafka: {e}");
         return ExitCode::from(2);
     }
-    logs::init("info", std::io::stdout);
+    logs::init(
+        "info",
+        std::io::stdout,
+        std::io::IsTerminal::is_terminal(&std::io::stdout()),
+    );
     let runtime = match executor::build() {
         Ok(r) => r,
         Err(e) => {

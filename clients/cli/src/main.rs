@@ -273,7 +273,11 @@ impl From<ClientError> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logs::init("warn", std::io::stderr);
+    logs::init(
+        "warn",
+        std::io::stderr,
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    );
     let runtime = match executor::build() {
         Ok(r) => r,
         Err(e) => {

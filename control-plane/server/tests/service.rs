@@ -49,6 +49,8 @@ async fn t<F: Future>(f: F) -> F::Output {
 struct Plane {
     client: OrchestratorClient<Channel>,
     channel: Channel,
+    /// `http://127.0.0.1:PORT`, for a client on a connection of its own.
+    endpoint: String,
     data: Arc<MemoryDataPlane>,
     handle: Handle,
     stop: Option<(oneshot::Sender<()>, oneshot::Sender<()>)>,
@@ -128,6 +130,7 @@ async fn start_driven(
     Plane {
         client: OrchestratorClient::new(channel.clone()),
         channel,
+        endpoint: format!("http://{addr}"),
         data,
         handle,
         stop: Some((stop_server, stop_driver)),
@@ -1265,6 +1268,72 @@ async fn get_object_says_why_an_object_is_blocked() {
     assert!(unknown.message().contains("b-nope"));
 }
 
+/// When results and queries both wait, the results are applied first: a flood of reads cannot
+/// hold up what the agents report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_are_applied_before_the_queries_waiting_with_them() {
+    let mut plane = start().await;
+    let mut ready = plane
+        .data
+        .subscribe_ready(&Zone::parse("raw").expect("zone"));
+    submit(
+        &mut plane.client,
+        "priority",
+        objects(vec![object("1001", &[])]),
+        None,
+    )
+    .await
+    .expect("submitted");
+    let first = t(ready.recv()).await.expect("ready");
+    let applied = counters(&plane.handle).await.applied;
+    // Hold the driver in a read until the result and 50 reads wait together.
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let blocker = tokio::spawn({
+        let handle = plane.handle.clone();
+        async move {
+            handle
+                .read(move |_| {
+                    let _ = held.recv_timeout(Duration::from_secs(20));
+                })
+                .await
+        }
+    });
+    t(async {
+        while plane.handle.queries_waiting() > 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    plane
+        .data
+        .send_result(pb::ObjectResult {
+            result: Some(object_result::Result::Loaded(loaded(&first, "agent-x"))),
+        })
+        .await;
+    let reads: Vec<_> = (0..50)
+        .map(|_| {
+            let handle = plane.handle.clone();
+            tokio::spawn(async move { handle.read(|s| s.counters().applied).await })
+        })
+        .collect();
+    t(async {
+        while plane.data.results_waiting() < 1 || plane.handle.queries_waiting() < 50 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    release.send(()).expect("the driver holds the read");
+    t(blocker).await.expect("joined").expect("read");
+    for read in reads {
+        let seen = t(read).await.expect("joined").expect("read");
+        assert_eq!(
+            seen,
+            applied + 1,
+            "a query that waited with a result was served before it"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_and_stale_results_change_nothing_and_are_counted() {
     let mut plane = start().await;
@@ -1905,6 +1974,77 @@ async fn a_principal_over_its_quotas_gets_resource_exhausted_with_a_retry_hint()
         })
         .await
         .expect("served after the hinted wait");
+}
+
+/// A flood of `WatchBatch` calls on one connection: the flooding principal gets no more than its
+/// quota of streams, every other call is refused (or the server ends the flooding connection: a
+/// call refused before its request is read ends in a stream reset, and h2 answers a client that
+/// causes more than 1,024 of them with `GOAWAY ENHANCE_YOUR_CALM`), and the batch runs to the end
+/// meanwhile, as a watcher on another connection sees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_watch_streams_on_one_connection_leave_the_batch_running() {
+    use strata_control_plane::quota::QuotaSettings;
+    let mut plane = start().await;
+    let agents = agents(&plane.data, false, |_, _| Answer::Load);
+    let r = submit(&mut plane.client, "flood", catalogue(SAMPLE), None)
+        .await
+        .expect("submitted");
+    let mut other = OrchestratorClient::new(
+        t(Channel::from_shared(plane.endpoint.clone())
+            .expect("uri")
+            .connect())
+        .await
+        .expect("a second connection"),
+    );
+    let mut watcher = Watch::open(&mut other, &r.batch_id).await;
+    let calls = (0..10_000).map(|_| {
+        let mut client = plane.client.clone();
+        let batch_id = r.batch_id.clone();
+        async move {
+            client
+                .watch_batch(pb::WatchBatchRequest { batch_id })
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    });
+    let replies = t(futures::future::join_all(calls)).await;
+    let (mut open, mut refused, mut cut) = (0, 0, 0);
+    for reply in &replies {
+        match reply {
+            Ok(_) => open += 1,
+            Err(e) if e.message().contains("WatchBatch streams, its limit") => {
+                assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+                refused += 1;
+            }
+            // The server ended the flooding connection (GOAWAY): the calls still on it fail.
+            Err(e) => {
+                assert!(
+                    matches!(
+                        e.code(),
+                        Code::ResourceExhausted
+                            | Code::Cancelled
+                            | Code::Unknown
+                            | Code::Unavailable
+                    ) && (e.message().contains("h2 protocol error")
+                        || e.message().contains("transport error")
+                        || e.message().contains("canceled")),
+                    "{e:?}"
+                );
+                cut += 1;
+            }
+        }
+    }
+    eprintln!(
+        "10,000 WatchBatch calls on one connection: {open} open, {refused} refused by the quota, {cut} on the connection the server ended"
+    );
+    assert!(
+        open < QuotaSettings::default().watch_streams_per_principal,
+        "{open} streams opened beside the watcher: over the principal's quota"
+    );
+    assert!(refused > 0, "no call was refused by the quota");
+    drop(replies);
+    agents.open();
+    assert_eq!(watcher.until_end().await, pb::BatchState::Succeeded);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

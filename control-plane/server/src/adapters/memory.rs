@@ -106,6 +106,11 @@ impl MemoryDataPlane {
         self.results.publish(key.as_bytes(), result);
     }
 
+    /// Results handed to the driver's subscription and not taken by it yet.
+    pub fn results_waiting(&self) -> usize {
+        self.results_tx.max_capacity() - self.results_tx.capacity()
+    }
+
     /// Every dead letter produced so far.
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
         self.dead_letters.lock().expect("dlq poisoned").clone()

@@ -26,7 +26,6 @@ pub(super) enum Command {
         event: Event,
         reply: oneshot::Sender<Result<Outcome, DriverError>>,
     },
-    Read(ReadFn),
     Mutate(MutateFn, oneshot::Sender<Result<(), DriverError>>),
 }
 
@@ -35,7 +34,6 @@ impl std::fmt::Debug for Command {
         f.write_str(match self {
             Command::Submit(..) => "Submit",
             Command::Event { .. } => "Event",
-            Command::Read(_) => "Read",
             Command::Mutate(..) => "Mutate",
         })
     }
@@ -54,6 +52,8 @@ pub struct SubmitOutcome {
 #[derive(Debug, Clone)]
 pub struct Handle {
     pub(super) tx: mpsc::Sender<Command>,
+    /// Reads, served after results when both wait (a flood of queries must not delay results).
+    pub(super) queries: mpsc::Sender<ReadFn>,
 }
 
 impl Handle {
@@ -128,10 +128,12 @@ impl Handle {
         f: impl FnOnce(&DriverState) -> T + Send + 'static,
     ) -> Result<T, DriverError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Read(Box::new(move |s| {
-            let _ = reply.send(f(s));
-        })))
-        .await?;
+        self.queries
+            .send(Box::new(move |s| {
+                let _ = reply.send(f(s));
+            }))
+            .await
+            .map_err(|_| DriverError::ShuttingDown)?;
         rx.await.map_err(|_| DriverError::ShuttingDown)
     }
 
@@ -152,6 +154,11 @@ impl Handle {
         .await?;
         rx.await.map_err(|_| DriverError::ShuttingDown)??;
         out_rx.await.map_err(|_| DriverError::ShuttingDown)
+    }
+
+    /// Reads sent and not yet served by the driver.
+    pub fn queries_waiting(&self) -> usize {
+        self.queries.max_capacity() - self.queries.capacity()
     }
 
     async fn send(&self, cmd: Command) -> Result<(), DriverError> {

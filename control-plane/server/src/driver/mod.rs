@@ -1,7 +1,8 @@
 //! The driver: the one owner of every running batch's state machine.
 //!
-//! It receives commands (submit, cancel, retry-now, replay, reads) from the gRPC service through a
-//! cheap-clone [`Handle`], results from the data plane, and due retries from the store; feeds them
+//! It receives commands (submit, cancel, retry-now, replay, agent leases) and reads from the gRPC
+//! service through a cheap-clone [`Handle`] (reads wait while results do: a flood of queries
+//! cannot delay results), results from the data plane, and due retries from the store; feeds them
 //! to the pure [`BatchMachine`]s; and performs the effects in a fixed order per step:
 //!
 //! 1. persist every changed node record, batch head, scheduled retry, dead letter and load time
@@ -85,6 +86,8 @@ pub struct Driver<D, S> {
     settings: DriverSettings,
     state: DriverState,
     commands: mpsc::Receiver<Command>,
+    /// Reads from the handle: served after results ([`Handle`]).
+    queries: mpsc::Receiver<handle::ReadFn>,
     /// Ready records not yet delivered (the broker was down or a topic was missing).
     undelivered: Vec<ReadyRecord>,
     /// When the undelivered records are tried next, and the wait after a failure (doubling from
@@ -115,6 +118,7 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
     pub fn new(data: Arc<D>, store: Arc<S>, settings: DriverSettings) -> (Self, Handle) {
         let lease_ttl = settings.lease_ttl;
         let (tx, commands) = mpsc::channel(1024);
+        let (queries_tx, queries) = mpsc::channel(1024);
         let (published_tx, published_rx) = mpsc::unbounded_channel();
         let seed = settings.seed.unwrap_or_else(|| {
             SystemTime::now()
@@ -137,6 +141,7 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                     clock,
                 },
                 commands,
+                queries,
                 undelivered: Vec::new(),
                 redeliver_at: tokio::time::Instant::now(),
                 redeliver_backoff: Duration::ZERO,
@@ -149,7 +154,10 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                 rejections_log: Default::default(),
                 traces: crate::telemetry::DriverTraces::from_installed(),
             },
-            Handle { tx },
+            Handle {
+                tx,
+                queries: queries_tx,
+            },
         )
     }
 }

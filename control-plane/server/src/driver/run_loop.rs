@@ -71,7 +71,14 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                         }
                     }
                     self.results(records).await;
+                    // Queries wait while results come, but each batch of results lets one
+                    // through, so a steady stream of results cannot starve them.
+                    if let Ok(query) = self.queries.try_recv() {
+                        query(&self.state);
+                    }
                 }
+                // Last: results are served before queries when both wait.
+                Some(query) = self.queries.recv() => query(&self.state),
             }
         }
         watcher.abort();
@@ -104,7 +111,6 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
 
     pub(super) async fn command(&mut self, cmd: Command) {
         match cmd {
-            Command::Read(f) => f(&self.state),
             Command::Mutate(f, reply) => {
                 let mut events = Vec::new();
                 f(&mut self.state, &mut events);
