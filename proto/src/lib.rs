@@ -52,6 +52,27 @@ pub mod kafka {
     /// Status topic `<prefix>.status`; key = batch id; value = `StatusChanged`.
     pub const STATUS_TOPIC: &str = "status";
 
+    /// Longest `ObjectFailed.error` in bytes: an agent cuts a longer one before signing it, and
+    /// the control plane cuts what it receives to the same length before keeping it.
+    pub const MAX_RESULT_ERROR_BYTES: usize = 4096;
+    /// Longest agent id a result may name, in bytes (the control plane's ids are far shorter);
+    /// a longer one is cut, so it names no lease.
+    pub const MAX_AGENT_ID_BYTES: usize = 128;
+
+    /// `text` cut to at most `max` bytes on a character boundary, ending with `…` when cut.
+    pub fn truncated(mut text: String, max: usize) -> String {
+        if text.len() <= max {
+            return text;
+        }
+        let mut end = max.saturating_sub('…'.len_utf8());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+        text
+    }
+
     /// `<prefix>.ready.<zone>`: where the Ready records of `zone` go.
     pub fn ready_topic(prefix: &str, zone: &str) -> String {
         format!("{prefix}.{READY_TOPIC}.{zone}")

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use strata_proto::kafka::{MAX_RESULT_ERROR_BYTES, truncated};
 use strata_proto::signing::ResultKey;
 use strata_proto::v1::{
     FailureReason, ObjectFailed, ObjectLoaded, ObjectReady, ObjectResult, ObjectStarted,
@@ -11,9 +12,6 @@ use strata_proto::v1::{
 };
 
 use crate::processor::Outcome;
-
-/// Longest error text sent in a result (events.proto: "may be truncated by the agent to 4 KiB").
-pub const MAX_ERROR_BYTES: usize = 4096;
 
 /// The lease an attempt runs under: echoed in every result, and the key that signs them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,7 +200,7 @@ fn failed(
         finished_at: Some(timestamp(end)),
         duration,
         retryable,
-        error: truncate(error, MAX_ERROR_BYTES),
+        error: truncated(error, MAX_RESULT_ERROR_BYTES),
         reason: reason as i32,
         signature: Vec::new(),
     }
@@ -214,20 +212,6 @@ pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
         seconds: t.timestamp(),
         nanos: t.timestamp_subsec_nanos() as i32,
     }
-}
-
-/// `s` cut to at most `max` bytes on a character boundary, marked when cut.
-fn truncate(mut s: String, max: usize) -> String {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max - '…'.len_utf8();
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s.truncate(end);
-    s.push('…');
-    s
 }
 
 #[cfg(test)]
@@ -295,10 +279,10 @@ mod tests {
 
     #[test]
     fn errors_are_cut_on_a_character_boundary() {
-        assert_eq!(truncate("short".into(), 10), "short");
-        let cut = truncate("é".repeat(3000), MAX_ERROR_BYTES);
+        assert_eq!(truncated("short".into(), 10), "short");
+        let cut = truncated("é".repeat(3000), MAX_RESULT_ERROR_BYTES);
         assert!(
-            cut.len() <= MAX_ERROR_BYTES && cut.ends_with('…'),
+            cut.len() <= MAX_RESULT_ERROR_BYTES && cut.ends_with('…'),
             "{}",
             cut.len()
         );

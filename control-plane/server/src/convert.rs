@@ -153,8 +153,13 @@ pub fn status_message(c: &StatusChange) -> pb::StatusChanged {
     }
 }
 
-/// An agent's result message as a report, with its seal; `None` when it carries no outcome.
+/// An agent's result message as a report, with its seal; `None` when it carries no outcome. The
+/// seal is taken from the message as sent; then the agent id and the error are cut to their
+/// bounds (`MAX_AGENT_ID_BYTES`, `MAX_RESULT_ERROR_BYTES`), so a record near the broker's size
+/// limit keeps kilobytes, not a megabyte, in the state and the logs.
 pub fn agent_report(result: pb::ObjectResult) -> Option<AgentReport> {
+    use strata_proto::kafka::{MAX_AGENT_ID_BYTES, MAX_RESULT_ERROR_BYTES, truncated};
+    let agent = |id: String| truncated(id, MAX_AGENT_ID_BYTES);
     let processed = |d: Option<prost_types::Duration>| d.and_then(|d| Duration::try_from(d).ok());
     let seal = {
         let (signature, lease_epoch) = signing::result_seal(&result)?;
@@ -168,7 +173,7 @@ pub fn agent_report(result: pb::ObjectResult) -> Option<AgentReport> {
         object_result::Result::Started(s) => AgentReport {
             batch_id: s.batch_id,
             object_id: s.object_id,
-            agent_id: s.agent_id,
+            agent_id: agent(s.agent_id),
             attempt: s.attempt,
             dispatch_epoch: s.dispatch_epoch,
             outcome: ReportOutcome::Started,
@@ -177,7 +182,7 @@ pub fn agent_report(result: pb::ObjectResult) -> Option<AgentReport> {
         object_result::Result::Loaded(l) => AgentReport {
             batch_id: l.batch_id,
             object_id: l.object_id,
-            agent_id: l.agent_id,
+            agent_id: agent(l.agent_id),
             attempt: l.attempt,
             dispatch_epoch: l.dispatch_epoch,
             outcome: ReportOutcome::Loaded {
@@ -188,13 +193,13 @@ pub fn agent_report(result: pb::ObjectResult) -> Option<AgentReport> {
         object_result::Result::Failed(f) => AgentReport {
             batch_id: f.batch_id,
             object_id: f.object_id,
-            agent_id: f.agent_id,
+            agent_id: agent(f.agent_id),
             attempt: f.attempt,
             dispatch_epoch: f.dispatch_epoch,
             outcome: ReportOutcome::Failed {
                 processed: processed(f.duration),
                 retryable: f.retryable,
-                error: f.error,
+                error: truncated(f.error, MAX_RESULT_ERROR_BYTES),
                 kind: failure_kind(f.reason),
             },
             seal,
@@ -356,5 +361,45 @@ pub fn object_defs(defs: Vec<pb::ObjectDefinition>) -> Result<Vec<ObjectDef>, Ve
         Ok(out)
     } else {
         Err(problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use strata_proto::kafka::{MAX_AGENT_ID_BYTES, MAX_RESULT_ERROR_BYTES};
+    use strata_proto::signing::{ResultKey, result_signed_text};
+
+    use super::*;
+    use crate::records::ReportOutcome;
+
+    /// A result near the broker's size limit: its error and agent id are cut to their bounds,
+    /// and the seal still covers what was sent (verification is over the record as signed).
+    #[test]
+    fn a_reports_agent_id_and_error_are_bounded_after_its_seal_is_taken() {
+        let mut result = pb::ObjectResult {
+            result: Some(object_result::Result::Failed(pb::ObjectFailed {
+                batch_id: "b-1".into(),
+                object_id: "1001".into(),
+                zone: "raw".into(),
+                agent_id: "a".repeat(10_000),
+                error: "line\n".repeat(200_000),
+                ..Default::default()
+            })),
+        };
+        let key = ResultKey::from_slice(&[3; 32]).expect("a key");
+        key.sign(&mut result);
+        let sent = result_signed_text(&result).expect("an outcome");
+        let report = agent_report(result).expect("a report");
+        assert!(
+            report.agent_id.len() <= MAX_AGENT_ID_BYTES,
+            "{}",
+            report.agent_id.len()
+        );
+        let ReportOutcome::Failed { error, .. } = &report.outcome else {
+            panic!("failed")
+        };
+        assert!(error.len() <= MAX_RESULT_ERROR_BYTES && error.ends_with('…'));
+        assert_eq!(report.seal.signed_text, sent);
+        assert!(key.verify(&report.seal.signed_text, &report.seal.signature));
     }
 }
