@@ -345,6 +345,21 @@ impl Target {
         AgentRegistryClient::new(self.channel.clone())
     }
 
+    /// The attacked batch's object `1001`, as a reader sees it.
+    async fn target_object(&self) -> anyhow::Result<pb::ObjectStatus> {
+        Ok(self
+            .orchestrator()
+            .get_object(self.authed(
+                "reader",
+                pb::GetObjectRequest {
+                    batch_id: self.batch_id.clone(),
+                    object_id: "1001".into(),
+                },
+            ))
+            .await?
+            .into_inner())
+    }
+
     /// `message` with principal `name`'s bearer token.
     fn authed<T>(&self, name: &str, message: T) -> Request<T> {
         let mut request = Request::new(message);
@@ -1010,17 +1025,7 @@ async fn forged_records_on_the_topics_are_refused_and_change_nothing() -> anyhow
     )?;
     within(LONG, "the agent ready", agent.wait_ready(LONG)).await??;
 
-    let object = target
-        .orchestrator()
-        .get_object(target.authed(
-            "reader",
-            pb::GetObjectRequest {
-                batch_id: target.batch_id.clone(),
-                object_id: "1001".into(),
-            },
-        ))
-        .await?
-        .into_inner();
+    let object = target.target_object().await?;
     ensure!(
         object.state() == pb::ObjectState::Ready && object.zone == "raw" && object.attempt >= 1,
         "{object:?}"
@@ -1148,17 +1153,7 @@ async fn forged_records_on_the_topics_are_refused_and_change_nothing() -> anyhow
         if after != before {
             failures.push(format!("{forged:?}: state changed: {before} -> {after}"));
         }
-        let status = target
-            .orchestrator()
-            .get_object(target.authed(
-                "reader",
-                pb::GetObjectRequest {
-                    batch_id: target.batch_id.clone(),
-                    object_id: "1001".into(),
-                },
-            ))
-            .await?
-            .into_inner();
+        let status = target.target_object().await?;
         if status.state() != pb::ObjectState::Ready || status.attempt != object.attempt {
             failures.push(format!("{forged:?}: the object moved: {status:?}"));
         }
@@ -1200,17 +1195,7 @@ async fn forged_records_on_the_topics_are_refused_and_change_nothing() -> anyhow
     .await?;
     within(LONG, "the signed result applied", async {
         loop {
-            let status = target
-                .orchestrator()
-                .get_object(target.authed(
-                    "reader",
-                    pb::GetObjectRequest {
-                        batch_id: target.batch_id.clone(),
-                        object_id: "1001".into(),
-                    },
-                ))
-                .await?
-                .into_inner();
+            let status = target.target_object().await?;
             if status.state() == pb::ObjectState::Loaded {
                 return anyhow::Ok(());
             }
