@@ -160,9 +160,20 @@ async fn committed_and_high(
         for p in 0..partitions {
             wanted.add_partition(&topic, p);
         }
-        let committed = consumer
-            .committed_offsets(wanted, REQUEST)
-            .context("committed offsets")?;
+        // Just after a restart the group coordinator may still be loading the group's offsets
+        // (Kafka answers COORDINATOR_LOAD_IN_PROGRESS or NOT_COORDINATOR until it has): ask
+        // again, as a client would, for half of STEP.
+        let deadline = Instant::now() + STEP / 2;
+        let committed = loop {
+            match consumer.committed_offsets(wanted.clone(), REQUEST) {
+                Ok(committed) => break committed,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("committed offsets not answered yet (asked again): {e:?}");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => return Err(anyhow::anyhow!("committed offsets: {e:?}")),
+            }
+        };
         let mut out = Vec::new();
         for p in 0..partitions {
             let offset = match committed.find_partition(&topic, p).map(|e| e.offset()) {
