@@ -195,23 +195,11 @@ impl ControlPlane {
         tls: GrpcTls,
         extra_args: &[&str],
     ) -> anyhow::Result<Self> {
-        let namespace = broker.control_plane_flags();
-        let args: Vec<&str> = namespace
-            .iter()
-            .map(String::as_str)
-            .chain(extra_args.iter().copied())
-            .collect();
-        Self::launch(
-            &broker.bootstrap_servers(),
-            redis_url,
-            &args,
-            &[],
-            Secured {
-                tls: Some(tls),
-                auth: None,
-            },
-        )
-        .await
+        let secured = Secured {
+            tls: Some(tls),
+            auth: None,
+        };
+        Self::start_secured_on(broker, redis_url, secured, extra_args).await
     }
 
     /// [`Self::start_on`] with its gRPC port `secured` (TLS and/or an auth file).

@@ -81,38 +81,28 @@ pub fn check(objects: &[ObjectDef], limits: &ObjectLimits) -> Vec<Problem> {
                 message,
             });
         };
-        if object.name.len() > limits.name_bytes {
-            over(
+        for (field, found, limit, unit) in [
+            (
                 "name",
-                String::new(),
-                format!(
-                    "the name is {} bytes, more than the limit of {}",
-                    object.name.len(),
-                    limits.name_bytes
-                ),
-            );
-        }
-        if object.parents.len() > limits.parents {
-            over(
-                "parents",
-                String::new(),
-                format!(
-                    "{} parents, more than the limit of {}",
-                    object.parents.len(),
-                    limits.parents
-                ),
-            );
-        }
-        if object.attributes.len() > limits.attributes {
-            over(
+                object.name.len(),
+                limits.name_bytes,
+                "bytes of name",
+            ),
+            ("parents", object.parents.len(), limits.parents, "parents"),
+            (
                 "attributes",
-                String::new(),
-                format!(
-                    "{} attributes, more than the limit of {}",
-                    object.attributes.len(),
-                    limits.attributes
-                ),
-            );
+                object.attributes.len(),
+                limits.attributes,
+                "attributes",
+            ),
+        ] {
+            if found > limit {
+                over(
+                    field,
+                    String::new(),
+                    format!("{found} {unit}, more than the limit of {limit}"),
+                );
+            }
         }
         if let Some((key, _)) = object
             .attributes
