@@ -52,7 +52,9 @@ pub use clock::{Clock, SystemClock, TokioClock};
 pub use error::DriverError;
 pub use handle::{Handle, SubmitOutcome};
 pub use settings::DriverSettings;
-pub use state::{BatchRuntime, DriverCounters, DriverState, TransitionRecord, WatchEvent};
+pub use state::{
+    BatchRuntime, DriverCounters, DriverState, TransitionRecord, WatchEvent, WatchStep,
+};
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};

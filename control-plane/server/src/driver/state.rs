@@ -46,6 +46,16 @@ pub enum WatchEvent {
     },
 }
 
+/// One driver step's changes of one batch, numbered from 1 in the order the driver made them
+/// (a watcher reading the batch between two steps knows which steps its read already shows).
+#[derive(Debug, Clone)]
+pub struct WatchStep {
+    /// The step's number among this batch's steps with changes.
+    pub seq: u64,
+    /// The changes, in order.
+    pub events: Arc<[WatchEvent]>,
+}
+
 /// One recorded transition of an object.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TransitionRecord {
@@ -88,7 +98,9 @@ pub struct BatchRuntime {
     /// (kept after the outcome arrives; dropped when the node is released to run itself).
     pub(super) coalesced_onto: FxHashMap<NodeIx, String>,
     /// Watchers: every step's changes of this batch, in order, as one message.
-    pub(super) watch: broadcast::Sender<Arc<[WatchEvent]>>,
+    pub(super) watch: broadcast::Sender<WatchStep>,
+    /// The number of the last step sent to `watch`.
+    pub(super) watch_seq: u64,
     /// Submission time.
     pub(super) created_at: DateTime<Utc>,
     /// When it became terminal.
@@ -166,8 +178,14 @@ impl BatchRuntime {
     }
 
     /// Every later step's changes of this batch, in order, one message per step.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<[WatchEvent]>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<WatchStep> {
         self.watch.subscribe()
+    }
+
+    /// The number of the last step with changes: what a read now shows includes every step up to
+    /// it, and a receiver subscribed now gets the steps after it.
+    pub fn watch_seq(&self) -> u64 {
+        self.watch_seq
     }
 
     /// Submission time.

@@ -11,8 +11,8 @@ use tracing::{debug, warn};
 
 use super::Driver;
 use super::error::DriverError;
-use super::state::WatchEvent;
 use super::state::head_of;
+use super::state::{WatchEvent, WatchStep};
 use crate::metrics::Metrics;
 use crate::ports::{BatchWrite, DataPlane, PortError, Position, StateStore, StepWrite};
 use crate::records::{DeadLetterRecord, ReadyRecord, StatusChange};
@@ -108,8 +108,12 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
             by_batch.entry(batch_id).or_default().push(ev);
         }
         for (batch_id, events) in by_batch {
-            if let Some(rt) = self.state.batches.get(&batch_id) {
-                let _ = rt.watch.send(events.into());
+            if let Some(rt) = self.state.batches.get_mut(&batch_id) {
+                rt.watch_seq += 1;
+                let _ = rt.watch.send(WatchStep {
+                    seq: rt.watch_seq,
+                    events: events.into(),
+                });
             }
         }
         Ok(())

@@ -138,6 +138,7 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                 last_agent: FxHashMap::default(),
                 coalesced_onto: FxHashMap::default(),
                 watch: broadcast::channel(self.settings.watch_capacity.max(1)).0,
+                watch_seq: 0,
                 created_at: p.created_at,
                 finished_at,
             },

@@ -1,8 +1,6 @@
 //! `ListDeadLetters` and `ReplayDeadLetters`: what exhausted its attempts, listed from the store
 //! and released again.
 
-use std::sync::Arc;
-
 use strata_core::machine::{BatchState, Event, NodeState, Outcome};
 use strata_core::model::NodeIx;
 use strata_proto::v1::{self as pb};
@@ -16,7 +14,7 @@ use super::validate::optional_zone;
 use super::validate::required;
 use super::wire;
 use crate::convert;
-use crate::driver::WatchEvent;
+use crate::driver::{WatchEvent, WatchStep};
 use crate::error::ServiceError;
 use crate::ports::StateStore;
 impl<S: StateStore> OrchestratorService<S> {
@@ -94,7 +92,7 @@ impl<S: StateStore> OrchestratorService<S> {
             nodes: Vec<NodeIx>,
             names: Vec<String>,
             upstream_before: u32,
-            rx: broadcast::Receiver<Arc<[WatchEvent]>>,
+            rx: broadcast::Receiver<WatchStep>,
         }
         let prepared = self
             .with_batch(&batch_id, move |rt| {
@@ -180,8 +178,9 @@ impl<S: StateStore> OrchestratorService<S> {
         let mut lagged = false;
         loop {
             match rx.try_recv() {
-                Ok(events) => {
-                    rearmed += events
+                Ok(step) => {
+                    rearmed += step
+                        .events
                         .iter()
                         .filter(|e| {
                             matches!(

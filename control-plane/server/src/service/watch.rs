@@ -1,16 +1,25 @@
 //! `WatchBatch`: a snapshot (in parts), then every change, until the batch is terminal.
 //!
-//! The snapshot and the subscription to the batch's broadcast channel are taken in one
-//! [`Handle::read`], between two driver steps, so no change falls between them. Each watcher runs
-//! in its own task with its own broadcast receiver: a slow watcher only lags its own receiver
-//! (the driver's `send` never waits) and, once it has fallen `DriverSettings::watch_capacity`
-//! steps behind (one message per driver step with all of the batch's changes in it), gets a
-//! `Resync` and a fresh snapshot instead of the events it missed.
+//! A watcher holds at most one part of the snapshot and one burst of changes, never a copy of
+//! the batch: its memory does not grow with the batch's size. The first part, the batch and the
+//! subscription to the batch's broadcast channel are taken in one [`Handle::read`], between two
+//! driver steps; each later part is read when the one before it has been handed to the stream,
+//! and shows the objects as they are then. Every broadcast message is one numbered driver step
+//! ([`WatchStep`]), and every read says the number of the last step it shows, so a change is sent
+//! only if its part was read before it: a client that applies the changes to the snapshot it
+//! received holds every object's current state, each change following on from the state it
+//! holds.
 //!
-//! Events are taken in bursts; the details the broadcast does not carry (agent, error, next
-//! attempt time, the batch after a batch change) are read from the driver once per burst.
+//! Each watcher runs in its own task with its own broadcast receiver: a slow watcher only lags
+//! its own receiver (the driver's `send` never waits) and, once it has fallen
+//! `DriverSettings::watch_capacity` steps behind, gets a `Resync` and a fresh snapshot instead of
+//! the events it missed.
+//!
+//! Events are taken in bursts; the details the broadcast does not carry (id, zone, agent, error,
+//! next attempt time, the batch after a batch change) are read from the driver once per burst.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use strata_core::machine::{NodeRecord, NodeState};
@@ -25,7 +34,7 @@ use super::OrchestratorService;
 use super::validate::required;
 use super::wire;
 use crate::convert;
-use crate::driver::{Handle, WatchEvent};
+use crate::driver::{BatchRuntime, Handle, WatchEvent, WatchStep};
 use crate::error::ServiceError;
 use crate::ports::StateStore;
 use tokio_stream::wrappers::ReceiverStream;
@@ -44,14 +53,54 @@ pub(super) struct Watcher {
     pub(super) closing: watch::Receiver<bool>,
 }
 
-/// A consistent picture of a batch and the receiver of every change after it.
+/// Per node: id, zone, state, attempt.
+type PartNodes = Vec<(ObjectId, Zone, NodeState, u32)>;
+
+/// The batch and its first part as of one read, and the receiver of every step after it.
 #[derive(Debug)]
 pub(super) struct Snapshot {
     batch: pb::Batch,
     terminal: bool,
-    /// Per node: id, zone, state, attempt.
-    nodes: Vec<(ObjectId, Zone, NodeState, u32)>,
-    rx: broadcast::Receiver<Arc<[WatchEvent]>>,
+    /// Objects in the batch.
+    size: usize,
+    first: PartNodes,
+    /// The last step the read shows.
+    seq: u64,
+    rx: broadcast::Receiver<WatchStep>,
+}
+
+/// Which step each sent part of a snapshot shows: a change of a node is news only if it comes
+/// after the step its part showed.
+struct Shown {
+    part: usize,
+    /// Per part, in order.
+    seqs: Vec<u64>,
+    /// The latest of `seqs`: every later step is news for every node.
+    last: u64,
+}
+
+impl Shown {
+    fn is_news(&self, seq: u64, node: NodeIx) -> bool {
+        seq > self.last
+            || self
+                .seqs
+                .get(node as usize / self.part)
+                .is_none_or(|&shown| seq > shown)
+    }
+}
+
+/// The nodes `range` of `rt`.
+fn part_of(rt: &BatchRuntime, range: Range<usize>) -> PartNodes {
+    let records = rt.machine().records();
+    let end = range.end.min(records.len());
+    records[range.start.min(end)..end]
+        .iter()
+        .zip(range.start..)
+        .map(|(rec, node)| {
+            let o = rt.object(node as NodeIx);
+            (o.id.clone(), o.zone.clone(), rec.state, rec.attempt)
+        })
+        .collect()
 }
 
 impl Watcher {
@@ -62,34 +111,40 @@ impl Watcher {
             .and_then(|m| m.get(&self.batch_id).cloned())
     }
 
-    /// Snapshot + subscription, atomically. `None` = the driver does not hold the batch.
+    /// The batch, its first part and the subscription, atomically. `None` = the driver does not
+    /// hold the batch.
     pub(super) async fn snapshot(&self) -> Result<Option<Snapshot>, ServiceError> {
         let batch_id = self.batch_id.clone();
         let reason = self.cancel_reason();
+        let part = self.part_objects.max(1);
         let snap = self
             .handle
             .read(move |s| {
                 let rt = s.batch(&batch_id)?;
-                let rx = rt.subscribe();
-                let nodes = rt
-                    .machine()
-                    .records()
-                    .iter()
-                    .enumerate()
-                    .map(|(node, rec)| {
-                        let o = rt.object(node as NodeIx);
-                        (o.id.clone(), o.zone.clone(), rec.state, rec.attempt)
-                    })
-                    .collect();
                 Some(Snapshot {
                     batch: wire::batch_of(rt, reason.as_deref()),
                     terminal: rt.machine().is_terminal(),
-                    nodes,
-                    rx,
+                    size: rt.machine().records().len(),
+                    first: part_of(rt, 0..part),
+                    seq: rt.watch_seq(),
+                    rx: rt.subscribe(),
                 })
             })
             .await?;
         Ok(snap)
+    }
+
+    /// The nodes `range` as they are now, and the last step that shows. `None` = the driver no
+    /// longer holds the batch.
+    async fn part(&self, range: Range<usize>) -> Result<Option<(PartNodes, u64)>, ServiceError> {
+        let batch_id = self.batch_id.clone();
+        Ok(self
+            .handle
+            .read(move |s| {
+                let rt = s.batch(&batch_id)?;
+                Some((part_of(rt, range), rt.watch_seq()))
+            })
+            .await?)
     }
 
     /// Streams `first` and then the changes, until the batch is terminal, the client goes away,
@@ -104,24 +159,12 @@ impl Watcher {
             sequence: 0,
             closing: self.closing.clone(),
         };
-        let ids: Vec<(ObjectId, Zone)> = first
-            .nodes
-            .iter()
-            .map(|(id, zone, ..)| (id.clone(), zone.clone()))
-            .collect();
         let mut snap = first;
         loop {
-            let Snapshot {
-                batch,
-                terminal,
-                nodes,
-                rx,
-            } = snap;
-            if !out.snapshot(batch, &nodes, self.part_objects).await || terminal {
+            let Some((rx, shown)) = self.send_snapshot(snap, &mut out).await else {
                 return;
-            }
-            drop(nodes);
-            match self.follow(rx, &ids, &mut out).await {
+            };
+            match self.follow(rx, &shown, &mut out).await {
                 Follow::Done => return,
                 Follow::Resync(dropped) => {
                     if !out
@@ -149,12 +192,70 @@ impl Watcher {
         }
     }
 
+    /// Sends `snap` part by part, reading each part after the one before it was handed to the
+    /// stream. `None` once the stream is over (the batch was terminal, the client went away, or
+    /// an error ended it).
+    async fn send_snapshot(
+        &self,
+        snap: Snapshot,
+        out: &mut Out,
+    ) -> Option<(broadcast::Receiver<WatchStep>, Shown)> {
+        let Snapshot {
+            batch,
+            terminal,
+            size,
+            first,
+            seq,
+            rx,
+        } = snap;
+        let part = self.part_objects.max(1);
+        let mut shown = Shown {
+            part,
+            seqs: vec![seq],
+            last: seq,
+        };
+        if !out.part(Some(batch), first, part >= size).await {
+            return None;
+        }
+        for start in (part..size).step_by(part) {
+            let (nodes, seq) = match self.part(start..start + part).await {
+                Ok(Some(p)) => p,
+                Ok(None) => {
+                    out.fail(ServiceError::BatchNotFound(self.batch_id.clone()))
+                        .await;
+                    return None;
+                }
+                Err(e) => {
+                    out.fail(e).await;
+                    return None;
+                }
+            };
+            shown.seqs.push(seq);
+            shown.last = seq;
+            if !out.part(None, nodes, start + part >= size).await {
+                return None;
+            }
+        }
+        (!terminal).then_some((rx, shown))
+    }
+
     async fn follow(
         &mut self,
-        mut rx: broadcast::Receiver<Arc<[WatchEvent]>>,
-        ids: &[(ObjectId, Zone)],
+        mut rx: broadcast::Receiver<WatchStep>,
+        shown: &Shown,
         out: &mut Out,
     ) -> Follow {
+        let news = |step: WatchStep, burst: &mut Vec<WatchEvent>| {
+            burst.extend(
+                step.events
+                    .iter()
+                    .filter(|ev| match ev {
+                        WatchEvent::Object { node, .. } => shown.is_news(step.seq, *node),
+                        WatchEvent::Batch { .. } => true,
+                    })
+                    .cloned(),
+            );
+        };
         loop {
             let first = tokio::select! {
                 r = rx.recv() => r,
@@ -164,18 +265,19 @@ impl Watcher {
                 }
                 () = out.tx.closed() => return Follow::Done,
             };
-            let mut burst = match first {
-                Ok(events) => events.to_vec(),
+            let mut burst = Vec::new();
+            match first {
+                Ok(step) => news(step, &mut burst),
                 Err(broadcast::error::RecvError::Lagged(n)) => return Follow::Resync(n),
                 Err(broadcast::error::RecvError::Closed) => {
                     // The driver dropped the batch: it stopped.
                     out.fail(ServiceError::ShuttingDown).await;
                     return Follow::Done;
                 }
-            };
+            }
             while burst.len() < BURST {
                 match rx.try_recv() {
-                    Ok(events) => burst.extend(events.iter().cloned()),
+                    Ok(step) => news(step, &mut burst),
                     Err(broadcast::error::TryRecvError::Lagged(n)) => return Follow::Resync(n),
                     Err(_) => break,
                 }
@@ -191,17 +293,18 @@ impl Watcher {
                 let (event, last) = match (ev, detail) {
                     (
                         WatchEvent::Object {
-                            node,
+                            node: _,
                             from,
                             to,
                             attempt,
                             at,
                         },
-                        Detail::Object { agent, record },
+                        Detail::Object {
+                            id_zone: Some((id, zone)),
+                            agent,
+                            record,
+                        },
                     ) => {
-                        let Some((id, zone)) = ids.get(node as usize) else {
-                            continue;
-                        };
                         // The record may have moved on since; only what belongs to this attempt
                         // and state is reported.
                         let rec = record.filter(|r| r.attempt == attempt && r.state == to);
@@ -287,10 +390,15 @@ impl Watcher {
                     .into_iter()
                     .map(|w| match (w, rt) {
                         (Some(node), Some(rt)) => Detail::Object {
+                            id_zone: {
+                                let o = rt.object(node);
+                                Some((o.id.clone(), o.zone.clone()))
+                            },
                             agent: rt.last_agent(node).map(str::to_owned),
                             record: rt.machine().record(node).cloned(),
                         },
                         (Some(_), None) => Detail::Object {
+                            id_zone: None,
                             agent: None,
                             record: None,
                         },
@@ -320,6 +428,7 @@ enum Follow {
 
 enum Detail {
     Object {
+        id_zone: Option<(ObjectId, Zone)>,
         agent: Option<String>,
         record: Option<NodeRecord>,
     },
@@ -366,52 +475,26 @@ impl Out {
         }
     }
 
-    /// Sends a snapshot in parts of `part` objects; false once the client is gone.
-    async fn snapshot(
-        &mut self,
-        batch: pb::Batch,
-        nodes: &[(ObjectId, Zone, NodeState, u32)],
-        part: usize,
-    ) -> bool {
-        let part = part.max(1);
-        let mut batch = Some(batch);
-        let mut chunks = nodes.chunks(part).peekable();
-        if chunks.peek().is_none() {
-            return self
-                .send(pb::watch_batch_response::Event::Snapshot(
-                    pb::BatchSnapshot {
-                        batch,
-                        objects: Vec::new(),
-                        last_part: true,
-                    },
-                ))
-                .await;
-        }
-        while let Some(chunk) = chunks.next() {
-            let objects = chunk
-                .iter()
-                .map(|(id, zone, state, attempt)| pb::ObjectSnapshot {
-                    object_id: id.to_string(),
-                    zone: zone.to_string(),
-                    state: convert::object_state(*state) as i32,
-                    attempt: *attempt,
-                })
-                .collect();
-            let last_part = chunks.peek().is_none();
-            if !self
-                .send(pb::watch_batch_response::Event::Snapshot(
-                    pb::BatchSnapshot {
-                        batch: batch.take(),
-                        objects,
-                        last_part,
-                    },
-                ))
-                .await
-            {
-                return false;
-            }
-        }
-        true
+    /// Sends one part of a snapshot (the first carries the batch); false once the client is
+    /// gone.
+    async fn part(&mut self, batch: Option<pb::Batch>, nodes: PartNodes, last_part: bool) -> bool {
+        let objects = nodes
+            .into_iter()
+            .map(|(id, zone, state, attempt)| pb::ObjectSnapshot {
+                object_id: id.to_string(),
+                zone: zone.to_string(),
+                state: convert::object_state(state) as i32,
+                attempt,
+            })
+            .collect();
+        self.send(pb::watch_batch_response::Event::Snapshot(
+            pb::BatchSnapshot {
+                batch,
+                objects,
+                last_part,
+            },
+        ))
+        .await
     }
 }
 
