@@ -22,6 +22,9 @@
 //!   is the request body;
 //! - a result signed by a live lease of another zone for an object of this one is rejected
 //!   (`wrong_zone`, logged), and the object is loaded by an agent of its zone.
+//! - result keys rotating at every heartbeat: 2.5 s objects load at attempt 1 across several
+//!   rotations, nothing rejected; a result signed with a key rotated away longer ago than the
+//!   interval is `old_key`, the same result with the new key is applied.
 //!
 //! Needs both binaries built (`cargo nextest run --workspace`, what `./tests/run.sh` runs, builds
 //! them; or `cargo build -p strata-control-plane -p strata-worker-agent`).
@@ -914,6 +917,33 @@ async fn http_2xx_loads_5xx_is_retried_and_4xx_is_dead() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Produces `result` to the stack's results topic, keyed by `batch_id`, as anyone who can
+/// write to the topic could.
+async fn produce_result(
+    stack: &Stack,
+    batch_id: &str,
+    result: &pb::ObjectResult,
+) -> anyhow::Result<()> {
+    let producer: FutureProducer = stack.broker.producer_config().create()?;
+    let topic = format!(
+        "{}.{}",
+        stack.broker.topic_prefix(),
+        strata_proto::kafka::RESULTS_TOPIC
+    );
+    let payload = result.encode_to_vec();
+    let record = FutureRecord::to(&topic)
+        .key(batch_id)
+        .payload(&payload)
+        .headers(OwnedHeaders::new().insert(Header {
+            key: strata_proto::kafka::HEADER_TYPE,
+            value: Some(strata_proto::kafka::TYPE_OBJECT_RESULT),
+        }));
+    within(LONG, "produce a result", producer.send(record, LONG))
+        .await?
+        .map_err(|(e, _)| e)?;
+    Ok(())
+}
+
 /// What the control plane logs when it drops a result that fails verification.
 const REJECTED: &str = "result rejected";
 
@@ -969,27 +999,7 @@ async fn a_result_forged_by_an_agent_of_another_zone_is_rejected() -> anyhow::Re
     strata_proto::signing::ResultKey::from_slice(&raw_lease.result_signing_key)
         .context("a result key")?
         .sign(&mut forged);
-    let producer: FutureProducer = stack.broker.producer_config().create()?;
-    let topic = format!(
-        "{}.{}",
-        stack.broker.topic_prefix(),
-        strata_proto::kafka::RESULTS_TOPIC
-    );
-    let payload = forged.encode_to_vec();
-    let record = FutureRecord::to(&topic)
-        .key(&batch_id)
-        .payload(&payload)
-        .headers(OwnedHeaders::new().insert(Header {
-            key: strata_proto::kafka::HEADER_TYPE,
-            value: Some(strata_proto::kafka::TYPE_OBJECT_RESULT),
-        }));
-    within(
-        LONG,
-        "produce the forged result",
-        producer.send(record, LONG),
-    )
-    .await?
-    .map_err(|(e, _)| e)?;
+    produce_result(&stack, &batch_id, &forged).await?;
     let sent = Instant::now();
 
     let rejection = |log: &str| {
@@ -1060,5 +1070,149 @@ async fn a_result_forged_by_an_agent_of_another_zone_is_rejected() -> anyhow::Re
             == 1.0,
         "the raw agent took more than its one object"
     );
+    Ok(())
+}
+
+/// Keys rotate at heartbeats (`--result-key-rotation-secs 1`, a heartbeat a second): objects
+/// that take 2.5 s each run across several rotations and load at their first attempt, no result
+/// rejected (an attempt signs its result with the newest key). A lease whose key was rotated
+/// away and whose grace is over has its old key's results rejected as `old_key`, and the same
+/// result signed with the new key is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn result_keys_rotate_at_heartbeats_and_a_rotated_away_key_signs_nothing()
+-> anyhow::Result<()> {
+    let mut stack = start(&["--result-key-rotation-secs", "1"]).await?;
+    let mut raw = stack.agent(
+        "raw-agent",
+        "raw",
+        &["--simulate-duration-ms", "2500", "--concurrency", "4"],
+        &[],
+    )?;
+    raw.wait_ready(LONG).await?;
+    let mut batch_objects = objects("raw", &["1000", "1001", "1002", "1003"]);
+    batch_objects.extend(objects("application", &["3000"]));
+    let batch_id = stack.submit("rotation", batch_objects).await?;
+    for id in ["1000", "1001", "1002", "1003"] {
+        let s = stack
+            .wait_object(&batch_id, id, "LOADED", |s| {
+                s.state() == pb::ObjectState::Loaded
+            })
+            .await?;
+        ensure!(
+            s.attempt == 1,
+            "{id} loaded at attempt {}: {s:?}",
+            s.attempt
+        );
+    }
+    let rotations = raw
+        .metric(&gauge("strata_agent_result_key_rotations_total", "raw"))
+        .await?;
+    ensure!(
+        rotations >= 2.0,
+        "the agent's key rotated {rotations} times while its objects ran"
+    );
+    let rejected = |metrics: &str| {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("strata_results_rejected_total"))
+            .map(|l| {
+                l.rsplit(' ')
+                    .next()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            })
+            .sum::<f64>()
+    };
+    let (_, metrics) = stack.admin_get("/metrics").await?;
+    ensure!(rejected(&metrics) == 0.0, "results rejected:\n{metrics}");
+    println!("agent key rotations while 4 objects of 2.5 s ran: {rotations}");
+
+    // A lease of zone application whose key the test holds (the control plane is `--insecure`):
+    // registered (key 0), renewed until a heartbeat hands out key 1, then left alone past the
+    // grace (1 s) and within its TTL (3 s): key 0 is the previous key, too old.
+    let ready = stack
+        .wait_object(&batch_id, "3000", "released", |s| {
+            s.state() == pb::ObjectState::Ready && s.attempt >= 1
+        })
+        .await?;
+    let mut registry = AgentRegistryClient::connect(stack.cp.endpoint()).await?;
+    let lease = registry
+        .register_agent(pb::RegisterAgentRequest {
+            zone: "application".into(),
+            capacity: 1,
+            hostname: "rotating".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let key0 = lease.result_signing_key.clone();
+    let key1 = within(LONG, "a heartbeat that rotates the key", async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let r = registry
+                .heartbeat(pb::HeartbeatRequest {
+                    agent_id: lease.agent_id.clone(),
+                    lease_epoch: lease.lease_epoch,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            if !r.result_signing_key.is_empty() {
+                return anyhow::Ok(r.result_signing_key);
+            }
+        }
+    })
+    .await??;
+    ensure!(key1 != key0 && key1.len() == 32, "a new 32-byte key");
+    let rotated = Instant::now();
+    let loaded = |key: &[u8]| -> anyhow::Result<pb::ObjectResult> {
+        let mut result = pb::ObjectResult {
+            result: Some(pb::object_result::Result::Loaded(pb::ObjectLoaded {
+                batch_id: batch_id.clone(),
+                object_id: "3000".into(),
+                zone: "application".into(),
+                attempt: ready.attempt,
+                dispatch_epoch: ready.dispatch_epoch,
+                agent_id: lease.agent_id.clone(),
+                agent_lease_epoch: lease.lease_epoch,
+                ..Default::default()
+            })),
+        };
+        strata_proto::signing::ResultKey::from_slice(key)
+            .context("a result key")?
+            .sign(&mut result);
+        Ok(result)
+    };
+    tokio::time::sleep(Duration::from_millis(1500).saturating_sub(rotated.elapsed())).await;
+    produce_result(&stack, &batch_id, &loaded(&key0)?).await?;
+    let old_key = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains(REJECTED) && l.contains("reason=\"old_key\""))
+            .count()
+    };
+    within(
+        LONG,
+        "the control plane to reject the old key's result",
+        async {
+            while old_key(&stack.cp_log()) == 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        },
+    )
+    .await?;
+    let after = stack.object(&batch_id, "3000").await?;
+    ensure!(
+        after.state() == pb::ObjectState::Ready,
+        "a result signed with a rotated-away key moved 3000: {after:?}"
+    );
+    produce_result(&stack, &batch_id, &loaded(&key1)?).await?;
+    let status = stack
+        .wait_object(&batch_id, "3000", "LOADED", |s| {
+            s.state() == pb::ObjectState::Loaded
+        })
+        .await?;
+    ensure!(status.agent_id == lease.agent_id, "{status:?}");
+    let batch = stack.wait_terminal(&batch_id).await?;
+    ensure!(batch.state() == pb::BatchState::Succeeded, "{batch:?}");
     Ok(())
 }

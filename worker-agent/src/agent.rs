@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::FutureExt as _;
+use strata_proto::signing::ResultKey;
 use strata_proto::v1::{InFlightAttempt, ObjectReady, ObjectResult};
 use strata_runtime::log_limit::LogLimiter;
 use tokio::sync::watch;
@@ -41,7 +42,7 @@ use crate::offsets::OffsetTracker;
 use crate::ports::{Delivery, Leases, ReadySource as _, ResultSink, Subscription, Transport};
 use crate::processor::Processor;
 use crate::registry::{Beat, Lease, Registration, RegistryError};
-use crate::results::{self, Ending, Who, timestamp};
+use crate::results::{self, CurrentKey, Ending, Who, timestamp};
 use crate::stopped;
 
 /// How long a consumer may go without an assignment, or without records while some wait for
@@ -144,6 +145,7 @@ pub async fn run<P: Processor, L: Leases, T: Transport>(
     let sink = transport.sink(&lease).map_err(AgentError::Transport)?;
     info!(group = %lease.consumer_group, topic = %lease.ready_topic, via = %transport.describe(&lease), "consuming");
 
+    let current_key = watch::Sender::new((lease.epoch, lease.result_key.clone()));
     let mut agent = Agent {
         zone: options.registration.zone.clone(),
         capacity: options.registration.capacity as usize,
@@ -168,6 +170,7 @@ pub async fn run<P: Processor, L: Leases, T: Transport>(
         heartbeat: None,
         stop: stop_rx,
         rejections_log: LogLimiter::default(),
+        current_key,
     };
     let reason = agent.serve().await;
     agent.drain(options.drain_grace, reason).await;
@@ -285,6 +288,9 @@ struct Agent<P, L, T: Transport> {
     stop: watch::Receiver<bool>,
     /// One warning per Ready rejection reason per interval.
     rejections_log: LogLimiter,
+    /// The lease and its newest result key, for the attempts in flight to sign their results
+    /// with.
+    current_key: watch::Sender<CurrentKey>,
 }
 
 impl<P: Processor, L: Leases, T: Transport> Agent<P, L, T> {
@@ -394,7 +400,7 @@ impl<P: Processor, L: Leases, T: Transport> Agent<P, L, T> {
         let abort = self.tasks.spawn(attempt(
             self.processor.clone(),
             ready.clone(),
-            who.clone(),
+            (who.clone(), self.current_key.subscribe()),
             self.sink.clone(),
             started_at.clone(),
             timeout,
@@ -529,6 +535,9 @@ impl<P: Processor, L: Leases, T: Transport> Agent<P, L, T> {
                     self.lease.heartbeat_interval = d;
                 }
                 self.follow_topics(r.topics_generation);
+                if !r.result_signing_key.is_empty() {
+                    self.rotate_key(&r.result_signing_key);
+                }
                 r.drain
             }
             Beat::Unavailable(e) => {
@@ -561,6 +570,8 @@ impl<P: Processor, L: Leases, T: Transport> Agent<P, L, T> {
                             results_topic: self.lease.results_topic.clone(),
                             ..lease
                         };
+                        self.current_key
+                            .send_replace((self.lease.epoch, self.lease.result_key.clone()));
                         self.metrics.registrations.inc();
                         self.metrics.registered.set(1);
                         self.health.registered.store(true, Ordering::Relaxed);
@@ -571,6 +582,22 @@ impl<P: Processor, L: Leases, T: Transport> Agent<P, L, T> {
                 false
             }
         }
+    }
+
+    /// Signs every result from now on with the lease's new key `bytes` (a heartbeat rotated
+    /// it); the attempts in flight sign their final results with it too.
+    fn rotate_key(&mut self, bytes: &[u8]) {
+        let Some(key) = ResultKey::from_slice(bytes) else {
+            warn!(
+                len = bytes.len(),
+                "the heartbeat's new result key is not 32 bytes: keeping the current one"
+            );
+            return;
+        };
+        self.lease.result_key = Some(key.clone());
+        self.current_key.send_replace((self.lease.epoch, Some(key)));
+        self.metrics.result_key_rotations.inc();
+        debug!(agent_id = %self.lease.agent_id, "result signing key rotated");
     }
 
     /// Follows the control plane's topics generation: when it changed, the control plane
@@ -699,7 +726,7 @@ impl<P: Processor, L: Leases, T: Transport> Agent<P, L, T> {
             h.abort.abort();
             let result = results::handed_back(
                 &h.ready,
-                &h.who,
+                &h.who.rekeyed(&self.current_key.borrow()),
                 h.started_at.get().copied(),
                 Utc::now(),
                 format!(
@@ -775,7 +802,7 @@ async fn poll_heartbeat(heartbeat: &mut Option<JoinHandle<Beat>>) -> Beat {
 async fn attempt<P: Processor, S: ResultSink>(
     processor: Arc<P>,
     ready: Arc<ObjectReady>,
-    who: Who,
+    (who, current_key): (Who, watch::Receiver<CurrentKey>),
     publisher: S,
     started_at: Arc<OnceLock<DateTime<Utc>>>,
     timeout: Duration,
@@ -811,6 +838,7 @@ async fn attempt<P: Processor, S: ResultSink>(
         run
     );
     let elapsed = clock.elapsed();
+    let who = who.rekeyed(&current_key.borrow());
     let (result, label) = results::finished(&ready, &who, start, Utc::now(), elapsed, ending);
     metrics
         .processing_seconds

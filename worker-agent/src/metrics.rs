@@ -64,6 +64,8 @@ pub struct Metrics {
     pub registered: IntGauge,
     /// Registrations made (more than one = the lease was lost and renewed).
     pub registrations: prometheus::IntCounter,
+    /// Result signing keys the control plane rotated at a heartbeat.
+    pub result_key_rotations: prometheus::IntCounter,
     /// Ready consumers replaced because the control plane created the topics again.
     pub resubscriptions: prometheus::IntCounter,
     /// Heartbeats that failed, by kind: `unavailable` (no answer) or `lease_lost`.
@@ -123,6 +125,11 @@ impl Metrics {
             "Registrations with the control plane.",
         )
         .expect("valid");
+        let result_key_rotations = prometheus::IntCounter::new(
+            "result_key_rotations_total",
+            "Result signing keys the control plane handed out at a heartbeat (rotations).",
+        )
+        .expect("valid");
         let resubscriptions = prometheus::IntCounter::new(
             "resubscriptions_total",
             "Ready consumers replaced because the control plane created the topics again.",
@@ -180,6 +187,7 @@ impl Metrics {
             Box::new(consumer_lag.clone()),
             Box::new(registered.clone()),
             Box::new(registrations.clone()),
+            Box::new(result_key_rotations.clone()),
             Box::new(resubscriptions.clone()),
             Box::new(heartbeat_failures.clone()),
             Box::new(kafka_errors.clone()),
@@ -200,6 +208,7 @@ impl Metrics {
             consumer_lag,
             registered,
             registrations,
+            result_key_rotations,
             resubscriptions,
             heartbeat_failures,
             kafka_errors,

@@ -24,7 +24,20 @@ pub struct Who {
     pub result_key: Option<ResultKey>,
 }
 
+/// The lease epoch an agent holds now and that lease's newest result key (a heartbeat may
+/// hand out a new one while an attempt runs).
+pub type CurrentKey = (u64, Option<ResultKey>);
+
 impl Who {
+    /// `self` with its lease's newest key: an attempt of an older lease keeps the key it had.
+    pub fn rekeyed(&self, current: &CurrentKey) -> Who {
+        let mut who = self.clone();
+        if current.0 == who.lease_epoch {
+            who.result_key = current.1.clone();
+        }
+        who
+    }
+
     /// `result` signed with the lease's key, if it has one.
     fn seal(&self, mut result: ObjectResult) -> ObjectResult {
         if let Some(key) = &self.result_key {

@@ -154,6 +154,46 @@ pub struct Agent {
     /// without one; its results are then of an unknown lease).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result_key: Option<LeaseKey>,
+    /// When `result_key` was handed out (none: stored before keys rotated; taken as the
+    /// registration time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_key_at: Option<DateTime<Utc>>,
+    /// The key `result_key` replaced, still good for results signed before the rotation for a
+    /// while (see [`Agent::result_keys`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_result_key: Option<LeaseKey>,
+}
+
+impl Agent {
+    /// When the current result key was handed out.
+    pub fn result_key_since(&self) -> DateTime<Utc> {
+        self.result_key_at.unwrap_or(self.registered_at)
+    }
+
+    /// The lease's result keys at `now`: the current one, and the one it replaced while the
+    /// replacement is younger than `grace` (results signed just before a rotation may still be
+    /// on their way).
+    pub fn result_keys(&self, now: DateTime<Utc>, grace: TimeDelta) -> ResultKeys<'_> {
+        ResultKeys {
+            current: self.result_key.as_ref(),
+            previous: self.previous_result_key.as_ref(),
+            previous_valid: self
+                .result_key_since()
+                .checked_add_signed(grace)
+                .is_none_or(|end| now < end),
+        }
+    }
+}
+
+/// A lease's result keys at one moment (see [`Agent::result_keys`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ResultKeys<'a> {
+    /// The key results are signed with now.
+    pub current: Option<&'a LeaseKey>,
+    /// The key it replaced.
+    pub previous: Option<&'a LeaseKey>,
+    /// Whether `previous` still signs valid results.
+    pub previous_valid: bool,
 }
 
 /// Why a heartbeat or deregistration was refused.
@@ -334,6 +374,8 @@ impl Registry {
             in_flight: Vec::new(),
             owner: reg.owner,
             result_key: reg.result_key,
+            result_key_at: Some(now),
+            previous_result_key: None,
         };
         self.removed.remove(&id);
         self.dirty.insert(id.clone());
@@ -391,6 +433,24 @@ impl Registry {
         }
         self.dirty.insert(id.to_owned());
         Ok(&self.agents[id])
+    }
+
+    /// Replaces the result key of live lease `(id, epoch)` with `key` at `now`; the old key
+    /// becomes the previous one. Returns whether the lease was live.
+    pub fn rotate_result_key(
+        &mut self,
+        id: &str,
+        epoch: u64,
+        key: LeaseKey,
+        now: DateTime<Utc>,
+    ) -> bool {
+        let Ok(agent) = self.live_mut(id, epoch) else {
+            return false;
+        };
+        agent.previous_result_key = agent.result_key.replace(key);
+        agent.result_key_at = Some(now);
+        self.dirty.insert(id.to_owned());
+        true
     }
 
     /// How many live leases `owner` holds.
@@ -552,6 +612,38 @@ mod tests {
         old.as_object_mut().unwrap().remove("result_key");
         let old: Agent = serde_json::from_value(old).expect("a lease stored before keys");
         assert_eq!(old.result_key, None);
+    }
+
+    #[test]
+    fn a_rotated_key_replaces_the_current_one_and_the_old_one_lasts_its_grace() {
+        let mut r = Registry::new(Duration::from_secs(10));
+        let (k1, k2) = (LeaseKey::new([1; 32]), LeaseKey::new([2; 32]));
+        let a = r
+            .register(
+                zone("raw"),
+                Registration {
+                    result_key: Some(k1.clone()),
+                    ..reg()
+                },
+                1,
+                t(0),
+            )
+            .clone();
+        assert_eq!(a.result_key_since(), t(0));
+        assert!(r.rotate_result_key(&a.id, a.lease_epoch, k2.clone(), t(5)));
+        let a = r.get(&a.id).expect("registered").clone();
+        let grace = TimeDelta::seconds(60);
+        let keys = a.result_keys(t(64), grace);
+        assert_eq!((keys.current, keys.previous), (Some(&k2), Some(&k1)));
+        assert!(keys.previous_valid, "59 s after the rotation");
+        assert!(!a.result_keys(t(65), grace).previous_valid, "60 s after");
+        // Stored and restored with both keys.
+        let back: Agent = serde_json::from_str(&serde_json::to_string(&a).unwrap()).unwrap();
+        assert_eq!(back, a);
+        // An ended lease's key does not rotate.
+        r.deregister(&a.id, a.lease_epoch, t(6)).expect("ended");
+        assert!(!r.rotate_result_key(&a.id, a.lease_epoch, LeaseKey::new([3; 32]), t(7)));
+        assert_eq!(r.get(&a.id).unwrap().result_key, Some(k2));
     }
 
     #[test]

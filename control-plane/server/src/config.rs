@@ -249,6 +249,13 @@ pub struct Flags {
     #[arg(long, env = "STRATA_VERIFY_RESULTS")]
     pub verify_results: Option<bool>,
 
+    /// How long an agent lease keeps one result signing key, in seconds (default 3600): the
+    /// first heartbeat after it hands the agent a new key (over TLS, or when insecure), and the
+    /// old key still signs valid results for as long again, then its results are rejected as
+    /// `old_key`.
+    #[arg(long, env = "STRATA_RESULT_KEY_ROTATION_SECS")]
+    pub result_key_rotation_secs: Option<u64>,
+
     /// Per-zone settings (TOML only), e.g. `[zones_config.raw] max_attempts = 5` and
     /// `[zones_config.raw.preflight] reject_ids = ["*99"]`; see [`ZoneSettings`].
     #[arg(skip)]
@@ -361,6 +368,8 @@ pub struct Config {
     pub agent_kafka_brokers: String,
     /// Results only when signed by their agent's current, live lease of the object's zone.
     pub verify_results: bool,
+    /// How long a lease keeps one result signing key.
+    pub result_key_rotation: Duration,
 }
 
 /// A configuration that cannot be used.
@@ -579,6 +588,11 @@ impl Flags {
                 .or(file.agent_kafka_brokers)
                 .unwrap_or_default(),
             verify_results: f.verify_results.or(file.verify_results).unwrap_or(true),
+            result_key_rotation: Duration::from_secs(
+                f.result_key_rotation_secs
+                    .or(file.result_key_rotation_secs)
+                    .unwrap_or(3600),
+            ),
         };
         let config = config.with_zone_settings(zone_settings);
         config.validate()?;
@@ -654,6 +668,12 @@ impl Config {
             return invalid(
                 "heartbeat-interval-secs",
                 "must be at least 1 second and below --lease-ttl-secs",
+            );
+        }
+        if self.result_key_rotation < self.heartbeat_interval {
+            return invalid(
+                "result-key-rotation-secs",
+                "must be at least --heartbeat-interval-secs (keys rotate at a heartbeat)",
             );
         }
         if self.execution_timeout.is_zero()
@@ -869,6 +889,7 @@ struct DisplayConfig {
     heartbeat_interval_secs: u64,
     agent_kafka_brokers: String,
     verify_results: bool,
+    result_key_rotation_secs: u64,
     zones_config: BTreeMap<String, ZoneSettings>,
 }
 
@@ -927,6 +948,7 @@ impl From<&Config> for DisplayConfig {
             heartbeat_interval_secs: c.heartbeat_interval.as_secs(),
             agent_kafka_brokers: c.agent_kafka_brokers.clone(),
             verify_results: c.verify_results,
+            result_key_rotation_secs: c.result_key_rotation.as_secs(),
             zones_config: c.zone_settings(),
         }
     }

@@ -116,7 +116,7 @@ impl Metrics {
             results_rejected: counter(
                 "results_rejected_total",
                 "Results rejected before they could change anything, by reason: unsigned, \
-                 bad_signature, unknown_lease, old_lease, wrong_zone.",
+                 bad_signature, old_key, unknown_lease, old_lease, wrong_zone.",
                 &["reason"],
             ),
             retries_scheduled: counter(

@@ -58,6 +58,7 @@ pub fn driver_settings(config: &Config) -> DriverSettings {
         zone_execution_timeouts: config.zone_execution_timeouts.clone(),
         lease_ttl: config.lease_ttl,
         verify_results: config.verify_results,
+        result_key_rotation: config.result_key_rotation,
         metrics: Metrics::default(),
         ..DriverSettings::default()
     }

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use strata_control_plane::adapters::memory::{MemoryDataPlane, MemoryStore};
 use strata_control_plane::convert;
-use strata_control_plane::driver::{Clock as _, Driver, DriverSettings, Handle, TokioClock};
+use strata_control_plane::driver::{
+    Clock as _, Driver, DriverSettings, Handle, Renewal, TokioClock,
+};
 use strata_core::Zone;
 use strata_core::agents::{AgentState, Registration};
 use strata_core::machine::{Event, FailureKind, NodeRecord, NodeState};
@@ -162,8 +164,11 @@ async fn a_heartbeat_renews_the_lease_for_a_full_ttl() {
             agent.id.clone(),
             agent.lease_epoch,
             "agent-raw".into(),
-            Vec::new(),
-            false,
+            Renewal {
+                held: Vec::new(),
+                draining: false,
+                rotate_keys: false,
+            },
         )
         .await
         .expect("driver answers")

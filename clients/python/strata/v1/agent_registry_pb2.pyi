@@ -100,18 +100,20 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., in_flight: _Optional[_Iterable[_Union[InFlightAttempt, _Mapping]]] = ..., draining: _Optional[bool] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("lease_expires_at", "drain", "abandon", "heartbeat_interval", "topics_generation")
+    __slots__ = ("lease_expires_at", "drain", "abandon", "heartbeat_interval", "topics_generation", "result_signing_key")
     LEASE_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     DRAIN_FIELD_NUMBER: _ClassVar[int]
     ABANDON_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     TOPICS_GENERATION_FIELD_NUMBER: _ClassVar[int]
+    RESULT_SIGNING_KEY_FIELD_NUMBER: _ClassVar[int]
     lease_expires_at: _timestamp_pb2.Timestamp
     drain: bool
     abandon: _containers.RepeatedCompositeFieldContainer[InFlightAttempt]
     heartbeat_interval: _duration_pb2.Duration
     topics_generation: int
-    def __init__(self, lease_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., drain: _Optional[bool] = ..., abandon: _Optional[_Iterable[_Union[InFlightAttempt, _Mapping]]] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., topics_generation: _Optional[int] = ...) -> None: ...
+    result_signing_key: bytes
+    def __init__(self, lease_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., drain: _Optional[bool] = ..., abandon: _Optional[_Iterable[_Union[InFlightAttempt, _Mapping]]] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., topics_generation: _Optional[int] = ..., result_signing_key: _Optional[bytes] = ...) -> None: ...
 
 class DeregisterRequest(_message.Message):
     __slots__ = ("agent_id", "lease_epoch", "reason")

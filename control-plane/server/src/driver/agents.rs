@@ -2,11 +2,12 @@
 //! which attempts to abandon; a deregistered or expired agent's attempts are lost), applied to
 //! the registry the driver owns.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use strata_core::Zone;
-use strata_core::agents::{Agent, HeldAttempt, LeaseError, Registration};
+use strata_core::agents::{Agent, HeldAttempt, LeaseError, LeaseKey, Registration};
 use strata_core::machine::{Event, LossReason, NodeState};
 use strata_core::model::NodeIx;
+use tracing::warn;
 
 use super::state::DriverState;
 
@@ -20,6 +21,20 @@ pub struct HeartbeatReply {
     pub abandon: Vec<HeldAttempt>,
     /// The topics' generation (agents subscribe again when it changes).
     pub topics_generation: u64,
+    /// The lease's new result signing key, when this renewal rotated it.
+    pub result_key: Option<LeaseKey>,
+}
+
+/// What a heartbeat says besides whose lease it renews.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Renewal {
+    /// The attempts the agent holds.
+    pub held: Vec<HeldAttempt>,
+    /// Whether it is draining.
+    pub draining: bool,
+    /// Whether the reply may carry a new result key (it travels over TLS, or nobody is
+    /// authenticated).
+    pub rotate_keys: bool,
 }
 
 /// A lease granted at registration, with what the agent needs besides it.
@@ -65,26 +80,50 @@ impl DriverState {
     }
 
     /// Renews agent `agent_id`'s lease `epoch` for `principal` (the one that registered it),
-    /// recording the attempts it holds.
+    /// recording the attempts it holds; with `rotate_keys`, a lease whose result key is older
+    /// than the rotation interval gets a new one.
     pub(super) fn heartbeat(
         &mut self,
         agent_id: &str,
         epoch: u64,
         principal: &str,
-        held: Vec<HeldAttempt>,
-        draining: bool,
+        Renewal {
+            held,
+            draining,
+            rotate_keys,
+        }: Renewal,
         now: DateTime<Utc>,
     ) -> Result<HeartbeatReply, LeaseError> {
         self.check_holder(agent_id, principal)?;
-        let lease_expires_at = self
+        let agent = self
             .agents
-            .heartbeat(agent_id, epoch, held.clone(), draining, now)?
-            .expires_at;
+            .heartbeat(agent_id, epoch, held.clone(), draining, now)?;
+        let lease_expires_at = agent.expires_at;
+        let rotation_due = agent.result_key.is_some()
+            && TimeDelta::from_std(self.result_key_rotation)
+                .ok()
+                .and_then(|r| agent.result_key_since().checked_add_signed(r))
+                .is_some_and(|due| due <= now);
+        let result_key = if rotate_keys && rotation_due {
+            match crate::keys::new_lease_key() {
+                Ok(key) => self
+                    .agents
+                    .rotate_result_key(agent_id, epoch, key.clone(), now)
+                    .then_some(key),
+                Err(e) => {
+                    warn!(agent_id, error = %e, "result key not rotated: no random bytes");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let abandon = held.into_iter().filter(|a| !self.awaits(a)).collect();
         Ok(HeartbeatReply {
             lease_expires_at,
             abandon,
             topics_generation: self.topics_generation,
+            result_key,
         })
     }
 

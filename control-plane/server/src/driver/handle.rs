@@ -5,9 +5,9 @@ use strata_core::machine::{Event, Outcome};
 use tokio::sync::{mpsc, oneshot};
 
 use strata_core::Zone;
-use strata_core::agents::{HeldAttempt, LeaseError, Registration};
+use strata_core::agents::{LeaseError, Registration};
 
-use super::agents::HeartbeatReply;
+use super::agents::{HeartbeatReply, Renewal};
 use super::error::DriverError;
 use super::state::DriverState;
 use strata_core::submission::PreparedBatch;
@@ -92,16 +92,16 @@ impl Handle {
     }
 
     /// Renews an agent's lease for `principal` (the one that registered it); the reply names
-    /// the attempts it should abandon.
+    /// the attempts it should abandon, and the lease's new result key when `rotate_keys` and
+    /// the key is due.
     pub async fn heartbeat(
         &self,
         agent_id: String,
         epoch: u64,
         principal: String,
-        held: Vec<HeldAttempt>,
-        draining: bool,
+        renewal: Renewal,
     ) -> Result<Result<HeartbeatReply, LeaseError>, DriverError> {
-        self.mutate(move |s, _| s.heartbeat(&agent_id, epoch, &principal, held, draining, s.now()))
+        self.mutate(move |s, _| s.heartbeat(&agent_id, epoch, &principal, renewal, s.now()))
             .await
     }
 

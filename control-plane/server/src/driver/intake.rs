@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use chrono::TimeDelta;
 use strata_core::ObjectId;
 use strata_core::machine::IgnoreReason;
 use tracing::{debug, warn};
@@ -78,6 +79,9 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                     &agent,
                     &report.seal,
                     &rt.object(node).zone,
+                    self.state.now(),
+                    TimeDelta::from_std(self.settings.result_key_rotation)
+                        .unwrap_or(TimeDelta::MAX),
                 )
             {
                 let reason = rejection.as_str();

@@ -47,7 +47,7 @@ mod submit;
 mod timers;
 mod verify;
 
-pub use agents::{Granted, HeartbeatReply};
+pub use agents::{Granted, HeartbeatReply, Renewal};
 pub use clock::{Clock, SystemClock, TokioClock};
 pub use error::DriverError;
 pub use handle::{Handle, SubmitOutcome};
@@ -128,6 +128,7 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                 .map_or(0x9e37_79b9, |d| d.as_nanos() as u64)
         });
         let clock = settings.clock.clone();
+        let result_key_rotation = settings.result_key_rotation;
         (
             Self {
                 data,
@@ -140,6 +141,7 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                     agents: Registry::new(lease_ttl),
                     topics_generation: 0,
                     ready_signer: None,
+                    result_key_rotation,
                     clock,
                 },
                 commands,

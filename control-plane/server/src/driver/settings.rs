@@ -34,6 +34,10 @@ pub struct DriverSettings {
     /// [`DriverSettings::default`] (component tests drive unsigned results by hand); the
     /// binary's configuration and dev mode turn it on unless told otherwise.
     pub verify_results: bool,
+    /// How long a lease keeps one result signing key: the first heartbeat after it hands out a
+    /// new one, and the old key signs valid results for as long again (results signed before
+    /// the rotation may still be on the results topic).
+    pub result_key_rotation: Duration,
     /// How often the topics are checked (and re-created): a broker that lost them lost every
     /// Ready in flight, which the driver then publishes again.
     pub topic_check: Duration,
@@ -44,6 +48,9 @@ pub struct DriverSettings {
     /// Seed of the backoff jitter (`None`: from the time of start).
     pub seed: Option<u64>,
 }
+
+/// The default of [`DriverSettings::result_key_rotation`]: an hour.
+pub const DEFAULT_RESULT_KEY_ROTATION: Duration = Duration::from_secs(3600);
 
 impl Default for DriverSettings {
     fn default() -> Self {
@@ -62,6 +69,7 @@ impl Default for DriverSettings {
             watch_capacity: 1024,
             lease_ttl: Duration::from_secs(15),
             verify_results: false,
+            result_key_rotation: DEFAULT_RESULT_KEY_ROTATION,
             metrics: Metrics::default(),
             clock: Arc::new(SystemClock),
             seed: None,

@@ -240,6 +240,8 @@ pub struct DriverState {
     /// The key every Ready is signed with, from the store (loaded at start-up, before any
     /// command or publication).
     pub(super) ready_signer: Option<std::sync::Arc<strata_proto::signing::ReadySigner>>,
+    /// How long a lease keeps one result signing key (`DriverSettings::result_key_rotation`).
+    pub(super) result_key_rotation: std::time::Duration,
     /// Where the time of day is read (the settings' clock).
     pub(super) clock: Arc<dyn Clock>,
 }

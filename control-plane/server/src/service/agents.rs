@@ -16,7 +16,7 @@ use tracing::info;
 use super::validate;
 use crate::auth::principal_of;
 use crate::convert;
-use crate::driver::Handle;
+use crate::driver::{Handle, Renewal};
 use crate::error::ServiceError;
 
 /// What the registry tells agents besides their lease.
@@ -221,6 +221,7 @@ impl AgentRegistry for AgentRegistryService {
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let principal = principal_of(&request);
+        let keys_may_travel = crate::tls::over_tls(&request) || principal.is_open();
         let req = request.into_inner();
         validate::heartbeat(&req)?;
         let in_flight = req.in_flight;
@@ -230,8 +231,11 @@ impl AgentRegistry for AgentRegistryService {
                 req.agent_id,
                 req.lease_epoch,
                 principal.name().to_owned(),
-                held(in_flight.clone()),
-                req.draining,
+                Renewal {
+                    held: held(in_flight.clone()),
+                    draining: req.draining,
+                    rotate_keys: keys_may_travel,
+                },
             )
             .await
             .map_err(ServiceError::from)?
@@ -246,6 +250,10 @@ impl AgentRegistry for AgentRegistryService {
                 .collect(),
             heartbeat_interval: None,
             topics_generation: reply.topics_generation,
+            result_signing_key: reply
+                .result_key
+                .map(|k| k.as_bytes().to_vec())
+                .unwrap_or_default(),
         }))
     }
 
