@@ -131,6 +131,24 @@ impl RedisServer {
         }
     }
 
+    /// `SIGSTOP`: the server keeps its data and its connections but answers nothing (every
+    /// call times out) until [`Self::thaw`], as a Redis on a paused VM or across a partition.
+    pub fn freeze(&self) -> anyhow::Result<()> {
+        self.process
+            .as_ref()
+            .context("redis-server is not running")?
+            .signal(nix::sys::signal::Signal::SIGSTOP)
+    }
+
+    /// `SIGCONT` after [`Self::freeze`]: the server answers again, the calls it received
+    /// meanwhile first.
+    pub fn thaw(&self) -> anyhow::Result<()> {
+        self.process
+            .as_ref()
+            .context("redis-server is not running")?
+            .signal(nix::sys::signal::Signal::SIGCONT)
+    }
+
     /// Starts a new server on the same port after [`Self::stop`] and waits until it answers.
     pub async fn start_again(&mut self) -> anyhow::Result<()> {
         self.stop();

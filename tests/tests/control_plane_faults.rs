@@ -13,9 +13,12 @@
 //!    flight are published again, and the batch completes. The control plane and the agents run
 //!    under a supervisor that restarts whichever process exits, because against Tansu a
 //!    librdkafka consumer often dies there (SIGSEGV; see the test); every such exit is printed.
+//! 3. Redis stops answering (`SIGSTOP`) mid-batch for longer than two of the store's call
+//!    timeouts: the control plane takes no result it cannot persist and readiness says it is
+//!    stalled; once Redis answers, the batch goes on where it stopped.
 //!
 //! The agents' processor is a `/bin/sh` script ([`SCRIPT`]) that appends `start` and `done` lines
-//! (nanosecond timestamp, object, attempt, agent) to a log shared by all agents. Both tests check,
+//! (nanosecond timestamp, object, attempt, agent) to a log shared by all agents. The tests check,
 //! from that log rather than timing, that no object started before each of its parents was done,
 //! that nothing got a second attempt, and that nothing LOADED before the fault ran again. Faults
 //! are placed by progress (objects started), never by sleeping: the script waits at a gate
@@ -1009,6 +1012,109 @@ async fn sigterm_stops_a_control_plane_still_waiting_for_its_broker() -> anyhow:
         cp.log_tail().contains("driver stopped during start-up"),
         "{}",
         cp.log_tail()
+    );
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------------
+// 4. Redis stops answering
+
+/// Objects started before Redis is frozen; later ones wait at the gate, and their results (and
+/// those of the objects still running) come while no state can be written.
+const FREEZE_AFTER: usize = 100;
+/// How long Redis answers nothing: longer than two of the store's 5 s call timeouts, well within
+/// the agents' lease (30 s) and the execution timeout (20 s) of the attempts started before.
+const FROZEN: Duration = Duration::from_secs(11);
+
+/// Redis frozen (`SIGSTOP`) mid-batch: the control plane takes no result it cannot persist,
+/// readiness says why and `strata_driver_stalled` is 1; once Redis answers again the batch goes
+/// on where it stopped: every object LOADED at its first attempt, none run again after it was
+/// done, readiness back to ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_goes_on_where_it_stopped_after_redis_stopped_answering() -> anyhow::Result<()> {
+    let catalogue = catalogue();
+    let redis = within(LONG, "start redis", RedisServer::start()).await??;
+    let broker = within(LONG, "start broker", TestBroker::start()).await??;
+    let cp = within(
+        LONG,
+        "start the control plane",
+        ControlPlane::start_on(&broker, &redis.url(), CP_FLAGS, &[]),
+    )
+    .await??;
+    let mut client = connect(&cp).await?;
+    let work = Work::new(FREEZE_AFTER)?;
+    let mut agents = within(LONG, "start the agents", Agents::start(&cp, &work)).await??;
+    let submitted = submit(&mut client, "faults-redis-frozen", &catalogue).await?;
+    let batch_id = submitted.batch_id;
+    within(LONG, "the agents to start the first objects", async {
+        while work.starts()? <= FREEZE_AFTER {
+            agents.assert_alive()?;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        anyhow::Ok(())
+    })
+    .await??;
+    let (handed_out, _) = started_and_done(&work.events()?);
+    let loaded_before = loaded_among(&mut client, &batch_id, handed_out).await?;
+
+    redis.freeze()?;
+    let frozen = Instant::now();
+    work.open_gate();
+    let admin = |path: &'static str| strata_tests::worker_agent::http_get(cp.admin_port(), path);
+    let body = within(LONG, "readiness to report the stalled driver", async {
+        loop {
+            let (code, body) = admin("/health/readiness").await?;
+            if code == 503 && body.contains("driver: stalled") {
+                return anyhow::Ok(body);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await??;
+    ensure!(body.contains("persist"), "{body}");
+    let (_, metrics) = admin("/metrics").await?;
+    ensure!(
+        metrics.lines().any(|l| l == "strata_driver_stalled 1"),
+        "strata_driver_stalled while Redis is frozen:\n{metrics}"
+    );
+    eprintln!(
+        "stall reported {:?} after the freeze: {body}",
+        frozen.elapsed()
+    );
+    tokio::time::sleep(FROZEN.saturating_sub(frozen.elapsed())).await;
+    redis.thaw()?;
+    let thawed = Instant::now();
+
+    let done = within(LONG, "the batch to reach a terminal state", async {
+        loop {
+            agents.assert_alive()?;
+            let batch = get_batch(&mut client, &batch_id).await?;
+            if batch.state() != pb::BatchState::Running {
+                return anyhow::Ok(batch);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await??;
+    eprintln!("batch over {:?} after the thaw", thawed.elapsed());
+    let none = BTreeSet::new();
+    if let Err(e) = assert_all_loaded_at_first_attempt(&mut client, &done, &catalogue, &none).await
+    {
+        let detail = not_first_attempt(&mut client, &batch_id, &catalogue).await?;
+        bail!(
+            "{e:#}\nnot LOADED at attempt 1: {detail:#?}\ncontrol plane log tail:\n{}",
+            cp.log_tail()
+        );
+    }
+    let log = work.events()?;
+    assert_not_run_again(&log, &loaded_before)?;
+    check_logs(log, &catalogue, &none).with_context(|| format!("log {}", shown(&work.log)))?;
+    let (code, body) = admin("/health/readiness").await?;
+    ensure!(code == 200, "readiness after the thaw: {code} {body}");
+    let (_, metrics) = admin("/metrics").await?;
+    ensure!(
+        metrics.lines().any(|l| l == "strata_driver_stalled 0"),
+        "strata_driver_stalled after the thaw:\n{metrics}"
     );
     Ok(())
 }

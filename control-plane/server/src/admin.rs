@@ -1,7 +1,9 @@
 //! The control plane's HTTP admin port (`docs/design.md#observability`): `/metrics` (Prometheus text),
 //! `/health/liveness` (the process answers), `/health/readiness` (200 when the broker answers a
-//! metadata request, Redis answers `PING` and the driver answers, each within
-//! [`CHECK_TIMEOUT`]; else 503 with the reasons in a JSON body).
+//! metadata request and Redis answers `PING`, each within [`CHECK_TIMEOUT`], and the driver is
+//! neither stalled on a state write nor without a finished turn for [`STUCK_AFTER`]; else 503
+//! with the reasons in a JSON body). A driver merely busy (a long submission, a flood of reads)
+//! stays ready.
 //!
 //! The same checks run every [`CHECK_INTERVAL`] in the background and keep the
 //! `grpc.health.v1` status of `strata.v1.Orchestrator`, `strata.v1.AgentRegistry` and the server
@@ -26,6 +28,9 @@ use crate::service::{REGISTRY_SERVICE_NAME, SERVICE_NAME};
 
 /// Bound on each readiness check.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// A driver that has not finished a turn for this long is not ready (a single step, even the
+/// submission of a million objects, takes seconds).
+pub const STUCK_AFTER: Duration = Duration::from_secs(60);
 /// How often the gRPC health status is brought in step.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -112,14 +117,23 @@ impl<D: DataPlane, S: StateStore> Admin<D, S> {
             Ok(Err(e)) => reasons.push(reason("redis", &e)),
             Err(_) => reasons.push(format!("redis: no answer within {CHECK_TIMEOUT:?}")),
         }
+        let health = self.handle.health();
+        if let Some(stall) = health.stall() {
+            reasons.push(format!("driver: {stall}"));
+        }
         let zones_without_agents = match driver {
             Ok(Ok(zones)) => zones,
             Ok(Err(e)) => {
                 reasons.push(format!("driver: {e}"));
                 Vec::new()
             }
+            // Busy (a long step, a flood of reads ahead of this one): ready while it still
+            // finishes turns.
             Err(_) => {
-                reasons.push(format!("driver: busy, no answer within {CHECK_TIMEOUT:?}"));
+                let idle = health.since_last_turn();
+                if idle > STUCK_AFTER && health.stall().is_none() {
+                    reasons.push(format!("driver: no turn finished for {} s", idle.as_secs()));
+                }
                 Vec::new()
             }
         };

@@ -9,8 +9,8 @@
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// Buckets of the release latency (result consumed → child Ready handed to the producer).
@@ -43,6 +43,7 @@ struct Inner {
     kafka_errors: IntCounterVec,
     redis_errors: IntCounterVec,
     tls_handshake_failures: IntCounterVec,
+    driver_stalled: IntGauge,
     release_latency: Histogram,
     object_latency: HistogramVec,
     processing: HistogramVec,
@@ -145,6 +146,12 @@ impl Metrics {
                  untrusting client, a refused client certificate), by reason (error, timeout).",
                 &["reason"],
             ),
+            driver_stalled: IntGauge::new(
+                "driver_stalled",
+                "1 while the driver waits for a state write (Redis) it retries until it \
+                 succeeds: no result is taken and nothing is released meanwhile.",
+            )
+            .expect("valid metric"),
             release_latency: Histogram::with_opts(
                 HistogramOpts::new(
                     "release_latency_seconds",
@@ -181,6 +188,7 @@ impl Metrics {
             Box::new(inner.kafka_errors.clone()),
             Box::new(inner.redis_errors.clone()),
             Box::new(inner.tls_handshake_failures.clone()),
+            Box::new(inner.driver_stalled.clone()),
             Box::new(inner.release_latency.clone()),
             Box::new(inner.object_latency.clone()),
             Box::new(inner.processing.clone()),
@@ -251,6 +259,11 @@ impl Metrics {
     /// An object of `zone` dead-lettered.
     pub fn dead_letter(&self, zone: &str) {
         self.inner.dead_letters.with_label_values(&[zone]).inc();
+    }
+
+    /// Whether the driver waits for a state write.
+    pub fn set_driver_stalled(&self, stalled: bool) {
+        self.inner.driver_stalled.set(i64::from(stalled));
     }
 
     /// A failed try of an operation on `service` (`kafka` or `redis`).

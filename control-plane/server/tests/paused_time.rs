@@ -12,6 +12,8 @@ use strata_control_plane::convert;
 use strata_control_plane::driver::{
     Clock as _, Driver, DriverSettings, Handle, Renewal, TokioClock,
 };
+use strata_control_plane::metrics::Metrics;
+use strata_control_plane::ports::StateStore as _;
 use strata_core::Zone;
 use strata_core::agents::{AgentState, Registration};
 use strata_core::machine::{Event, FailureKind, NodeRecord, NodeState};
@@ -31,6 +33,15 @@ async fn driver() -> (Handle, oneshot::Sender<()>) {
 
 /// [`driver`] over `data`, with the clock it reads.
 async fn driver_on(data: Arc<MemoryDataPlane>) -> (Handle, Arc<TokioClock>, oneshot::Sender<()>) {
+    driver_over(data, Arc::new(MemoryStore::new()), Metrics::new()).await
+}
+
+/// [`driver`] over `data` and `store`, counting in `metrics`.
+async fn driver_over(
+    data: Arc<MemoryDataPlane>,
+    store: Arc<MemoryStore>,
+    metrics: Metrics,
+) -> (Handle, Arc<TokioClock>, oneshot::Sender<()>) {
     let clock = Arc::new(TokioClock::new());
     let settings = DriverSettings {
         lease_ttl: TTL,
@@ -38,9 +49,10 @@ async fn driver_on(data: Arc<MemoryDataPlane>) -> (Handle, Arc<TokioClock>, ones
         execution_timeout: EXECUTION_TIMEOUT,
         clock: clock.clone(),
         seed: Some(7),
+        metrics,
         ..DriverSettings::default()
     };
-    let (driver, handle) = Driver::new(data, Arc::new(MemoryStore::new()), settings);
+    let (driver, handle) = Driver::new(data, store, settings);
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(driver.run(async {
         let _ = stopped.await;
@@ -240,4 +252,86 @@ async fn an_attempt_past_its_execution_timeout_is_retried_when_its_backoff_is_du
     assert_eq!((again.state, again.attempt), (NodeState::Ready, 2));
     let second = ready.recv().await.expect("second Ready published");
     assert_eq!(second.attempt, 2);
+}
+
+/// A step whose state write keeps failing is never applied in memory alone nor given up: the
+/// driver retries it (far past the 20 tries it used to give up after), takes no other work,
+/// reports the stall, and applies the step once the store answers again.
+#[tokio::test(start_paused = true)]
+async fn a_step_whose_state_write_fails_for_ten_minutes_waits_for_it_then_goes_on() {
+    let data = Arc::new(MemoryDataPlane::new());
+    let store = Arc::new(MemoryStore::new());
+    let metrics = Metrics::new();
+    let mut ready = data.subscribe_ready(&raw());
+    let (handle, clock, _stop) = driver_over(data, store.clone(), metrics.clone()).await;
+    let batch_id = submit_one(&handle, &clock).await;
+    let first = ready.recv().await.expect("first Ready published");
+
+    store.fail_writes(true);
+    let started = Event::Started {
+        node: 0,
+        attempt: 1,
+        dispatch_epoch: first.dispatch_epoch,
+    };
+    let pending = tokio::spawn({
+        let (handle, batch_id) = (handle.clone(), batch_id.clone());
+        async move { handle.event(&batch_id, started).await }
+    });
+    for _ in 0..120 {
+        tokio::time::advance(Duration::from_secs(5)).await;
+        tokio::task::yield_now().await;
+    }
+    let stall = handle
+        .health()
+        .stall()
+        .expect("the driver reports the stall");
+    assert_eq!(stall.what, "persist step");
+    assert!(stall.tries > 100, "{} tries in 10 minutes", stall.tries);
+    assert!(stall.to_string().contains("writes fail"), "{stall}");
+    assert!(
+        !pending.is_finished(),
+        "the command was answered before its step was durable"
+    );
+    assert!(
+        metrics.render().contains("strata_driver_stalled 1"),
+        "{}",
+        metrics.render()
+    );
+    let stored = |store: Arc<MemoryStore>, batch_id: String| async move {
+        store
+            .load_active()
+            .await
+            .expect("readable")
+            .into_iter()
+            .find(|b| b.batch.batch_id == batch_id)
+            .and_then(|b| b.nodes.into_iter().find(|(n, _)| *n == 0))
+            .map(|(_, r)| r.state)
+    };
+    assert_eq!(
+        stored(store.clone(), batch_id.clone()).await,
+        Some(NodeState::Ready),
+        "nothing was written"
+    );
+
+    store.fail_writes(false);
+    tokio::time::advance(Duration::from_secs(5)).await;
+    let outcome = pending
+        .await
+        .expect("no panic")
+        .expect("applied once written");
+    assert!(outcome.is_applied());
+    assert_eq!(handle.health().stall(), None);
+    assert!(metrics.render().contains("strata_driver_stalled 0"));
+    // The start is durable. (It was applied 10 minutes ago, past the 60 s execution timeout:
+    // the next tick may already have moved the attempt on to its retry.)
+    let now = stored(store, batch_id.clone()).await;
+    assert!(
+        matches!(now, Some(NodeState::Running | NodeState::RetryWait)),
+        "stored: {now:?}"
+    );
+    let held = record(&handle, &batch_id).await;
+    assert!(
+        matches!(held.state, NodeState::Running | NodeState::RetryWait) && held.attempt == 1,
+        "held: {held:?}"
+    );
 }

@@ -243,6 +243,8 @@ impl DataPlane for MemoryDataPlane {
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     inner: Mutex<StoreInner>,
+    /// Set by [`MemoryStore::fail_writes`]: every state write fails as an unreachable Redis's.
+    writes_fail: std::sync::atomic::AtomicBool,
 }
 
 /// One stored batch: its definition, objects, head and node records.
@@ -288,6 +290,23 @@ impl MemoryStore {
         Self::default()
     }
 
+    /// While `fail` holds, `apply` and `save_agents` fail as a Redis that does not answer
+    /// (component tests of what the driver does then).
+    pub fn fail_writes(&self, fail: bool) {
+        self.writes_fail
+            .store(fail, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn write_allowed(&self) -> PortResult<()> {
+        if self.writes_fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(crate::ports::PortError::Unavailable {
+                service: "redis",
+                detail: "writes fail (MemoryStore::fail_writes)".into(),
+            });
+        }
+        Ok(())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, StoreInner> {
         self.inner.lock().expect("memory store poisoned")
     }
@@ -326,6 +345,7 @@ impl StateStore for MemoryStore {
     }
 
     async fn apply(&self, step: &StepWrite) -> PortResult<()> {
+        self.write_allowed()?;
         let mut s = self.lock();
         for w in &step.batches {
             if let Some(e) = s.batches.get_mut(&w.batch_id) {
@@ -450,6 +470,7 @@ impl StateStore for MemoryStore {
     }
 
     async fn save_agents(&self, changes: &RegistryChanges) -> PortResult<()> {
+        self.write_allowed()?;
         let mut s = self.lock();
         for agent in &changes.upsert {
             s.agents.insert(agent.id.clone(), agent.clone());

@@ -1,7 +1,9 @@
 //! The handle the gRPC service and the admin port reach the driver through, and the commands it
 //! sends.
 
+use std::sync::Arc;
 use strata_core::machine::{Event, Outcome};
+
 use tokio::sync::{mpsc, oneshot};
 
 use strata_core::Zone;
@@ -9,6 +11,7 @@ use strata_core::agents::{LeaseError, Registration};
 
 use super::agents::{HeartbeatReply, Renewal};
 use super::error::DriverError;
+use super::health::DriverHealth;
 use super::state::DriverState;
 use strata_core::submission::PreparedBatch;
 
@@ -54,9 +57,16 @@ pub struct Handle {
     pub(super) tx: mpsc::Sender<Command>,
     /// Reads, served after results when both wait (a flood of queries must not delay results).
     pub(super) queries: mpsc::Sender<ReadFn>,
+    /// What the driver says about itself without a query.
+    pub(super) health: Arc<DriverHealth>,
 }
 
 impl Handle {
+    /// Whether a step is stalled and when the loop last turned, read without asking the loop.
+    pub fn health(&self) -> &DriverHealth {
+        &self.health
+    }
+
     /// Submits a prepared batch; resolves once it is durable and its first objects released.
     pub async fn submit(&self, prepared: PreparedBatch) -> Result<SubmitOutcome, DriverError> {
         let (reply, rx) = oneshot::channel();

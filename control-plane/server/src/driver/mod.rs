@@ -29,13 +29,21 @@
 //! - `effects`: the effect interpreter; `step`: performing a step in order;
 //! - `publish`: Ready delivery and redelivery, status changes, topic checks;
 //! - `agents`: registration, heartbeats, deregistration; `clock`: the time of day it reads;
-//!   `state`, `settings`, `error`: the types.
+//!   `health`: what readiness learns without asking the loop; `state`, `settings`, `error`: the
+//!   types.
+//!
+//! A step whose state cannot be persisted is never skipped: the driver retries it (backoff up to
+//! 5 s) for as long as it takes, taking no other work meanwhile (no result consumed, no offset
+//! stored, nothing released), and readiness says so ([`DriverHealth`]); memory is never ahead
+//! of the store. Only a shutdown ends the wait (the step is then lost from memory only: a
+//! restart resumes from the store and the results' stored offsets).
 
 mod agents;
 mod clock;
 mod effects;
 mod error;
 mod handle;
+mod health;
 mod intake;
 mod publish;
 mod restore;
@@ -51,6 +59,7 @@ pub use agents::{Granted, HeartbeatReply, Renewal};
 pub use clock::{Clock, SystemClock, TokioClock};
 pub use error::DriverError;
 pub use handle::{Handle, SubmitOutcome};
+pub use health::{DriverHealth, Stall};
 pub use settings::DriverSettings;
 pub use state::{
     BatchRuntime, DriverCounters, DriverState, TransitionRecord, WatchEvent, WatchStep,
@@ -113,6 +122,10 @@ pub struct Driver<D, S> {
     rejections_log: strata_runtime::log_limit::LogLimiter,
     /// Spans, when traces are exported (`None` otherwise: nothing traced, nothing formatted).
     traces: Option<crate::telemetry::DriverTraces>,
+    /// What readiness reads without asking the loop.
+    health: Arc<DriverHealth>,
+    /// True once shutdown began (ends a stalled step's wait).
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl<D: DataPlane, S: StateStore> Driver<D, S> {
@@ -128,6 +141,7 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                 .map_or(0x9e37_79b9, |d| d.as_nanos() as u64)
         });
         let clock = settings.clock.clone();
+        let health = Arc::new(DriverHealth::default());
         let result_key_rotation = settings.result_key_rotation;
         (
             Self {
@@ -157,10 +171,13 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                 rng: seed | 1,
                 rejections_log: Default::default(),
                 traces: crate::telemetry::DriverTraces::from_installed(),
+                health: health.clone(),
+                stopping: tokio::sync::watch::Sender::new(false),
             },
             Handle {
                 tx,
                 queries: queries_tx,
+                health,
             },
         )
     }

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use super::Driver;
@@ -22,10 +22,26 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
     /// (which also cuts the start-up short: a control plane waiting for its broker or Redis stops
     /// at once).
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), DriverError> {
-        tokio::pin!(shutdown);
+        // Shutdown is watched beside the loop, not only between its turns: a turn stalled on a
+        // state write must see it too.
+        let stopping = self.stopping.clone();
+        let mut stop = stopping.subscribe();
+        let signal = async move {
+            shutdown.await;
+            stopping.send_replace(true);
+            std::future::pending::<()>().await;
+        };
+        tokio::select! {
+            () = signal => unreachable!("the signal never ends"),
+            r = self.serve(&mut stop) => r,
+        }
+    }
+
+    /// Start-up, then the loop, until `stop` turns true.
+    async fn serve(&mut self, stop: &mut watch::Receiver<bool>) -> Result<(), DriverError> {
         let mut results = tokio::select! {
             biased;
-            () = &mut shutdown => {
+            _ = stop.wait_for(|s| *s) => {
                 info!("driver stopped during start-up");
                 return Ok(());
             }
@@ -44,9 +60,13 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
             lost_tx,
         );
         loop {
+            self.health.turned();
+            if *stop.borrow() {
+                break;
+            }
             tokio::select! {
                 biased;
-                () = &mut shutdown => break,
+                _ = stop.changed() => break,
                 cmd = self.commands.recv() => match cmd {
                     Some(cmd) => self.command(cmd).await,
                     None => break,

@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 
 use strata_core::coalesce::Delivery;
 use strata_core::model::NodeIx;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::Driver;
 use super::error::DriverError;
+use super::health::Stall;
 use super::state::head_of;
 use super::state::{WatchEvent, WatchStep};
 use crate::metrics::Metrics;
@@ -60,19 +61,18 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
             || !write.dead_letters.is_empty()
             || !write.loaded.is_empty()
         {
-            retry_port(&self.settings.metrics, "persist step", || {
-                self.store.apply(&write)
-            })
-            .await?;
+            let store = self.store.clone();
+            self.persist("persist step", || store.apply(&write)).await?;
         }
-        if let Some(changes) = self.state.agents.take_changes()
-            && let Err(e) = retry_port(&self.settings.metrics, "persist agent leases", || {
-                self.store.save_agents(&changes)
-            })
-            .await
-        {
-            self.state.agents.mark_unsaved(&changes);
-            return Err(e.into());
+        if let Some(changes) = self.state.agents.take_changes() {
+            let store = self.store.clone();
+            if let Err(e) = self
+                .persist("persist agent leases", || store.save_agents(&changes))
+                .await
+            {
+                self.state.agents.mark_unsaved(&changes);
+                return Err(e);
+            }
         }
         if !step.ready.is_empty() {
             let mut ready = std::mem::take(&mut step.ready);
@@ -117,6 +117,67 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
             }
         }
         Ok(())
+    }
+}
+
+impl<D: DataPlane, S: StateStore> Driver<D, S> {
+    /// Runs a state write until it succeeds, however long that takes: a step is never applied
+    /// in memory alone. Every failed try is counted; while it fails, [`DriverHealth`] holds the
+    /// stall for readiness and `strata_driver_stalled` is 1, with a warning at the first failure
+    /// and then every 20 tries. Only shutdown ends the wait (`ShuttingDown`).
+    ///
+    /// [`DriverHealth`]: super::health::DriverHealth
+    async fn persist<F, Fut>(&self, what: &'static str, mut call: F) -> Result<(), DriverError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<(), PortError>>,
+    {
+        let mut delay = Duration::from_millis(50);
+        let mut stopping = self.stopping.subscribe();
+        let mut stall: Option<Stall> = None;
+        let started = Instant::now();
+        loop {
+            match call().await {
+                Ok(()) => {
+                    if let Some(s) = stall {
+                        self.health.set_stall(None);
+                        self.settings.metrics.set_driver_stalled(false);
+                        info!(
+                            what,
+                            tries = s.tries,
+                            stalled_secs = s.since.elapsed().as_secs(),
+                            "state write succeeded; the driver goes on where it stopped"
+                        );
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.settings.metrics.port_error(e.service(), what);
+                    let s = stall.get_or_insert_with(|| Stall {
+                        what,
+                        since: started,
+                        tries: 0,
+                        error: String::new(),
+                    });
+                    s.tries += 1;
+                    s.error = e.to_string();
+                    if s.tries % 20 == 1 {
+                        warn!(error = %e, tries = s.tries, "{what} failed; the driver takes no other work until it succeeds");
+                    }
+                    self.health.set_stall(Some(s.clone()));
+                    self.settings.metrics.set_driver_stalled(true);
+                }
+            }
+            if *stopping.borrow() {
+                self.health.set_stall(None);
+                return Err(DriverError::ShuttingDown);
+            }
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                _ = stopping.wait_for(|s| *s) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
     }
 }
 
