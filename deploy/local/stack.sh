@@ -486,8 +486,11 @@ cmd_up() {
     trap 'on_signal INT' INT
     trap 'on_signal TERM' TERM
     STARTED=1
+    # Redis as production runs it for Strata: every write in the append-only file (fsync once a
+    # second), and no eviction (an evicted key would be lost state; writes fail instead).
     start_process redis "$RUN_DIR/redis" "$STRATA_REDIS_SERVER_BIN" \
-        --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+        --port "$REDIS_PORT" --bind 127.0.0.1 --save "" \
+        --appendonly yes --appendfsync everysec --maxmemory-policy noeviction \
         --daemonize no --logfile "" --dir "$RUN_DIR/redis"
     if [[ $BROKER == tansu ]]; then
         local listener="tcp://127.0.0.1:$KAFKA_PORT" tansu_env=(PATH="$PATH" NO_COLOR=1)

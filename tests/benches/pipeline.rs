@@ -640,6 +640,13 @@ impl StateStore for TimedStore {
         r
     }
 
+    async fn open_generation(&self, candidate: [u8; 16]) -> PortResult<()> {
+        let t = Instant::now();
+        let r = self.inner.open_generation(candidate).await;
+        self.calls.record("open_generation", t, 0);
+        r
+    }
+
     async fn ping(&self) -> PortResult<()> {
         let t = Instant::now();
         let r = self.inner.ping().await;

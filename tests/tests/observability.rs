@@ -230,7 +230,8 @@ async fn wait_readiness(stack: &Stack, want: u16, grpc: ServingStatus) -> anyhow
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn readiness_follows_redis_away_and_back() -> anyhow::Result<()> {
+async fn readiness_follows_redis_away_and_back_and_a_redis_that_lost_its_state()
+-> anyhow::Result<()> {
     let mut stack = Stack::start(&[]).await?;
     let (code, body) = stack.admin_get("/health/liveness").await?;
     ensure!(
@@ -255,7 +256,8 @@ async fn readiness_follows_redis_away_and_back() -> anyhow::Result<()> {
         "no agent runs yet: {ready}"
     );
 
-    stack.redis.stop();
+    // Redis away (frozen: it keeps its data), then back.
+    stack.redis.freeze()?;
     let body = within(
         STACK_WAIT,
         "readiness to fail",
@@ -270,9 +272,28 @@ async fn readiness_follows_redis_away_and_back() -> anyhow::Result<()> {
     );
     let (code, _) = stack.admin_get("/health/liveness").await?;
     ensure!(code == 200, "liveness while Redis is down: {code}");
-
-    within(STACK_WAIT, "restart redis", stack.redis.start_again()).await??;
+    stack.redis.thaw()?;
     wait_readiness(&stack, 200, ServingStatus::Serving).await?;
+
+    // Redis back without its data (killed, started again without persistence): never ready
+    // again, and says why.
+    within(STACK_WAIT, "restart redis", stack.redis.start_again()).await??;
+    let body = within(STACK_WAIT, "readiness to report the lost state", async {
+        loop {
+            let body = wait_readiness(&stack, 503, ServingStatus::NotServing).await?;
+            if body.contains("lost the state") {
+                return anyhow::Ok(body);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await??;
+    ensure!(body.contains("generation"), "{body}");
+    let (_, metrics) = stack.admin_get("/metrics").await?;
+    ensure!(
+        metrics.lines().any(|l| l == "strata_redis_state_lost 1"),
+        "strata_redis_state_lost:\n{metrics}"
+    );
     Ok(())
 }
 

@@ -1,7 +1,8 @@
 //! The Redis `StateStore` against a real `redis-server`: what a restarted control plane reads
 //! back, idempotent submission, atomic steps in one round trip, finished-batch expiry, atomic
 //! retry claims under contention, dead-letter paging, a 100,000-node batch, agent leases kept
-//! across a control-plane restart, and recovery after Redis restarts.
+//! across a control-plane restart, recovery after Redis restarts, and a Redis that lost its
+//! state found out by its generation marker.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::{Duration, Instant};
@@ -987,6 +988,111 @@ async fn redis_down_is_retryable_and_the_store_recovers_after_a_restart() -> any
         .map(|r| r.batch)
         .collect::<Vec<_>>();
     assert_eq!(active, vec![batch]);
+    Ok(())
+}
+
+/// A Redis that lost the state written to it (FLUSHALL, a restart without persistence) is found
+/// out at the next write and the next ping: `StateLost`, not retryable, and nothing is written
+/// to the empty Redis. Stores opening one Redis share its generation marker.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_that_lost_its_state_is_found_out_and_written_no_more() -> anyhow::Result<()> {
+    let (mut redis, store, mut con) = start(DAY).await?;
+    let store = store.with_timeout(Duration::from_secs(2));
+    within(STEP, "open generation", store.open_generation([1; 16])).await??;
+    let other = within(
+        STEP,
+        "a second store",
+        RedisStore::connect(&redis.url(), PREFIX, DAY),
+    )
+    .await??;
+    within(STEP, "open it", other.open_generation([2; 16])).await??;
+    let marker: String = within(
+        STEP,
+        "GET generation",
+        redis::cmd("GET")
+            .arg(format!("{PREFIX}generation"))
+            .query_async(&mut con),
+    )
+    .await??;
+    assert_eq!(marker, "01".repeat(16), "the first store's marker stays");
+    let batch = stored("generation", 1, "[]");
+    create(&store, &batch, &objects(1), &running(1), &[]).await?;
+    within(STEP, "ping", other.ping()).await??;
+
+    let keys = |con: &mut MultiplexedConnection| {
+        let mut con = con.clone();
+        async move {
+            within(
+                STEP,
+                "KEYS",
+                redis::cmd("KEYS")
+                    .arg("*")
+                    .query_async::<Vec<String>>(&mut con),
+            )
+            .await?
+            .map_err(anyhow::Error::from)
+        }
+    };
+    let expect_lost = |what: &str, r: Result<(), PortError>| match r {
+        Err(e @ PortError::StateLost { .. }) => {
+            assert!(!e.retryable(), "{what}: {e}");
+            assert!(e.to_string().contains("generation"), "{what}: {e}");
+            Ok(())
+        }
+        other => Err(anyhow::anyhow!("{what}: expected StateLost, got {other:?}")),
+    };
+    within(
+        STEP,
+        "FLUSHALL",
+        redis::cmd("FLUSHALL").query_async::<()>(&mut con),
+    )
+    .await??;
+    expect_lost(
+        "ping after FLUSHALL",
+        within(STEP, "ping", store.ping()).await?,
+    )?;
+    let step = StepWrite {
+        batches: vec![BatchWrite {
+            batch_id: batch.batch_id.clone(),
+            head: running(5),
+            nodes: vec![(0, record(NodeState::Running, 1, 1))],
+        }],
+        ..StepWrite::default()
+    };
+    expect_lost(
+        "apply after FLUSHALL",
+        within(STEP, "apply", store.apply(&step)).await?,
+    )?;
+    let again = stored("generation-2", 2, "[]");
+    expect_lost(
+        "create after FLUSHALL",
+        within(
+            STEP,
+            "create",
+            store.create_batch(&again, &objects(1), &running(1), &[]),
+        )
+        .await?
+        .map(|_| ()),
+    )?;
+    assert_eq!(
+        keys(&mut con).await?,
+        Vec::<String>::new(),
+        "written to the empty Redis"
+    );
+
+    // Restarted without persistence: the same, once the store reconnects.
+    within(STEP, "restart redis", redis.start_again()).await??;
+    let deadline = Instant::now() + STEP;
+    let found = loop {
+        match store.ping().await {
+            Err(e @ PortError::StateLost { .. }) => break e,
+            other => {
+                ensure!(Instant::now() < deadline, "after the restart: {other:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    println!("after a restart without persistence: {found}");
     Ok(())
 }
 

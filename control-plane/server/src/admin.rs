@@ -114,7 +114,12 @@ impl<D: DataPlane, S: StateStore> Admin<D, S> {
         }
         match redis {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => reasons.push(reason("redis", &e)),
+            Ok(Err(e)) => {
+                if matches!(e, PortError::StateLost { .. }) {
+                    self.metrics.redis_state_lost();
+                }
+                reasons.push(reason("redis", &e));
+            }
             Err(_) => reasons.push(format!("redis: no answer within {CHECK_TIMEOUT:?}")),
         }
         let health = self.handle.health();

@@ -44,6 +44,7 @@ struct Inner {
     redis_errors: IntCounterVec,
     tls_handshake_failures: IntCounterVec,
     driver_stalled: IntGauge,
+    redis_state_lost: IntGauge,
     release_latency: Histogram,
     object_latency: HistogramVec,
     processing: HistogramVec,
@@ -152,6 +153,13 @@ impl Metrics {
                  succeeds: no result is taken and nothing is released meanwhile.",
             )
             .expect("valid metric"),
+            redis_state_lost: IntGauge::new(
+                "redis_state_lost",
+                "1 once Redis was found without the state this control plane wrote (its \
+                 generation marker missing or changed: a restart without persistence, FLUSHALL, \
+                 eviction); nothing more is written until the control plane is restarted.",
+            )
+            .expect("valid metric"),
             release_latency: Histogram::with_opts(
                 HistogramOpts::new(
                     "release_latency_seconds",
@@ -189,6 +197,7 @@ impl Metrics {
             Box::new(inner.redis_errors.clone()),
             Box::new(inner.tls_handshake_failures.clone()),
             Box::new(inner.driver_stalled.clone()),
+            Box::new(inner.redis_state_lost.clone()),
             Box::new(inner.release_latency.clone()),
             Box::new(inner.object_latency.clone()),
             Box::new(inner.processing.clone()),
@@ -264,6 +273,11 @@ impl Metrics {
     /// Whether the driver waits for a state write.
     pub fn set_driver_stalled(&self, stalled: bool) {
         self.inner.driver_stalled.set(i64::from(stalled));
+    }
+
+    /// Redis was found without the state this process wrote.
+    pub fn redis_state_lost(&self) {
+        self.inner.redis_state_lost.set(1);
     }
 
     /// A failed try of an operation on `service` (`kafka` or `redis`).

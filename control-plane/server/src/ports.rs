@@ -41,6 +41,16 @@ pub enum PortError {
         /// What happened.
         detail: String,
     },
+    /// The store no longer holds the state this process wrote to it (its generation marker is
+    /// gone or changed: a Redis restarted without persistence, flushed, or evicting keys).
+    /// Nothing more is written to it.
+    #[error("{service} lost the state this control plane wrote: {detail}")]
+    StateLost {
+        /// `redis`.
+        service: &'static str,
+        /// What was found.
+        detail: String,
+    },
     /// Stored data could not be decoded.
     #[error("corrupt {what} in {service}: {detail}")]
     Corrupt {
@@ -64,6 +74,7 @@ impl PortError {
         match self {
             PortError::Unavailable { service, .. }
             | PortError::Rejected { service, .. }
+            | PortError::StateLost { service, .. }
             | PortError::Corrupt { service, .. } => service,
         }
     }
@@ -328,6 +339,12 @@ pub trait StateStore: Send + Sync + 'static {
         candidate: [u8; 32],
     ) -> impl Future<Output = PortResult<[u8; 32]>> + Send;
 
-    /// Round-trip check for readiness.
+    /// Opens the store's generation: the marker `candidate` stored if none is, else the stored
+    /// one, kept by the store from now on. Every later state write, and [`StateStore::ping`],
+    /// fails with [`PortError::StateLost`] once the store no longer holds it.
+    fn open_generation(&self, candidate: [u8; 16]) -> impl Future<Output = PortResult<()>> + Send;
+
+    /// Round-trip check for readiness; [`PortError::StateLost`] if the store lost the state
+    /// written since [`StateStore::open_generation`].
     fn ping(&self) -> impl Future<Output = PortResult<()>> + Send;
 }

@@ -494,6 +494,11 @@ impl StateStore for MemoryStore {
         Ok(self.lock().ready_seed.get_or_insert(Seed(candidate)).0)
     }
 
+    async fn open_generation(&self, _candidate: [u8; 16]) -> PortResult<()> {
+        // Memory cannot lose what it holds without the process.
+        Ok(())
+    }
+
     async fn ping(&self) -> PortResult<()> {
         Ok(())
     }

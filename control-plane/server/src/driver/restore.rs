@@ -20,6 +20,18 @@ use crate::ports::{DataPlane, StateStore};
 
 impl<D: DataPlane, S: StateStore> Driver<D, S> {
     pub(super) async fn restore(&mut self) -> Result<(), DriverError> {
+        let candidate = crate::keys::random_bytes::<16>().map_err(|detail| {
+            DriverError::Port(crate::ports::PortError::Rejected {
+                service: "os",
+                detail,
+            })
+        })?;
+        retry_port(
+            &self.settings.metrics,
+            "open the store's generation",
+            || self.store.open_generation(candidate),
+        )
+        .await?;
         let signer = retry_port(&self.settings.metrics, "load the Ready signing key", || {
             crate::keys::ready_signer(&*self.store)
         })

@@ -153,6 +153,9 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                 }
                 Err(e) => {
                     self.settings.metrics.port_error(e.service(), what);
+                    if matches!(e, PortError::StateLost { .. }) {
+                        self.settings.metrics.redis_state_lost();
+                    }
                     let s = stall.get_or_insert_with(|| Stall {
                         what,
                         since: started,

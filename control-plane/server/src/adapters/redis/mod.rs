@@ -25,6 +25,7 @@
 //! | `{p}loaded` | hash | object id → when it was last loaded (ms), by any batch (freshness; no TTL: one field per object ever loaded) |
 //! | `{p}agents` | hash | agent id → the agent's lease as JSON (`strata_core::agents::Agent`); ended leases are deleted an hour after they end |
 //! | `{p}agents:next_epoch` | string | the next lease epoch to hand out |
+//! | `{p}generation` | string | a random marker written once by the first control plane (`SET NX`): every state write checks it, so a Redis that lost its data (a restart without persistence, FLUSHALL, eviction) is found out instead of written to as if empty |
 //! | `{p}ready_signing_seed` | string | the 32-byte seed of the control planes' Ed25519 Ready signing key, created once (`SET NX`); a secret, like the lease keys in `{p}agents` |
 //!
 //! # Finished batches
@@ -119,6 +120,9 @@ pub struct RedisStore {
     ttl_ms: u64,
     timeout: Duration,
     round_trips: Arc<AtomicU64>,
+    /// The generation marker found or stored by [`StateStore::open_generation`] (hex), sent with
+    /// every state write: a Redis that no longer holds it lost the state.
+    generation: Arc<std::sync::OnceLock<String>>,
 }
 
 impl RedisStore {
@@ -164,9 +168,19 @@ impl RedisStore {
             ttl_ms,
             timeout: DEFAULT_TIMEOUT,
             round_trips: Arc::new(AtomicU64::new(0)),
+            generation: Arc::new(std::sync::OnceLock::new()),
         };
         store.load_scripts().await?;
         Ok(store)
+    }
+
+    /// The generation marker state writes are checked against (`""` before it is opened).
+    fn generation(&self) -> &str {
+        self.generation.get().map_or("", String::as_str)
+    }
+
+    fn generation_key(&self) -> String {
+        format!("{}generation", self.prefix)
     }
 
     /// Sets the bound on one round trip of a small request (default 5 s); bigger requests get
@@ -432,6 +446,7 @@ impl StateStore for RedisStore {
             cmd.arg(*node).arg(&buf[..]);
         }
         let size = objects.len() + options.len() + nodes.len() * ITEM_COST;
+        cmd.arg(self.generation());
         let reply = self.eval("create batch", &cmd, size).await?;
         let what = || format!("create reply for batch {}", batch.batch_id);
         let mut parts = array(reply).map_err(|d| corrupt(what(), d))?.into_iter();
@@ -503,6 +518,7 @@ impl StateStore for RedisStore {
             cmd.arg(object_id).arg(*at_ms);
         }
         size += step.loaded.len() * ITEM_COST;
+        cmd.arg(self.generation());
         let reply = self.eval("apply step", &cmd, size).await?;
         for id in array(reply).map_err(|d| corrupt("apply reply", d))? {
             let id = text(id).map_err(|d| corrupt("apply reply", d))?;
@@ -789,10 +805,52 @@ impl StateStore for RedisStore {
             .map_err(|d| corrupt("ready signing seed", d))
     }
 
+    async fn open_generation(&self, candidate: [u8; 16]) -> PortResult<()> {
+        let candidate: String = candidate.iter().map(|b| format!("{b:02x}")).collect();
+        let key = self.generation_key();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("SET")
+            .arg(&key)
+            .arg(&candidate)
+            .arg("NX")
+            .ignore()
+            .cmd("GET")
+            .arg(&key);
+        let stored = self
+            .query_pipe("open generation", &pipe, 0)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| corrupt("generation", "no reply".into()))?;
+        let stored = text(stored).map_err(|d| corrupt("generation", d))?;
+        if let Err(stored) = self.generation.set(stored.clone())
+            && Some(&stored) != self.generation.get()
+        {
+            return Err(self.lost(&format!("it holds {stored:?}")));
+        }
+        Ok(())
+    }
+
     async fn ping(&self) -> PortResult<()> {
-        match self.query("ping", &redis::cmd("PING"), 0).await? {
-            Value::SimpleString(s) if s == "PONG" => Ok(()),
-            other => Err(corrupt("ping reply", format!("{other:?}"))),
+        let mut pipe = redis::pipe();
+        pipe.cmd("PING").cmd("GET").arg(self.generation_key());
+        let mut replies = self.query_pipe("ping", &pipe, 0).await?.into_iter();
+        match replies.next() {
+            Some(Value::SimpleString(s)) if s == "PONG" => {}
+            other => return Err(corrupt("ping reply", format!("{other:?}"))),
+        }
+        let Some(expected) = self.generation.get() else {
+            return Ok(());
+        };
+        match replies.next() {
+            Some(Value::Nil) => Err(self.lost("it is missing")),
+            Some(v) => match text(v) {
+                Ok(found) if found == *expected => Ok(()),
+                Ok(found) => Err(self.lost(&format!("it holds {found:?}"))),
+                Err(d) => Err(corrupt("generation", d)),
+            },
+            None => Err(corrupt("ping reply", "no generation".into())),
         }
     }
 }
@@ -802,6 +860,22 @@ fn script_cmd(lua: &Lua) -> Cmd {
     let mut cmd = redis::cmd("EVALSHA");
     cmd.arg(lua.hash()).arg(0);
     cmd
+}
+
+impl RedisStore {
+    /// The error of a Redis that no longer holds this process's generation marker.
+    fn lost(&self, found: &str) -> PortError {
+        PortError::StateLost {
+            service: SERVICE,
+            detail: format!(
+                "the generation marker {} should hold {:?} but {found} (a restart without \
+                 persistence, FLUSHALL, eviction); nothing more is written, and the batches in \
+                 flight are lost from Redis: restart the control plane to start anew",
+                self.generation_key(),
+                self.generation()
+            ),
+        }
+    }
 }
 
 fn optional(v: Option<i64>) -> String {
@@ -822,6 +896,16 @@ fn map_err(what: &str, e: RedisError) -> PortError {
                 | ServerErrorKind::ReadOnly
         )
     ) || matches!(e.code(), Some("BUSY" | "OOM" | "LOADING"));
+    if e.code() == Some("STRATA_STATE_LOST") {
+        return PortError::StateLost {
+            service: SERVICE,
+            detail: format!(
+                "{detail} (a restart without persistence, FLUSHALL, eviction); nothing more is \
+                 written, and the batches in flight are lost from Redis: restart the control \
+                 plane to start anew"
+            ),
+        };
+    }
     match e.kind() {
         ErrorKind::Io | ErrorKind::ClusterConnectionNotFound => unavailable(detail),
         _ if transient_server || e.is_timeout() || e.is_connection_dropped() => unavailable(detail),

@@ -31,6 +31,14 @@ end
 
 local function bkey(id) return p .. 'batch:' .. id end
 
+-- Whether Redis lost the state written under generation `gen` (`''` = not checked): the marker
+-- `{p}generation` no longer holds it after a restart without persistence, a FLUSHALL or an
+-- eviction, and no write may then land.
+local function lost(gen)
+  return gen ~= '' and redis.call('GET', p .. 'generation') ~= gen
+end
+local LOST = 'STRATA_STATE_LOST the generation marker ' .. p .. 'generation is missing or changed'
+
 -- Removes the global dead-letter entries of a batch listed in its per-batch index, at most
 -- `budget` of them; returns how many were removed.
 local function unindex_dead(id, budget)
@@ -81,11 +89,12 @@ end
 ///
 /// ARGV: prefix, batch id, idempotency key, content hash, created_at_ms, options JSON, objects
 /// JSON, state, next_epoch, finished_at_ms (`''` = none), ttl ms, grace ms, then node/record
-/// pairs.
+/// pairs, then the generation (`''` = not checked).
 ///
 /// Returns `{'created'}` or `{'existing', id, hash}`. Re-running the very same create (same id,
 /// hash and created_at_ms: a retry after an ambiguous failure) returns `{'created'}` again.
 const CREATE: &str = r#"
+if lost(ARGV[#ARGV]) then return redis.error_reply(LOST) end
 local id, idem_key, hash, created = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local state, epoch, finished = ARGV[8], ARGV[9], ARGV[10]
 local ttl, grace = tonumber(ARGV[11]), tonumber(ARGV[12])
@@ -116,7 +125,7 @@ redis.call('HSET', b, 'id', id, 'idem', idem_key, 'hash', hash, 'created_at_ms',
   'options', ARGV[6], 'state', state, 'next_epoch', epoch)
 if finished ~= '' then redis.call('HSET', b, 'finished_at_ms', finished) end
 redis.call('SET', b .. ':objects', ARGV[7])
-if #ARGV > 12 then chunked('HSET', b .. ':nodes', ARGV, 13, #ARGV) end
+if #ARGV > 13 then chunked('HSET', b .. ':nodes', ARGV, 13, #ARGV - 1) end
 redis.call('ZADD', p .. 'batches', created, id)
 if state == 'RUNNING' then
   redis.call('SADD', p .. 'active', id)
@@ -132,11 +141,13 @@ return {'created'}
 /// dead-letter count, then per letter: batch id, node, dead_at_ms, payload;
 /// retry count, then per retry: due_ms, member;
 /// batch count, then per batch: id, state, next_epoch, finished_at_ms (`''` = none), node count,
-/// then node/record pairs.
+/// then node/record pairs; load count, then per load: object id, at ms; last, the generation
+/// (`''` = not checked).
 ///
 /// Writes for a batch that is not stored (never created, or expired) are skipped; returns their
 /// batch ids. Dead letters go first so that a batch finishing in the same step expires them too.
 const APPLY: &str = r#"
+if lost(ARGV[#ARGV]) then return redis.error_reply(LOST) end
 local ttl, grace = tonumber(ARGV[2]), tonumber(ARGV[3])
 local active = p .. 'active'
 local skipped = {}
