@@ -89,7 +89,10 @@ fn dead(attempt: u32, error: &str) -> NodeRecord {
 
 fn stored(key: &str, created_at_ms: i64, objects: &str) -> StoredBatch {
     StoredBatch {
-        batch_id: batch_id_for(key),
+        batch_id: batch_id_for(
+            key,
+            chrono::DateTime::from_timestamp_millis(created_at_ms).expect("in range"),
+        ),
         idempotency_key: key.into(),
         content_hash: format!("hash-of-{objects}"),
         created_at_ms,

@@ -146,7 +146,7 @@ impl BatchOptions {
 /// A planned submission, ready for the driver.
 #[derive(Debug)]
 pub struct PreparedBatch {
-    /// Batch id (derived from the idempotency key).
+    /// Batch id (from the idempotency key and the creation time: [`batch_id_for`]).
     pub batch_id: String,
     /// The idempotency key.
     pub idempotency_key: String,
@@ -185,9 +185,17 @@ pub fn caller_idempotency_key(stored: &str) -> &str {
         .map_or(stored, |(_, key)| key)
 }
 
-/// The batch id of an idempotency key: the same key always names the same batch.
-pub fn batch_id_for(idempotency_key: &str) -> String {
-    let digest = Sha256::digest(idempotency_key.as_bytes());
+/// The id of a new batch of `idempotency_key` created at `created_at`. The store keeps the key
+/// → id mapping, so a retry with the same key answers the first batch whatever id it computes;
+/// the creation time makes a batch of a key whose earlier batch expired a new id, never the old
+/// one again (agents remember the dispatch epochs they saw per batch and object: a reused id
+/// would start again below them).
+pub fn batch_id_for(idempotency_key: &str, created_at: DateTime<Utc>) -> String {
+    let mut h = Sha256::new();
+    h.update(idempotency_key.as_bytes());
+    h.update([0]);
+    h.update(created_at.timestamp_millis().to_be_bytes());
+    let digest = h.finalize();
     let hex: String = digest.iter().take(10).map(|b| format!("{b:02x}")).collect();
     format!("b-{hex}")
 }
@@ -211,7 +219,7 @@ pub fn prepare(
     let now = ctx.now;
     let content_hash = content_hash(&plan.plan_hash, &options);
     Ok(PreparedBatch {
-        batch_id: batch_id_for(idempotency_key),
+        batch_id: batch_id_for(idempotency_key, now),
         idempotency_key: idempotency_key.to_owned(),
         content_hash,
         options,
@@ -286,7 +294,8 @@ mod tests {
     fn idempotency_keys_are_scoped_to_their_principal() {
         let mine = scoped_idempotency_key(Some("ci"), "nightly-1");
         let theirs = scoped_idempotency_key(Some("etl"), "nightly-1");
-        assert_ne!(batch_id_for(&mine), batch_id_for(&theirs));
+        let at = DateTime::<Utc>::from_timestamp_millis(1_700_000_000_000).expect("in range");
+        assert_ne!(batch_id_for(&mine, at), batch_id_for(&theirs, at));
         assert_eq!(caller_idempotency_key(&mine), "nightly-1");
         assert_eq!(caller_idempotency_key(&theirs), "nightly-1");
         // Insecure mode (and batches stored before scoping): the key as given.
@@ -295,5 +304,14 @@ mod tests {
         // A principal name with the separator in it still shows only the caller's key.
         let odd = scoped_idempotency_key(Some("a\u{1f}b"), "k");
         assert_eq!(caller_idempotency_key(&odd), "k");
+    }
+
+    #[test]
+    fn a_key_whose_batch_expired_gets_a_new_batch_id() {
+        let at = |ms| DateTime::<Utc>::from_timestamp_millis(ms).expect("in range");
+        let first = batch_id_for("nightly-1", at(1_700_000_000_000));
+        assert_eq!(first, batch_id_for("nightly-1", at(1_700_000_000_000)));
+        assert_ne!(first, batch_id_for("nightly-1", at(1_700_000_000_001)));
+        assert!(first.starts_with("b-") && first.len() == 22, "{first}");
     }
 }

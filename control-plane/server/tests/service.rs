@@ -1286,24 +1286,27 @@ async fn results_are_applied_before_the_queries_waiting_with_them() {
     .expect("submitted");
     let first = t(ready.recv()).await.expect("ready");
     let applied = counters(&plane.handle).await.applied;
-    // Hold the driver in a read until the result and 50 reads wait together.
+    // Hold the driver in a read until the result and 50 reads wait together. The read blocks
+    // its worker thread: `block_in_place` first hands that worker's other tasks to another
+    // thread (a task parked in a blocked worker's LIFO slot, such as the memory data plane's
+    // result forwarder, cannot be stolen and would wait for the release too).
     let (release, held) = std::sync::mpsc::channel::<()>();
+    let (entered, inside) = tokio::sync::oneshot::channel::<()>();
     let blocker = tokio::spawn({
         let handle = plane.handle.clone();
         async move {
             handle
                 .read(move |_| {
-                    let _ = held.recv_timeout(Duration::from_secs(20));
+                    let _ = entered.send(());
+                    tokio::task::block_in_place(|| {
+                        let _ = held.recv_timeout(Duration::from_secs(20));
+                    });
                 })
                 .await
         }
     });
-    t(async {
-        while plane.handle.queries_waiting() > 0 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    })
-    .await;
+    // The driver is inside the read (not merely about to take it) before the result is sent.
+    t(inside).await.expect("the driver takes the read");
     plane
         .data
         .send_result(pb::ObjectResult {

@@ -115,7 +115,8 @@ if redis.call('EXISTS', b) == 1 then
     tostring(redis.call('HGET', b, 'idem')))
 end
 
--- Leftovers of an expired batch with the same id (ids derive from idempotency keys).
+-- Leftovers of an expired batch with the same id (batches stored before ids took the creation
+-- time in: they derived from the idempotency key alone).
 unindex_dead(id, redis.call('ZCARD', b .. ':dlqidx') + 1)
 redis.call('DEL', b .. ':objects', b .. ':nodes', b .. ':dlq', b .. ':dlqidx')
 redis.call('ZREM', p .. 'expiring', id)
