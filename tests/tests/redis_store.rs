@@ -96,6 +96,7 @@ fn stored(key: &str, created_at_ms: i64, objects: &str) -> StoredBatch {
         idempotency_key: key.into(),
         content_hash: format!("hash-of-{objects}"),
         created_at_ms,
+        layout_hash: format!("layout-of-{objects}"),
         options: BatchOptions {
             force: true,
             labels: [("team".to_owned(), "ops".to_owned())].into(),

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use crate::freshness::Frequency;
 use crate::machine::InitialDisposition;
+use crate::model::NodeIx;
 use crate::planner::{Plan, PlanError, PlanRequest, Targets, plan};
 use crate::preflight::PreflightRules;
 use crate::retry::{NodePolicies, RetryPolicy};
@@ -198,6 +199,22 @@ pub fn batch_id_for(idempotency_key: &str, created_at: DateTime<Utc>) -> String 
     let digest = h.finalize();
     let hex: String = digest.iter().take(10).map(|b| format!("{b:02x}")).collect();
     format!("b-{hex}")
+}
+
+/// A digest of which object each node of `plan` is, in node order: the node records a store
+/// keeps are indexed by node, so a batch planned again after a restart (by another version,
+/// say) may only take its stored records if its layout is the same.
+pub fn layout_hash(plan: &Plan, objects: &[ObjectDef]) -> String {
+    let mut h = Sha256::new();
+    for node in 0..plan.len() {
+        h.update(plan.object(objects, node as NodeIx).id.as_str().as_bytes());
+        h.update([0]);
+    }
+    h.finalize()
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// When objects were last loaded by earlier batches (the store's record), by id.

@@ -45,6 +45,7 @@ struct Inner {
     tls_handshake_failures: IntCounterVec,
     driver_stalled: IntGauge,
     redis_state_lost: IntGauge,
+    batches_not_restored: IntCounterVec,
     release_latency: Histogram,
     object_latency: HistogramVec,
     processing: HistogramVec,
@@ -160,6 +161,14 @@ impl Metrics {
                  eviction); nothing more is written until the control plane is restarted.",
             )
             .expect("valid metric"),
+            batches_not_restored: counter(
+                "batches_not_restored_total",
+                "Active batches in Redis a starting control plane refused to restore, by reason: \
+                 no_plan (their objects no longer plan), layout_changed (they plan to another \
+                 node layout than their stored records), inconsistent (records the state \
+                 machine rejects).",
+                &["reason"],
+            ),
             release_latency: Histogram::with_opts(
                 HistogramOpts::new(
                     "release_latency_seconds",
@@ -198,6 +207,7 @@ impl Metrics {
             Box::new(inner.tls_handshake_failures.clone()),
             Box::new(inner.driver_stalled.clone()),
             Box::new(inner.redis_state_lost.clone()),
+            Box::new(inner.batches_not_restored.clone()),
             Box::new(inner.release_latency.clone()),
             Box::new(inner.object_latency.clone()),
             Box::new(inner.processing.clone()),
@@ -273,6 +283,14 @@ impl Metrics {
     /// Whether the driver waits for a state write.
     pub fn set_driver_stalled(&self, stalled: bool) {
         self.inner.driver_stalled.set(i64::from(stalled));
+    }
+
+    /// A stored batch was not restored, for `reason`.
+    pub fn batch_not_restored(&self, reason: &str) {
+        self.inner
+            .batches_not_restored
+            .with_label_values(&[reason])
+            .inc();
     }
 
     /// Redis was found without the state this process wrote.

@@ -171,6 +171,9 @@ pub struct StoredBatch {
     pub created_at_ms: i64,
     /// The submission's options, with the retry policies resolved at submission.
     pub options: BatchOptions,
+    /// Which object each node is, as planned at submission
+    /// (`strata_core::submission::layout_hash`; empty: stored before layouts were).
+    pub layout_hash: String,
 }
 
 /// What [`StateStore::create_batch`] found.

@@ -3387,3 +3387,97 @@ async fn a_result_signed_before_a_restart_is_verified_after_it_and_the_ready_key
     assert_eq!(next.ready_verify_key, agent.ready_verify_key);
     assert_ne!(next.result_signing_key, agent.result_signing_key);
 }
+
+/// A stored batch whose objects now plan to another node layout than the one its records were
+/// stored under (a planner change between versions, say) is refused at restore, loudly (logged,
+/// counted by reason), instead of attaching its records to the wrong objects; a batch whose
+/// layout is the same is restored. The refused one still answers from the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_batch_planned_to_another_layout_is_not_restored() {
+    use strata_control_plane::convert;
+    use strata_control_plane::metrics::Metrics as CpMetrics;
+    use strata_control_plane::ports::{BatchHead, StateStore as _, StoredBatch};
+    use strata_core::machine::BatchState;
+    use strata_core::submission::{BatchOptions, LastLoaded, PlanContext, layout_hash, prepare};
+
+    let store = Arc::new(MemoryStore::new());
+    let store_batch = |key: &'static str, layout: Option<&'static str>| {
+        let store = store.clone();
+        async move {
+            let defs = convert::object_defs(vec![object("1001", &[]), object("2001", &["1001"])])
+                .expect("valid objects");
+            let none = BTreeMap::new();
+            let ctx = PlanContext {
+                max_objects: 10,
+                durations: &none,
+                last_loaded: &LastLoaded::default(),
+                preflight: &BTreeMap::new(),
+                now: chrono::Utc::now(),
+            };
+            let p = prepare(key, defs, BatchOptions::default(), &ctx).expect("plans");
+            let stored = StoredBatch {
+                batch_id: p.batch_id.clone(),
+                idempotency_key: p.idempotency_key.clone(),
+                content_hash: p.content_hash.clone(),
+                created_at_ms: p.created_at.timestamp_millis(),
+                options: p.options.clone(),
+                layout_hash: layout.map_or_else(|| layout_hash(&p.plan, &p.objects), str::to_owned),
+            };
+            let head = BatchHead {
+                state: BatchState::Running,
+                next_epoch: 1,
+                finished_at_ms: None,
+            };
+            store
+                .create_batch(&stored, &p.objects, &head, &[])
+                .await
+                .expect("stored");
+            p.batch_id
+        }
+    };
+    let same = store_batch("same-layout", None).await;
+    let other = store_batch("other-layout", Some("00112233445566778899aabbccddeeff")).await;
+    let metrics = CpMetrics::new();
+    let mut plane = start_driven(
+        store,
+        Arc::new(MemoryDataPlane::new()),
+        ServiceSettings::default(),
+        DriverSettings {
+            metrics: metrics.clone(),
+            ..DriverSettings::default()
+        },
+    )
+    .await;
+    let held = {
+        let (same, other) = (same.clone(), other.clone());
+        t(plane
+            .handle
+            .read(move |s| (s.batch(&same).is_some(), s.batch(&other).is_some())))
+        .await
+        .expect("the driver answers")
+    };
+    assert_eq!(held, (true, false), "(same layout, other layout) restored");
+    assert!(
+        metrics
+            .render()
+            .contains(r#"strata_batches_not_restored_total{reason="layout_changed"} 1"#),
+        "{}",
+        metrics.render()
+    );
+    let e = plane
+        .client
+        .get_object(pb::GetObjectRequest {
+            batch_id: other.clone(),
+            object_id: "1001".into(),
+        })
+        .await
+        .expect_err("not driven");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    let b = plane
+        .client
+        .get_batch(pb::GetBatchRequest { batch_id: other })
+        .await
+        .expect("answered from the store")
+        .into_inner();
+    assert_eq!(b.state(), pb::BatchState::Running);
+}

@@ -8,8 +8,8 @@ use chrono::DateTime;
 use strata_core::agents::Registry;
 use strata_core::machine::{BatchMachine, DeadReason, InitialDisposition, NodeRecord, NodeState};
 use strata_core::model::NodeIx;
-use strata_core::submission::{PlanContext, prepare};
-use tracing::{info, warn};
+use strata_core::submission::{PlanContext, layout_hash, prepare};
+use tracing::{error, info};
 
 use super::Driver;
 use super::error::DriverError;
@@ -75,10 +75,19 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
             let prepared = match prepare(&b.idempotency_key, restored.objects, b.options, &ctx) {
                 Ok(p) => p,
                 Err(e) => {
-                    warn!(batch_id = %b.batch_id, error = %e, "stored batch no longer plans; skipped");
+                    error!(batch_id = %b.batch_id, error = %e, "stored batch no longer plans: not restored");
+                    self.settings.metrics.batch_not_restored("no_plan");
                     continue;
                 }
             };
+            let layout = layout_hash(&prepared.plan, &prepared.objects);
+            if !b.layout_hash.is_empty() && layout != b.layout_hash {
+                error!(batch_id = %b.batch_id, stored = %b.layout_hash, planned = %layout,
+                    "stored batch plans to another node layout (a planner change?): its stored \
+                     records would land on the wrong objects, so it is not restored");
+                self.settings.metrics.batch_not_restored("layout_changed");
+                continue;
+            }
             let n = prepared.plan.len();
             let mut records: Vec<NodeRecord> = (0..n).map(|_| NodeRecord::pending()).collect();
             for (node, r) in restored.nodes {
@@ -98,7 +107,8 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
             ) {
                 Ok(m) => m,
                 Err(e) => {
-                    warn!(batch_id = %b.batch_id, error = %e, "stored batch inconsistent; skipped");
+                    error!(batch_id = %b.batch_id, error = %e, "stored batch inconsistent: not restored");
+                    self.settings.metrics.batch_not_restored("inconsistent");
                     continue;
                 }
             };

@@ -16,7 +16,7 @@ use super::state::head_of;
 use super::step::Step;
 use super::step::retry_port;
 use crate::ports::{CreateOutcome, DataPlane, StateStore, StoredBatch};
-use strata_core::submission::PreparedBatch;
+use strata_core::submission::{PreparedBatch, layout_hash};
 
 impl<D: DataPlane, S: StateStore> Driver<D, S> {
     pub(super) async fn submit(&mut self, p: PreparedBatch) -> Result<SubmitOutcome, DriverError> {
@@ -47,6 +47,7 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
             content_hash: p.content_hash.clone(),
             created_at_ms: p.created_at.timestamp_millis(),
             options: p.options.clone(),
+            layout_hash: layout_hash(&p.plan, &p.objects),
         };
         let head = head_of(&machine, None);
         let initial: Vec<(u32, NodeRecord)> = machine

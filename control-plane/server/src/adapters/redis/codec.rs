@@ -251,6 +251,7 @@ pub(crate) mod field {
     pub(crate) const STATE: &str = "state";
     pub(crate) const NEXT_EPOCH: &str = "next_epoch";
     pub(crate) const FINISHED_AT_MS: &str = "finished_at_ms";
+    pub(crate) const LAYOUT: &str = "layout";
 }
 
 /// Rebuilds a batch's definition (without its objects) and head from its hash fields.
@@ -290,6 +291,11 @@ pub(crate) fn decode_batch_hash(
             content_hash: text(field::CONTENT_HASH)?,
             created_at_ms: int(field::CREATED_AT_MS)?,
             options,
+            layout_hash: if fields.contains_key(field::LAYOUT.as_bytes()) {
+                text(field::LAYOUT)?
+            } else {
+                String::new()
+            },
         },
         BatchHead {
             state: batch_state_of(&state)

@@ -11,7 +11,7 @@
 //!
 //! | key | type | content |
 //! |---|---|---|
-//! | `{p}batch:{id}` | hash | `id`, `idem`, `hash`, `created_at_ms`, `options` (JSON), `state`, `next_epoch`, `finished_at_ms` (absent = none) |
+//! | `{p}batch:{id}` | hash | `id`, `idem`, `hash`, `created_at_ms`, `options` (JSON), `state`, `next_epoch`, `finished_at_ms` (absent = none), `layout` (which object each node is; absent = stored before it was) |
 //! | `{p}batch:{id}:objects` | string | the submitted objects JSON (~150 MB for 1M objects), kept apart so heads stay small |
 //! | `{p}batch:{id}:nodes` | hash | node index (decimal) → record, compact binary (see `codec.rs`) |
 //! | `{p}batch:{id}:dlq` | hash | node index → `DeadLetter` protobuf (the latest one of that node) |
@@ -438,7 +438,8 @@ impl StateStore for RedisStore {
             .arg(head.next_epoch)
             .arg(optional(head.finished_at_ms))
             .arg(self.ttl_ms)
-            .arg(DLQ_INDEX_GRACE_MS);
+            .arg(DLQ_INDEX_GRACE_MS)
+            .arg(&batch.layout_hash);
         let mut buf = Vec::with_capacity(64);
         for (node, record) in nodes {
             buf.clear();

@@ -88,8 +88,8 @@ end
 /// `create_batch`.
 ///
 /// ARGV: prefix, batch id, idempotency key, content hash, created_at_ms, options JSON, objects
-/// JSON, state, next_epoch, finished_at_ms (`''` = none), ttl ms, grace ms, then node/record
-/// pairs, then the generation (`''` = not checked).
+/// JSON, state, next_epoch, finished_at_ms (`''` = none), ttl ms, grace ms, layout hash, then
+/// node/record pairs, then the generation (`''` = not checked).
 ///
 /// Returns `{'created'}` or `{'existing', id, hash}`. Re-running the very same create (same id,
 /// hash and created_at_ms: a retry after an ambiguous failure) returns `{'created'}` again.
@@ -125,8 +125,9 @@ redis.call('SET', idem, id)
 redis.call('HSET', b, 'id', id, 'idem', idem_key, 'hash', hash, 'created_at_ms', created,
   'options', ARGV[6], 'state', state, 'next_epoch', epoch)
 if finished ~= '' then redis.call('HSET', b, 'finished_at_ms', finished) end
+if ARGV[13] ~= '' then redis.call('HSET', b, 'layout', ARGV[13]) end
 redis.call('SET', b .. ':objects', ARGV[7])
-if #ARGV > 13 then chunked('HSET', b .. ':nodes', ARGV, 13, #ARGV - 1) end
+if #ARGV > 14 then chunked('HSET', b .. ':nodes', ARGV, 14, #ARGV - 1) end
 redis.call('ZADD', p .. 'batches', created, id)
 if state == 'RUNNING' then
   redis.call('SADD', p .. 'active', id)
