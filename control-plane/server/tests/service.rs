@@ -2050,6 +2050,30 @@ async fn ten_thousand_watch_streams_on_one_connection_leave_the_batch_running() 
     assert_eq!(watcher.until_end().await, pb::BatchState::Succeeded);
 }
 
+/// The driver keeps one execution deadline per attempt running, not one per attempt started
+/// within the execution timeout (an hour by default): once the batch is over, none is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn execution_deadlines_are_dropped_when_their_attempts_end() {
+    let mut plane = start().await;
+    let agents = agents(&plane.data, false, |_, _| Answer::Load);
+    let r = submit(&mut plane.client, "deadlines", catalogue(SAMPLE), None)
+        .await
+        .expect("submitted");
+    let mut watch = Watch::open(&mut plane.client, &r.batch_id).await;
+    watch.snapshot().await;
+    agents.open();
+    assert_eq!(watch.until_end().await, pb::BatchState::Succeeded);
+    let started = watch
+        .changes()
+        .iter()
+        .filter(|c| c.to_state() == pb::ObjectState::Running)
+        .count();
+    assert!(started > 10, "{started} attempts started");
+    // A read is served at a later turn of the loop than the batch's last step.
+    let _ = counters(&plane.handle).await;
+    assert_eq!(counters(&plane.handle).await.deadlines_armed, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_watchers_see_the_same_changes() {
     let mut plane = start().await;

@@ -1,8 +1,6 @@
 //! The effect interpreter: events fed to a batch's machine, and its effects turned into the
 //! step's writes, records, notifications and coalescer deliveries.
 
-use std::cmp::Reverse;
-
 use strata_core::coalesce::{Claim, Delivery, Settlement, Ticket};
 use strata_core::machine::{
     BatchState, DeadReason, Effect, Event, FailureKind, IgnoreReason, NodeState, Outcome,
@@ -150,13 +148,14 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                     if to == NodeState::Running {
                         let zone = &rt.plan.object(&rt.objects, node).zone;
                         let epoch = rt.machine.record(node).map_or(0, |r| r.dispatch_epoch);
-                        self.deadlines.push(Reverse((
-                            tokio::time::Instant::now() + execution_timeout(&self.settings, zone),
-                            batch_id.to_owned(),
+                        self.deadlines.arm(
+                            batch_id,
                             node,
-                            attempt,
-                            epoch,
-                        )));
+                            (attempt, epoch),
+                            tokio::time::Instant::now() + execution_timeout(&self.settings, zone),
+                        );
+                    } else if from == NodeState::Running {
+                        self.deadlines.disarm(batch_id, node);
                     }
                     if let Some(t) = &mut self.traces {
                         t.transition(batch_id, node, from, to, rt.machine.last_error(node));

@@ -1,7 +1,6 @@
 //! Restore: the active batches and agent leases reloaded from the store after a restart, planned
 //! again and resumed.
 
-use std::cmp::Reverse;
 use std::collections::BTreeMap;
 
 use chrono::DateTime;
@@ -131,13 +130,12 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                     let o = rt.object(node);
                     self.state.coalescer.adopt(&o.id, batch_id.clone(), node);
                     if rec.state == NodeState::Running {
-                        self.deadlines.push(Reverse((
-                            rearmed_at + execution_timeout(&self.settings, &o.zone),
-                            batch_id.clone(),
+                        self.deadlines.arm(
+                            batch_id,
                             node,
-                            rec.attempt,
-                            rec.dispatch_epoch,
-                        )));
+                            (rec.attempt, rec.dispatch_epoch),
+                            rearmed_at + execution_timeout(&self.settings, &o.zone),
+                        );
                     }
                 }
             }

@@ -61,6 +61,7 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
         );
         loop {
             self.health.turned();
+            self.state.counters.deadlines_armed = self.deadlines.len();
             if *stop.borrow() {
                 break;
             }

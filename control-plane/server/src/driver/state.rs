@@ -217,6 +217,8 @@ pub struct DriverCounters {
     pub ready_published: u64,
     /// Status changes dropped because the status topic's producer fell behind.
     pub status_dropped: u64,
+    /// Execution deadlines armed: one per attempt running (as of the loop's last turn).
+    pub deadlines_armed: usize,
     /// Release latency: a result consumed → its children's Ready handed to the producer (one
     /// sample per released Ready; the store write that makes the step durable is inside it).
     pub release_latency: LatencyHistogram,

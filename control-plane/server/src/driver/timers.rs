@@ -1,19 +1,13 @@
 //! Timers: execution deadlines, lease expiry, due retries and redelivery, run on every tick.
 
-use std::cmp::Reverse;
-
 use strata_core::machine::{Event, LossReason, NodeState};
-use strata_core::model::NodeIx;
 use tracing::warn;
 
 use super::Driver;
 use super::agents::held_attempts_lost;
+use super::deadlines::Due;
 use super::step::Step;
 use crate::ports::{DataPlane, RetryEntry, StateStore};
-
-/// When a RUNNING attempt outlives its zone's execution timeout: (deadline, batch, node,
-/// attempt, dispatch epoch).
-pub(super) type Deadline = (tokio::time::Instant, String, NodeIx, u32, u64);
 
 impl<D: DataPlane, S: StateStore> Driver<D, S> {
     pub(super) async fn tick(&mut self) {
@@ -60,14 +54,14 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
     pub(super) async fn expire_attempts(&mut self) {
         let now = tokio::time::Instant::now();
         let mut step = Step::default();
-        while let Some(Reverse((at, ..))) = self.deadlines.peek() {
-            if *at > now {
-                break;
-            }
-            let Some(Reverse((_, batch_id, node, attempt, epoch))) = self.deadlines.pop() else {
-                break;
-            };
-            let running = self.state.batches.get(&batch_id).is_some_and(|rt| {
+        for Due {
+            batch_id,
+            node,
+            attempt,
+            dispatch_epoch: epoch,
+        } in self.deadlines.due(now)
+        {
+            let running = self.state.batches.get(&*batch_id).is_some_and(|rt| {
                 rt.machine.record(node).is_some_and(|r| {
                     r.state == NodeState::Running
                         && r.attempt == attempt
