@@ -375,6 +375,28 @@ impl ControlPlane {
         self.process.as_ref().map(ServerProcess::pid)
     }
 
+    /// A `/proc/<pid>/status` memory field of the running process (`VmRSS`, `VmHWM`, …), in
+    /// bytes.
+    pub fn memory(&self, field: &str) -> anyhow::Result<u64> {
+        let pid = self.pid().context("the control plane runs")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .with_context(|| format!("no {field} in /proc/{pid}/status"))?
+            .trim()
+            .trim_end_matches(" kB")
+            .parse()?;
+        Ok(kb * 1024)
+    }
+
+    /// Resets the process's peak resident set (`VmHWM`) to its current one.
+    pub fn reset_peak_memory(&self) -> anyhow::Result<()> {
+        let pid = self.pid().context("the control plane runs")?;
+        std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
+            .context("resetting VmHWM (/proc/<pid>/clear_refs)")
+    }
+
     /// Its temp dir (holds `control-plane.log`, every run appended).
     pub fn dir(&self) -> &Path {
         self.dir.path()

@@ -24,6 +24,22 @@
 //! file is accepted after SIGHUP (and not before), and the readiness body says how callers are
 //! authenticated.
 //!
+//! Three attacks with real agents (`strata-worker-agent`, `exec` processor, over TLS with their
+//! token):
+//! - a flood of 10,000 `WatchBatch` calls on one connection by a `read` principal, while another
+//!   principal's batch runs on a real agent: the flood gets at most its quota of streams (64),
+//!   every other call is refused with `RESOURCE_EXHAUSTED` naming the limit or cut by h2 (the
+//!   connection the server ends, a stream it refuses), the batch reaches SUCCEEDED as a watcher on
+//!   another connection sees, and the control plane's peak RSS grows by less than a bound
+//!   (printed);
+//! - an object whose attributes try to make the `exec` program print the agent's environment
+//!   (`$(env)`, backticks, `;`, `${…}`, a newline): the object loads, the program's environment
+//!   holds only the allow-listed variables and none of the agent's secrets, and each attribute
+//!   arrives as its text, unexpanded, in its variable and on stdin;
+//! - newlines, a carriage return and terminal escapes in a program's error, in the ids of an
+//!   unsigned Ready and in the agent id of a forged result: both the control plane's and the
+//!   agent's log stay one event per line, with no raw ESC or CR, the text shown escaped.
+//!
 //! Needs the binaries built (`cargo build --bins`). Every wait is bounded.
 
 use std::collections::BTreeMap;
@@ -38,7 +54,7 @@ use strata_proto::v1::orchestrator_client::OrchestratorClient;
 use strata_tests::certs::TestCa;
 use strata_tests::control_plane::{AuthFile, ControlPlane, GrpcTls, Secured};
 use strata_tests::redis_server::RedisServer;
-use strata_tests::worker_agent::http_get;
+use strata_tests::worker_agent::{WorkerAgent, http_get};
 use strata_tests::{TestBroker, blocking, temp_dir, within};
 use tempfile::TempDir;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
@@ -301,11 +317,7 @@ impl Target {
             ),
         )
         .await??;
-        let pem = std::fs::read(ca.cert_path())?;
-        let channel = Channel::from_shared(cp.endpoint())?
-            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))?
-            .connect()
-            .await?;
+        let channel = connect(&cp, &ca).await?;
         let mut target = Self {
             cp,
             ca,
@@ -335,6 +347,86 @@ impl Target {
         target.lease_epoch = lease.lease_epoch;
         target.result_key = lease.result_signing_key;
         Ok(target)
+    }
+
+    /// A connection of its own to the control plane (the flood's, a watcher's).
+    async fn connect(&self) -> anyhow::Result<Channel> {
+        connect(&self.cp, &self.ca).await
+    }
+
+    /// A real `strata-worker-agent` of `zone`, ready, registered over TLS as principal
+    /// `principal` (its token in `STRATA_CONTROL_PLANE_TOKEN`), whose `exec` processor runs
+    /// `sh script` per object, with `flags` and `env` added.
+    async fn exec_agent(
+        &self,
+        zone: &str,
+        principal: &str,
+        script: &std::path::Path,
+        flags: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<WorkerAgent> {
+        let script = script.to_str().context("UTF-8 script path")?;
+        // `--exec-arg` splits on commas.
+        ensure!(!script.contains(','), "{script} has a comma");
+        let ca = self.ca.cert_path();
+        let ca = ca.to_str().context("UTF-8 CA path")?;
+        let mut args = vec![
+            "--processor",
+            "exec",
+            "--exec-command",
+            "sh",
+            "--exec-arg",
+            script,
+            "--control-plane-ca",
+            ca,
+        ];
+        args.extend(flags);
+        let mut env = env.to_vec();
+        env.push(("STRATA_CONTROL_PLANE_TOKEN", &self.tokens[principal]));
+        let mut agent = WorkerAgent::start(
+            &format!("{zone}-exec"),
+            &self.cp.endpoint(),
+            zone,
+            &args,
+            &env,
+        )?;
+        within(LONG, "the agent ready", agent.wait_ready(LONG)).await??;
+        Ok(agent)
+    }
+
+    /// Object `object_id` of batch `batch_id`, as principal `admin` sees it.
+    async fn object(&self, batch_id: &str, object_id: &str) -> anyhow::Result<pb::ObjectStatus> {
+        Ok(self
+            .orchestrator()
+            .get_object(self.authed(
+                "admin",
+                pb::GetObjectRequest {
+                    batch_id: batch_id.into(),
+                    object_id: object_id.into(),
+                },
+            ))
+            .await?
+            .into_inner())
+    }
+
+    /// Waits (bounded) until object `object_id` of `batch_id` is in a state `done` accepts.
+    async fn wait_object(
+        &self,
+        batch_id: &str,
+        object_id: &str,
+        what: &str,
+        done: impl Fn(pb::ObjectState) -> bool,
+    ) -> anyhow::Result<pb::ObjectStatus> {
+        within(LONG, what, async {
+            loop {
+                let status = self.object(batch_id, object_id).await?;
+                if done(status.state()) {
+                    return anyhow::Ok(status);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await?
     }
 
     fn orchestrator(&self) -> OrchestratorClient<Channel> {
@@ -671,6 +763,15 @@ impl Target {
         }
         bail!("Redis and the topics kept changing for 30 s with no caller: {last}")
     }
+}
+
+/// A new connection to `cp`'s gRPC port over TLS, trusting `ca`.
+async fn connect(cp: &ControlPlane, ca: &TestCa) -> anyhow::Result<Channel> {
+    let pem = std::fs::read(ca.cert_path())?;
+    Ok(Channel::from_shared(cp.endpoint())?
+        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))?
+        .connect()
+        .await?)
 }
 
 fn object(id: &str, zone: &str) -> pb::ObjectDefinition {
@@ -1278,5 +1379,598 @@ async fn no_lease_key_is_handed_out_over_plaintext_when_callers_are_authenticate
         }
     }
     ensure!(leases == 0, "a lease was stored: {agents:?}");
+    Ok(())
+}
+
+/// `WatchBatch` streams one principal may hold: the control plane's default
+/// (`--max-watch-streams-per-principal`), which the tests do not change.
+const WATCH_STREAMS_PER_PRINCIPAL: usize = 64;
+/// `WatchBatch` calls the flood makes on its one connection.
+const FLOOD_CALLS: usize = 10_000;
+/// Bound on the whole flood being answered (the in-process flood takes about 2 s).
+const FLOOD: Duration = Duration::from_secs(180);
+/// Bound on the control plane's peak resident set growing during the flood. Each call that is
+/// refused must leave nothing behind, and the streams admitted are the quota's 64 over a batch of
+/// five objects (a snapshot of a few hundred bytes each); what the flood may cost is per-stream
+/// state of h2 and rustls while up to 256 streams (the connection's limit) are in flight, and
+/// the allocator's arenas of the threads serving them: a few MiB. 10,000 calls keeping even 4 KiB
+/// each would be 40 MiB; so 32 MiB is far above what the flood needs (measured: 2.1–2.7 MiB on
+/// the 2-core machine) and below what a per-call leak would cost.
+const FLOOD_PEAK_GROWTH: u64 = 32 << 20;
+const MIB: u64 = 1 << 20;
+
+/// The state a `WatchBatch` stream ends with (the last batch state it told).
+async fn watch_to_end(
+    mut stream: tonic::Streaming<pb::WatchBatchResponse>,
+) -> anyhow::Result<pb::BatchState> {
+    use pb::watch_batch_response::Event;
+    let mut last = pb::BatchState::Unspecified;
+    while let Some(message) = stream.message().await? {
+        match message.event {
+            Some(Event::BatchChanged(b)) => last = b.to_state(),
+            Some(Event::Snapshot(s)) => {
+                if let Some(b) = s.batch {
+                    last = b.state();
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(last)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ten_thousand_watch_streams_on_one_connection_leave_a_batch_running_to_success()
+-> anyhow::Result<()> {
+    let target = Target::start().await?;
+    // A real raw agent whose program holds every attempt until the file `go` exists (bounded:
+    // after 120 s it gives up with a retryable failure), so the batch runs through the flood.
+    let work = temp_dir("security-flood")?;
+    let go = work.path().join("go");
+    let script = work.path().join("hold.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "i=0\nwhile [ ! -e '{}' ]; do\n  i=$((i + 1))\n  [ \"$i\" -gt 1200 ] && exit 75\n  \
+             sleep 0.1\ndone\necho loaded\n",
+            go.display()
+        ),
+    )?;
+    let _agent = target
+        .exec_agent("raw", "agent-raw", &script, &["--concurrency", "8"], &[])
+        .await?;
+    // Another principal's batch: every object started (held by the agent) before the flood.
+    let ids = ["1101", "1102", "1103", "1104", "1105"];
+    let mut request = submit_request("flooded", ids[0], "raw");
+    if let Some(pb::batch_input::Source::Objects(list)) =
+        request.input.as_mut().and_then(|i| i.source.as_mut())
+    {
+        list.objects = ids.iter().map(|id| object(id, "raw")).collect();
+    }
+    let batch_id = target
+        .orchestrator()
+        .submit_batch(target.authed("submitter", request))
+        .await?
+        .into_inner()
+        .batch_id;
+    for id in ids {
+        target
+            .wait_object(&batch_id, id, "the agent to start the object", |s| {
+                s == pb::ObjectState::Running
+            })
+            .await?;
+    }
+    // The submitter watches it on a connection of its own.
+    let watcher = OrchestratorClient::new(target.connect().await?)
+        .watch_batch(target.authed(
+            "submitter",
+            pb::WatchBatchRequest {
+                batch_id: batch_id.clone(),
+            },
+        ))
+        .await?
+        .into_inner();
+    let watching = tokio::spawn(watch_to_end(watcher));
+
+    // The flood: principal `reader` opens 10,000 streams at once on one connection.
+    let flood = target.connect().await?;
+    target.cp.reset_peak_memory()?;
+    let rss_before = target.cp.memory("VmRSS")?;
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..FLOOD_CALLS {
+        let mut client = OrchestratorClient::new(flood.clone());
+        let request = target.authed(
+            "reader",
+            pb::WatchBatchRequest {
+                batch_id: batch_id.clone(),
+            },
+        );
+        calls.spawn(async move {
+            client
+                .watch_batch(request)
+                .await
+                .map(tonic::Response::into_inner)
+        });
+    }
+    let replies = within(FLOOD, "the flood answered", async {
+        let mut replies = Vec::with_capacity(FLOOD_CALLS);
+        while let Some(reply) = calls.join_next().await {
+            replies.push(reply?);
+        }
+        anyhow::Ok(replies)
+    })
+    .await??;
+    let (rss_after, peak) = (target.cp.memory("VmRSS")?, target.cp.memory("VmHWM")?);
+    let quota = format!(
+        "principal reader holds {WATCH_STREAMS_PER_PRINCIPAL} WatchBatch streams, its limit"
+    );
+    let (mut open, mut refused, mut cut) = (0usize, 0usize, BTreeMap::<String, usize>::new());
+    let mut wrong = Vec::new();
+    for reply in &replies {
+        match reply {
+            Ok(_) => open += 1,
+            Err(e) if e.message().contains("WatchBatch streams, its limit") => {
+                if e.code() == Code::ResourceExhausted && e.message().contains(&quota) {
+                    refused += 1;
+                } else {
+                    wrong.push(format!("{e:?}"));
+                }
+            }
+            // The server ended the flooding connection, and the calls still on it fail: each
+            // refusal is answered before its request is read, and h2 answers a client whose
+            // streams leave too much unread (more than 1,024 reset streams, or too many small
+            // DATA frames buffered) with `GOAWAY ENHANCE_YOUR_CALM` (seen by the client as
+            // `RESOURCE_EXHAUSTED`, "h2 protocol error"). Or h2 refused a stream before any
+            // service saw it (`REFUSED_STREAM`, seen as `UNAVAILABLE`: 1 or 2 calls in some runs).
+            Err(e)
+                if matches!(
+                    e.code(),
+                    Code::ResourceExhausted | Code::Cancelled | Code::Unknown | Code::Unavailable
+                ) && (e.message().contains("h2 protocol error")
+                    || e.message().contains("transport error")
+                    || e.message().contains("canceled")) =>
+            {
+                // The GOAWAY's reason, or the stream reset's, when the error carries it.
+                let debug = format!("{e:?}");
+                let reason = debug
+                    .split_once("GoAway(b\"")
+                    .and_then(|(_, rest)| rest.split_once('"'))
+                    .map(|(reason, _)| format!(" (GOAWAY {reason})"))
+                    .or_else(|| {
+                        debug
+                            .contains("REFUSED_STREAM")
+                            .then(|| " (REFUSED_STREAM)".to_owned())
+                    })
+                    .unwrap_or_default();
+                *cut.entry(format!("{:?}: {}{reason}", e.code(), e.message()))
+                    .or_default() += 1;
+            }
+            Err(e) => wrong.push(format!("{e:?}")),
+        }
+    }
+    let cut_total: usize = cut.values().sum();
+    eprintln!(
+        "{FLOOD_CALLS} WatchBatch calls on one connection: {open} open, {refused} refused by the \
+         quota, {cut_total} cut by h2 {cut:?}; control-plane RSS {:.1} MiB \
+         before, {:.1} MiB after, peak {:.1} MiB (+{:.1} MiB)",
+        rss_before as f64 / MIB as f64,
+        rss_after as f64 / MIB as f64,
+        peak as f64 / MIB as f64,
+        peak.saturating_sub(rss_before) as f64 / MIB as f64,
+    );
+    ensure!(
+        wrong.is_empty(),
+        "{} calls ended otherwise, e.g. {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+    ensure!(
+        open <= WATCH_STREAMS_PER_PRINCIPAL,
+        "{open} streams opened: over the principal's quota of {WATCH_STREAMS_PER_PRINCIPAL}"
+    );
+    ensure!(refused > 0, "no call was refused by the quota");
+    ensure!(
+        peak.saturating_sub(rss_before) < FLOOD_PEAK_GROWTH,
+        "the control plane's peak RSS grew by {} MiB during the flood (bound {} MiB)",
+        peak.saturating_sub(rss_before) / MIB,
+        FLOOD_PEAK_GROWTH / MIB
+    );
+
+    // With the flood's streams still open, the agent finishes: the watcher sees SUCCEEDED.
+    std::fs::write(&go, "")?;
+    let state = within(LONG, "the watcher to see the batch end", watching).await???;
+    ensure!(
+        state == pb::BatchState::Succeeded,
+        "the watcher saw the batch end {state:?}; log tail:\n{}",
+        target.cp.log_tail()
+    );
+    for id in ids {
+        let status = target.object(&batch_id, id).await?;
+        ensure!(status.state() == pb::ObjectState::Loaded, "{status:?}");
+    }
+    eprintln!(
+        "after the batch: control-plane RSS {:.1} MiB",
+        target.cp.memory("VmRSS")? as f64 / MIB as f64
+    );
+    // The flood's streams closed, the quota is the reader's again.
+    drop(replies);
+    let seen = within(LONG, "a stream for the reader after the flood", async {
+        loop {
+            let watch = OrchestratorClient::new(target.connect().await?)
+                .watch_batch(target.authed(
+                    "reader",
+                    pb::WatchBatchRequest {
+                        batch_id: batch_id.clone(),
+                    },
+                ))
+                .await;
+            match watch {
+                Ok(stream) => return anyhow::Ok(watch_to_end(stream.into_inner()).await?),
+                Err(e) if e.code() == Code::ResourceExhausted => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => bail!("{e:?}"),
+            }
+        }
+    })
+    .await??;
+    ensure!(seen == pb::BatchState::Succeeded, "{seen:?}");
+    Ok(())
+}
+
+/// The attempt's own variables the `exec` processor sets (beside `STRATA_ATTR_<KEY>`).
+const ATTEMPT_ENV: [&str; 7] = [
+    "STRATA_BATCH_ID",
+    "STRATA_OBJECT_ID",
+    "STRATA_OBJECT_NAME",
+    "STRATA_ZONE",
+    "STRATA_ATTEMPT",
+    "STRATA_MAX_ATTEMPTS",
+    "STRATA_DISPATCH_EPOCH",
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exec_object_cannot_read_the_agents_environment_through_its_attributes()
+-> anyhow::Result<()> {
+    let target = Target::start().await?;
+    let work = temp_dir("security-exec-env")?;
+    let (env_file, stdin_file) = (work.path().join("env"), work.path().join("stdin.json"));
+    let pwned = work.path().join("pwned");
+    // The program writes its whole environment (NUL-separated: values may hold newlines) and
+    // its stdin, as they reached it.
+    let script = work.path().join("dump.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "env -0 > '{}'\ncat > '{}'\n",
+            env_file.display(),
+            stdin_file.display()
+        ),
+    )?;
+    // Secrets in the agent's environment: its control-plane token (which it uses), an OTLP
+    // exporter's header, and what a host typically holds beside (a Redis URL with a password,
+    // a cloud key). Plus the agent's own settings (`STRATA_LOG`, `NO_COLOR` from the harness,
+    // `STRATA_CONCURRENCY` here) and one variable passed on purpose.
+    let token = target.tokens["agent-standardized"].clone();
+    let secrets = [
+        ("STRATA_CONTROL_PLANE_TOKEN", token.as_str()),
+        (
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "authorization=Bearer otlp-secret-7d41c9",
+        ),
+        (
+            "REDIS_URL",
+            "redis://strata:redis-secret-5be2@127.0.0.1:6379/0",
+        ),
+        ("AWS_SECRET_ACCESS_KEY", "aws-secret-0e93af1b"),
+    ];
+    let agent = target
+        .exec_agent(
+            "standardized",
+            "agent-standardized",
+            &script,
+            &["--exec-pass-env", "ALLOWED_SETTING"],
+            &[
+                (secrets[1].0, secrets[1].1),
+                (secrets[2].0, secrets[2].1),
+                (secrets[3].0, secrets[3].1),
+                ("STRATA_CONCURRENCY", "2"),
+                ("ALLOWED_SETTING", "passed-on-purpose"),
+            ],
+        )
+        .await?;
+    // Attributes that would run `env` (or touch a file) if anything put them through a shell.
+    let touch = format!("touch '{}'", pwned.display());
+    let attributes: BTreeMap<String, String> = [
+        ("command", "$(env)".to_owned()),
+        ("backticks", "`env`".to_owned()),
+        ("semicolon", format!("x; env; {touch}")),
+        ("substitution", format!("$({touch})")),
+        (
+            "parameter",
+            "${STRATA_CONTROL_PLANE_TOKEN} $OTEL_EXPORTER_OTLP_HEADERS".to_owned(),
+        ),
+        ("quotes", format!("'\"; {touch}; echo \"'")),
+        ("newline", "value\nFORGED_VARIABLE=1".to_owned()),
+        ("$(env)", "a key that is a command".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let mut request = submit_request("exec-env", "2001", "standardized");
+    if let Some(pb::batch_input::Source::Objects(list)) =
+        request.input.as_mut().and_then(|i| i.source.as_mut())
+    {
+        list.objects[0].attributes = attributes.clone().into_iter().collect();
+    }
+    let batch_id = target
+        .orchestrator()
+        .submit_batch(target.authed("submitter", request))
+        .await?
+        .into_inner()
+        .batch_id;
+    let status = target
+        .wait_object(&batch_id, "2001", "the object to end", |s| {
+            !matches!(
+                s,
+                pb::ObjectState::Ready | pb::ObjectState::Pending | pb::ObjectState::Running
+            )
+        })
+        .await?;
+    ensure!(
+        status.state() == pb::ObjectState::Loaded,
+        "{status:?}; agent log:\n{}",
+        agent.log_tail()
+    );
+
+    // The program's environment: only the allow-listed variables, no secret anywhere in it.
+    let raw = std::fs::read(&env_file)?;
+    let env: BTreeMap<String, String> = raw
+        .split(|b| *b == 0)
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            let e = String::from_utf8_lossy(e);
+            let (k, v) = e.split_once('=').unwrap_or((&e, ""));
+            (k.to_owned(), v.to_owned())
+        })
+        .collect();
+    let attribute_env = |key: &str| {
+        let name: String = key
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("STRATA_ATTR_{name}")
+    };
+    // `PWD` (`OLDPWD`, `SHLVL`, `_` for other shells) is the shell's own, not the agent's.
+    let shell = ["PWD", "OLDPWD", "SHLVL", "_"];
+    let allowed: Vec<String> = ["PATH", "ALLOWED_SETTING"]
+        .into_iter()
+        .chain(ATTEMPT_ENV)
+        .chain(shell)
+        .map(str::to_owned)
+        .chain(attributes.keys().map(|k| attribute_env(k)))
+        .collect();
+    let names: Vec<&String> = env.keys().collect();
+    eprintln!("the program's environment: {names:?}");
+    let extra: Vec<&&String> = names.iter().filter(|n| !allowed.contains(n)).collect();
+    ensure!(
+        extra.is_empty(),
+        "not allow-listed, yet in the program's environment: {extra:?}"
+    );
+    for (name, secret) in secrets {
+        ensure!(
+            !raw.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "the agent's {name} reached the program's environment"
+        );
+    }
+    ensure!(
+        env.get("ALLOWED_SETTING").map(String::as_str) == Some("passed-on-purpose"),
+        "--exec-pass-env ALLOWED_SETTING: {:?}",
+        env.get("ALLOWED_SETTING")
+    );
+    ensure!(env.get("STRATA_OBJECT_ID").map(String::as_str) == Some("2001"));
+    // Each attribute arrived as its text, unexpanded: in its variable and on stdin.
+    for (key, value) in &attributes {
+        ensure!(
+            env.get(&attribute_env(key)) == Some(value),
+            "attribute {key:?}: {:?} in the environment, not {value:?}",
+            env.get(&attribute_env(key))
+        );
+    }
+    let stdin: serde_json::Value = serde_json::from_slice(&std::fs::read(&stdin_file)?)?;
+    let sent: BTreeMap<String, String> =
+        serde_json::from_value(stdin["object"]["attributes"].clone())?;
+    ensure!(sent == attributes, "stdin's attributes: {sent:?}");
+    ensure!(!pwned.exists(), "an attribute ran a command");
+    Ok(())
+}
+
+/// Whether `line` starts as the log writer starts an event: an RFC 3339 UTC time stamp, then
+/// the level (`2026-12-03T09:15:24.123456Z  INFO strata_…: …`).
+fn starts_an_event(line: &str) -> bool {
+    let Some((stamp, rest)) = line.split_once(' ') else {
+        return false;
+    };
+    stamp.ends_with('Z')
+        && chrono::DateTime::parse_from_rfc3339(stamp).is_ok()
+        && matches!(
+            rest.trim_start().split(' ').next(),
+            Some("TRACE" | "DEBUG" | "INFO" | "WARN" | "ERROR")
+        )
+}
+
+/// Checks that the log file `path` holds one event per line (besides the harness's own
+/// `---- strata-tests:` line before each start), no raw escape character and no carriage
+/// return; returns its text.
+fn one_event_per_line(name: &str, path: &std::path::Path) -> anyhow::Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+    ensure!(
+        !bytes.contains(&0x1b),
+        "{name}'s log holds a raw ESC byte: {}",
+        String::from_utf8_lossy(&bytes).escape_debug()
+    );
+    ensure!(
+        !bytes.contains(&b'\r'),
+        "{name}'s log holds a carriage return: {}",
+        String::from_utf8_lossy(&bytes).escape_debug()
+    );
+    let text = String::from_utf8(bytes)?;
+    let mut events = 0;
+    for (n, line) in text.lines().enumerate() {
+        if line.starts_with("---- strata-tests: ") {
+            continue;
+        }
+        ensure!(
+            starts_an_event(line),
+            "{name}'s log, line {}, is not an event of its own: {line:?}",
+            n + 1
+        );
+        events += 1;
+    }
+    eprintln!("{name}'s log: {events} events, one line each");
+    Ok(text)
+}
+
+/// Waits (bounded) until the log file `path` holds `text`.
+async fn wait_logged(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    within(LONG, &format!("{text:?} logged"), async {
+        loop {
+            if std::fs::read_to_string(path)
+                .unwrap_or_default()
+                .contains(text)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn newlines_and_terminal_escapes_in_ids_and_errors_leave_one_log_line_per_event()
+-> anyhow::Result<()> {
+    use prost::Message as _;
+    use strata_proto::kafka;
+    let target = Target::start().await?;
+    // An agent whose program fails with output that would forge log lines and recolour a
+    // terminal: newlines, a carriage return, ANSI escapes.
+    let work = temp_dir("security-log-lines")?;
+    let script = work.path().join("fail.sh");
+    std::fs::write(
+        &script,
+        "printf 'out one\\nFORGED-OUT 2026-01-01T00:00:00.000000Z ERROR forged\\r\\033[31mred out\\033[0m\\n'\n\
+         printf 'err one\\nFORGED-ERR 2026-01-01T00:00:00.000000Z ERROR forged\\r\\033[31mred err\\033[0m\\n' >&2\n\
+         exit 3\n",
+    )?;
+    // A failed attempt's error is logged at debug.
+    let agent = target
+        .exec_agent(
+            "standardized",
+            "agent-standardized",
+            &script,
+            &[],
+            &[("STRATA_LOG", "info,strata_worker_agent=debug")],
+        )
+        .await?;
+    let agent_log = agent.dir().join("agent.log");
+    let cp_log = target.cp.dir().join("control-plane.log");
+    let batch_id = target
+        .orchestrator()
+        .submit_batch(target.authed(
+            "submitter",
+            submit_request("failing", "2001", "standardized"),
+        ))
+        .await?
+        .into_inner()
+        .batch_id;
+    let failed = target
+        .wait_object(&batch_id, "2001", "the object to fail", |s| {
+            s == pb::ObjectState::Dead
+        })
+        .await?;
+    // The error as stored and served carries the program's text as it was.
+    ensure!(
+        failed.last_error.contains("err one\nFORGED-ERR")
+            && failed.last_error.contains("forged\r\u{1b}[31mred err"),
+        "{:?}",
+        failed.last_error
+    );
+    // The agent logged the failure with its error, escaped.
+    wait_logged(&agent_log, "attempt failed").await?;
+
+    // An unsigned Ready whose ids hold the same, on the agent's topic: refused and logged.
+    let prefix = target.broker.topic_prefix().to_owned();
+    let ready_topic = kafka::ready_topic(&prefix, "standardized");
+    let results_topic = kafka::results_topic(&prefix);
+    let forged = |what: &str| {
+        format!("{what}\nFORGED-{what} 2026-01-01T00:00:00.000000Z ERROR forged\r\u{1b}[31m{what}")
+    };
+    let ready = pb::ObjectReady {
+        batch_id: forged("batch"),
+        object_id: forged("object"),
+        zone: "standardized".into(),
+        attempt: 1,
+        max_attempts: 3,
+        dispatch_epoch: 1,
+        ..Default::default()
+    };
+    produce(
+        &target.broker,
+        &ready_topic,
+        "2002",
+        kafka::TYPE_OBJECT_READY,
+        ready.encode_to_vec(),
+    )
+    .await?;
+    wait_logged(&agent_log, "ready record not signed by the control plane").await?;
+
+    // A forged result whose agent id holds them, for the live batch's object: the control plane
+    // rejects it and logs it.
+    let object = target.target_object().await?;
+    let result = loaded(&object, &forged("agent"), target.lease_epoch, &[]);
+    produce(
+        &target.broker,
+        &results_topic,
+        &object.batch_id,
+        kafka::TYPE_OBJECT_RESULT,
+        result.encode_to_vec(),
+    )
+    .await?;
+    wait_logged(&cp_log, "result rejected").await?;
+
+    // Every line of both logs is one event; the injected text is there, escaped.
+    let cp_text = one_event_per_line("the control plane", &cp_log)?;
+    let agent_text = one_event_per_line("the agent", &agent_log)?;
+    for (log, name, escaped) in [
+        // The writer escapes what a field shows as it is (the processor's error).
+        (
+            &agent_text,
+            "the agent",
+            r"err one\nFORGED-ERR 2026-01-01T00:00:00.000000Z ERROR forged\r\x1b[31mred err\x1b[0m",
+        ),
+        // Ids are shown quoted (`Debug`), which escapes them already.
+        (
+            &agent_text,
+            "the agent",
+            r#""object\nFORGED-object 2026-01-01T00:00:00.000000Z ERROR forged\r\u{1b}[31mobject""#,
+        ),
+        (
+            &cp_text,
+            "the control plane",
+            r#""agent\nFORGED-agent 2026-01-01T00:00:00.000000Z ERROR forged\r\u{1b}[31magent""#,
+        ),
+    ] {
+        ensure!(
+            log.contains(escaped),
+            "{name}'s log does not show {escaped}:\n{log}"
+        );
+    }
     Ok(())
 }

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, ensure};
+use anyhow::ensure;
 use strata_proto::v1 as pb;
 use strata_proto::v1::orchestrator_client::OrchestratorClient;
 use strata_proto::v1::submit_batch_stream_request::Chunk;
@@ -75,27 +75,6 @@ impl Target {
         request
     }
 
-    /// A `/proc/<pid>/status` field of the control plane, in bytes.
-    fn memory(&self, field: &str) -> anyhow::Result<u64> {
-        let pid = self.cp.pid().context("the control plane runs")?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-            .with_context(|| format!("no {field} in /proc/{pid}/status"))?
-            .trim()
-            .trim_end_matches(" kB")
-            .parse()?;
-        Ok(kb * 1024)
-    }
-
-    /// Resets the control plane's peak resident set (`VmHWM`) to its current one.
-    fn reset_peak(&self) -> anyhow::Result<()> {
-        let pid = self.cp.pid().context("the control plane runs")?;
-        std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
-            .context("resetting VmHWM (/proc/<pid>/clear_refs)")
-    }
-
     /// Streams `messages` (made as they are sent) and returns the status and how much the
     /// control plane's peak resident set grew, in bytes.
     async fn oversized(
@@ -103,8 +82,8 @@ impl Target {
         what: &str,
         messages: impl Iterator<Item = pb::SubmitBatchStreamRequest> + Send + 'static,
     ) -> anyhow::Result<(tonic::Status, u64)> {
-        self.reset_peak()?;
-        let before = self.memory("VmRSS")?;
+        self.cp.reset_peak_memory()?;
+        let before = self.cp.memory("VmRSS")?;
         let started = Instant::now();
         let request = self.authed(tokio_stream::iter(messages));
         let reply = within(UPLOAD, what, self.client.submit_batch_stream(request)).await?;
@@ -112,7 +91,7 @@ impl Target {
             Ok(r) => anyhow::bail!("{what} was accepted: {:?}", r.into_inner()),
             Err(status) => status,
         };
-        let peak = self.memory("VmHWM")?;
+        let peak = self.cp.memory("VmHWM")?;
         let growth = peak.saturating_sub(before);
         eprintln!(
             "{what}: {:?} after {:.1} s; control-plane RSS {} MiB before, peak {} MiB (+{} MiB)",

@@ -40,7 +40,7 @@ use crate::admission::{Admission, Key, Releases};
 use crate::metrics::{Metrics, ReadyVerdict};
 use crate::offsets::OffsetTracker;
 use crate::ports::{Delivery, Leases, ReadySource as _, ResultSink, Subscription, Transport};
-use crate::processor::Processor;
+use crate::processor::{Outcome, Processor};
 use crate::registry::{Beat, Lease, Registration, RegistryError};
 use crate::results::{self, CurrentKey, Ending, Who, timestamp};
 use crate::stopped;
@@ -839,6 +839,12 @@ async fn attempt<P: Processor, S: ResultSink>(
     );
     let elapsed = clock.elapsed();
     let who = who.rekeyed(&current_key.borrow());
+    if let Ending::Processed(Outcome::Failed { retryable, error }) = &ending {
+        // The processor's own words (an `exec` program's stderr tail, up to 4 KiB; the result
+        // carries them to the control plane): at debug, so a batch failing everywhere does not
+        // flood the log. The log writer escapes their control characters: one line.
+        debug!(batch_id = %ready.batch_id, object_id = %ready.object_id, attempt = ready.attempt, retryable, %error, "attempt failed");
+    }
     let (result, label) = results::finished(&ready, &who, start, Utc::now(), elapsed, ending);
     metrics
         .processing_seconds
