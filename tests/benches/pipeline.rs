@@ -57,8 +57,8 @@ use strata_control_plane::convert;
 use strata_control_plane::driver::{Driver, Handle};
 use strata_control_plane::latency::LatencyHistogram;
 use strata_control_plane::ports::{
-    BatchHead, CreateOutcome, DataPlane, PortResult, Position, RestoredBatch, ResultRecord,
-    RetryEntry, StateStore, StepWrite, StoredBatch, StoredDeadLetter,
+    BatchHead, BatchWithTrails, CreateOutcome, DataPlane, NodeTrail, PortResult, Position,
+    RestoredBatch, ResultRecord, RetryEntry, StateStore, StepWrite, StoredBatch, StoredDeadLetter,
 };
 use strata_control_plane::records::{DeadLetterRecord, ReadyRecord, StatusChange};
 use strata_control_plane::run::driver_settings;
@@ -637,6 +637,20 @@ impl StateStore for TimedStore {
         let t = Instant::now();
         let r = self.inner.ready_signing_seed(candidate).await;
         self.calls.record("ready_signing_seed", t, 0);
+        r
+    }
+
+    async fn load_batch(&self, batch_id: &str) -> PortResult<Option<BatchWithTrails>> {
+        let t = Instant::now();
+        let r = self.inner.load_batch(batch_id).await;
+        self.calls.record("load_batch", t, 0);
+        r
+    }
+
+    async fn save_trails(&self, batch_id: &str, trails: &[(u32, NodeTrail)]) -> PortResult<()> {
+        let t = Instant::now();
+        let r = self.inner.save_trails(batch_id, trails).await;
+        self.calls.record("save_trails", t, trails.len());
         r
     }
 

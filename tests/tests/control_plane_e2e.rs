@@ -678,17 +678,22 @@ async fn bad_inputs_are_invalid_argument_naming_the_ids_and_leave_redis_empty() 
     .await??
     .into_inner();
     assert!(listed.batches.is_empty(), "{:?}", listed.batches);
-    // Nothing under the control plane's key prefix in the real Redis but the Ready signing seed,
-    // which the control plane writes once when it starts, before any call.
+    // Nothing under the control plane's key prefix in the real Redis but the generation marker
+    // and the Ready signing seed, which the control plane writes once when it starts, before any
+    // call.
     let client = redis::Client::open(stack.config.redis_url.as_str())?;
     let mut conn = within(LONG, "redis", client.get_multiplexed_async_connection()).await??;
-    let keys: Vec<String> = redis::cmd("KEYS")
+    let mut keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{}*", stack.config.key_prefix))
         .query_async(&mut conn)
         .await?;
+    keys.sort();
     assert_eq!(
         keys,
-        [format!("{}ready_signing_seed", stack.config.key_prefix)],
+        [
+            format!("{}generation", stack.config.key_prefix),
+            format!("{}ready_signing_seed", stack.config.key_prefix)
+        ],
         "keys written for rejected batches"
     );
     Ok(())

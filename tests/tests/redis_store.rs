@@ -995,6 +995,61 @@ async fn redis_down_is_retryable_and_the_store_recovers_after_a_restart() -> any
     Ok(())
 }
 
+/// A finished batch's trails (its nodes' latest transitions and last agents) are stored beside
+/// its records, read back with them by `load_batch`, and expire with the batch.
+#[tokio::test(flavor = "multi_thread")]
+async fn trails_are_read_back_with_their_batch_and_expire_with_it() -> anyhow::Result<()> {
+    use strata_control_plane::ports::{NodeTrail, StoredTransition};
+    let (_redis, store, mut con) = start(DAY).await?;
+    let batch = stored("trails", 1, "[]");
+    let nodes = vec![(0, record(NodeState::Loaded, 1, 1))];
+    create(
+        &store,
+        &batch,
+        &objects(2),
+        &finished(BatchState::Succeeded, 2),
+        &nodes,
+    )
+    .await?;
+    let trail = NodeTrail {
+        transitions: vec![StoredTransition {
+            from: NodeState::Running,
+            to: NodeState::Loaded,
+            attempt: 1,
+            at_ms: 1_700_000_000_123,
+        }],
+        agent: Some("agent-raw-1".into()),
+    };
+    within(
+        STEP,
+        "save trails",
+        store.save_trails(&batch.batch_id, &[(0, trail.clone())]),
+    )
+    .await??;
+    let (restored, trails) = within(STEP, "load batch", store.load_batch(&batch.batch_id))
+        .await??
+        .context("stored")?;
+    assert_eq!(restored.batch, batch);
+    assert_eq!(restored.nodes, nodes);
+    assert_eq!(trails, vec![(0, trail)]);
+    let key = format!("{PREFIX}batch:{}:trails", batch.batch_id);
+    let ttl = pttl(&mut con, &key).await?;
+    assert!(ttl > 0 && ttl <= DAY.as_millis() as i64, "trails TTL {ttl}");
+    // Not stored: nothing written, nothing read.
+    within(
+        STEP,
+        "save trails",
+        store.save_trails("b-none", &[(0, NodeTrail::default())]),
+    )
+    .await??;
+    assert!(
+        within(STEP, "load", store.load_batch("b-none"))
+            .await??
+            .is_none()
+    );
+    Ok(())
+}
+
 /// A Redis that lost the state written to it (FLUSHALL, a restart without persistence) is found
 /// out at the next write and the next ping: `StateLost`, not retryable, and nothing is written
 /// to the empty Redis. Stores opening one Redis share its generation marker.

@@ -256,6 +256,11 @@ pub struct Flags {
     #[arg(long, env = "STRATA_RESULT_KEY_ROTATION_SECS")]
     pub result_key_rotation_secs: Option<u64>,
 
+    /// How long a finished batch stays in memory, in seconds (default 900); after it, reads of
+    /// it (GetBatch, GetObject, GetRetry, ListDeadLetters) are answered from Redis.
+    #[arg(long, env = "STRATA_FINISHED_RETENTION_SECS")]
+    pub finished_retention_secs: Option<u64>,
+
     /// Per-zone settings (TOML only), e.g. `[zones_config.raw] max_attempts = 5` and
     /// `[zones_config.raw.preflight] reject_ids = ["*99"]`; see [`ZoneSettings`].
     #[arg(skip)]
@@ -370,6 +375,8 @@ pub struct Config {
     pub verify_results: bool,
     /// How long a lease keeps one result signing key.
     pub result_key_rotation: Duration,
+    /// How long a finished batch stays in memory.
+    pub finished_retention: Duration,
 }
 
 /// A configuration that cannot be used.
@@ -592,6 +599,11 @@ impl Flags {
                 f.result_key_rotation_secs
                     .or(file.result_key_rotation_secs)
                     .unwrap_or(3600),
+            ),
+            finished_retention: Duration::from_secs(
+                f.finished_retention_secs
+                    .or(file.finished_retention_secs)
+                    .unwrap_or(900),
             ),
         };
         let config = config.with_zone_settings(zone_settings);
@@ -890,6 +902,7 @@ struct DisplayConfig {
     agent_kafka_brokers: String,
     verify_results: bool,
     result_key_rotation_secs: u64,
+    finished_retention_secs: u64,
     zones_config: BTreeMap<String, ZoneSettings>,
 }
 
@@ -949,6 +962,7 @@ impl From<&Config> for DisplayConfig {
             agent_kafka_brokers: c.agent_kafka_brokers.clone(),
             verify_results: c.verify_results,
             result_key_rotation_secs: c.result_key_rotation.as_secs(),
+            finished_retention_secs: c.finished_retention.as_secs(),
             zones_config: c.zone_settings(),
         }
     }

@@ -86,13 +86,14 @@ impl Metrics {
         let inner = Inner {
             objects: gauge(
                 "objects",
-                "Objects of the batches this control plane holds (running ones, and those \
-                 finished since it started), by zone and state.",
+                "Objects of the batches this control plane holds in memory (running ones, and \
+                 finished ones for --finished-retention-secs), by zone and state.",
                 &["zone", "state"],
             ),
             batches: gauge(
                 "batches",
-                "Batches this control plane holds, by state.",
+                "Batches this control plane holds in memory, by state (finished ones for \
+                 --finished-retention-secs).",
                 &["state"],
             ),
             agents_live: gauge(
@@ -345,6 +346,11 @@ impl Metrics {
     /// A batch entered the driver in `state`.
     pub fn batch_entered(&self, state: &str) {
         self.inner.batches.with_label_values(&[state]).inc();
+    }
+
+    /// A batch in `state` left memory.
+    pub fn batch_left(&self, state: &str) {
+        self.inner.batches.with_label_values(&[state]).dec();
     }
 
     /// A batch moved from one state to another.

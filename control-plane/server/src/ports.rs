@@ -13,7 +13,7 @@ use std::future::Future;
 
 use serde::{Deserialize, Serialize};
 use strata_core::agents::{Agent, RegistryChanges};
-use strata_core::machine::{BatchState, NodeRecord};
+use strata_core::machine::{BatchState, NodeRecord, NodeState};
 use strata_core::submission::BatchOptions;
 use strata_core::{ObjectDef, Zone};
 use tokio::sync::mpsc;
@@ -252,6 +252,36 @@ pub struct StoredDeadLetter {
     pub dead_at_ms: i64,
 }
 
+/// Transitions a [`NodeTrail`] keeps, the latest ones.
+pub const MAX_TRAIL: usize = 16;
+
+/// One transition of an object, as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredTransition {
+    /// Previous state.
+    pub from: NodeState,
+    /// New state.
+    pub to: NodeState,
+    /// Attempt.
+    pub attempt: u32,
+    /// When (ms since the epoch).
+    pub at_ms: i64,
+}
+
+/// What a finished batch keeps of an object besides its record, for the reads that outlive
+/// the batch in memory: its latest transitions (at most [`MAX_TRAIL`]) and the agent that
+/// reported on it last.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodeTrail {
+    /// Oldest first.
+    pub transitions: Vec<StoredTransition>,
+    /// The agent id of the last report applied.
+    pub agent: Option<String>,
+}
+
+/// A stored batch with the trails stored for its nodes.
+pub type BatchWithTrails = (RestoredBatch, Vec<(u32, NodeTrail)>);
+
 /// A batch read back after a restart.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RestoredBatch {
@@ -283,6 +313,21 @@ pub trait StateStore: Send + Sync + 'static {
     /// Every batch not yet terminal, with its node records: what a restarted control plane
     /// resumes.
     fn load_active(&self) -> impl Future<Output = PortResult<Vec<RestoredBatch>>> + Send;
+
+    /// One batch (any state) with its node records and the trails stored for its nodes;
+    /// `None` when it is not stored (never, or expired).
+    fn load_batch(
+        &self,
+        batch_id: &str,
+    ) -> impl Future<Output = PortResult<Option<BatchWithTrails>>> + Send;
+
+    /// Stores the trails of a batch's nodes (replacing earlier ones of the same nodes); they
+    /// expire with the batch. Skipped for a batch that is not stored.
+    fn save_trails(
+        &self,
+        batch_id: &str,
+        trails: &[(u32, NodeTrail)],
+    ) -> impl Future<Output = PortResult<()>> + Send;
 
     /// Atomically removes and returns up to `limit` retries due at or before `now_ms`. Two
     /// control planes calling this concurrently never get the same entry.

@@ -59,6 +59,7 @@ pub fn driver_settings(config: &Config) -> DriverSettings {
         lease_ttl: config.lease_ttl,
         verify_results: config.verify_results,
         result_key_rotation: config.result_key_rotation,
+        finished_retention: config.finished_retention,
         metrics: Metrics::default(),
         ..DriverSettings::default()
     }

@@ -2180,11 +2180,13 @@ async fn a_batch_finished_before_a_restart_is_answered_from_the_store() {
     );
     assert_eq!(watch.until_end().await, pb::BatchState::Succeeded);
 
+    // Its objects are read from the store, with their history.
     let object = get_object(&mut plane.client, &r.batch_id, "1001")
         .await
-        .expect_err("object states are not kept");
-    assert_eq!(object.code(), Code::FailedPrecondition);
-    assert!(object.message().contains(&r.batch_id));
+        .expect("an object of a finished batch, from the store");
+    assert_eq!(object.state(), pb::ObjectState::Loaded);
+    assert!(object.history.len() >= 4, "{:?}", object.history);
+    assert!(!object.agent_id.is_empty());
     let cancel = t(plane.client.cancel_batch(pb::CancelBatchRequest {
         batch_id: r.batch_id.clone(),
         reason: String::new(),
@@ -3504,4 +3506,140 @@ async fn a_stored_batch_planned_to_another_layout_is_not_restored() {
         .expect("answered from the store")
         .into_inner();
     assert_eq!(b.state(), pb::BatchState::Running);
+}
+
+/// A finished batch leaves memory after the retention, and GetBatch, GetObject, GetRetry and
+/// ListDeadLetters then answer exactly as before, from the store (its records, and the trails
+/// stored when it finished), and again after a restart; ReplayDeadLetters takes it back from the
+/// store and runs it to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_batch_leaves_memory_and_reads_answer_the_same_from_the_store() {
+    let store = Arc::new(MemoryStore::new());
+    let data = Arc::new(MemoryDataPlane::new());
+    let driver = || DriverSettings {
+        finished_retention: Duration::from_millis(300),
+        ..DriverSettings::default()
+    };
+    let mut plane = start_driven(
+        store.clone(),
+        data.clone(),
+        ServiceSettings::default(),
+        driver(),
+    )
+    .await;
+    let _agents = agents(&data, true, move |id, _| {
+        if id == "1001" {
+            Answer::Fail { retryable: true }
+        } else {
+            Answer::Load
+        }
+    });
+    let input = objects(vec![
+        object("1001", &[]),
+        object("1002", &[]),
+        object("2001", &["1001", "1002"]),
+    ]);
+    let r = submit(&mut plane.client, "evicted", input, fast_retries(2))
+        .await
+        .expect("submitted");
+    let mut watch = Watch::open(&mut plane.client, &r.batch_id).await;
+    assert_eq!(watch.until_end().await, pb::BatchState::Failed);
+
+    // Everything a user reads about the finished batch.
+    async fn reads(
+        client: &mut OrchestratorClient<Channel>,
+        batch_id: &str,
+    ) -> (
+        pb::Batch,
+        Vec<pb::ObjectStatus>,
+        pb::GetRetryResponse,
+        Vec<pb::DeadLetter>,
+    ) {
+        let batch = t(client.get_batch(pb::GetBatchRequest {
+            batch_id: batch_id.into(),
+        }))
+        .await
+        .expect("batch")
+        .into_inner();
+        let mut objects = Vec::new();
+        for id in ["1001", "1002", "2001"] {
+            objects.push(get_object(client, batch_id, id).await.expect("object"));
+        }
+        let retry = t(client.get_retry(pb::GetRetryRequest {
+            batch_id: batch_id.into(),
+            object_id: "1001".into(),
+        }))
+        .await
+        .expect("retry")
+        .into_inner();
+        let letters = t(client.list_dead_letters(pb::ListDeadLettersRequest {
+            batch_id: batch_id.into(),
+            ..Default::default()
+        }))
+        .await
+        .expect("dead letters")
+        .into_inner()
+        .dead_letters;
+        (batch, objects, retry, letters)
+    }
+    let held = reads(&mut plane.client, &r.batch_id).await;
+    assert_eq!(held.1[0].history.len(), 7, "{:?}", held.1[0].history);
+    assert_eq!(held.2.attempts.len(), 2, "{:?}", held.2);
+    assert!(!held.1[1].agent_id.is_empty());
+    assert_eq!(held.3.len(), 1);
+
+    let batch_id = r.batch_id.clone();
+    t(async {
+        loop {
+            let id = batch_id.clone();
+            let still = plane
+                .handle
+                .read(move |s| s.batch(&id).is_some())
+                .await
+                .expect("read");
+            if !still {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        reads(&mut plane.client, &r.batch_id).await,
+        held,
+        "after the batch left memory"
+    );
+
+    // A restarted control plane (same store, a new broker connection) answers the same.
+    drop(plane);
+    drop(_agents);
+    let data = Arc::new(MemoryDataPlane::new());
+    let mut again = start_driven(
+        store.clone(),
+        data.clone(),
+        ServiceSettings::default(),
+        driver(),
+    )
+    .await;
+    assert_eq!(
+        reads(&mut again.client, &r.batch_id).await,
+        held,
+        "after a restart"
+    );
+
+    // Replaying takes it back from the store; it runs to the end.
+    let _agents = agents(&data, true, |_, _| Answer::Load);
+    let replay = t(again
+        .client
+        .replay_dead_letters(pb::ReplayDeadLettersRequest {
+            batch_id: r.batch_id.clone(),
+            object_ids: Vec::new(),
+            max_attempts: 0,
+        }))
+    .await
+    .expect("replayed from the store")
+    .into_inner();
+    assert_eq!(replay.replayed_object_ids, ["1001"]);
+    let mut watch = Watch::open(&mut again.client, &r.batch_id).await;
+    assert_eq!(watch.until_end().await, pb::BatchState::Succeeded);
 }

@@ -18,8 +18,8 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::convert;
 use crate::ports::{
-    BatchHead, CreateOutcome, DataPlane, PortResult, Position, RestoredBatch, ResultRecord,
-    RetryEntry, StateStore, StepWrite, StoredBatch, StoredDeadLetter,
+    BatchHead, BatchWithTrails, CreateOutcome, DataPlane, NodeTrail, PortResult, Position,
+    RestoredBatch, ResultRecord, RetryEntry, StateStore, StepWrite, StoredBatch, StoredDeadLetter,
 };
 use crate::records::{DeadLetterRecord, ReadyRecord, StatusChange};
 
@@ -254,6 +254,7 @@ struct StoredEntry {
     objects: Vec<ObjectDef>,
     head: BatchHead,
     nodes: BTreeMap<u32, NodeRecord>,
+    trails: BTreeMap<u32, NodeTrail>,
 }
 
 /// The Ready signing seed: a secret, so its `Debug` never shows it.
@@ -339,6 +340,7 @@ impl StateStore for MemoryStore {
                 objects: objects.to_vec(),
                 head: head.clone(),
                 nodes: nodes.iter().cloned().collect(),
+                trails: BTreeMap::new(),
             },
         );
         Ok(CreateOutcome::Created)
@@ -381,6 +383,29 @@ impl StateStore for MemoryStore {
                 nodes: e.nodes.iter().map(|(n, r)| (*n, r.clone())).collect(),
             })
             .collect())
+    }
+
+    async fn load_batch(&self, batch_id: &str) -> PortResult<Option<BatchWithTrails>> {
+        let s = self.lock();
+        Ok(s.batches.get(batch_id).map(|e| {
+            (
+                RestoredBatch {
+                    batch: e.batch.clone(),
+                    objects: e.objects.clone(),
+                    head: e.head.clone(),
+                    nodes: e.nodes.iter().map(|(n, r)| (*n, r.clone())).collect(),
+                },
+                e.trails.iter().map(|(n, t)| (*n, t.clone())).collect(),
+            )
+        }))
+    }
+
+    async fn save_trails(&self, batch_id: &str, trails: &[(u32, NodeTrail)]) -> PortResult<()> {
+        self.write_allowed()?;
+        if let Some(e) = self.lock().batches.get_mut(batch_id) {
+            e.trails.extend(trails.iter().cloned());
+        }
+        Ok(())
     }
 
     async fn claim_due_retries(&self, now_ms: i64, limit: usize) -> PortResult<Vec<RetryEntry>> {

@@ -282,6 +282,7 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                         .metrics
                         .batch_moved(BatchState::Running.as_str(), state.as_str());
                     rt.finished_at = Some(now);
+                    step.finished.push(batch_id.to_owned());
                     info!(%batch_id, state = %state, "batch finished");
                     step.watch.push((
                         batch_id.to_owned(),

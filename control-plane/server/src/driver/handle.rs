@@ -30,6 +30,7 @@ pub(super) enum Command {
         reply: oneshot::Sender<Result<Outcome, DriverError>>,
     },
     Mutate(MutateFn, oneshot::Sender<Result<(), DriverError>>),
+    Adopt(String, oneshot::Sender<Result<bool, DriverError>>),
 }
 
 impl std::fmt::Debug for Command {
@@ -38,6 +39,7 @@ impl std::fmt::Debug for Command {
             Command::Submit(..) => "Submit",
             Command::Event { .. } => "Event",
             Command::Mutate(..) => "Mutate",
+            Command::Adopt(..) => "Adopt",
         })
     }
 }
@@ -62,6 +64,15 @@ pub struct Handle {
 }
 
 impl Handle {
+    /// Makes sure the driver holds `batch_id`: a finished batch that left memory is taken back
+    /// from the store (to replay its dead objects, say). False when the store does not have it
+    /// finished either.
+    pub async fn adopt(&self, batch_id: String) -> Result<bool, DriverError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Adopt(batch_id, reply)).await?;
+        rx.await.map_err(|_| DriverError::ShuttingDown)?
+    }
+
     /// Whether a step is stalled and when the loop last turned, read without asking the loop.
     pub fn health(&self) -> &DriverHealth {
         &self.health

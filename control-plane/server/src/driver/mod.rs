@@ -48,6 +48,7 @@ mod handle;
 mod health;
 mod intake;
 mod publish;
+mod rebuild;
 mod restore;
 mod run_loop;
 mod settings;
@@ -62,9 +63,10 @@ pub use clock::{Clock, SystemClock, TokioClock};
 pub use error::DriverError;
 pub use handle::{Handle, SubmitOutcome};
 pub use health::{DriverHealth, Stall};
+pub use rebuild::{RebuildError, for_reads};
 pub use settings::DriverSettings;
 pub use state::{
-    BatchRuntime, DriverCounters, DriverState, TransitionRecord, WatchEvent, WatchStep,
+    BatchRuntime, DriverCounters, DriverState, TransitionRecord, WatchEvent, WatchStep, to_millis,
 };
 
 use std::collections::HashMap;

@@ -1,17 +1,15 @@
 //! Restore: the active batches and agent leases reloaded from the store after a restart, planned
 //! again and resumed.
 
-use std::collections::BTreeMap;
-
 use chrono::DateTime;
 use strata_core::agents::Registry;
-use strata_core::machine::{BatchMachine, DeadReason, InitialDisposition, NodeRecord, NodeState};
+use strata_core::machine::{BatchState, NodeState};
 use strata_core::model::NodeIx;
-use strata_core::submission::{PlanContext, layout_hash, prepare};
 use tracing::{error, info};
 
 use super::Driver;
 use super::error::DriverError;
+use super::rebuild::{apply_trails, replan};
 use super::settings::execution_timeout;
 use super::step::Step;
 use super::step::retry_port;
@@ -63,60 +61,19 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
         active.sort_by_key(|r| r.batch.created_at_ms);
         let mut resumed = Vec::with_capacity(active.len());
         for restored in active {
-            let b = restored.batch;
-            let created_at = DateTime::from_timestamp_millis(b.created_at_ms)
-                .unwrap_or_else(|| self.state.now());
-            // The initial dispositions are in the restored records already (and taken from
-            // them below): planning needs no preflight rules.
-            let no_rules = BTreeMap::new();
-            let ctx =
-                PlanContext::replanning(&self.settings.zone_durations_ms, &no_rules, created_at);
-            let prepared = match prepare(&b.idempotency_key, restored.objects, b.options, &ctx) {
-                Ok(p) => p,
+            let batch_id = restored.batch.batch_id.clone();
+            let (prepared, machine) = match replan(restored, &self.settings.zone_durations_ms) {
+                Ok(r) => r,
                 Err(e) => {
-                    error!(batch_id = %b.batch_id, error = %e, "stored batch no longer plans: not restored");
-                    self.settings.metrics.batch_not_restored("no_plan");
+                    error!(%batch_id, error = %e, "stored batch not restored");
+                    self.settings.metrics.batch_not_restored(e.reason());
                     continue;
                 }
             };
-            let layout = layout_hash(&prepared.plan, &prepared.objects);
-            if !b.layout_hash.is_empty() && layout != b.layout_hash {
-                error!(batch_id = %b.batch_id, stored = %b.layout_hash, planned = %layout,
-                    "stored batch plans to another node layout (a planner change?): its stored \
-                     records would land on the wrong objects, so it is not restored");
-                self.settings.metrics.batch_not_restored("layout_changed");
-                continue;
-            }
             let n = prepared.plan.len();
-            let mut records: Vec<NodeRecord> = (0..n).map(|_| NodeRecord::pending()).collect();
-            for (node, r) in restored.nodes {
-                if let Some(slot) = records.get_mut(node as usize) {
-                    *slot = r;
-                }
-            }
-            let mut prepared = prepared;
-            prepared.dispositions = records.iter().map(disposition_of).collect();
-            let policies = prepared
-                .options
-                .node_policies(&prepared.objects, &prepared.plan);
-            let mut machine = match BatchMachine::restore(
-                prepared.plan.dag.clone(),
-                records,
-                policies,
-            ) {
-                Ok(m) => m,
-                Err(e) => {
-                    error!(batch_id = %b.batch_id, error = %e, "stored batch inconsistent: not restored");
-                    self.settings.metrics.batch_not_restored("inconsistent");
-                    continue;
-                }
-            };
-            machine.raise_epoch_floor(restored.head.next_epoch);
-            prepared.batch_id = b.batch_id.clone();
-            prepared.content_hash = b.content_hash;
-            info!(batch_id = %b.batch_id, objects = n, "batch restored");
+            info!(%batch_id, objects = n, "batch restored");
             self.install(prepared, machine, false);
-            resumed.push(b.batch_id);
+            resumed.push(batch_id);
         }
         // Attempts running or waiting for their retry own their objects again, before any
         // READY release is re-issued; running ones get a full execution timeout from now (how
@@ -153,16 +110,45 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
         }
         Ok(())
     }
-}
 
-/// The initial disposition a restored record shows: skipped as fresh, rejected by preflight,
-/// or run.
-pub(super) fn disposition_of(r: &NodeRecord) -> InitialDisposition {
-    match (r.state, r.dead_reason) {
-        (NodeState::SkippedFresh, _) => InitialDisposition::SkippedFresh,
-        (NodeState::Dead, Some(DeadReason::Preflight)) => InitialDisposition::PreflightRejected {
-            reason: r.last_error.clone().unwrap_or_default(),
-        },
-        _ => InitialDisposition::Run,
+    /// Takes a finished batch that left memory back from the store (planned again, its trails
+    /// as history): true when it is held now, false when the store does not have it finished.
+    pub(super) async fn adopt(&mut self, batch_id: &str) -> Result<bool, DriverError> {
+        if self.state.batches.contains_key(batch_id) {
+            return Ok(true);
+        }
+        let Some((restored, trails)) = retry_port(&self.settings.metrics, "load a batch", || {
+            self.store.load_batch(batch_id)
+        })
+        .await?
+        else {
+            return Ok(false);
+        };
+        let state = restored.head.state;
+        if !state.is_terminal() {
+            return Ok(false);
+        }
+        let finished_at = restored
+            .head
+            .finished_at_ms
+            .and_then(DateTime::from_timestamp_millis);
+        let (prepared, machine) =
+            replan(restored, &self.settings.zone_durations_ms).map_err(|e| {
+                DriverError::FailedPrecondition(format!(
+                    "batch {batch_id} cannot be taken back from the store: {e}"
+                ))
+            })?;
+        self.install(prepared, machine, false);
+        self.settings
+            .metrics
+            .batch_moved(BatchState::Running.as_str(), state.as_str());
+        let now = self.state.now();
+        if let Some(rt) = self.state.batches.get_mut(batch_id) {
+            apply_trails(rt, trails);
+            rt.finished_at = finished_at.or(Some(now));
+            rt.adopted_at = Some(now);
+        }
+        info!(%batch_id, "finished batch taken back from the store");
+        Ok(true)
     }
 }

@@ -141,6 +141,9 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                 }
                 let _ = reply.send(self.flush(step).await);
             }
+            Command::Adopt(batch_id, reply) => {
+                let _ = reply.send(self.adopt(&batch_id).await);
+            }
             Command::Submit(prepared, reply) => {
                 let r = self.submit(*prepared).await;
                 let _ = reply.send(r);

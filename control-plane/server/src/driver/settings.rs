@@ -38,6 +38,9 @@ pub struct DriverSettings {
     /// new one, and the old key signs valid results for as long again (results signed before
     /// the rotation may still be on the results topic).
     pub result_key_rotation: Duration,
+    /// How long a finished batch stays in memory; after it, reads of it are answered from the
+    /// store (its records and the trails stored when it finished).
+    pub finished_retention: Duration,
     /// How often the topics are checked (and re-created): a broker that lost them lost every
     /// Ready in flight, which the driver then publishes again.
     pub topic_check: Duration,
@@ -48,6 +51,9 @@ pub struct DriverSettings {
     /// Seed of the backoff jitter (`None`: from the time of start).
     pub seed: Option<u64>,
 }
+
+/// The default of [`DriverSettings::finished_retention`]: 15 minutes.
+pub const DEFAULT_FINISHED_RETENTION: Duration = Duration::from_secs(900);
 
 /// The default of [`DriverSettings::result_key_rotation`]: an hour.
 pub const DEFAULT_RESULT_KEY_ROTATION: Duration = Duration::from_secs(3600);
@@ -70,6 +76,7 @@ impl Default for DriverSettings {
             lease_ttl: Duration::from_secs(15),
             verify_results: false,
             result_key_rotation: DEFAULT_RESULT_KEY_ROTATION,
+            finished_retention: DEFAULT_FINISHED_RETENTION,
             metrics: Metrics::default(),
             clock: Arc::new(SystemClock),
             seed: None,

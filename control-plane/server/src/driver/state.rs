@@ -17,7 +17,7 @@ use tokio::sync::broadcast;
 use super::clock::Clock;
 use crate::latency::LatencyHistogram;
 use crate::ports::BatchHead;
-use strata_core::submission::BatchOptions;
+use strata_core::submission::{BatchOptions, PreparedBatch};
 
 /// A change a watcher sees.
 #[derive(Debug, Clone, PartialEq)]
@@ -105,6 +105,43 @@ pub struct BatchRuntime {
     pub(super) created_at: DateTime<Utc>,
     /// When it became terminal.
     pub(super) finished_at: Option<DateTime<Utc>>,
+    /// When it was taken back from the store after it had left memory (it stays for the
+    /// retention from then, not from when it finished).
+    pub(super) adopted_at: Option<DateTime<Utc>>,
+}
+
+impl BatchRuntime {
+    /// A batch as planned, with its machine, no history yet, and a watch channel of
+    /// `watch_capacity` steps.
+    pub(super) fn new(
+        p: PreparedBatch,
+        machine: BatchMachine,
+        finished_at: Option<DateTime<Utc>>,
+        watch_capacity: usize,
+    ) -> Self {
+        let node_of = (0..p.plan.len() as u32)
+            .map(|n| (p.plan.object(&p.objects, n).id.clone(), n))
+            .collect();
+        BatchRuntime {
+            batch_id: p.batch_id,
+            idempotency_key: p.idempotency_key,
+            content_hash: p.content_hash,
+            options: p.options,
+            objects: p.objects,
+            plan: p.plan,
+            machine,
+            node_of,
+            dispositions: p.dispositions,
+            history: FxHashMap::default(),
+            last_agent: FxHashMap::default(),
+            coalesced_onto: FxHashMap::default(),
+            watch: broadcast::channel(watch_capacity.max(1)).0,
+            watch_seq: 0,
+            created_at: p.created_at,
+            finished_at,
+            adopted_at: None,
+        }
+    }
 }
 
 /// Read-only: the driver changes a batch, everyone else reads it through [`super::Handle::read`].
@@ -251,7 +288,7 @@ pub struct DriverState {
 impl DriverState {
     /// The time of day, from the driver's clock.
     pub(super) fn now(&self) -> DateTime<Utc> {
-        self.clock.now()
+        to_millis(self.clock.now())
     }
 
     /// Records that the topics were just created: a new, non-zero generation.
@@ -316,4 +353,10 @@ pub(super) fn head_of(machine: &BatchMachine, finished_at: Option<DateTime<Utc>>
         next_epoch: machine.next_epoch(),
         finished_at_ms: finished_at.map(|t| t.timestamp_millis()),
     }
+}
+
+/// `t` to the millisecond, the precision the store keeps: a time the driver records reads the
+/// same from memory and, after the batch left memory or a restart, from the store.
+pub fn to_millis(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
 }

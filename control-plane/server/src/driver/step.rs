@@ -15,8 +15,14 @@ use super::health::Stall;
 use super::state::head_of;
 use super::state::{WatchEvent, WatchStep};
 use crate::metrics::Metrics;
-use crate::ports::{BatchWrite, DataPlane, PortError, Position, StateStore, StepWrite};
+use crate::ports::{
+    BatchWrite, DataPlane, MAX_TRAIL, NodeTrail, PortError, Position, StateStore, StepWrite,
+    StoredTransition,
+};
 use crate::records::{DeadLetterRecord, ReadyRecord, StatusChange};
+
+/// Nodes whose trails one write stores.
+const TRAILS_PER_WRITE: NodeIx = 10_000;
 
 /// Per-step accumulation of effects.
 #[derive(Default)]
@@ -34,6 +40,8 @@ pub(super) struct Step {
     pub(super) consumed_at: Option<Instant>,
     /// Settled in-flight objects' waiters, still to be told.
     pub(super) deliveries: Vec<Delivery<String>>,
+    /// Batches that finished in this step: their nodes' trails are stored with it.
+    pub(super) finished: Vec<String>,
 }
 
 impl<D: DataPlane, S: StateStore> Driver<D, S> {
@@ -63,6 +71,9 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
         {
             let store = self.store.clone();
             self.persist("persist step", || store.apply(&write)).await?;
+        }
+        for batch_id in std::mem::take(&mut step.finished) {
+            self.save_trails(&batch_id).await?;
         }
         if let Some(changes) = self.state.agents.take_changes() {
             let store = self.store.clone();
@@ -121,6 +132,49 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
 }
 
 impl<D: DataPlane, S: StateStore> Driver<D, S> {
+    /// Stores the trail (latest transitions, last agent) of every node of a finished batch
+    /// that has one, [`TRAILS_PER_WRITE`] nodes per write: what reads of the batch need once it
+    /// has left memory.
+    async fn save_trails(&self, batch_id: &str) -> Result<(), DriverError> {
+        let Some(rt) = self.state.batches.get(batch_id) else {
+            return Ok(());
+        };
+        let n = rt.machine.records().len() as NodeIx;
+        let mut node = 0;
+        while node < n {
+            let end = (node + TRAILS_PER_WRITE).min(n);
+            let trails: Vec<(u32, NodeTrail)> = (node..end)
+                .filter_map(|node| {
+                    let history = rt.history(node);
+                    let agent = rt.last_agent(node);
+                    (!history.is_empty() || agent.is_some()).then(|| {
+                        let keep = &history[history.len().saturating_sub(MAX_TRAIL)..];
+                        (
+                            node,
+                            NodeTrail {
+                                transitions: keep
+                                    .iter()
+                                    .map(|t| StoredTransition {
+                                        from: t.from,
+                                        to: t.to,
+                                        attempt: t.attempt,
+                                        at_ms: t.at.timestamp_millis(),
+                                    })
+                                    .collect(),
+                                agent: agent.map(str::to_owned),
+                            },
+                        )
+                    })
+                })
+                .collect();
+            let store = self.store.clone();
+            self.persist("persist trails", || store.save_trails(batch_id, &trails))
+                .await?;
+            node = end;
+        }
+        Ok(())
+    }
+
     /// Runs a state write until it succeeds, however long that takes: a step is never applied
     /// in memory alone. Every failed try is counted; while it fails, [`DriverHealth`] holds the
     /// stall for readiness and `strata_driver_stalled` is 1, with a warning at the first failure

@@ -2,10 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use rustc_hash::FxHashMap;
 use strata_core::machine::{BatchMachine, BatchState, NodeRecord, NodeState};
 use strata_core::model::NodeIx;
-use tokio::sync::broadcast;
 use tracing::info;
 
 use super::Driver;
@@ -119,30 +117,8 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
             metrics.objects_entered(zone, state, n);
         }
         metrics.batch_entered(BatchState::Running.as_str());
-        let node_of = (0..p.plan.len() as u32)
-            .map(|n| (p.plan.object(&p.objects, n).id.clone(), n))
-            .collect();
         let finished_at = machine.is_terminal().then(|| self.state.now());
-        self.state.batches.insert(
-            p.batch_id.clone(),
-            BatchRuntime {
-                batch_id: p.batch_id,
-                idempotency_key: p.idempotency_key,
-                content_hash: p.content_hash,
-                options: p.options,
-                objects: p.objects,
-                plan: p.plan,
-                machine,
-                node_of,
-                dispositions: p.dispositions,
-                history: FxHashMap::default(),
-                last_agent: FxHashMap::default(),
-                coalesced_onto: FxHashMap::default(),
-                watch: broadcast::channel(self.settings.watch_capacity.max(1)).0,
-                watch_seq: 0,
-                created_at: p.created_at,
-                finished_at,
-            },
-        );
+        let rt = BatchRuntime::new(p, machine, finished_at, self.settings.watch_capacity);
+        self.state.batches.insert(rt.batch_id.clone(), rt);
     }
 }

@@ -1,7 +1,11 @@
-//! Timers: execution deadlines, lease expiry, due retries and redelivery, run on every tick.
+//! Timers: execution deadlines, lease expiry, due retries and redelivery, and the eviction of
+//! finished batches, run on every tick.
+
+use std::collections::BTreeMap;
 
 use strata_core::machine::{Event, LossReason, NodeState};
-use tracing::warn;
+use strata_core::model::NodeIx;
+use tracing::{debug, warn};
 
 use super::Driver;
 use super::agents::held_attempts_lost;
@@ -17,6 +21,7 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
         }
         self.expire_attempts().await;
         self.expire_leases().await;
+        self.evict_finished();
         let now = self.state.now();
         let due = match self
             .store
@@ -46,6 +51,42 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
         }
         if let Err(e) = self.flush(step).await {
             warn!(error = %e, "retry step not persisted");
+        }
+    }
+
+    /// Finished batches older than the retention leave memory (their state and trails are in
+    /// the store, written when they finished); the state gauges count them out.
+    pub(super) fn evict_finished(&mut self) {
+        let now = self.state.now();
+        let retention = chrono::TimeDelta::from_std(self.settings.finished_retention)
+            .unwrap_or(chrono::TimeDelta::MAX);
+        let gone: Vec<String> = self
+            .state
+            .batches
+            .values()
+            .filter(|rt| {
+                rt.finished_at
+                    .map(|at| rt.adopted_at.map_or(at, |adopted| adopted.max(at)))
+                    .and_then(|at| at.checked_add_signed(retention))
+                    .is_some_and(|until| until <= now)
+            })
+            .map(|rt| rt.batch_id.clone())
+            .collect();
+        for batch_id in gone {
+            let Some(rt) = self.state.batches.remove(&batch_id) else {
+                continue;
+            };
+            let metrics = &self.settings.metrics;
+            let mut left: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+            for (node, record) in rt.machine.records().iter().enumerate() {
+                let zone = rt.object(node as NodeIx).zone.as_str();
+                *left.entry((zone, record.state.as_str())).or_default() -= 1;
+            }
+            for ((zone, state), n) in left {
+                metrics.objects_entered(zone, state, n);
+            }
+            metrics.batch_left(rt.machine.batch_state().as_str());
+            debug!(%batch_id, "finished batch left memory; reads of it are served from the store");
         }
     }
 

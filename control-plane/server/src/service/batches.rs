@@ -85,6 +85,9 @@ impl<S: StateStore> OrchestratorService<S> {
         {
             return Ok(b);
         }
+        if let Some(rt) = self.stored_runtime(batch_id).await? {
+            return Ok(wire::batch_of(&rt, self.cancel_reason(batch_id).as_deref()));
+        }
         self.stored_batch(batch_id)
             .await?
             .ok_or_else(|| ServiceError::BatchNotFound(batch_id.to_owned()))

@@ -45,25 +45,35 @@ impl<S: StateStore> OrchestratorService<S> {
                 .collect();
             // Replayed objects are no longer dead: only letters of objects still DEAD (or of
             // batches this process does not drive) are listed, with their blocked descendants.
-            let kept: Vec<pb::DeadLetter> = self
+            // (letter, node), node only for a batch the driver does not hold.
+            let kept: Vec<(pb::DeadLetter, Option<NodeIx>)> = self
                 .handle
                 .read(move |s| {
                     decoded
                         .into_iter()
                         .filter_map(|(node, mut l)| match s.batch(&l.batch_id) {
-                            None => Some(l),
+                            None => Some((l, Some(node))),
                             Some(rt) => (rt.machine().state(node) == Some(NodeState::Dead)
                                 && rt.object(node).id.as_str() == l.object_id)
                                 .then(|| {
                                     l.blocked_descendant_count =
                                         wire::blocked_descendants(rt, node);
-                                    l
+                                    (l, None)
                                 }),
                         })
                         .collect()
                 })
                 .await?;
-            letters.extend(kept);
+            for (mut l, not_held) in kept {
+                // A finished batch that left memory: its blocked descendants from the store,
+                // as while it was held.
+                if let Some(node) = not_held
+                    && let Some(rt) = self.stored_runtime(&l.batch_id).await?
+                {
+                    l.blocked_descendant_count = wire::blocked_descendants(&rt, node);
+                }
+                letters.push(l);
+            }
             if letters.len() >= size || cursor.is_none() {
                 break;
             }
@@ -94,6 +104,8 @@ impl<S: StateStore> OrchestratorService<S> {
             upstream_before: u32,
             rx: broadcast::Receiver<WatchStep>,
         }
+        // A finished batch that left memory is taken back from the store first.
+        self.handle.adopt(batch_id.clone()).await?;
         let prepared = self
             .with_batch(&batch_id, move |rt| {
                 let batch_id = &rt.batch_id();

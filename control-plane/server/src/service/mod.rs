@@ -24,6 +24,7 @@ mod batches;
 mod dead_letters;
 mod objects;
 mod retries;
+mod stored;
 mod submit;
 mod validate;
 mod watch;
@@ -178,6 +179,8 @@ pub struct OrchestratorService<S: StateStore> {
     cancel_reasons: Arc<Mutex<HashMap<String, String>>>,
     /// Set to true to end every `WatchBatch` stream (shutdown).
     closing: Arc<tokio::sync::watch::Sender<bool>>,
+    /// The batches last rebuilt from the store for reads, newest first (see `stored.rs`).
+    rebuilt: stored::Rebuilt,
 }
 
 impl<S: StateStore> Clone for OrchestratorService<S> {
@@ -188,6 +191,7 @@ impl<S: StateStore> Clone for OrchestratorService<S> {
             settings: self.settings.clone(),
             cancel_reasons: self.cancel_reasons.clone(),
             closing: self.closing.clone(),
+            rebuilt: self.rebuilt.clone(),
         }
     }
 }
@@ -345,6 +349,7 @@ impl<S: StateStore> OrchestratorService<S> {
             store,
             settings: Arc::new(settings),
             cancel_reasons: Arc::default(),
+            rebuilt: stored::Rebuilt::default(),
             closing: Arc::new(tokio::sync::watch::channel(false).0),
         }
     }

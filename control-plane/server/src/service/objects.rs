@@ -1,4 +1,5 @@
-//! `GetObject`: one object of a batch the driver holds, with its attempts and what blocks it.
+//! `GetObject`: one object of a batch, with its attempts and what blocks it: from the driver
+//! while it holds the batch, else from the store (a finished batch, rebuilt).
 
 use strata_core::ObjectId;
 use strata_core::model::NodeIx;
@@ -29,6 +30,7 @@ impl<S: StateStore> OrchestratorService<S> {
     ) -> Result<pb::ObjectStatus, ServiceError> {
         let batch_id = required("batch_id", &req.batch_id)?.to_owned();
         let id = object_id(&req.object_id)?;
+        let wanted = id.clone();
         let held = batch_id.clone();
         match self
             .handle
@@ -44,12 +46,16 @@ impl<S: StateStore> OrchestratorService<S> {
             .await??
         {
             Some(s) => Ok(s),
-            None => Err(self
-                .not_held(
-                    &batch_id,
-                    "object states are kept only while a batch is driven",
-                )
-                .await),
+            None => match self.stored_runtime(&batch_id).await? {
+                // Finished: no agent matters to a terminal object's status.
+                Some(rt) => Ok(wire::object_status(&rt, Self::node_of(&rt, &wanted)?, 0)),
+                None => Err(self
+                    .not_held(
+                        &batch_id,
+                        "it is driven by another control plane, or not at all",
+                    )
+                    .await),
+            },
         }
     }
 }

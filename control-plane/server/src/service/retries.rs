@@ -1,5 +1,6 @@
 //! `ListRetries`, `GetRetry` and `RetryNow`: objects waiting for their next attempt.
 
+use strata_core::ObjectId;
 use strata_core::machine::{Event, NodeState, Outcome};
 use strata_proto::v1::{self as pb};
 use tracing::{info, instrument};
@@ -10,6 +11,7 @@ use super::validate::optional_zone;
 use super::validate::required;
 use super::validate::state_name;
 use super::wire;
+use crate::driver::BatchRuntime;
 use crate::error::ServiceError;
 use crate::ports::StateStore;
 impl<S: StateStore> OrchestratorService<S> {
@@ -104,23 +106,28 @@ impl<S: StateStore> OrchestratorService<S> {
     ) -> Result<pb::GetRetryResponse, ServiceError> {
         let batch_id = required("batch_id", &req.batch_id)?.to_owned();
         let id = object_id(&req.object_id)?;
-        match self
-            .with_batch(&batch_id, move |rt| {
-                let node = Self::node_of(rt, &id)?;
-                Ok(pb::GetRetryResponse {
-                    retry: Some(wire::retry_info(rt, node)),
-                    attempts: wire::attempt_records(rt, node),
-                })
+        let wanted = id.clone();
+        let answer = |rt: &BatchRuntime, id: &ObjectId| {
+            let node = Self::node_of(rt, id)?;
+            Ok(pb::GetRetryResponse {
+                retry: Some(wire::retry_info(rt, node)),
+                attempts: wire::attempt_records(rt, node),
             })
+        };
+        match self
+            .with_batch(&batch_id, move |rt| answer(rt, &id))
             .await?
         {
             Some(r) => Ok(r),
-            None => Err(self
-                .not_held(
-                    &batch_id,
-                    "retry state is kept only while a batch is driven",
-                )
-                .await),
+            None => match self.stored_runtime(&batch_id).await? {
+                Some(rt) => answer(&rt, &wanted),
+                None => Err(self
+                    .not_held(
+                        &batch_id,
+                        "it is driven by another control plane, or not at all",
+                    )
+                    .await),
+            },
         }
     }
 

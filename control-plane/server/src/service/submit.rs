@@ -102,7 +102,7 @@ impl<S: StateStore> OrchestratorService<S> {
                 durations: &settings.zone_durations_ms,
                 last_loaded: &last_loaded,
                 preflight: &settings.preflight,
-                now: Utc::now(),
+                now: crate::driver::to_millis(Utc::now()),
             };
             let prepared = submission::prepare(&key, objects, options, &ctx)?;
             let disps = wire::dispositions(

@@ -29,7 +29,7 @@ use strata_core::ObjectDef;
 use strata_core::machine::{BatchState, DeadReason, FailureKind, NodeRecord, NodeState};
 use strata_core::submission::BatchOptions;
 
-use crate::ports::{BatchHead, StoredBatch};
+use crate::ports::{BatchHead, MAX_TRAIL, NodeTrail, StoredBatch, StoredTransition};
 
 const HAS_ERROR: u8 = 1 << 4;
 const HAS_REASON: u8 = 1 << 5;
@@ -69,6 +69,54 @@ pub(crate) fn encode_record(r: &NodeRecord, out: &mut Vec<u8>) {
     if let Some(e) = &r.last_error {
         out.extend_from_slice(e.as_bytes());
     }
+}
+
+/// Encodes a node's trail: the transition count, then per transition from, to (state codes),
+/// attempt and time (ms, zigzag varint), then the agent id (the rest; absent = none).
+pub(crate) fn encode_trail(t: &NodeTrail, out: &mut Vec<u8>) {
+    put_varint(out, t.transitions.len() as u64);
+    for x in &t.transitions {
+        out.push(state_code(x.from));
+        out.push(state_code(x.to));
+        put_varint(out, u64::from(x.attempt));
+        put_varint(out, zigzag(x.at_ms));
+    }
+    if let Some(agent) = &t.agent {
+        out.extend_from_slice(agent.as_bytes());
+    }
+}
+
+/// Decodes a trail written by [`encode_trail`].
+pub(crate) fn decode_trail(bytes: &[u8]) -> Result<NodeTrail, String> {
+    let mut r = Reader { bytes, pos: 0 };
+    let n = r.varint("transition count")?;
+    if n > MAX_TRAIL as u64 {
+        return Err(format!("{n} transitions, at most {MAX_TRAIL} are kept"));
+    }
+    let mut transitions = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let from = state_of(r.byte("from")?)?;
+        let to = state_of(r.byte("to")?)?;
+        let attempt = u32::try_from(r.varint("attempt")?).map_err(|_| "attempt out of range")?;
+        let at_ms = unzigzag(r.varint("at")?);
+        transitions.push(StoredTransition {
+            from,
+            to,
+            attempt,
+            at_ms,
+        });
+    }
+    let rest = &bytes[r.pos..];
+    let agent = if rest.is_empty() {
+        None
+    } else {
+        Some(
+            std::str::from_utf8(rest)
+                .map_err(|e| format!("agent id is not UTF-8: {e}"))?
+                .to_owned(),
+        )
+    };
+    Ok(NodeTrail { transitions, agent })
 }
 
 /// Decodes a record written by [`encode_record`].
@@ -395,6 +443,38 @@ mod tests {
     use chrono::{TimeZone, Utc};
 
     use super::*;
+
+    #[test]
+    fn a_trail_round_trips() {
+        let t = NodeTrail {
+            transitions: vec![
+                StoredTransition {
+                    from: NodeState::Pending,
+                    to: NodeState::Ready,
+                    attempt: 1,
+                    at_ms: 1_700_000_000_000,
+                },
+                StoredTransition {
+                    from: NodeState::Ready,
+                    to: NodeState::Running,
+                    attempt: 1,
+                    at_ms: -5,
+                },
+            ],
+            agent: Some("agent-raw-1".into()),
+        };
+        let mut buf = Vec::new();
+        encode_trail(&t, &mut buf);
+        assert_eq!(decode_trail(&buf), Ok(t));
+        let empty = NodeTrail::default();
+        buf.clear();
+        encode_trail(&empty, &mut buf);
+        assert_eq!(decode_trail(&buf), Ok(empty));
+        assert!(
+            decode_trail(&[200, 1]).is_err(),
+            "more transitions than are kept"
+        );
+    }
 
     fn record(state: NodeState) -> NodeRecord {
         NodeRecord {

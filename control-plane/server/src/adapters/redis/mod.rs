@@ -14,6 +14,7 @@
 //! | `{p}batch:{id}` | hash | `id`, `idem`, `hash`, `created_at_ms`, `options` (JSON), `state`, `next_epoch`, `finished_at_ms` (absent = none), `layout` (which object each node is; absent = stored before it was) |
 //! | `{p}batch:{id}:objects` | string | the submitted objects JSON (~150 MB for 1M objects), kept apart so heads stay small |
 //! | `{p}batch:{id}:nodes` | hash | node index (decimal) → record, compact binary (see `codec.rs`) |
+//! | `{p}batch:{id}:trails` | hash | node index → the node's last transitions and last agent (`NodeTrail`, compact binary), written when the batch finishes |
 //! | `{p}batch:{id}:dlq` | hash | node index → `DeadLetter` protobuf (the latest one of that node) |
 //! | `{p}batch:{id}:dlqidx` | zset | node index, score `dead_at_ms` (per-batch listing) |
 //! | `{p}idem:{key}` | string | batch id of an idempotency key |
@@ -75,15 +76,15 @@ use strata_proto::v1 as pb;
 use tracing::warn;
 
 use self::codec::{
-    decode_batch_hash, decode_cursor, decode_objects, decode_record, encode_cursor, encode_objects,
-    encode_options, encode_record, parse_dead_member, parse_retry_member, parse_score,
-    retry_member,
+    decode_batch_hash, decode_cursor, decode_objects, decode_record, decode_trail, encode_cursor,
+    encode_objects, encode_options, encode_record, encode_trail, parse_dead_member,
+    parse_retry_member, parse_score, retry_member,
 };
 use self::scripts::{Lua, SCRIPTS};
 use crate::convert;
 use crate::ports::{
-    BatchHead, CreateOutcome, PortError, PortResult, RestoredBatch, RetryEntry, StateStore,
-    StepWrite, StoredBatch, StoredDeadLetter,
+    BatchHead, BatchWithTrails, CreateOutcome, NodeTrail, PortError, PortResult, RestoredBatch,
+    RetryEntry, StateStore, StepWrite, StoredBatch, StoredDeadLetter,
 };
 
 const SERVICE: &str = "redis";
@@ -109,6 +110,8 @@ const MAX_PAGE: usize = 10_000;
 /// Expired batches pruned per `claim_due_retries` call, and their dead-letter entries.
 const PRUNE_BATCHES: usize = 4;
 const PRUNE_LETTERS: usize = 2_000;
+/// Node trails per `save_trails` script call.
+const TRAILS_PER_CALL: usize = 10_000;
 /// Fields per `HMGET` of `last_loaded`.
 const HMGET_CHUNK: usize = 10_000;
 
@@ -330,32 +333,50 @@ impl RedisStore {
         }
     }
 
-    /// Every node record of a batch, in `HSCAN` pages.
+    /// Every node record of a batch (`HSCAN`, one round trip per [`HSCAN_COUNT`] fields).
     async fn read_nodes(&self, batch_id: &str) -> PortResult<Vec<(u32, NodeRecord)>> {
-        let key = format!("{}:nodes", self.batch_key(batch_id));
-        let what = || format!("node records of batch {batch_id}");
+        self.read_per_node(batch_id, "nodes", "node records", decode_record)
+            .await
+    }
+
+    /// Every node trail of a batch, like [`Self::read_nodes`].
+    async fn read_trails(&self, batch_id: &str) -> PortResult<Vec<(u32, NodeTrail)>> {
+        self.read_per_node(batch_id, "trails", "node trails", decode_trail)
+            .await
+    }
+
+    /// The fields of the per-node hash `{p}batch:{id}:{suffix}`, decoded, by node.
+    async fn read_per_node<T>(
+        &self,
+        batch_id: &str,
+        suffix: &str,
+        label: &str,
+        decode: fn(&[u8]) -> Result<T, String>,
+    ) -> PortResult<Vec<(u32, T)>> {
+        let key = format!("{}:{suffix}", self.batch_key(batch_id));
+        let what = || format!("{label} of batch {batch_id}");
         let mut nodes = Vec::new();
         let mut cursor = "0".to_owned();
         loop {
             let mut cmd = redis::cmd("HSCAN");
             cmd.arg(&key).arg(&cursor).arg("COUNT").arg(HSCAN_COUNT);
             let reply = self
-                .query("scan node records", &cmd, HSCAN_COUNT * 64)
+                .query("scan per-node hash", &cmd, HSCAN_COUNT * 64)
                 .await?;
             let mut parts = array(reply).map_err(|d| corrupt(what(), d))?.into_iter();
             let (Some(next), Some(page)) = (parts.next(), parts.next()) else {
                 return Err(corrupt(what(), "HSCAN reply is not [cursor, page]".into()));
             };
             let mut page = array(page).map_err(|d| corrupt(what(), d))?.into_iter();
-            while let (Some(node), Some(record)) = (page.next(), page.next()) {
+            while let (Some(node), Some(value)) = (page.next(), page.next()) {
                 let node = text(node)
                     .ok()
                     .and_then(|n| n.parse::<u32>().ok())
                     .ok_or_else(|| corrupt(what(), "a field is not a node index".into()))?;
-                let record = bytes(record)
-                    .and_then(|b| decode_record(&b))
+                let value = bytes(value)
+                    .and_then(|b| decode(&b))
                     .map_err(|d| corrupt(what(), format!("node {node}: {d}")))?;
-                nodes.push((node, record));
+                nodes.push((node, value));
             }
             cursor = text(next).map_err(|d| corrupt(what(), d))?;
             if cursor == "0" {
@@ -589,6 +610,43 @@ impl StateStore for RedisStore {
                 .cmp(&(b.batch.created_at_ms, &b.batch.batch_id))
         });
         Ok(restored)
+    }
+
+    async fn load_batch(&self, batch_id: &str) -> PortResult<Option<BatchWithTrails>> {
+        let Some((batch, head)) = self.read_head(batch_id).await? else {
+            return Ok(None);
+        };
+        let Some(objects) = self.read_objects(batch_id).await? else {
+            return Ok(None);
+        };
+        let nodes = self.read_nodes(batch_id).await?;
+        let trails = self.read_trails(batch_id).await?;
+        Ok(Some((
+            RestoredBatch {
+                batch,
+                objects,
+                head,
+                nodes,
+            },
+            trails,
+        )))
+    }
+
+    async fn save_trails(&self, batch_id: &str, trails: &[(u32, NodeTrail)]) -> PortResult<()> {
+        for chunk in trails.chunks(TRAILS_PER_CALL) {
+            let mut cmd = script_cmd(&SCRIPTS.trails);
+            cmd.arg(&*self.prefix).arg(batch_id);
+            let mut buf = Vec::with_capacity(64);
+            for (node, trail) in chunk {
+                buf.clear();
+                encode_trail(trail, &mut buf);
+                cmd.arg(*node).arg(&buf[..]);
+            }
+            cmd.arg(self.generation());
+            self.eval("save trails", &cmd, chunk.len() * ITEM_COST)
+                .await?;
+        }
+        Ok(())
     }
 
     async fn claim_due_retries(&self, now_ms: i64, limit: usize) -> PortResult<Vec<RetryEntry>> {

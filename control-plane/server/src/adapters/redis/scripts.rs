@@ -56,7 +56,7 @@ end
 -- period later, so that the pruner can still find its global entries).
 local function expire_batch(id, ttl, grace)
   local b = bkey(id)
-  for _, k in ipairs({b, b .. ':objects', b .. ':nodes', b .. ':dlq'}) do
+  for _, k in ipairs({b, b .. ':objects', b .. ':nodes', b .. ':trails', b .. ':dlq'}) do
     redis.call('PEXPIRE', k, ttl)
   end
   redis.call('PEXPIRE', b .. ':dlqidx', ttl + grace)
@@ -68,7 +68,8 @@ end
 -- A terminal batch was reopened: it no longer expires.
 local function persist_batch(id)
   local b = bkey(id)
-  for _, k in ipairs({b, b .. ':objects', b .. ':nodes', b .. ':dlq', b .. ':dlqidx'}) do
+  for _, k in ipairs({b, b .. ':objects', b .. ':nodes', b .. ':trails', b .. ':dlq',
+      b .. ':dlqidx'}) do
     redis.call('PERSIST', k)
   end
   local idem = redis.call('HGET', b, 'idem')
@@ -118,7 +119,7 @@ end
 -- Leftovers of an expired batch with the same id (batches stored before ids took the creation
 -- time in: they derived from the idempotency key alone).
 unindex_dead(id, redis.call('ZCARD', b .. ':dlqidx') + 1)
-redis.call('DEL', b .. ':objects', b .. ':nodes', b .. ':dlq', b .. ':dlqidx')
+redis.call('DEL', b .. ':objects', b .. ':nodes', b .. ':trails', b .. ':dlq', b .. ':dlqidx')
 redis.call('ZREM', p .. 'expiring', id)
 
 redis.call('SET', idem, id)
@@ -211,6 +212,20 @@ if nloaded > 0 then
   chunked('HSET', p .. 'loaded', ARGV, i, i + 2 * nloaded - 1)
 end
 return skipped
+"#;
+
+/// `save_trails`.
+///
+/// ARGV: prefix, batch id, then node/trail pairs, then the generation (`''` = not checked).
+/// A batch that is not stored is skipped (returns 0, else 1); the trails expire with the batch.
+const TRAILS: &str = r#"
+if lost(ARGV[#ARGV]) then return redis.error_reply(LOST) end
+local id = ARGV[2]
+local b = bkey(id)
+if redis.call('EXISTS', b) == 0 then return 0 end
+if #ARGV > 3 then chunked('HSET', b .. ':trails', ARGV, 3, #ARGV - 1) end
+follow_ttl(id, b .. ':trails', 0)
+return 1
 "#;
 
 /// `claim_due_retries`, plus a bounded prune of expired batches' index entries.
@@ -345,12 +360,19 @@ pub(crate) struct Scripts {
     pub(crate) apply: Lua,
     pub(crate) claim: Lua,
     pub(crate) page: Lua,
+    pub(crate) trails: Lua,
 }
 
 impl Scripts {
     /// All of them, for loading.
-    pub(crate) fn all(&self) -> [&Lua; 4] {
-        [&self.create, &self.apply, &self.claim, &self.page]
+    pub(crate) fn all(&self) -> [&Lua; 5] {
+        [
+            &self.create,
+            &self.apply,
+            &self.claim,
+            &self.page,
+            &self.trails,
+        ]
     }
 }
 
@@ -360,4 +382,5 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     apply: Lua::new(APPLY),
     claim: Lua::new(CLAIM),
     page: Lua::new(PAGE),
+    trails: Lua::new(TRAILS),
 });
