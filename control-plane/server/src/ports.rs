@@ -176,6 +176,20 @@ pub struct StoredBatch {
     pub layout_hash: String,
 }
 
+impl StoredBatch {
+    /// What the store keeps of a prepared batch (besides its objects).
+    pub fn of(p: &strata_core::submission::PreparedBatch) -> Self {
+        Self {
+            batch_id: p.batch_id.clone(),
+            idempotency_key: p.idempotency_key.clone(),
+            content_hash: p.content_hash.clone(),
+            created_at_ms: p.created_at.timestamp_millis(),
+            options: p.options.clone(),
+            layout_hash: strata_core::submission::layout_hash(&p.plan, &p.objects),
+        }
+    }
+}
+
 /// What [`StateStore::create_batch`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CreateOutcome {

@@ -282,6 +282,35 @@ fn objects(list: Vec<pb::ObjectDefinition>) -> Option<pb::BatchInput> {
     })
 }
 
+/// `n` objects without parents, ids from 1,000,000.
+fn independent_objects(n: u32) -> Option<pb::BatchInput> {
+    objects(
+        (0..n)
+            .map(|i| object(&(1_000_000 + i).to_string(), &[]))
+            .collect(),
+    )
+}
+
+/// Polls `GetBatch` (bounded) until the batch is SUCCEEDED: a client that reads nothing else.
+async fn until_succeeded(client: &mut OrchestratorClient<Channel>, batch_id: &str) {
+    t(async {
+        loop {
+            let b = client
+                .get_batch(pb::GetBatchRequest {
+                    batch_id: batch_id.into(),
+                })
+                .await
+                .expect("batch")
+                .into_inner();
+            if b.state() == pb::BatchState::Succeeded {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
 /// A retry policy fast enough for tests.
 fn fast_retries(max_attempts: u32) -> Option<pb::SubmitOptions> {
     Some(pb::SubmitOptions {
@@ -2222,11 +2251,7 @@ async fn a_watcher_that_falls_behind_gets_a_resync_and_a_fresh_snapshot() {
     .await;
     let _agents = agents(&plane.data, false, |_, _| Answer::Load);
     let n = 8000u32;
-    let input = objects(
-        (0..n)
-            .map(|i| object(&(1_000_000 + i).to_string(), &[]))
-            .collect(),
-    );
+    let input = independent_objects(n);
     let r = submit(&mut plane.client, "slow", input, None)
         .await
         .expect("submitted");
@@ -2240,23 +2265,7 @@ async fn a_watcher_that_falls_behind_gets_a_resync_and_a_fresh_snapshot() {
     assert_eq!(parts, 8, "8000 objects in parts of 1000");
     _agents.open();
     // The watcher reads nothing while the batch runs: the driver is not held up.
-    t(async {
-        loop {
-            let b = plane
-                .client
-                .get_batch(pb::GetBatchRequest {
-                    batch_id: r.batch_id.clone(),
-                })
-                .await
-                .expect("batch")
-                .into_inner();
-            if b.state() == pb::BatchState::Succeeded {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    until_succeeded(&mut plane.client, &r.batch_id).await;
     assert_eq!(watch.until_end().await, pb::BatchState::Succeeded);
     let resync = watch
         .messages
@@ -2302,11 +2311,7 @@ async fn a_snapshot_read_in_parts_and_the_changes_after_it_never_disagree() {
     .await;
     let agents = agents(&plane.data, false, |_, _| Answer::Load);
     let n = 5000u32;
-    let input = objects(
-        (0..n)
-            .map(|i| object(&(1_000_000 + i).to_string(), &[]))
-            .collect(),
-    );
+    let input = independent_objects(n);
     let r = submit(&mut plane.client, "parts", input, None)
         .await
         .expect("submitted");
@@ -2327,23 +2332,7 @@ async fn a_snapshot_read_in_parts_and_the_changes_after_it_never_disagree() {
     watch.next().await.expect("the first part");
     agents.open();
     // The client reads nothing more until the batch is over.
-    t(async {
-        loop {
-            let b = plane
-                .client
-                .get_batch(pb::GetBatchRequest {
-                    batch_id: r.batch_id.clone(),
-                })
-                .await
-                .expect("batch")
-                .into_inner();
-            if b.state() == pb::BatchState::Succeeded {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    until_succeeded(&mut plane.client, &r.batch_id).await;
     assert_eq!(watch.until_end().await, pb::BatchState::Succeeded);
     let mut held: BTreeMap<String, (pb::ObjectState, u32)> = BTreeMap::new();
     let (mut parts, mut loaded_in_parts) = (0, 0);
@@ -3424,7 +3413,7 @@ async fn a_stored_batch_planned_to_another_layout_is_not_restored() {
     use strata_control_plane::metrics::Metrics as CpMetrics;
     use strata_control_plane::ports::{BatchHead, StateStore as _, StoredBatch};
     use strata_core::machine::BatchState;
-    use strata_core::submission::{BatchOptions, LastLoaded, PlanContext, layout_hash, prepare};
+    use strata_core::submission::{BatchOptions, LastLoaded, PlanContext, prepare};
 
     let store = Arc::new(MemoryStore::new());
     let store_batch = |key: &'static str, layout: Option<&'static str>| {
@@ -3441,14 +3430,10 @@ async fn a_stored_batch_planned_to_another_layout_is_not_restored() {
                 now: chrono::Utc::now(),
             };
             let p = prepare(key, defs, BatchOptions::default(), &ctx).expect("plans");
-            let stored = StoredBatch {
-                batch_id: p.batch_id.clone(),
-                idempotency_key: p.idempotency_key.clone(),
-                content_hash: p.content_hash.clone(),
-                created_at_ms: p.created_at.timestamp_millis(),
-                options: p.options.clone(),
-                layout_hash: layout.map_or_else(|| layout_hash(&p.plan, &p.objects), str::to_owned),
-            };
+            let mut stored = StoredBatch::of(&p);
+            if let Some(layout) = layout {
+                stored.layout_hash = layout.to_owned();
+            }
             let head = BatchHead {
                 state: BatchState::Running,
                 next_epoch: 1,

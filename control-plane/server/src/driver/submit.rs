@@ -14,7 +14,7 @@ use super::state::head_of;
 use super::step::Step;
 use super::step::retry_port;
 use crate::ports::{CreateOutcome, DataPlane, StateStore, StoredBatch};
-use strata_core::submission::{PreparedBatch, layout_hash};
+use strata_core::submission::PreparedBatch;
 
 impl<D: DataPlane, S: StateStore> Driver<D, S> {
     pub(super) async fn submit(&mut self, p: PreparedBatch) -> Result<SubmitOutcome, DriverError> {
@@ -39,14 +39,7 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
             &mut effects,
         )
         .map_err(|e| DriverError::FailedPrecondition(e.to_string()))?;
-        let stored = StoredBatch {
-            batch_id: p.batch_id.clone(),
-            idempotency_key: p.idempotency_key.clone(),
-            content_hash: p.content_hash.clone(),
-            created_at_ms: p.created_at.timestamp_millis(),
-            options: p.options.clone(),
-            layout_hash: layout_hash(&p.plan, &p.objects),
-        };
+        let stored = StoredBatch::of(&p);
         let head = head_of(&machine, None);
         let initial: Vec<(u32, NodeRecord)> = machine
             .records()
