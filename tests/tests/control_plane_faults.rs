@@ -491,6 +491,37 @@ struct Agents {
 }
 
 impl Agents {
+    /// Waits (bounded) until more than `n` objects have started, the agents alive.
+    async fn wait_starts(&mut self, work: &Work, n: usize) -> anyhow::Result<()> {
+        within(LONG, "the agents to start the first objects", async {
+            while work.starts()? <= n {
+                self.assert_alive()?;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            anyhow::Ok(())
+        })
+        .await?
+    }
+
+    /// Waits (bounded) until the batch is terminal, the agents alive; returns it.
+    async fn wait_terminal(
+        &mut self,
+        client: &mut OrchestratorClient<Channel>,
+        batch_id: &str,
+    ) -> anyhow::Result<pb::Batch> {
+        within(LONG, "the batch to reach a terminal state", async {
+            loop {
+                self.assert_alive()?;
+                let batch = get_batch(client, batch_id).await?;
+                if batch.state() != pb::BatchState::Running {
+                    return anyhow::Ok(batch);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await?
+    }
+
     /// Starts them and waits until each is ready (registered and consuming).
     async fn start(cp: &ControlPlane, work: &Work) -> anyhow::Result<Self> {
         let mut me = Self {
@@ -669,14 +700,7 @@ async fn a_control_plane_killed_mid_batch_finishes_it_after_a_restart() -> anyho
 
     // The fault: once KILL_AFTER objects have started and the next one waits at the gate,
     // kill -9, while results of the last ones may still be unconsumed.
-    within(LONG, "the agents to start the first objects", async {
-        while work.starts()? <= KILL_AFTER {
-            agents.assert_alive()?;
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        anyhow::Ok(())
-    })
-    .await??;
+    agents.wait_starts(&work, KILL_AFTER).await?;
     let (handed_out, _) = started_and_done(&work.events()?);
     let loaded_before = loaded_among(&mut client, &batch_id, handed_out).await?;
     let before = get_batch(&mut client, &batch_id).await?;
@@ -714,17 +738,7 @@ async fn a_control_plane_killed_mid_batch_finishes_it_after_a_restart() -> anyho
         "resubmission after the restart gave {again:?}, not the existing batch {batch_id}"
     );
 
-    let done = within(LONG, "the batch to reach a terminal state", async {
-        loop {
-            agents.assert_alive()?;
-            let batch = get_batch(&mut client, &batch_id).await?;
-            if batch.state() != pb::BatchState::Running {
-                return anyhow::Ok(batch);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await??;
+    let done = agents.wait_terminal(&mut client, &batch_id).await?;
     let leases = agents.lease_story();
     eprintln!("agents: {leases}");
     let none = BTreeSet::new();
@@ -1046,14 +1060,7 @@ async fn a_batch_goes_on_where_it_stopped_after_redis_stopped_answering() -> any
     let mut agents = within(LONG, "start the agents", Agents::start(&cp, &work)).await??;
     let submitted = submit(&mut client, "faults-redis-frozen", &catalogue).await?;
     let batch_id = submitted.batch_id;
-    within(LONG, "the agents to start the first objects", async {
-        while work.starts()? <= FREEZE_AFTER {
-            agents.assert_alive()?;
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        anyhow::Ok(())
-    })
-    .await??;
+    agents.wait_starts(&work, FREEZE_AFTER).await?;
     let (handed_out, _) = started_and_done(&work.events()?);
     let loaded_before = loaded_among(&mut client, &batch_id, handed_out).await?;
 
@@ -1085,17 +1092,7 @@ async fn a_batch_goes_on_where_it_stopped_after_redis_stopped_answering() -> any
     redis.thaw()?;
     let thawed = Instant::now();
 
-    let done = within(LONG, "the batch to reach a terminal state", async {
-        loop {
-            agents.assert_alive()?;
-            let batch = get_batch(&mut client, &batch_id).await?;
-            if batch.state() != pb::BatchState::Running {
-                return anyhow::Ok(batch);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await??;
+    let done = agents.wait_terminal(&mut client, &batch_id).await?;
     eprintln!("batch over {:?} after the thaw", thawed.elapsed());
     let none = BTreeSet::new();
     if let Err(e) = assert_all_loaded_at_first_attempt(&mut client, &done, &catalogue, &none).await

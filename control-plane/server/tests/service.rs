@@ -3573,22 +3573,24 @@ async fn a_finished_batch_leaves_memory_and_reads_answer_the_same_from_the_store
     assert!(!held.1[1].agent_id.is_empty());
     assert_eq!(held.3.len(), 1);
 
-    let batch_id = r.batch_id.clone();
-    t(async {
-        loop {
-            let id = batch_id.clone();
-            let still = plane
-                .handle
-                .read(move |s| s.batch(&id).is_some())
-                .await
-                .expect("read");
-            if !still {
-                return;
+    // Waits (bounded) until the driver no longer holds the batch.
+    async fn until_evicted(handle: &Handle, batch_id: &str) {
+        t(async {
+            loop {
+                let id = batch_id.to_owned();
+                let still = handle
+                    .read(move |s| s.batch(&id).is_some())
+                    .await
+                    .expect("read");
+                if !still {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+        })
+        .await;
+    }
+    until_evicted(&plane.handle, &r.batch_id).await;
     assert_eq!(
         reads(&mut plane.client, &r.batch_id).await,
         held,
@@ -3627,4 +3629,13 @@ async fn a_finished_batch_leaves_memory_and_reads_answer_the_same_from_the_store
     assert_eq!(replay.replayed_object_ids, ["1001"]);
     let mut watch = Watch::open(&mut again.client, &r.batch_id).await;
     assert_eq!(watch.until_end().await, pb::BatchState::Succeeded);
+    // Finished again and evicted again: reads show the new outcome, not the one read before.
+    until_evicted(&again.handle, &r.batch_id).await;
+    let object = get_object(&mut again.client, &r.batch_id, "1001")
+        .await
+        .expect("object");
+    assert_eq!(
+        (object.state(), object.attempt),
+        (pb::ObjectState::Loaded, 3)
+    );
 }

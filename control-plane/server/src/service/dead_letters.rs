@@ -104,7 +104,9 @@ impl<S: StateStore> OrchestratorService<S> {
             upstream_before: u32,
             rx: broadcast::Receiver<WatchStep>,
         }
-        // A finished batch that left memory is taken back from the store first.
+        // A finished batch that left memory is taken back from the store first (what reads
+        // kept of it is stale from now on).
+        self.rebuilt.forget(&batch_id);
         self.handle.adopt(batch_id.clone()).await?;
         let prepared = self
             .with_batch(&batch_id, move |rt| {

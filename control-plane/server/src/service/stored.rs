@@ -26,6 +26,13 @@ impl Rebuilt {
         kept.iter().find(|rt| rt.batch_id() == batch_id).cloned()
     }
 
+    /// Drops what is kept of `batch_id` (it is about to change: a replay takes it back).
+    pub(super) fn forget(&self, batch_id: &str) {
+        if let Ok(mut kept) = self.0.lock() {
+            kept.retain(|k| k.batch_id() != batch_id);
+        }
+    }
+
     fn keep(&self, rt: Arc<BatchRuntime>) {
         if let Ok(mut kept) = self.0.lock() {
             kept.retain(|k| k.batch_id() != rt.batch_id());
