@@ -1,6 +1,8 @@
 //! Cross-batch dedup (`docs/design.md#coalescing`): an object id already in flight for one batch is not run again
 //! for another; the later batch *coalesces* onto the running attempt and is released by its
-//! outcome.
+//! outcome — if it defines the object the same way ([`definition_digest`]). A release whose
+//! definition differs waits too (two runs of one object never overlap), and is released to run
+//! its own definition when the owner's run ends.
 //!
 //! The [`Coalescer`] is the index a driver keeps over every batch it owns: per object id, the
 //! batch and node whose attempts are running it (the *owner*), and the releases of other batches
@@ -22,7 +24,7 @@ use std::hash::Hash;
 
 use rustc_hash::FxHashMap;
 
-use crate::model::{NodeIx, ObjectId};
+use crate::model::{NodeIx, ObjectDef, ObjectId};
 
 /// A release of one object in one batch: what its machine issued with `PublishReady`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,10 +44,13 @@ pub struct Ticket<B> {
 pub enum Claim<B> {
     /// Nobody else runs this object: produce the Ready (this release is the owner now).
     Run,
-    /// Another batch's attempt is in flight: do not produce; wait for its outcome.
+    /// Another batch's attempt is in flight: do not produce; wait for it to end.
     Wait {
         /// The owner's batch.
         onto: B,
+        /// True when both define the object the same way: the waiter takes the owner's
+        /// outcome. False: the waiter is released to run its own definition afterwards.
+        shares_outcome: bool,
     },
 }
 
@@ -83,7 +88,45 @@ pub enum Delivery<B> {
 struct Owner<B> {
     batch: B,
     node: NodeIx,
-    waiters: Vec<Ticket<B>>,
+    /// The owner's [`definition_digest`].
+    definition: Digest,
+    /// Waiting releases, and whether each defines the object as the owner does (then it takes
+    /// the owner's outcome; else it runs its own once the owner's run ends).
+    waiters: Vec<(Ticket<B>, bool)>,
+}
+
+/// A digest of how an object is defined ([`definition_digest`]).
+pub type Digest = [u8; 16];
+
+/// What an object's run depends on, digested: its id, name, zone, parents, frequency, whether
+/// it is enabled, priority and attributes (not its last load time, which decides whether it
+/// runs, not how). Two batches share a run of an object only when these are equal.
+pub fn definition_digest(o: &ObjectDef) -> Digest {
+    use sha2::{Digest as _, Sha256};
+    let mut h = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    field(o.id.as_str().as_bytes());
+    field(o.name.as_bytes());
+    field(o.zone.as_str().as_bytes());
+    field(&(o.parents.len() as u64).to_le_bytes());
+    for p in &o.parents {
+        field(p.as_str().as_bytes());
+    }
+    field(o.frequency.as_deref().unwrap_or("").as_bytes());
+    field(&[u8::from(o.enabled)]);
+    field(&o.priority.to_le_bytes());
+    field(&(o.attributes.len() as u64).to_le_bytes());
+    for (k, v) in o.attributes.iter() {
+        field(k.as_bytes());
+        field(v.as_bytes());
+    }
+    let full = h.finalize();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&full[..16]);
+    out
 }
 
 /// The in-flight index. See the module documentation.
@@ -103,22 +146,28 @@ impl<B> Default for Coalescer<B> {
 }
 
 impl<B: Clone + Eq + Hash> Coalescer<B> {
-    /// Decides a release of object `id`. The owner's own retries run; another batch's release
-    /// waits while an owner exists; otherwise the release becomes the owner.
-    pub fn claim(&mut self, id: &ObjectId, ticket: Ticket<B>) -> Claim<B> {
+    /// Decides a release of object `id` defined as `definition` digests. The owner's own
+    /// retries run; another batch's release waits while an owner exists (taking its outcome if
+    /// it defines the object the same way, else to run its own after it); otherwise the release
+    /// becomes the owner.
+    pub fn claim(&mut self, id: &ObjectId, definition: Digest, ticket: Ticket<B>) -> Claim<B> {
         match self.owners.get_mut(id) {
             Some(owner) if owner.batch == ticket.batch && owner.node == ticket.node => Claim::Run,
             Some(owner) => {
                 let onto = owner.batch.clone();
+                let shares_outcome = owner.definition == definition;
                 // A release that waits again (a restart re-issued it) replaces its old ticket.
                 let before = owner.waiters.len();
                 owner
                     .waiters
-                    .retain(|w| !(w.batch == ticket.batch && w.node == ticket.node));
+                    .retain(|(w, _)| !(w.batch == ticket.batch && w.node == ticket.node));
                 self.waiting -= before - owner.waiters.len();
-                owner.waiters.push(ticket);
+                owner.waiters.push((ticket, shares_outcome));
                 self.waiting += 1;
-                Claim::Wait { onto }
+                Claim::Wait {
+                    onto,
+                    shares_outcome,
+                }
             }
             None => {
                 self.owners.insert(
@@ -126,6 +175,7 @@ impl<B: Clone + Eq + Hash> Coalescer<B> {
                     Owner {
                         batch: ticket.batch,
                         node: ticket.node,
+                        definition,
                         waiters: Vec::new(),
                     },
                 );
@@ -137,10 +187,11 @@ impl<B: Clone + Eq + Hash> Coalescer<B> {
     /// Records an attempt known to be in flight without a release (`RUNNING` or `RETRY_WAIT`
     /// after a restart) as the owner of `id`, unless another owner exists. True if it is the
     /// owner afterwards.
-    pub fn adopt(&mut self, id: &ObjectId, batch: B, node: NodeIx) -> bool {
+    pub fn adopt(&mut self, id: &ObjectId, definition: Digest, batch: B, node: NodeIx) -> bool {
         let owner = self.owners.entry(id.clone()).or_insert_with(|| Owner {
             batch: batch.clone(),
             node,
+            definition,
             waiters: Vec::new(),
         });
         owner.batch == batch && owner.node == node
@@ -163,7 +214,7 @@ impl<B: Clone + Eq + Hash> Coalescer<B> {
             let before = owner.waiters.len();
             owner
                 .waiters
-                .retain(|w| !(w.batch == *batch && w.node == node));
+                .retain(|(w, _)| !(w.batch == *batch && w.node == node));
             self.waiting -= before - owner.waiters.len();
             return Vec::new();
         }
@@ -172,7 +223,9 @@ impl<B: Clone + Eq + Hash> Coalescer<B> {
         owner
             .waiters
             .into_iter()
-            .map(|waiter| match &settlement {
+            .map(|(waiter, shares_outcome)| match &settlement {
+                // Another definition: the owner's outcome is not its own; it runs now.
+                _ if !shares_outcome => Delivery::Rerelease(waiter),
                 Settlement::Loaded => Delivery::Outcome {
                     waiter,
                     loaded: true,
@@ -213,6 +266,9 @@ impl<B: Clone + Eq + Hash> Coalescer<B> {
 mod tests {
     use super::*;
 
+    /// One definition, shared by every release of these tests unless said otherwise.
+    const SAME: Digest = [0; 16];
+
     fn id(s: &str) -> ObjectId {
         ObjectId::parse(s).expect("valid id")
     }
@@ -229,18 +285,24 @@ mod tests {
     #[test]
     fn the_first_release_runs_and_later_batches_wait_for_its_outcome() {
         let mut c = Coalescer::default();
-        assert_eq!(c.claim(&id("1001"), ticket("a", 0, 1)), Claim::Run);
+        assert_eq!(c.claim(&id("1001"), SAME, ticket("a", 0, 1)), Claim::Run);
         assert_eq!(
-            c.claim(&id("1001"), ticket("b", 3, 1)),
-            Claim::Wait { onto: "a" }
+            c.claim(&id("1001"), SAME, ticket("b", 3, 1)),
+            Claim::Wait {
+                onto: "a",
+                shares_outcome: true
+            }
         );
         assert_eq!(
-            c.claim(&id("1001"), ticket("c", 7, 2)),
-            Claim::Wait { onto: "a" }
+            c.claim(&id("1001"), SAME, ticket("c", 7, 2)),
+            Claim::Wait {
+                onto: "a",
+                shares_outcome: true
+            }
         );
         assert_eq!((c.in_flight(), c.waiting()), (1, 2));
         // The owner's retry runs again; it stays the owner.
-        assert_eq!(c.claim(&id("1001"), ticket("a", 0, 2)), Claim::Run);
+        assert_eq!(c.claim(&id("1001"), SAME, ticket("a", 0, 2)), Claim::Run);
         assert_eq!(c.owner(&id("1001")), Some(&"a"));
         let d = c.settle(&id("1001"), &"a", 0, Settlement::Loaded);
         assert_eq!(
@@ -260,14 +322,14 @@ mod tests {
         );
         assert_eq!((c.in_flight(), c.waiting()), (0, 0));
         // With the owner gone, the next release runs.
-        assert_eq!(c.claim(&id("1001"), ticket("b", 3, 2)), Claim::Run);
+        assert_eq!(c.claim(&id("1001"), SAME, ticket("b", 3, 2)), Claim::Run);
     }
 
     #[test]
     fn a_failed_owner_fails_its_waiters_with_its_error() {
         let mut c = Coalescer::default();
-        c.claim(&id("2001"), ticket("a", 1, 1));
-        c.claim(&id("2001"), ticket("b", 1, 1));
+        c.claim(&id("2001"), SAME, ticket("a", 1, 1));
+        c.claim(&id("2001"), SAME, ticket("b", 1, 1));
         let d = c.settle(
             &id("2001"),
             &"a",
@@ -289,9 +351,9 @@ mod tests {
     #[test]
     fn an_abandoned_owner_hands_its_waiters_back_for_release() {
         let mut c = Coalescer::default();
-        c.claim(&id("2001"), ticket("a", 1, 1));
-        c.claim(&id("2001"), ticket("b", 2, 1));
-        c.claim(&id("2001"), ticket("c", 3, 1));
+        c.claim(&id("2001"), SAME, ticket("a", 1, 1));
+        c.claim(&id("2001"), SAME, ticket("b", 2, 1));
+        c.claim(&id("2001"), SAME, ticket("c", 3, 1));
         let d = c.settle(&id("2001"), &"a", 1, Settlement::Abandoned);
         assert_eq!(
             d,
@@ -301,18 +363,21 @@ mod tests {
             ]
         );
         // The driver releases them again, in order: b runs, c waits on b.
-        assert_eq!(c.claim(&id("2001"), ticket("b", 2, 1)), Claim::Run);
+        assert_eq!(c.claim(&id("2001"), SAME, ticket("b", 2, 1)), Claim::Run);
         assert_eq!(
-            c.claim(&id("2001"), ticket("c", 3, 1)),
-            Claim::Wait { onto: "b" }
+            c.claim(&id("2001"), SAME, ticket("c", 3, 1)),
+            Claim::Wait {
+                onto: "b",
+                shares_outcome: true
+            }
         );
     }
 
     #[test]
     fn settling_a_waiter_withdraws_it_and_strangers_change_nothing() {
         let mut c = Coalescer::default();
-        c.claim(&id("3001"), ticket("a", 0, 1));
-        c.claim(&id("3001"), ticket("b", 0, 1));
+        c.claim(&id("3001"), SAME, ticket("a", 0, 1));
+        c.claim(&id("3001"), SAME, ticket("b", 0, 1));
         assert!(
             c.settle(&id("3001"), &"b", 0, Settlement::Abandoned)
                 .is_empty()
@@ -336,9 +401,9 @@ mod tests {
     #[test]
     fn a_waiter_released_again_keeps_one_ticket() {
         let mut c = Coalescer::default();
-        c.claim(&id("1"), ticket("a", 0, 1));
-        c.claim(&id("1"), ticket("b", 0, 1));
-        c.claim(&id("1"), ticket("b", 0, 1));
+        c.claim(&id("1"), SAME, ticket("a", 0, 1));
+        c.claim(&id("1"), SAME, ticket("b", 0, 1));
+        c.claim(&id("1"), SAME, ticket("b", 0, 1));
         assert_eq!(c.waiting(), 1);
         assert_eq!(c.settle(&id("1"), &"a", 0, Settlement::Loaded).len(), 1);
     }
@@ -346,14 +411,85 @@ mod tests {
     #[test]
     fn adopted_attempts_own_their_object_after_a_restart() {
         let mut c = Coalescer::default();
-        assert!(c.adopt(&id("1"), "a", 4));
-        assert!(!c.adopt(&id("1"), "b", 4));
+        assert!(c.adopt(&id("1"), SAME, "a", 4));
+        assert!(!c.adopt(&id("1"), SAME, "b", 4));
         assert_eq!(
-            c.claim(&id("1"), ticket("b", 4, 1)),
-            Claim::Wait { onto: "a" }
+            c.claim(&id("1"), SAME, ticket("b", 4, 1)),
+            Claim::Wait {
+                onto: "a",
+                shares_outcome: true
+            }
         );
         let d = c.settle(&id("1"), &"a", 4, Settlement::Abandoned);
         assert_eq!(d, vec![Delivery::Rerelease(ticket("b", 4, 1))]);
         assert_eq!((c.in_flight(), c.waiting()), (0, 0));
+    }
+
+    #[test]
+    fn a_release_defining_the_object_otherwise_waits_then_runs_its_own() {
+        let mut c = Coalescer::default();
+        let other: Digest = [1; 16];
+        assert_eq!(c.claim(&id("1001"), SAME, ticket("a", 0, 1)), Claim::Run);
+        assert_eq!(
+            c.claim(&id("1001"), other, ticket("b", 3, 1)),
+            Claim::Wait {
+                onto: "a",
+                shares_outcome: false
+            }
+        );
+        assert_eq!(
+            c.claim(&id("1001"), SAME, ticket("c", 5, 1)),
+            Claim::Wait {
+                onto: "a",
+                shares_outcome: true
+            }
+        );
+        let delivered = c.settle(&id("1001"), &"a", 0, Settlement::Loaded);
+        assert_eq!(
+            delivered,
+            vec![
+                Delivery::Rerelease(ticket("b", 3, 1)),
+                Delivery::Outcome {
+                    waiter: ticket("c", 5, 1),
+                    loaded: true,
+                    error: None
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn the_definition_digest_ignores_the_last_load_time_only() {
+        let base = ObjectDef {
+            id: id("1001"),
+            name: "orders".into(),
+            zone: crate::Zone::parse("raw").expect("zone"),
+            layer: Some(1),
+            parents: Vec::new(),
+            frequency: None,
+            last_loaded_at: None,
+            enabled: true,
+            priority: 0,
+            attributes: crate::model::Attributes::new(),
+        };
+        let d = definition_digest(&base);
+        let loaded = ObjectDef {
+            last_loaded_at: chrono::DateTime::from_timestamp(1, 0),
+            ..base.clone()
+        };
+        assert_eq!(definition_digest(&loaded), d);
+        let mut attrs = base.clone();
+        attrs.attributes.insert("path", "/data/a");
+        assert_ne!(definition_digest(&attrs), d);
+        let renamed = ObjectDef {
+            name: "orders2".into(),
+            ..base.clone()
+        };
+        assert_ne!(definition_digest(&renamed), d);
+        let disabled = ObjectDef {
+            enabled: false,
+            ..base
+        };
+        assert_ne!(definition_digest(&disabled), d);
     }
 }

@@ -2440,6 +2440,57 @@ fn produced(log: &ReadyLog, object_id: &str) -> Vec<String> {
     })
 }
 
+/// A batch that defines an object in flight otherwise (another attribute) does not take the
+/// running attempt's outcome: it waits for that attempt to end (two runs of one object never
+/// overlap), says so, and then runs its own definition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_defined_otherwise_waits_for_the_running_attempt_then_runs_its_own() {
+    let mut plane = start().await;
+    let log = ready_log(&plane.data);
+    let agents = agents(&plane.data, false, |_, _| Answer::Load);
+    let a = submit(
+        &mut plane.client,
+        "first",
+        objects(vec![object("1001", &[])]),
+        None,
+    )
+    .await
+    .expect("first batch");
+    let mut other = object("1001", &[]);
+    other.attributes.insert("path".into(), "/data/other".into());
+    let b = submit(&mut plane.client, "second", objects(vec![other]), None)
+        .await
+        .expect("second batch");
+
+    let waiting = get_object(&mut plane.client, &b.batch_id, "1001")
+        .await
+        .expect("object");
+    assert_eq!(waiting.state(), pb::ObjectState::Ready);
+    assert_eq!(waiting.coalesced_onto_batch_id, a.batch_id);
+    let summary = waiting.blocked.expect("blocked").summary;
+    assert!(summary.contains("runs its own definition"), "{summary}");
+    assert_eq!(produced(&log, "1001"), vec![a.batch_id.clone()]);
+
+    let mut watch_a = Watch::open(&mut plane.client, &a.batch_id).await;
+    let mut watch_b = Watch::open(&mut plane.client, &b.batch_id).await;
+    agents.open();
+    assert_eq!(watch_a.until_end().await, pb::BatchState::Succeeded);
+    assert_eq!(watch_b.until_end().await, pb::BatchState::Succeeded);
+    // Two runs, one per definition: the second batch's own Ready, with its attribute.
+    assert_eq!(
+        produced(&log, "1001"),
+        vec![a.batch_id.clone(), b.batch_id.clone()]
+    );
+    let own = log.with(|records| {
+        records
+            .iter()
+            .find(|r| r.batch_id == b.batch_id)
+            .and_then(|r| r.object.as_ref())
+            .map(|o| o.attributes.get("path").cloned())
+    });
+    assert_eq!(own, Some(Some("/data/other".to_owned())));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_batches_run_a_shared_object_once_and_share_its_outcome() {
     let mut plane = start().await;

@@ -1,7 +1,7 @@
 //! The effect interpreter: events fed to a batch's machine, and its effects turned into the
 //! step's writes, records, notifications and coalescer deliveries.
 
-use strata_core::coalesce::{Claim, Delivery, Settlement, Ticket};
+use strata_core::coalesce::{Claim, Delivery, Settlement, Ticket, definition_digest};
 use strata_core::machine::{
     BatchState, DeadReason, Effect, Event, FailureKind, IgnoreReason, NodeState, Outcome,
 };
@@ -9,9 +9,9 @@ use tracing::{debug, info};
 
 use super::Driver;
 use super::settings::execution_timeout;
-use super::state::TransitionRecord;
 use super::state::WatchEvent;
 use super::state::in_flight;
+use super::state::{Coalesced, TransitionRecord};
 use super::step::Step;
 use crate::ports::{DataPlane, RetryEntry, StateStore, StoredDeadLetter};
 use crate::records::{DeadLetterRecord, ReadyRecord, StatusChange};
@@ -200,13 +200,26 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                         attempt,
                         dispatch_epoch,
                     };
-                    match self.state.coalescer.claim(&o.id, ticket) {
+                    match self
+                        .state
+                        .coalescer
+                        .claim(&o.id, definition_digest(o), ticket)
+                    {
                         Claim::Run => {
                             rt.coalesced_onto.remove(&node);
                         }
-                        Claim::Wait { onto } => {
-                            debug!(%batch_id, object = %o.id, %onto, "coalesced onto another batch's attempt");
-                            rt.coalesced_onto.insert(node, onto);
+                        Claim::Wait {
+                            onto,
+                            shares_outcome,
+                        } => {
+                            debug!(%batch_id, object = %o.id, %onto, shares_outcome, "waits on another batch's attempt");
+                            rt.coalesced_onto.insert(
+                                node,
+                                Coalesced {
+                                    onto,
+                                    shares_outcome,
+                                },
+                            );
                             continue;
                         }
                     }

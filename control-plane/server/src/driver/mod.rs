@@ -66,7 +66,8 @@ pub use health::{DriverHealth, Stall};
 pub use rebuild::{RebuildError, for_reads};
 pub use settings::DriverSettings;
 pub use state::{
-    BatchRuntime, DriverCounters, DriverState, TransitionRecord, WatchEvent, WatchStep, to_millis,
+    BatchRuntime, Coalesced, DriverCounters, DriverState, TransitionRecord, WatchEvent, WatchStep,
+    to_millis,
 };
 
 use std::collections::HashMap;

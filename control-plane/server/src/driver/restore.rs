@@ -3,6 +3,7 @@
 
 use chrono::DateTime;
 use strata_core::agents::Registry;
+use strata_core::coalesce::definition_digest;
 use strata_core::machine::{BatchState, NodeState};
 use strata_core::model::NodeIx;
 use tracing::{error, info};
@@ -85,7 +86,9 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                 if matches!(rec.state, NodeState::Running | NodeState::RetryWait) {
                     let node = node as NodeIx;
                     let o = rt.object(node);
-                    self.state.coalescer.adopt(&o.id, batch_id.clone(), node);
+                    self.state
+                        .coalescer
+                        .adopt(&o.id, definition_digest(o), batch_id.clone(), node);
                     if rec.state == NodeState::Running {
                         self.deadlines.arm(
                             batch_id,

@@ -56,6 +56,16 @@ pub struct WatchStep {
     pub events: Arc<[WatchEvent]>,
 }
 
+/// A release waiting on another batch's attempt of the same object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Coalesced {
+    /// The batch whose attempt runs the object.
+    pub onto: String,
+    /// Whether both define the object the same way (this batch takes that attempt's outcome);
+    /// else this batch runs its own definition once that attempt ends.
+    pub shares_outcome: bool,
+}
+
 /// One recorded transition of an object.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TransitionRecord {
@@ -96,7 +106,7 @@ pub struct BatchRuntime {
     pub(super) last_agent: FxHashMap<NodeIx, String>,
     /// Nodes whose latest release coalesced onto another batch's attempt, with that batch
     /// (kept after the outcome arrives; dropped when the node is released to run itself).
-    pub(super) coalesced_onto: FxHashMap<NodeIx, String>,
+    pub(super) coalesced_onto: FxHashMap<NodeIx, Coalesced>,
     /// Watchers: every step's changes of this batch, in order, as one message.
     pub(super) watch: broadcast::Sender<WatchStep>,
     /// The number of the last step sent to `watch`.
@@ -210,8 +220,8 @@ impl BatchRuntime {
     }
 
     /// The batch whose attempt the node's latest release coalesced onto.
-    pub fn coalesced_onto(&self, node: NodeIx) -> Option<&str> {
-        self.coalesced_onto.get(&node).map(String::as_str)
+    pub fn coalesced_onto(&self, node: NodeIx) -> Option<&Coalesced> {
+        self.coalesced_onto.get(&node)
     }
 
     /// Every later step's changes of this batch, in order, one message per step.

@@ -657,19 +657,24 @@ pub(crate) fn object_status(rt: &BatchRuntime, node: NodeIx, live_agents: u32) -
                 ),
             })
         }
-        S::Ready if rt.coalesced_onto(node).is_some() => {
-            let onto = rt.coalesced_onto(node).unwrap_or_default();
-            Some(pb::BlockedReason {
-                reason: Some(pb::blocked_reason::Reason::Coalesced(pb::Coalesced {
-                    batch_id: onto.to_owned(),
-                })),
-                summary: format!(
-                    "object {} is already in flight for batch {onto}; this batch takes the \
-                     outcome of that attempt",
-                    o.id
-                ),
-            })
-        }
+        S::Ready if let Some(c) = rt.coalesced_onto(node) => Some(pb::BlockedReason {
+            reason: Some(pb::blocked_reason::Reason::Coalesced(pb::Coalesced {
+                batch_id: c.onto.clone(),
+            })),
+            summary: if c.shares_outcome {
+                format!(
+                    "object {} is already in flight for batch {}; this batch takes the outcome \
+                     of that attempt",
+                    o.id, c.onto
+                )
+            } else {
+                format!(
+                    "object {} is already in flight for batch {}, defined otherwise there; this \
+                     batch runs its own definition once that attempt ends",
+                    o.id, c.onto
+                )
+            },
+        }),
         S::Ready if live_agents == 0 => Some(pb::BlockedReason {
             reason: Some(pb::blocked_reason::Reason::NoLiveAgent(pb::NoLiveAgent {
                 zone: o.zone.to_string(),
@@ -727,7 +732,7 @@ pub(crate) fn object_status(rt: &BatchRuntime, node: NodeIx, live_agents: u32) -
         history,
         coalesced_onto_batch_id: rt
             .coalesced_onto(node)
-            .map(str::to_owned)
+            .map(|c| c.onto.clone())
             .unwrap_or_default(),
         blocked,
         wave: rt
