@@ -3544,8 +3544,8 @@ async fn a_stored_batch_planned_to_another_layout_is_not_restored() {
     assert_eq!(b.state(), pb::BatchState::Running);
 }
 
-/// A finished batch leaves memory after the retention, and GetBatch, GetObject, GetRetry and
-/// ListDeadLetters then answer exactly as before, from the store (its records, and the trails
+/// A finished batch leaves memory after the retention, and GetBatch, GetObject, GetRetry,
+/// ListDeadLetters and WatchBatch then answer exactly as before, from the store (its records, and the trails
 /// stored when it finished), and again after a restart; ReplayDeadLetters takes it back from the
 /// store and runs it to the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -3619,6 +3619,10 @@ async fn a_finished_batch_leaves_memory_and_reads_answer_the_same_from_the_store
         (batch, objects, retry, letters)
     }
     let held = reads(&mut plane.client, &r.batch_id).await;
+    let mut watch = Watch::open(&mut plane.client, &r.batch_id).await;
+    assert_eq!(watch.until_end().await, pb::BatchState::Failed);
+    let held_states = watch.states();
+    assert_eq!(held_states.len(), 3);
     assert_eq!(held.1[0].history.len(), 7, "{:?}", held.1[0].history);
     assert_eq!(held.2.attempts.len(), 2, "{:?}", held.2);
     assert!(!held.1[1].agent_id.is_empty());
@@ -3646,6 +3650,13 @@ async fn a_finished_batch_leaves_memory_and_reads_answer_the_same_from_the_store
         reads(&mut plane.client, &r.batch_id).await,
         held,
         "after the batch left memory"
+    );
+    let mut watch = Watch::open(&mut plane.client, &r.batch_id).await;
+    assert_eq!(watch.until_end().await, pb::BatchState::Failed);
+    assert_eq!(
+        watch.states(),
+        held_states,
+        "a watch after the batch left memory"
     );
 
     // A restarted control plane (same store, a new broker connection) answers the same.

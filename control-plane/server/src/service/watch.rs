@@ -518,6 +518,31 @@ impl<S: StateStore> OrchestratorService<S> {
                 tokio::spawn(watcher.run(first, tx));
             }
             None => {
+                // A finished batch that left memory: its whole snapshot, rebuilt from the
+                // store, and the end.
+                if let Some(rt) = self.stored_runtime(&batch_id).await? {
+                    let batch = wire::batch_of(&rt, self.cancel_reason(&batch_id).as_deref());
+                    let part = self.settings.snapshot_part_objects.max(1);
+                    let mut out = Out {
+                        tx,
+                        sequence: 0,
+                        closing: self.closing.subscribe(),
+                    };
+                    tokio::spawn(async move {
+                        let size = rt.machine().records().len();
+                        let mut batch = Some(batch);
+                        let mut start = 0;
+                        loop {
+                            let last = start + part >= size;
+                            let nodes = part_of(&rt, start..start + part);
+                            if !out.part(batch.take(), nodes, last).await || last {
+                                return;
+                            }
+                            start += part;
+                        }
+                    });
+                    return Ok(ReceiverStream::new(rx));
+                }
                 // Not driven here: a finished batch yields its snapshot and ends.
                 let batch = self
                     .stored_batch(&batch_id)
