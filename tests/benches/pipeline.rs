@@ -654,6 +654,20 @@ impl StateStore for TimedStore {
         r
     }
 
+    async fn unsent_dead_letters(&self, limit: usize) -> PortResult<Vec<StoredDeadLetter>> {
+        let t = Instant::now();
+        let r = self.inner.unsent_dead_letters(limit).await;
+        self.calls.record("unsent_dead_letters", t, 0);
+        r
+    }
+
+    async fn dead_letters_sent(&self, sent: &[(String, u32)]) -> PortResult<()> {
+        let t = Instant::now();
+        let r = self.inner.dead_letters_sent(sent).await;
+        self.calls.record("dead_letters_sent", t, sent.len());
+        r
+    }
+
     async fn open_generation(&self, candidate: [u8; 16]) -> PortResult<()> {
         let t = Instant::now();
         let r = self.inner.open_generation(candidate).await;

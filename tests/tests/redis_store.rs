@@ -1050,6 +1050,38 @@ async fn trails_are_read_back_with_their_batch_and_expire_with_it() -> anyhow::R
     Ok(())
 }
 
+/// Dead letters wait in the outbox from the write that stores them until they are marked sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_letters_wait_in_the_outbox_until_marked_sent() -> anyhow::Result<()> {
+    let (_redis, store, _con) = start(DAY).await?;
+    let batch = stored("outbox", 1, "[]");
+    create(&store, &batch, &objects(3), &running(1), &[]).await?;
+    apply(
+        &store,
+        &StepWrite {
+            dead_letters: vec![
+                letter(&batch.batch_id, 0, 10),
+                letter(&batch.batch_id, 2, 20),
+            ],
+            ..StepWrite::default()
+        },
+    )
+    .await?;
+    let unsent = within(STEP, "outbox", store.unsent_dead_letters(10)).await??;
+    let nodes: BTreeSet<u32> = unsent.iter().map(|d| d.node).collect();
+    assert_eq!(nodes, BTreeSet::from([0, 2]));
+    assert_eq!(unsent[0].letter.batch_id, batch.batch_id);
+    within(
+        STEP,
+        "sent",
+        store.dead_letters_sent(&[(batch.batch_id.clone(), 2)]),
+    )
+    .await??;
+    let unsent = within(STEP, "outbox", store.unsent_dead_letters(10)).await??;
+    assert_eq!(unsent.iter().map(|d| d.node).collect::<Vec<_>>(), [0]);
+    Ok(())
+}
+
 /// A Redis that lost the state written to it (FLUSHALL, a restart without persistence) is found
 /// out at the next write and the next ping: `StateLost`, not retryable, and nothing is written
 /// to the empty Redis. Stores opening one Redis share its generation marker.

@@ -378,6 +378,19 @@ pub trait StateStore: Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = PortResult<(Vec<StoredDeadLetter>, Option<String>)>> + Send;
 
+    /// Dead letters stored but not yet confirmed on the dead-letter topic (the outbox), at
+    /// most `limit`: what a crash between the state write and the produce left behind.
+    fn unsent_dead_letters(
+        &self,
+        limit: usize,
+    ) -> impl Future<Output = PortResult<Vec<StoredDeadLetter>>> + Send;
+
+    /// The dead letters of `(batch, node)` are on the dead-letter topic: out of the outbox.
+    fn dead_letters_sent(
+        &self,
+        sent: &[(String, u32)],
+    ) -> impl Future<Output = PortResult<()>> + Send;
+
     /// When each object was last loaded by any batch (ms since the epoch), in the order asked;
     /// `None` for an object never loaded (or forgotten).
     fn last_loaded(

@@ -3701,3 +3701,97 @@ async fn a_finished_batch_leaves_memory_and_reads_answer_the_same_from_the_store
         (pb::ObjectState::Loaded, 3)
     );
 }
+
+/// Every DEAD object reaches the dead-letter topic: a letter the broker does not take is
+/// produced again at the next tick once it does, and one still unproduced when the control
+/// plane stops (a crash between the state write and the produce) is produced by the next
+/// control plane at start, from the store's outbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dead_letter_reaches_the_topic_even_across_a_restart() {
+    use strata_control_plane::ports::StateStore as _;
+    let store = Arc::new(MemoryStore::new());
+    let data = Arc::new(MemoryDataPlane::new());
+    let mut plane = start_driven(
+        store.clone(),
+        data.clone(),
+        ServiceSettings::default(),
+        DriverSettings::default(),
+    )
+    .await;
+    let agents = agents(&data, true, |_, _| Answer::Fail { retryable: false });
+    data.fail_dead_letters(true);
+    let r = submit(
+        &mut plane.client,
+        "outbox-1",
+        objects(vec![object("1001", &[])]),
+        None,
+    )
+    .await
+    .expect("submitted");
+    let mut watch = Watch::open(&mut plane.client, &r.batch_id).await;
+    assert_eq!(watch.until_end().await, pb::BatchState::Failed);
+    assert!(data.dead_letters().is_empty(), "the broker took nothing");
+    let unsent = store.unsent_dead_letters(10).await.expect("outbox");
+    assert_eq!(unsent.len(), 1, "the letter waits in the outbox");
+    // The broker takes letters again: the next tick produces it.
+    data.fail_dead_letters(false);
+    t(async {
+        while data.dead_letters().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(data.dead_letters()[0].object_id, "1001");
+    t(async {
+        while !store
+            .unsent_dead_letters(10)
+            .await
+            .expect("outbox")
+            .is_empty()
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+
+    // A second letter the broker refuses, then the control plane stops before producing it.
+    data.fail_dead_letters(true);
+    let r2 = submit(
+        &mut plane.client,
+        "outbox-2",
+        objects(vec![object("1002", &[])]),
+        None,
+    )
+    .await
+    .expect("submitted");
+    let mut watch = Watch::open(&mut plane.client, &r2.batch_id).await;
+    assert_eq!(watch.until_end().await, pb::BatchState::Failed);
+    drop(plane);
+    drop(agents);
+    assert_eq!(
+        store.unsent_dead_letters(10).await.expect("outbox").len(),
+        1
+    );
+
+    // The next control plane (a new broker connection) produces it at start.
+    let fresh = Arc::new(MemoryDataPlane::new());
+    let _again = start_driven(
+        store.clone(),
+        fresh.clone(),
+        ServiceSettings::default(),
+        DriverSettings::default(),
+    )
+    .await;
+    t(async {
+        while fresh.dead_letters().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let produced: Vec<String> = fresh
+        .dead_letters()
+        .iter()
+        .map(|d| d.object_id.clone())
+        .collect();
+    assert_eq!(produced, ["1002"], "only the unproduced letter, once");
+}

@@ -43,6 +43,8 @@ pub struct MemoryDataPlane {
     results_tx: mpsc::Sender<ResultRecord>,
     results_rx: Mutex<Option<mpsc::Receiver<ResultRecord>>>,
     dead_letters: Mutex<Vec<DeadLetter>>,
+    /// Set by [`MemoryDataPlane::fail_dead_letters`].
+    dead_letters_fail: std::sync::atomic::AtomicBool,
     status: broadcast::Sender<StatusChanged>,
 }
 
@@ -54,6 +56,7 @@ impl Default for MemoryDataPlane {
             ready_tap: Mutex::new(HashMap::new()),
             results: Topic::new(1),
             topics: Mutex::new(BTreeSet::new()),
+            dead_letters_fail: std::sync::atomic::AtomicBool::new(false),
             results_tx,
             results_rx: Mutex::new(Some(results_rx)),
             dead_letters: Mutex::new(Vec::new()),
@@ -109,6 +112,13 @@ impl MemoryDataPlane {
     /// Results handed to the driver's subscription and not taken by it yet.
     pub fn results_waiting(&self) -> usize {
         self.results_tx.max_capacity() - self.results_tx.capacity()
+    }
+
+    /// While `fail` holds, producing dead letters fails as an unreachable broker would
+    /// (component tests of the dead-letter outbox).
+    pub fn fail_dead_letters(&self, fail: bool) {
+        self.dead_letters_fail
+            .store(fail, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Every dead letter produced so far.
@@ -199,6 +209,16 @@ impl DataPlane for MemoryDataPlane {
     }
 
     async fn publish_dead_letters(&self, letters: Vec<DeadLetterRecord>) -> PortResult<()> {
+        if self
+            .dead_letters_fail
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(crate::ports::PortError::Unavailable {
+                service: "kafka",
+                detail: "the dead-letter topic takes nothing (MemoryDataPlane::fail_dead_letters)"
+                    .into(),
+            });
+        }
         self.dead_letters
             .lock()
             .expect("dlq poisoned")
@@ -278,6 +298,8 @@ struct StoreInner {
     loaded: HashMap<String, i64>,
     /// (dead_at_ms, batch_id, node) → letter
     dead: BTreeMap<(i64, String, u32), StoredDeadLetter>,
+    /// (batch_id, node) of letters not yet confirmed on the dead-letter topic
+    unsent: BTreeSet<(String, u32)>,
     /// agent id → agent, and the next lease epoch
     agents: BTreeMap<String, Agent>,
     next_agent_epoch: u64,
@@ -364,6 +386,7 @@ impl StateStore for MemoryStore {
         for d in &step.dead_letters {
             s.dead
                 .insert((d.dead_at_ms, d.batch_id.clone(), d.node), d.clone());
+            s.unsent.insert((d.batch_id.clone(), d.node));
         }
         for (id, at) in &step.loaded {
             s.loaded.insert(id.clone(), *at);
@@ -484,6 +507,24 @@ impl StateStore for MemoryStore {
             .collect();
         let next = (skip + page.len() < matching.len()).then(|| (skip + page.len()).to_string());
         Ok((page, next))
+    }
+
+    async fn unsent_dead_letters(&self, limit: usize) -> PortResult<Vec<StoredDeadLetter>> {
+        let s = self.lock();
+        Ok(s.dead
+            .values()
+            .filter(|d| s.unsent.contains(&(d.batch_id.clone(), d.node)))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn dead_letters_sent(&self, sent: &[(String, u32)]) -> PortResult<()> {
+        let mut s = self.lock();
+        for k in sent {
+            s.unsent.remove(k);
+        }
+        Ok(())
     }
 
     async fn last_loaded(&self, object_ids: &[String]) -> PortResult<Vec<Option<i64>>> {

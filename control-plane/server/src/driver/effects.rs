@@ -278,17 +278,19 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                         dead_at: now,
                         last_agent_id: rt.last_agent.get(&node).cloned().unwrap_or_default(),
                     };
-                    // A resumed batch already produced its dead letters before the restart.
+                    // A resumed batch stored its dead letters before the restart (with its
+                    // records, in one write); those not yet produced are in the store's outbox,
+                    // which the restart produces.
                     if !resumed {
                         self.settings.metrics.dead_letter(o.zone.as_str());
-                        step.dead.push(letter.clone());
+                        step.dead.push((node, letter.clone()));
+                        step.write.dead_letters.push(StoredDeadLetter {
+                            batch_id: batch_id.to_owned(),
+                            node,
+                            letter,
+                            dead_at_ms: now.timestamp_millis(),
+                        });
                     }
-                    step.write.dead_letters.push(StoredDeadLetter {
-                        batch_id: batch_id.to_owned(),
-                        node,
-                        letter,
-                        dead_at_ms: now.timestamp_millis(),
-                    });
                 }
                 Effect::BatchFinished { state } => {
                     self.settings

@@ -79,9 +79,10 @@ use strata_core::coalesce::Coalescer;
 use tokio::sync::mpsc;
 
 use crate::ports::{DataPlane, StateStore};
-use crate::records::{ReadyRecord, StatusChange};
+use crate::records::{DeadLetterRecord, ReadyRecord, StatusChange};
 use handle::Command;
 use publish::Published;
+use strata_core::model::NodeIx;
 
 /// How many results one step takes at most. Smaller steps release sooner (a result waits for
 /// its whole step and the step's Redis write); 256 measured p99 33 ms against 330 ms at 4,096,
@@ -119,6 +120,8 @@ pub struct Driver<D, S> {
     status_tx: Option<mpsc::Sender<Vec<StatusChange>>>,
     /// Execution deadlines of RUNNING attempts (one per running attempt).
     deadlines: deadlines::Deadlines,
+    /// Dead letters the broker did not take yet (produced again at each tick).
+    unsent_dead: Vec<(NodeIx, DeadLetterRecord)>,
     rng: u64,
     /// One warning per rejection reason per interval.
     rejections_log: strata_runtime::log_limit::LogLimiter,
@@ -166,6 +169,7 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                 redeliver_at: tokio::time::Instant::now(),
                 redeliver_backoff: Duration::ZERO,
                 deadlines: deadlines::Deadlines::default(),
+                unsent_dead: Vec::new(),
                 publishing: Arc::new(tokio::sync::Semaphore::new(PUBLISHING_STEPS)),
                 published_tx,
                 published_rx: Some(published_rx),

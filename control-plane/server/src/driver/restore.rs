@@ -16,6 +16,9 @@ use super::step::Step;
 use super::step::retry_port;
 use crate::ports::{DataPlane, StateStore};
 
+/// Dead letters of the outbox produced at start, at most.
+const OUTBOX_AT_START: usize = 100_000;
+
 impl<D: DataPlane, S: StateStore> Driver<D, S> {
     pub(super) async fn restore(&mut self) -> Result<(), DriverError> {
         let candidate = crate::keys::random_bytes::<16>().map_err(|detail| {
@@ -99,6 +102,21 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
                     }
                 }
             }
+        }
+        // Dead letters stored but never produced (a crash between the write and the produce).
+        let unsent = retry_port(
+            &self.settings.metrics,
+            "read the dead-letter outbox",
+            || self.store.unsent_dead_letters(OUTBOX_AT_START),
+        )
+        .await?;
+        if !unsent.is_empty() {
+            info!(
+                count = unsent.len(),
+                "dead letters stored but not produced: producing them"
+            );
+            let dead = unsent.into_iter().map(|d| (d.node, d.letter)).collect();
+            self.produce_dead_letters(dead).await;
         }
         for batch_id in resumed {
             let mut effects = Vec::new();

@@ -29,7 +29,8 @@ const TRAILS_PER_WRITE: NodeIx = 10_000;
 pub(super) struct Step {
     pub(super) write: StepWrite,
     pub(super) ready: Vec<ReadyRecord>,
-    pub(super) dead: Vec<DeadLetterRecord>,
+    /// Dead letters to produce, with their node.
+    pub(super) dead: Vec<(NodeIx, DeadLetterRecord)>,
     pub(super) status: Vec<StatusChange>,
     pub(super) watch: Vec<(String, WatchEvent)>,
     /// Changed nodes per batch (deduplicated at flush).
@@ -91,16 +92,9 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
             ready.sort_by_key(|r| std::cmp::Reverse(r.object.priority));
             self.publish_ready(ready, step.consumed_at).await;
         }
-        if !step.dead.is_empty()
-            && let Err(e) = self
-                .data
-                .publish_dead_letters(std::mem::take(&mut step.dead))
-                .await
-        {
-            self.settings
-                .metrics
-                .port_error("kafka", "publish dead letters");
-            warn!(error = %e, "dead letters not produced to the dead-letter topic");
+        if !step.dead.is_empty() {
+            let dead = std::mem::take(&mut step.dead);
+            self.produce_dead_letters(dead).await;
         }
         if !step.status.is_empty()
             && let Some(tx) = &self.status_tx
@@ -173,6 +167,37 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
             node = end;
         }
         Ok(())
+    }
+
+    /// Produces dead letters to the dead-letter topic and takes them out of the store's outbox;
+    /// those the broker did not take are kept to be produced again at the next tick (and stay
+    /// in the outbox, which a restart produces).
+    pub(super) async fn produce_dead_letters(&mut self, dead: Vec<(NodeIx, DeadLetterRecord)>) {
+        let sent: Vec<(String, u32)> = dead
+            .iter()
+            .map(|(node, l)| (l.batch_id.clone(), *node))
+            .collect();
+        let letters: Vec<DeadLetterRecord> = dead.iter().map(|(_, l)| l.clone()).collect();
+        match self.data.publish_dead_letters(letters).await {
+            Ok(()) => {
+                let store = self.store.clone();
+                if let Err(e) = retry_port(&self.settings.metrics, "dead letters sent", || {
+                    store.dead_letters_sent(&sent)
+                })
+                .await
+                {
+                    // Produced again at the next restart: at least once.
+                    warn!(error = %e, "dead letters produced but still in the store's outbox");
+                }
+            }
+            Err(e) => {
+                self.settings
+                    .metrics
+                    .port_error("kafka", "publish dead letters");
+                warn!(error = %e, count = dead.len(), "dead letters not produced yet; produced again at the next tick");
+                self.unsent_dead.extend(dead);
+            }
+        }
     }
 
     /// Runs a state write until it succeeds, however long that takes: a step is never applied

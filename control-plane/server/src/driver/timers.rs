@@ -22,6 +22,10 @@ impl<D: DataPlane, S: StateStore> Driver<D, S> {
         self.expire_attempts().await;
         self.expire_leases().await;
         self.evict_finished();
+        if !self.unsent_dead.is_empty() {
+            let dead = std::mem::take(&mut self.unsent_dead);
+            self.produce_dead_letters(dead).await;
+        }
         let now = self.state.now();
         let due = match self
             .store

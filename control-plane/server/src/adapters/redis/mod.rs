@@ -21,6 +21,7 @@
 //! | `{p}active` | set | ids of batches whose head is `RUNNING` |
 //! | `{p}batches` | zset | batch id, score `created_at_ms` (`list_batches`) |
 //! | `{p}retries` | zset | `{batch}:{node}:{attempt}`, score `due_ms` |
+//! | `{p}dlq:unsent` | zset | `{batch}:{node}` of dead letters not yet produced to the dead-letter topic (the outbox), score `dead_at_ms` |
 //! | `{p}dlq` | zset | `{batch}:{node}`, score `dead_at_ms` (`list_dead_letters`) |
 //! | `{p}expiring` | zset | ids of finished batches, score = when their keys expire (pruning) |
 //! | `{p}loaded` | hash | object id → when it was last loaded (ms), by any batch (freshness; no TTL: one field per object ever loaded) |
@@ -389,6 +390,44 @@ impl RedisStore {
         Ok(nodes)
     }
 
+    /// Dead letters of a page (`(member, score, payload)`): of `batch_id`'s index when given,
+    /// else of a global index (`{batch}:{node}` members).
+    fn decode_dead_letters(
+        &self,
+        batch_id: Option<String>,
+        page: Vec<(String, String, Vec<u8>)>,
+    ) -> PortResult<Vec<StoredDeadLetter>> {
+        let mut letters = Vec::with_capacity(page.len());
+        for (member, score, payload) in page {
+            let (batch_id, node) = match &batch_id {
+                Some(id) => (id.clone(), member.parse::<u32>().map_err(|e| e.to_string())),
+                None => match parse_dead_member(&member) {
+                    Ok((b, n)) => (b, Ok(n)),
+                    Err(d) => (String::new(), Err(d)),
+                },
+            };
+            let what = || format!("dead-letter index entry {member:?}");
+            let node = node.map_err(|d| corrupt(what(), d))?;
+            let dead_at_ms = parse_score(&score).map_err(|d| corrupt(what(), d))?;
+            let letter = pb::DeadLetter::decode(payload.as_slice())
+                .map_err(|e| e.to_string())
+                .and_then(convert::dead_letter_record);
+            match letter {
+                Ok(letter) => letters.push(StoredDeadLetter {
+                    batch_id,
+                    node,
+                    letter,
+                    dead_at_ms,
+                }),
+                // One bad letter does not hide the others.
+                Err(error) => {
+                    warn!(%batch_id, node, %error, "stored dead letter undecodable; skipped")
+                }
+            }
+        }
+        Ok(letters)
+    }
+
     /// A page of a listing (see the `PAGE` script): `(member, score, payload)` and the cursor.
     async fn page(
         &self,
@@ -706,6 +745,27 @@ impl StateStore for RedisStore {
         self.read_objects(batch_id).await
     }
 
+    async fn unsent_dead_letters(&self, limit: usize) -> PortResult<Vec<StoredDeadLetter>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (page, _) = self.page("dlq", "dlq:unsent", "", None, limit).await?;
+        self.decode_dead_letters(None, page)
+    }
+
+    async fn dead_letters_sent(&self, sent: &[(String, u32)]) -> PortResult<()> {
+        for chunk in sent.chunks(10_000) {
+            let mut cmd = redis::cmd("ZREM");
+            cmd.arg(format!("{}dlq:unsent", self.prefix));
+            for (batch_id, node) in chunk {
+                cmd.arg(format!("{batch_id}:{node}"));
+            }
+            self.query("dead letters sent", &cmd, chunk.len() * ITEM_COST)
+                .await?;
+        }
+        Ok(())
+    }
+
     async fn list_dead_letters(
         &self,
         batch_id: Option<String>,
@@ -722,35 +782,7 @@ impl StateStore for RedisStore {
             }
             None => self.page("dlq", "dlq", "", cursor, limit).await?,
         };
-        let mut letters = Vec::with_capacity(page.len());
-        for (member, score, payload) in page {
-            let (batch_id, node) = match &batch_id {
-                Some(id) => (id.clone(), member.parse::<u32>().map_err(|e| e.to_string())),
-                None => match parse_dead_member(&member) {
-                    Ok((b, n)) => (b, Ok(n)),
-                    Err(d) => (String::new(), Err(d)),
-                },
-            };
-            let what = || format!("dead-letter index entry {member:?}");
-            let node = node.map_err(|d| corrupt(what(), d))?;
-            let dead_at_ms = parse_score(&score).map_err(|d| corrupt(what(), d))?;
-            let letter = pb::DeadLetter::decode(payload.as_slice())
-                .map_err(|e| e.to_string())
-                .and_then(convert::dead_letter_record);
-            match letter {
-                Ok(letter) => letters.push(StoredDeadLetter {
-                    batch_id,
-                    node,
-                    letter,
-                    dead_at_ms,
-                }),
-                // One bad letter does not hide the others.
-                Err(error) => {
-                    warn!(%batch_id, node, %error, "stored dead letter undecodable; skipped")
-                }
-            }
-        }
-        Ok((letters, next))
+        Ok((self.decode_dead_letters(batch_id, page)?, next))
     }
 
     async fn last_loaded(&self, object_ids: &[String]) -> PortResult<Vec<Option<i64>>> {

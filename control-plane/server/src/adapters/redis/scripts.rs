@@ -165,6 +165,8 @@ for _ = 1, ndead do
     redis.call('HSET', b .. ':dlq', node, payload)
     redis.call('ZADD', b .. ':dlqidx', at, node)
     redis.call('ZADD', p .. 'dlq', at, id .. ':' .. node)
+    -- The outbox: until the letter is on the dead-letter topic (`dead_letters_sent`).
+    redis.call('ZADD', p .. 'dlq:unsent', at, id .. ':' .. node)
     if redis.call('SISMEMBER', active, id) == 0 then
       follow_ttl(id, b .. ':dlq', 0)
       follow_ttl(id, b .. ':dlqidx', grace)
