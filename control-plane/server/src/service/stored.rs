@@ -1,7 +1,8 @@
 //! Batches the driver no longer holds (finished, then evicted after the retention), rebuilt from
 //! the store to answer reads the same way as while they were held: their records, and the
-//! trails stored when they finished as their history. The last few rebuilt are kept, so that a
-//! client reading a finished batch object by object rebuilds it once.
+//! trails stored when they finished as their history. The last few rebuilt are kept (at most
+//! [`KEPT`] batches and [`KEPT_OBJECTS`] objects), so that a client reading a finished batch
+//! object by object rebuilds it once.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -13,8 +14,11 @@ use crate::driver::{BatchRuntime, for_reads};
 use crate::error::ServiceError;
 use crate::ports::StateStore;
 
-/// Rebuilt batches kept.
+/// Rebuilt batches kept, at most.
 const KEPT: usize = 4;
+/// Objects of the rebuilt batches kept, at most (a bigger batch is rebuilt for each read, so
+/// what is kept stays small beside the batches the driver holds).
+const KEPT_OBJECTS: usize = 200_000;
 
 /// The batches last rebuilt, newest first.
 #[derive(Debug, Clone, Default)]
@@ -34,10 +38,17 @@ impl Rebuilt {
     }
 
     fn keep(&self, rt: Arc<BatchRuntime>) {
+        let size = |rt: &BatchRuntime| rt.machine().records().len();
+        if size(&rt) > KEPT_OBJECTS {
+            return;
+        }
         if let Ok(mut kept) = self.0.lock() {
             kept.retain(|k| k.batch_id() != rt.batch_id());
             kept.push_front(rt);
             kept.truncate(KEPT);
+            while kept.iter().map(|k| size(k)).sum::<usize>() > KEPT_OBJECTS {
+                kept.pop_back();
+            }
         }
     }
 }

@@ -48,6 +48,8 @@ local function unindex_dead(id, budget)
   local members = {}
   for i, n in ipairs(nodes) do members[i] = id .. ':' .. n end
   chunked('ZREM', p .. 'dlq', members, 1, #members)
+  -- Letters of an expired batch never produced leave the outbox with it.
+  chunked('ZREM', p .. 'dlq:unsent', members, 1, #members)
   chunked('ZREM', idx, nodes, 1, #nodes)
   return #nodes
 end
