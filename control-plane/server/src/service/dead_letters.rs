@@ -66,10 +66,18 @@ impl<S: StateStore> OrchestratorService<S> {
                 .await?;
             for (mut l, not_held) in kept {
                 // A finished batch that left memory: its blocked descendants from the store,
-                // as while it was held.
-                if let Some(node) = not_held
-                    && let Some(rt) = self.stored_runtime(&l.batch_id).await?
-                {
+                // as while it was held. Rebuilt for a listing of that one batch; a listing of
+                // every batch (many batches a page) only uses batches already rebuilt.
+                let Some(node) = not_held else {
+                    letters.push(l);
+                    continue;
+                };
+                let rt = if batch_filter.is_some() {
+                    self.stored_runtime(&l.batch_id).await?
+                } else {
+                    self.rebuilt.get(&l.batch_id)
+                };
+                if let Some(rt) = rt {
                     l.blocked_descendant_count = wire::blocked_descendants(&rt, node);
                 }
                 letters.push(l);

@@ -25,7 +25,7 @@ const KEPT_OBJECTS: usize = 200_000;
 pub(super) struct Rebuilt(Arc<Mutex<VecDeque<Arc<BatchRuntime>>>>);
 
 impl Rebuilt {
-    fn get(&self, batch_id: &str) -> Option<Arc<BatchRuntime>> {
+    pub(super) fn get(&self, batch_id: &str) -> Option<Arc<BatchRuntime>> {
         let kept = self.0.lock().ok()?;
         kept.iter().find(|rt| rt.batch_id() == batch_id).cloned()
     }
